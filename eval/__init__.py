@@ -1,0 +1,1 @@
+"""Offline evaluation: suites, metrics, runner, reports and benchmarks."""

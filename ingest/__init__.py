@@ -1,0 +1,1 @@
+"""Ingestion: the worker and bulk ingestion on top of the engine."""

@@ -1,0 +1,11 @@
+"""The engine: parsing, chunking, embedding, index, retrieval, prompt, generation, cache."""
+
+import os
+
+# No hub is reachable at run time: every model comes from a local path or a packaged model.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# unstructured's telemetry is opt-out; keep it off.
+os.environ.setdefault("SCARF_NO_ANALYTICS", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")

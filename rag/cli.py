@@ -1,0 +1,122 @@
+"""The `rag` command. It reaches into api/, ingest/ and eval/ only inside their subcommands."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from rag.errors import RagError
+from rag.settings import Settings
+
+app = typer.Typer(help="Retrieval-augmented question answering over your own documents.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console()
+SAMPLES = Path(__file__).parent / "samples"
+
+
+def _service(generator: bool = True):  # type: ignore[no-untyped-def]
+    from rag.service import RagService
+
+    service = RagService(Settings())
+    with console.status("loading models and index..."):
+        service.load(generator=generator)
+    return service
+
+
+def expand(paths: list[Path]) -> list[Path]:
+    """Files given, and every file under the folders given, sorted; hidden files skipped."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(p for p in sorted(path.rglob("*"))
+                         if p.is_file() and not any(part.startswith(".") for part in p.parts))
+        else:
+            files.append(path)
+    return files
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to ingest.")],
+    collection: Annotated[str, typer.Option(help="Collection to put them in.")] = "default",
+) -> None:
+    """Parse, chunk, embed and index files and folders."""
+    logging.basicConfig(level=logging.WARNING)
+    service = _service(generator=False)
+    files = expand(paths)
+    failed = 0
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("ingesting", total=len(files))
+        for path in files:
+            bar.update(task, description=f"{path.name[:40]}")
+            try:
+                doc = service.ingest_file(path, collection=collection)
+                bar.console.print(f"[green]ok[/] {path} ({doc.chunk_count} chunks)")
+            except RagError as exc:
+                failed += 1
+                bar.console.print(f"[red]failed[/] {path}: {exc}")
+            bar.advance(task)
+    console.print(f"{len(files) - failed} ingested, {failed} failed; "
+                  f"{service.store.searchable_count()} chunks searchable")
+    raise typer.Exit(1 if failed and failed == len(files) else 0)
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    top_k: Annotated[int | None, typer.Option(help="Sources to retrieve.")] = None,
+    collection: Annotated[str | None, typer.Option(help="Only this collection.")] = None,
+) -> None:
+    """Answer a question from the indexed documents, with citations and timings."""
+    from rag.service import AskRequest
+
+    service = _service()
+    try:
+        answer = service.ask(AskRequest(question, top_k, collection))
+    except RagError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(answer.text, markup=False)
+    for c in answer.citations:
+        page = f", page {c.page}" if c.page else ""
+        console.print(f"\n[bold][{c.number}][/] {c.filename}{page} (chars {c.start}-{c.end})")
+        console.print("    " + " ".join(c.text.split())[:400], markup=False)
+    t = answer.timings
+    console.print(f"\nretrieve {t.retrieve_ms:.0f} ms, prompt {t.prompt_ms:.0f} ms, "
+                  f"first token {t.first_token_ms:.0f} ms, total {t.total_ms:.0f} ms; "
+                  f"{answer.usage.prompt_tokens} prompt + {answer.usage.completion_tokens} "
+                  f"answer tokens{' (cached)' if answer.cached else ''}")
+
+
+@app.command()
+def serve(
+    sample: Annotated[bool, typer.Option(help="Ingest the shipped sample corpus first.")] = False,
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+) -> None:
+    """Run the API (embedded mode runs ingestion in-process too)."""
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = Settings()
+    updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    settings = settings.model_copy(update=updates)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    application = create_app(settings, sample_dir=SAMPLES if sample else None)
+    uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

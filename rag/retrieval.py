@@ -1,0 +1,168 @@
+"""Hybrid retrieval: dense top-k and BM25 fused by reciprocal rank, overlapping windows merged."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import bm25s
+import numpy as np
+import numpy.typing as npt
+
+from rag.embedding import Embedder
+from rag.index import FaissIndex
+from rag.store import ChunkStore
+from rag.types import Chunk, ScoredChunk
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Query:
+    text: str
+    top_k: int = 5
+    collection: str | None = None
+    document_ids: tuple[str, ...] = ()
+
+
+class BM25Index:
+    """bm25s over the searchable chunk texts, rebuilt when the index version changes."""
+
+    def __init__(self) -> None:
+        self.version = -1
+        self.ids: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def refresh(self, store: ChunkStore, version: int) -> None:
+        with self._lock:
+            if version == self.version:
+                return
+            ids, texts = store.searchable_texts()
+            model = None
+            if texts:
+                model = bm25s.BM25()
+                model.index(bm25s.tokenize(texts, show_progress=False), show_progress=False)
+            self.ids, self._model, self.version = ids, model, version
+
+    def search(
+        self, text: str, k: int, allowed: npt.NDArray[np.int64] | None
+    ) -> list[tuple[int, float]]:
+        """(chunk id, score) best first; only ids in `allowed` when given."""
+        model, ids = self._model, self.ids
+        if model is None:
+            return []
+        tokens = [t for t in bm25s.tokenize([text], return_ids=False, show_progress=False)[0]
+                  if t in model.vocab_dict]
+        if not tokens:
+            return []
+        mask = np.isin(ids, allowed).astype(np.float32) if allowed is not None else None
+        k = min(k, len(ids))
+        docs, scores = model.retrieve([tokens], k=k, show_progress=False, weight_mask=mask)
+        return [(int(ids[d]), float(s)) for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
+
+
+class Retriever:
+    """Finds the chunks that answer a question."""
+
+    def __init__(
+        self,
+        store: ChunkStore,
+        index: FaissIndex,
+        embedder: Embedder,
+        hybrid: bool = True,
+        rrf_k: int = 60,
+        candidates: int = 30,
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.embedder = embedder
+        self.hybrid = hybrid
+        self.rrf_k = rrf_k
+        self.candidates = candidates
+        self.bm25 = BM25Index()
+
+    def retrieve(self, query: Query) -> list[ScoredChunk]:
+        """Top-k fused results, best first; overlapping windows of a document merged."""
+        allowed = None
+        if query.collection or query.document_ids:
+            allowed = self.store.searchable_ids(query.collection, query.document_ids)
+        n = max(self.candidates, query.top_k * 3)
+        vector = self.embedder.embed([query.text])
+        scores, ids = self.index.search(vector, n, allowed)
+        dense = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+        sparse: list[tuple[int, float]] = []
+        if self.hybrid:
+            self.bm25.refresh(self.store, self.index.version)
+            sparse = self.bm25.search(query.text, n, allowed)
+        fused = fuse(dense, sparse, self.rrf_k)
+        chunks = self.store.get_chunks([cid for cid, _ in fused])
+        names = self.store.filenames(list({c.document_id for c in chunks.values()}))
+        dense_by_id, sparse_by_id = dict(dense), dict(sparse)
+        scored = [
+            ScoredChunk(chunks[cid], score, dense_by_id.get(cid), sparse_by_id.get(cid),
+                        names.get(chunks[cid].document_id, ""))
+            for cid, score in fused if cid in chunks
+        ]
+        return merge_overlaps(scored)[: query.top_k]
+
+    def best_dense_score(self, results: Sequence[ScoredChunk]) -> float:
+        scores = [r.dense_score for r in results if r.dense_score is not None]
+        return max(scores) if scores else float("-inf")
+
+
+def fuse(
+    dense: Sequence[tuple[int, float]], sparse: Sequence[tuple[int, float]], k: int
+) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: score(d) = sum over lists of 1 / (k + rank), rank from 1."""
+    totals: dict[int, float] = {}
+    for ranking in (dense, sparse):
+        for rank, (cid, _) in enumerate(ranking, start=1):
+            totals[cid] = totals.get(cid, 0.0) + 1.0 / (k + rank)
+    return sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+
+
+def merge_overlaps(results: Sequence[ScoredChunk]) -> list[ScoredChunk]:
+    """Merge windows of one document whose spans overlap into the better-ranked one."""
+    merged: list[ScoredChunk] = []
+    for result in results:
+        for i, kept in enumerate(merged):
+            if _overlaps(kept.chunk, result.chunk):
+                merged[i] = replace(
+                    kept,
+                    chunk=_union(kept.chunk, result.chunk),
+                    dense_score=_max(kept.dense_score, result.dense_score),
+                    bm25_score=_max(kept.bm25_score, result.bm25_score),
+                )
+                break
+        else:
+            merged.append(result)
+    return merged
+
+
+def _overlaps(a: Chunk, b: Chunk) -> bool:
+    return a.document_id == b.document_id and a.start < b.end and b.start < a.end
+
+
+def _union(a: Chunk, b: Chunk) -> Chunk:
+    """Both texts are exact slices of one parsed text, so the union is exact too."""
+    first, second = (a, b) if a.start <= b.start else (b, a)
+    text = first.text
+    if second.end > first.end:
+        text += second.text[first.end - second.start :]
+    return replace(
+        a,
+        text=text,
+        start=first.start,
+        end=max(first.end, second.end),
+        page=first.page,
+        token_count=a.token_count + b.token_count,
+    )
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    values = [v for v in (a, b) if v is not None]
+    return max(values) if values else None

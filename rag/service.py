@@ -1,0 +1,366 @@
+"""Wiring: the one place that builds the engine's parts and runs ingest, delete and ask."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag import parsing
+from rag.cache import ResponseCache, build_cache, cache_key
+from rag.chunking import ChunkDraft, Chunker, check_window
+from rag.embedding import Embedder, build_embedder
+from rag.errors import EmptyDocument, InvalidInput, NotReady, RagError
+from rag.generation import Generator, build_generator
+from rag.index import FaissIndex, read_manifest
+from rag.prompt import PROMPT_TEMPLATE_VERSION, Prompt, build_prompt
+from rag.retrieval import Query, Retriever
+from rag.settings import Settings
+from rag.store import ChunkStore
+from rag.types import Answer, Citation, Document, ScoredChunk, Timings, Usage
+from rag.uploads import UploadStore, check_size, sha256_file
+
+log = logging.getLogger(__name__)
+
+NO_ANSWER = "The documents do not contain an answer to this question."
+EMBED_BATCH = 64
+
+Progress = Callable[[str, int, int | None], None]
+
+
+def _no_progress(stage: str, done: int, total: int | None) -> None:
+    """Default progress callback: ignore."""
+
+
+@dataclass(frozen=True)
+class AskRequest:
+    question: str
+    top_k: int | None = None
+    collection: str | None = None
+    document_ids: tuple[str, ...] = ()
+
+
+class RagService:
+    """The engine behind the CLI, the API and the worker."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder | None = None,
+        generator: Generator | None = None,
+    ) -> None:
+        """Cheap: builds parts; `load()` does the heavy work. Parts may be shared in-process."""
+        self.settings = settings
+        self.store = ChunkStore(settings.store_path)
+        self.uploads = UploadStore(settings.uploads_dir)
+        self.embedder: Embedder = embedder or build_embedder(settings)
+        self.generator: Generator = generator or build_generator(settings)
+        self.cache: ResponseCache = build_cache(
+            settings.redis_url, settings.cache_size, settings.cache_ttl_s
+        )
+        self.index: FaissIndex | None = None
+        self.retriever: Retriever | None = None
+        self.chunker: Chunker | None = None
+        self._local_writer = threading.Lock()
+        self._last_version_check = 0.0
+
+    # Start-up
+
+    def load(self, generator: bool = True) -> None:
+        """Load models and the index; rebuild the index from the store if they disagree."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store.open()
+        self.embedder.load()
+        check_window(self.settings.chunk_size, self.settings.chunk_overlap,
+                     self.embedder.max_tokens)
+        self.chunker = Chunker(self.embedder.tokenizer, self.settings.chunk_size,
+                               self.settings.chunk_overlap)
+        s = self.settings
+        self.index = FaissIndex(s.index_dir, s.embedding_model, self.embedder.dimension,
+                                s.approximate_index_threshold, s.ivf_nprobe, s.index_device)
+        self.index.load()
+        if self.index.count != self.store.searchable_count():
+            with self.writer():
+                self._rebuild_index()
+        self.retriever = Retriever(self.store, self.index, self.embedder, s.hybrid, s.rrf_k,
+                                   s.candidates)
+        if generator:
+            self.generator.load()
+
+    def _rebuild_index(self) -> None:
+        index = self._index()
+        log.warning("index (%d vectors) disagrees with the chunk store (%d); rebuilding",
+                    index.count, self.store.searchable_count())
+        index.rebuild(self.store.searchable_vectors())
+        index.save()
+
+    def _index(self) -> FaissIndex:
+        if self.index is None:
+            raise NotReady("The index is not loaded yet.", "Wait for /ready, then retry.")
+        return self.index
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[None]:
+        """One writer changes the index at a time: a Redis lock across processes."""
+        if self.settings.redis_url:
+            import redis
+
+            client = redis.Redis.from_url(self.settings.redis_url)
+            with client.lock("rag:index-writer", timeout=600, blocking_timeout=900):
+                self.refresh_index(force=True)
+                yield
+        else:
+            with self._local_writer:
+                yield
+
+    def refresh_index(self, force: bool = False) -> None:
+        """Pick up an index version saved by another process (checked at most every 0.5 s)."""
+        now = time.monotonic()
+        if not force and now - self._last_version_check < 0.5:
+            return
+        self._last_version_check = now
+        index = self._index()
+        manifest = read_manifest(index.directory)
+        if manifest is not None and manifest.version != index.version:
+            index.load()
+
+    # Ingestion
+
+    def ingest_file(
+        self,
+        path: Path,
+        filename: str | None = None,
+        collection: str = "default",
+        metadata: Mapping[str, Any] | None = None,
+        progress: Progress = _no_progress,
+    ) -> Document:
+        """Parse, chunk, embed and index one file; the same bytes twice are one document."""
+        name = filename or path.name
+        size = check_size(path, name, self.settings.max_file_bytes)
+        kind = parsing.detect_kind(path, name)
+        doc_id = sha256_file(path)
+        existing = self.store.get_document(doc_id)
+        if existing is not None and existing.state == "indexed":
+            return existing
+        self.uploads.keep(path, doc_id)
+        doc = Document(id=doc_id, filename=name, content_type=parsing.SUPPORTED[kind], size=size,
+                       collection=collection, metadata=dict(metadata or {}), state="processing")
+        self.store.put_document(doc)
+        return self.process_document(doc_id, progress)
+
+    def process_document(self, doc_id: str, progress: Progress = _no_progress) -> Document:
+        """Run the pipeline for a stored document; on failure it is marked failed and raised."""
+        doc = self.store.get_document(doc_id)
+        if doc is None:
+            raise InvalidInput(f"Document {doc_id} is unknown.", "Upload it first.")
+        self.store.set_state(doc_id, "processing")
+        self.store.clear_chunks(doc_id)  # a retried job starts clean
+        try:
+            pages = self._chunk_and_embed(doc, progress)
+            with self.writer():
+                self.store.mark_indexed(doc_id, pages)
+                progress("index", 0, 1)
+                self._add_to_index(doc_id)
+                progress("index", 1, 1)
+        except RagError as exc:
+            self.store.clear_chunks(doc_id)
+            self.store.set_state(doc_id, "failed", str(exc))
+            raise
+        except Exception as exc:
+            self.store.clear_chunks(doc_id)
+            self.store.set_state(doc_id, "failed", f"{type(exc).__name__}: {exc}")
+            raise
+        result = self.store.get_document(doc_id)
+        assert result is not None
+        return result
+
+    def _chunk_and_embed(self, doc: Document, progress: Progress) -> int | None:
+        """Stream elements -> windows -> vectors -> store, in bounded memory; returns pages."""
+        assert self.chunker is not None, "call load() first"
+        path = self.uploads.path(doc.id)
+        pages: int | None = None
+        batch: list[ChunkDraft] = []
+        done = 0
+        progress("parse", 0, None)
+        elements = parsing.parse(path, doc.filename, self.settings)
+        for draft in self.chunker.chunk(elements):
+            if draft.page is not None:
+                pages = max(pages or 0, draft.page)
+            batch.append(draft)
+            if len(batch) >= EMBED_BATCH:
+                done += self._embed_batch(doc.id, batch)
+                progress("embed", done, None)
+                batch = []
+        if batch:
+            done += self._embed_batch(doc.id, batch)
+        if done == 0:
+            raise EmptyDocument(
+                f"{doc.filename!r} holds no text to index.", "Upload a file with text in it."
+            )
+        progress("embed", done, done)
+        return pages
+
+    def _embed_batch(self, doc_id: str, batch: Sequence[ChunkDraft]) -> int:
+        vectors = self.embedder.embed([d.text for d in batch])
+        self.store.add_chunks(doc_id, batch, vectors)
+        return len(batch)
+
+    def _add_to_index(self, doc_id: str) -> None:
+        index = self._index()
+        ids = np.array(self.store.chunk_ids(doc_id), dtype=np.int64)
+        for start in range(0, len(ids), 4096):
+            part = ids[start : start + 4096]
+            index.add(part, self.store.vectors(part))
+        if index.needs_approximate():
+            index.rebuild(self.store.searchable_vectors())
+        index.save()
+
+    def delete_document(self, doc_id: str) -> bool:
+        """Remove a document, its vectors, chunks, upload and cached answers; idempotent."""
+        if self.store.get_document(doc_id) is None:
+            return False
+        with self.writer():
+            ids = self.store.delete_document(doc_id)
+            index = self._index()
+            index.remove(np.array(ids, dtype=np.int64))
+            index.save()
+        self.uploads.remove(doc_id)
+        self.cache.forget_documents([doc_id])
+        return True
+
+    # Asking
+
+    def ask(self, request: AskRequest, stop: threading.Event | None = None) -> Answer:
+        answer: Answer | None = None
+        for item in self.ask_stream(request, stop):
+            if isinstance(item, Answer):
+                answer = item
+        assert answer is not None
+        return answer
+
+    def ask_stream(
+        self, request: AskRequest, stop: threading.Event | None = None
+    ) -> Iterator[str | Answer]:
+        """Yields answer text pieces as they are generated, then the whole Answer."""
+        started = time.perf_counter()
+        question = self._check_question(request.question)
+        top_k = request.top_k or self.settings.top_k
+        if not 1 <= top_k <= 50:
+            raise InvalidInput(f"top_k {top_k} is out of range.", "Use 1 to 50.")
+        self._check_collection(request.collection)
+        self.refresh_index()
+        key = self._cache_key(question, top_k, request)
+        cached = self.cache.get(key)
+        if cached is not None:
+            total = (time.perf_counter() - started) * 1000
+            yield cached.text
+            yield _replace_answer(cached, cached=True, timings=Timings(total_ms=total))
+            return
+        answer = yield from self._answer(question, top_k, request, started, stop)
+        if stop is None or not stop.is_set():
+            self.cache.put(key, answer)
+        yield answer
+
+    def _answer(
+        self, question: str, top_k: int, request: AskRequest, started: float,
+        stop: threading.Event | None,
+    ) -> Iterator[str | Answer]:
+        retriever = self.retriever
+        if retriever is None:
+            raise NotReady("The service is still loading.", "Wait for /ready, then retry.")
+        results = retriever.retrieve(
+            Query(question, top_k, request.collection, request.document_ids))
+        t_retrieved = time.perf_counter()
+        if retriever.best_dense_score(results) < self.settings.min_relevance:
+            results = []
+        if not results:
+            yield NO_ANSWER
+            return self._finish(question, NO_ANSWER, None, started, t_retrieved, t_retrieved,
+                                t_retrieved, 0)
+        prompt = build_prompt(question, results, self.generator.tokenizer,
+                              self.generator.context_window, self.settings.max_new_tokens)
+        t_prompt = time.perf_counter()
+        pieces: list[str] = []
+        first: float | None = None
+        for piece in self.generator.stream(prompt, self.settings.max_new_tokens, stop):
+            first = first or time.perf_counter()
+            pieces.append(piece)
+            yield piece
+        text = "".join(pieces).strip()
+        completion = len(self.generator.tokenizer.encode(text, add_special_tokens=False))
+        return self._finish(question, text, prompt, started, t_retrieved, t_prompt,
+                            first or time.perf_counter(), completion)
+
+    def _finish(
+        self, question: str, text: str, prompt: Prompt | None, started: float,
+        t_retrieved: float, t_prompt: float, t_first: float, completion: int,
+    ) -> Answer:
+        now = time.perf_counter()
+        ms = 1000.0
+        timings = Timings(
+            retrieve_ms=(t_retrieved - started) * ms,
+            prompt_ms=(t_prompt - t_retrieved) * ms,
+            first_token_ms=(t_first - started) * ms,
+            generate_ms=(now - t_prompt) * ms,
+            total_ms=(now - started) * ms,
+        )
+        sources = prompt.sources if prompt else ()
+        return Answer(
+            question=question,
+            text=text,
+            citations=tuple(_citation(n, s) for n, s in enumerate(sources, start=1)),
+            usage=Usage(prompt.prompt_tokens if prompt else 0, completion),
+            timings=timings,
+            used_chunk_ids=tuple(s.chunk.id for s in sources),
+            dropped_chunk_ids=tuple(s.chunk.id for s in prompt.dropped) if prompt else (),
+            model=self.generator.name,
+            index_version=self._index().version,
+        )
+
+    def _check_question(self, question: str) -> str:
+        question = (question or "").strip()
+        if not question:
+            raise InvalidInput("The question is empty.", "Send a question with some words.")
+        limit = self.settings.max_question_chars
+        if len(question) > limit:
+            raise InvalidInput(
+                f"The question is {len(question)} characters long; the limit is {limit}.",
+                "Shorten the question, or raise RAG_MAX_QUESTION_CHARS.",
+            )
+        return question
+
+    def _check_collection(self, collection: str | None) -> None:
+        if collection and collection not in self.store.collections():
+            raise InvalidInput(
+                f"Collection {collection!r} does not exist.",
+                "Leave it out to search everything, or upload documents into it first.",
+            )
+
+    def _cache_key(self, question: str, top_k: int, request: AskRequest) -> str:
+        s = self.settings
+        return cache_key(question, {
+            "top_k": top_k, "collection": request.collection,
+            "documents": sorted(request.document_ids), "index": self._index().version,
+            "model": self.generator.name, "embedder": s.embedding_model,
+            "max_new_tokens": s.max_new_tokens, "temperature": s.temperature,
+            "context": s.context_window, "template": PROMPT_TEMPLATE_VERSION,
+            "hybrid": s.hybrid, "min_relevance": s.min_relevance,
+        })
+
+
+def _citation(number: int, source: ScoredChunk) -> Citation:
+    c = source.chunk
+    return Citation(number=number, document_id=c.document_id, filename=source.filename,
+                    chunk_id=c.id, text=c.text, start=c.start, end=c.end, page=c.page,
+                    score=round(source.score, 6))
+
+
+def _replace_answer(answer: Answer, **changes: Any) -> Answer:
+    return replace(answer, **changes)

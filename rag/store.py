@@ -1,0 +1,299 @@
+"""The chunk store (SQLite): documents and chunks with text, offsets and vectors.
+
+It is the source of truth: the FAISS index and the BM25 index are rebuilt from it. Only
+chunks of documents in state `indexed` are searchable, so a document becomes visible in
+one transaction (`mark_indexed`) and a crash mid-ingest leaves nothing half-searchable.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from rag.chunking import ChunkDraft
+from rag.types import Chunk, Document
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    id TEXT PRIMARY KEY,
+    filename TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    collection TEXT NOT NULL DEFAULT 'default',
+    metadata TEXT NOT NULL DEFAULT '{}',
+    pages INTEGER,
+    chunk_count INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS documents_collection ON documents(collection);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    document_id TEXT NOT NULL,
+    ordinal INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    "end" INTEGER NOT NULL,
+    page INTEGER,
+    title_path TEXT NOT NULL DEFAULT '[]',
+    token_count INTEGER NOT NULL,
+    vector BLOB NOT NULL,
+    UNIQUE (document_id, ordinal)
+);
+CREATE INDEX IF NOT EXISTS chunks_document ON chunks(document_id);
+"""
+
+SEARCHABLE = "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id " \
+    "WHERE d.state = 'indexed'"
+
+DOC_COLUMNS = (
+    "id, filename, content_type, size, collection, metadata, pages, chunk_count, state, "
+    "error, created_at, updated_at"
+)
+
+
+class ChunkStore:
+    """SQLite in WAL mode; safe to share between threads and processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        if self._db is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, timeout=60, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=60000")
+        db.executescript(SCHEMA)
+        self._db = db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.open()
+        assert self._db is not None
+        return self._db
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self.db.execute(sql, args).fetchall()
+
+    def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Run statements in one immediate transaction."""
+        with self._lock:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, args in statements:
+                    db.execute(sql, args)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    # Documents
+
+    def put_document(self, doc: Document) -> Document:
+        """Insert or update a document row (created_at is kept on update)."""
+        now = time.time()
+        existing = self.get_document(doc.id)
+        created = existing.created_at if existing else (doc.created_at or now)
+        doc = replace(doc, created_at=created, updated_at=now)
+        self._write([(
+            f"INSERT OR REPLACE INTO documents ({DOC_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                doc.id, doc.filename, doc.content_type, doc.size, doc.collection,
+                json.dumps(dict(doc.metadata)), doc.pages, doc.chunk_count, doc.state,
+                doc.error, doc.created_at, doc.updated_at,
+            ),
+        )])
+        return doc
+
+    def get_document(self, doc_id: str) -> Document | None:
+        rows = self._query(f"SELECT {DOC_COLUMNS} FROM documents WHERE id = ?", (doc_id,))
+        return _document(rows[0]) if rows else None
+
+    def list_documents(
+        self, collection: str | None = None, offset: int = 0, limit: int = 50
+    ) -> tuple[list[Document], int]:
+        where, args = ("WHERE collection = ?", [collection]) if collection else ("", [])
+        total = self._query(f"SELECT COUNT(*) FROM documents {where}", args)[0][0]
+        rows = self._query(
+            f"SELECT {DOC_COLUMNS} FROM documents {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
+            [*args, limit, offset],
+        )
+        return [_document(r) for r in rows], int(total)
+
+    def set_state(self, doc_id: str, state: str, error: str | None = None) -> None:
+        self._write([(
+            "UPDATE documents SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+            (state, error, time.time(), doc_id),
+        )])
+
+    def collections(self) -> set[str]:
+        return {r[0] for r in self._query("SELECT DISTINCT collection FROM documents")}
+
+    # Chunks
+
+    def add_chunks(
+        self, doc_id: str, drafts: Sequence[ChunkDraft], vectors: npt.NDArray[np.float32]
+    ) -> list[int]:
+        """Store a batch of a document's chunks with their vectors; returns their ids."""
+        if len(drafts) != len(vectors):
+            raise ValueError("one vector per chunk")
+        with self._lock:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [
+                    _insert_chunk(db, doc_id, d, v) for d, v in zip(drafts, vectors, strict=True)
+                ]
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return ids
+
+    def clear_chunks(self, doc_id: str) -> list[int]:
+        """Remove a document's chunks (a retried job starts clean); returns removed ids."""
+        ids = self.chunk_ids(doc_id)
+        self._write([("DELETE FROM chunks WHERE document_id = ?", (doc_id,))])
+        return ids
+
+    def mark_indexed(self, doc_id: str, pages: int | None) -> int:
+        """Make a document's chunks searchable in one transaction; returns its chunk count."""
+        count = self._query("SELECT COUNT(*) FROM chunks WHERE document_id = ?", (doc_id,))[0][0]
+        self._write([(
+            "UPDATE documents SET state = 'indexed', error = NULL, chunk_count = ?, pages = ?, "
+            "updated_at = ? WHERE id = ?",
+            (count, pages, time.time(), doc_id),
+        )])
+        return int(count)
+
+    def delete_document(self, doc_id: str) -> list[int]:
+        """Remove a document and its chunks; returns the removed chunk ids."""
+        ids = self.chunk_ids(doc_id)
+        self._write([
+            ("DELETE FROM chunks WHERE document_id = ?", (doc_id,)),
+            ("DELETE FROM documents WHERE id = ?", (doc_id,)),
+        ])
+        return ids
+
+    def chunk_ids(self, doc_id: str) -> list[int]:
+        rows = self._query("SELECT id FROM chunks WHERE document_id = ? ORDER BY id", (doc_id,))
+        return [int(r[0]) for r in rows]
+
+    def get_chunks(self, ids: Sequence[int]) -> dict[int, Chunk]:
+        out: dict[int, Chunk] = {}
+        for start in range(0, len(ids), 500):
+            part = [int(i) for i in ids[start : start + 500]]
+            marks = ",".join("?" * len(part))
+            rows = self._query(
+                "SELECT id, document_id, ordinal, text, start, \"end\", page, title_path, "
+                f"token_count FROM chunks WHERE id IN ({marks})",
+                part,
+            )
+            for r in rows:
+                out[int(r[0])] = Chunk(
+                    id=int(r[0]), document_id=r[1], ordinal=r[2], text=r[3], start=r[4],
+                    end=r[5], page=r[6], title_path=tuple(json.loads(r[7])), token_count=r[8],
+                )
+        return out
+
+    def vectors(self, ids: Sequence[int]) -> npt.NDArray[np.float32]:
+        """Stored vectors of the given chunk ids, (len(ids), dim), in the order given."""
+        marks = ",".join("?" * len(ids))
+        rows = dict(self._query(f"SELECT id, vector FROM chunks WHERE id IN ({marks})",
+                                [int(i) for i in ids]))
+        return np.stack([np.frombuffer(rows[int(i)], dtype=np.float32) for i in ids])
+
+    def filenames(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        if not doc_ids:
+            return {}
+        marks = ",".join("?" * len(doc_ids))
+        rows = self._query(f"SELECT id, filename FROM documents WHERE id IN ({marks})", doc_ids)
+        return {r[0]: r[1] for r in rows}
+
+    def searchable_count(self) -> int:
+        return int(self._query(f"SELECT COUNT(*) FROM ({SEARCHABLE})")[0][0])
+
+    def searchable_ids(
+        self, collection: str | None = None, document_ids: Sequence[str] | None = None
+    ) -> npt.NDArray[np.int64]:
+        """Ids of searchable chunks, optionally limited to a collection or documents."""
+        sql, args = SEARCHABLE, []
+        if collection:
+            sql += " AND d.collection = ?"
+            args.append(collection)
+        if document_ids:
+            sql += f" AND d.id IN ({','.join('?' * len(document_ids))})"
+            args.extend(document_ids)
+        return np.array([r[0] for r in self._query(sql, args)], dtype=np.int64)
+
+    def searchable_vectors(self, batch: int = 4096) -> Iterator[tuple[Any, Any]]:
+        """(ids int64 (n,), vectors float32 (n, dim)) in batches, for index rebuilds."""
+        last = -1
+        while True:
+            rows = self._query(
+                "SELECT c.id, c.vector FROM chunks c JOIN documents d ON d.id = c.document_id "
+                "WHERE d.state = 'indexed' AND c.id > ? ORDER BY c.id LIMIT ?",
+                (last, batch),
+            )
+            if not rows:
+                return
+            ids = np.array([r[0] for r in rows], dtype=np.int64)
+            vectors = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+            last = int(ids[-1])
+            yield ids, vectors
+
+    def searchable_texts(self) -> tuple[npt.NDArray[np.int64], list[str]]:
+        """All searchable chunk ids and texts, for the BM25 index."""
+        rows = self._query(
+            "SELECT c.id, c.text FROM chunks c JOIN documents d ON d.id = c.document_id "
+            "WHERE d.state = 'indexed' ORDER BY c.id"
+        )
+        return np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
+
+
+def _insert_chunk(
+    db: sqlite3.Connection, doc_id: str, d: ChunkDraft, vector: npt.NDArray[np.float32]
+) -> int:
+    cur = db.execute(
+        "INSERT INTO chunks (document_id, ordinal, text, start, \"end\", page, title_path, "
+        "token_count, vector) VALUES (?,?,?,?,?,?,?,?,?)",
+        (
+            doc_id, d.ordinal, d.text, d.start, d.end, d.page, json.dumps(list(d.title_path)),
+            d.token_count, np.asarray(vector, dtype=np.float32).tobytes(),
+        ),
+    )
+    assert cur.lastrowid is not None
+    return int(cur.lastrowid)
+
+
+def _document(row: tuple[Any, ...]) -> Document:
+    meta: Mapping[str, Any] = json.loads(row[5]) if row[5] else {}
+    return Document(
+        id=row[0], filename=row[1], content_type=row[2], size=row[3], collection=row[4],
+        metadata=meta, pages=row[6], chunk_count=row[7], state=row[8], error=row[9],
+        created_at=row[10], updated_at=row[11],
+    )

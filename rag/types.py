@@ -1,0 +1,125 @@
+"""Internal data of the engine: frozen dataclasses passed between components."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Element:
+    """One piece of parsed text as the parser gives it (a title, paragraph, table, ...)."""
+
+    text: str
+    category: str = "NarrativeText"
+    page: int | None = None
+    title_path: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Document:
+    """An uploaded file; `id` is the SHA-256 of its bytes."""
+
+    id: str
+    filename: str
+    content_type: str
+    size: int
+    collection: str = "default"
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    pages: int | None = None
+    chunk_count: int = 0
+    state: str = "indexed"
+    error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A token window of one document; `text == parsed_text[start:end]`."""
+
+    id: int
+    document_id: str
+    ordinal: int
+    text: str
+    start: int
+    end: int
+    page: int | None = None
+    title_path: tuple[str, ...] = ()
+    token_count: int = 0
+
+
+@dataclass(frozen=True)
+class ScoredChunk:
+    """A retrieved chunk with its fused score and the scores that made it."""
+
+    chunk: Chunk
+    score: float
+    dense_score: float | None = None
+    bm25_score: float | None = None
+    filename: str = ""
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A numbered source of an answer, pointing at a real span of a document."""
+
+    number: int
+    document_id: str
+    filename: str
+    chunk_id: int
+    text: str
+    start: int
+    end: int
+    page: int | None
+    score: float
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds spent in each stage of one ask."""
+
+    retrieve_ms: float = 0.0
+    prompt_ms: float = 0.0
+    first_token_ms: float = 0.0
+    generate_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    question: str
+    text: str
+    citations: tuple[Citation, ...]
+    cached: bool = False
+    usage: Usage = Usage()
+    timings: Timings = Timings()
+    used_chunk_ids: tuple[int, ...] = ()
+    dropped_chunk_ids: tuple[int, ...] = ()
+    model: str = ""
+    index_version: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Answer:
+        return cls(
+            question=data["question"],
+            text=data["text"],
+            citations=tuple(Citation(**c) for c in data["citations"]),
+            cached=data.get("cached", False),
+            usage=Usage(**data.get("usage", {})),
+            timings=Timings(**data.get("timings", {})),
+            used_chunk_ids=tuple(data.get("used_chunk_ids", ())),
+            dropped_chunk_ids=tuple(data.get("dropped_chunk_ids", ())),
+            model=data.get("model", ""),
+            index_version=data.get("index_version", 0),
+        )

@@ -1,0 +1,86 @@
+"""Shared fixtures: real models loaded once per session, data in temp folders, real Redis."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REDIS_URL = os.environ.get("RAG_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests run only where CUDA is present."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA; this machine has none")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Converted models are shared by every test's data dir (converting takes ~20 s)."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def embedder():  # type: ignore[no-untyped-def]
+    from rag.embedding import SentenceTransformerEmbedder
+    from rag.settings import Settings
+
+    e = SentenceTransformerEmbedder(Settings())
+    e.load()
+    return e
+
+
+@pytest.fixture(scope="session")
+def generator(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from rag.generation import build_generator
+    from rag.settings import Settings
+
+    data = tmp_path_factory.mktemp("gen-data")
+    g = build_generator(Settings(data_dir=data))
+    g.load()
+    return g
+
+
+@pytest.fixture()
+def redis_client() -> Iterator[object]:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL}: start it (make test does)")
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture()
+def make_service(tmp_path: Path, embedder, generator):  # type: ignore[no-untyped-def]
+    """Build a loaded RagService over a fresh data dir, sharing the session's models."""
+    from rag.service import RagService
+    from rag.settings import Settings
+
+    made = []
+
+    def make(**overrides: object) -> object:
+        settings = Settings(data_dir=tmp_path / f"data{len(made)}", **overrides)  # type: ignore[arg-type]
+        service = RagService(settings, embedder=embedder, generator=generator)
+        service.load()
+        made.append(service)
+        return service
+
+    yield make
+    for service in made:
+        service.store.close()

@@ -1,0 +1,83 @@
+"""Retrieval: RRF by hand, merging of overlapping windows, hybrid search with filters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rag.chunking import ChunkDraft
+from rag.index import FaissIndex
+from rag.retrieval import Query, Retriever, fuse, merge_overlaps
+from rag.store import ChunkStore
+from rag.types import Chunk, Document, ScoredChunk
+
+
+def test_rrf_by_hand() -> None:
+    dense = [(1, 0.9), (2, 0.8), (3, 0.7)]
+    sparse = [(3, 12.0), (4, 5.0)]
+    fused = dict(fuse(dense, sparse, k=60))
+    assert fused[1] == pytest.approx(1 / 61)
+    assert fused[3] == pytest.approx(1 / 63 + 1 / 61)
+    assert fused[4] == pytest.approx(1 / 62)
+    assert [cid for cid, _ in fuse(dense, sparse, 60)] == [3, 1, 2, 4]
+
+
+def chunk(cid: int, doc: str, start: int, text: str) -> Chunk:
+    return Chunk(cid, doc, cid, text, start, start + len(text))
+
+
+def test_overlapping_windows_of_one_document_merge() -> None:
+    full = "0123456789abcdefghij"
+    a = ScoredChunk(chunk(1, "d", 5, full[5:12]), 0.9, 0.8)
+    b = ScoredChunk(chunk(2, "d", 0, full[0:8]), 0.5, 0.85)
+    c = ScoredChunk(chunk(3, "e", 0, "other"), 0.4)
+    d = ScoredChunk(chunk(4, "d", 15, full[15:20]), 0.3)
+    merged = merge_overlaps([a, b, c, d])
+    assert [m.chunk.id for m in merged] == [1, 3, 4]
+    first = merged[0]
+    assert (first.chunk.start, first.chunk.end, first.chunk.text) == (0, 12, full[0:12])
+    assert first.score == 0.9 and first.dense_score == 0.85
+
+
+FACTS = {
+    "cats.txt": "Cats sleep about sixteen hours a day and purr when content.",
+    "volcano.txt": "Mount Etna in Sicily is one of the most active volcanoes in Europe.",
+    "bread.txt": "Sourdough bread rises with a starter of wild yeast and lactobacilli.",
+    "code.txt": "The error code ZX-4471 means the flux capacitor overheated.",
+}
+
+
+@pytest.fixture()
+def retriever(tmp_path: Path, embedder) -> Retriever:  # type: ignore[no-untyped-def]
+    store = ChunkStore(tmp_path / "s.sqlite3")
+    index = FaissIndex(tmp_path / "i", "m", embedder.dimension, device="cpu")
+    for n, (name, text) in enumerate(FACTS.items()):
+        doc_id = f"doc{n}"
+        store.put_document(Document(doc_id, name, "text/plain", len(text),
+                                    collection="animals" if "cat" in name else "other"))
+        ids = store.add_chunks(doc_id, [ChunkDraft(0, text, 0, len(text), None, (), 10)],
+                               embedder.embed([text]))
+        store.mark_indexed(doc_id, None)
+        index.add(np.array(ids, dtype=np.int64), store.vectors(ids))
+    index.save()
+    return Retriever(store, index, embedder)
+
+
+def test_dense_finds_paraphrase(retriever: Retriever) -> None:
+    results = retriever.retrieve(Query("Which European mountain erupts often?", top_k=2))
+    assert results[0].filename == "volcano.txt"
+    assert results[0].dense_score is not None and results[0].dense_score > 0.3
+
+
+def test_bm25_finds_rare_code(retriever: Retriever) -> None:
+    results = retriever.retrieve(Query("ZX-4471", top_k=1))
+    assert results[0].filename == "code.txt" and results[0].bm25_score
+
+
+def test_filters_by_collection_and_document(retriever: Retriever) -> None:
+    only = retriever.retrieve(Query("volcano in Sicily", top_k=3, collection="animals"))
+    assert {r.filename for r in only} == {"cats.txt"}
+    docs = retriever.retrieve(Query("volcano", top_k=3, document_ids=("doc2",)))
+    assert {r.filename for r in docs} == {"bread.txt"}
