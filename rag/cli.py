@@ -114,6 +114,33 @@ def serve(
     uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")
 
 
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command(context_settings=PASS_THROUGH, add_help_option=False)
+def worker(ctx: typer.Context) -> None:
+    """Consume ingestion jobs from Redis (distributed mode). `rag worker --help` for options."""
+    from ingest.cli import worker_app
+
+    worker_app(ctx.args, prog_name="rag worker")
+
+
+@app.command(name="eval", context_settings=PASS_THROUGH, add_help_option=False)
+def evaluate(ctx: typer.Context) -> None:
+    """Run and compare evaluation suites: `rag eval run SUITE`, `rag eval compare A B`."""
+    from eval.cli import eval_app
+
+    eval_app(ctx.args, prog_name="rag eval")
+
+
+@app.command(context_settings=PASS_THROUGH, add_help_option=False)
+def bench(ctx: typer.Context) -> None:
+    """Measure ingest, retrieval and ask speed as ratios to the raw libraries; writes JSON."""
+    from eval.cli import bench_app
+
+    bench_app(ctx.args, prog_name="rag bench")
+
+
 def main() -> None:
     app()
 

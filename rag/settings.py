@@ -90,6 +90,34 @@ class Settings(BaseSettings):
     cache_size: int = Field(1024, ge=0, description="Answers kept by the in-process LRU cache.")
     cache_ttl_s: int = Field(86_400, gt=0, description="Seconds a cached answer lives in Redis.")
 
+    # Ingestion jobs
+    max_request_bytes: int = Field(
+        512 * 1024 * 1024, gt=0, description="Largest upload request (all files together)."
+    )
+    max_files_per_request: int = Field(32, gt=0, description="Most files in one upload request.")
+    job_attempts: int = Field(3, ge=1, description="Tries per ingestion job before it fails.")
+    job_timeout_s: int = Field(3600, gt=0, description="Seconds one ingestion job may run.")
+    worker_concurrency: int = Field(1, ge=1, description="Jobs one `rag worker` runs at once.")
+    queue_name: str = Field("rag-ingest", description="Name of the ingestion queue in Redis.")
+
+    # Access
+    api_keys: dict[str, list[Literal["ask", "ingest", "admin"]]] = Field(
+        default_factory=dict,
+        description='API keys and their scopes, as JSON: {"key": ["ask", "ingest", "admin"]}. '
+        "With none the service runs open, bound to localhost only.",
+    )
+    rate_limit_per_minute: int = Field(
+        120, ge=0, description="Requests per minute per key (or client address); 0 = no limit."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed to call the API from a browser."
+    )
+
+    # Evaluation
+    eval_max_latency_factor: float = Field(
+        1.5, gt=1.0, description="`rag eval compare` fails when p95 latency grows by more."
+    )
+
     @model_validator(mode="after")
     def _check_chunking(self) -> Settings:
         if self.chunk_overlap >= self.chunk_size:
