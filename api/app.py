@@ -45,9 +45,11 @@ def _ingest_samples(service: RagService, sample_dir: Path) -> None:
              ", ".join(c.filename for c in answer.citations))
 
 
-def create_app(settings: Settings, sample_dir: Path | None = None) -> Litestar:
-    """The API over one engine instance."""
-    service = RagService(settings)
+def create_app(
+    settings: Settings, sample_dir: Path | None = None, service: RagService | None = None
+) -> Litestar:
+    """The API over one engine instance (tests pass a service sharing loaded models)."""
+    service = service or RagService(settings)
 
     def provide_service(state: State) -> RagService:
         if state.get("not_ready"):

@@ -9,3 +9,4 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # unstructured's telemetry is opt-out; keep it off.
 os.environ.setdefault("SCARF_NO_ANALYTICS", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")

@@ -298,11 +298,13 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
 
 
 def _fsync_tree(root: Path) -> None:
-    """Flush every file under `root` to disk before it is renamed into place."""
+    """Flush every file under `root` to disk and make it readable by other processes."""
     for path in root.rglob("*"):
         if path.is_file():
+            path.chmod(0o644)
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
+    root.chmod(0o755)  # mkdtemp made it private; workers of other users load it too
     _fsync_dir(root)
 
 
@@ -442,6 +444,8 @@ class LocalGenerator:
         model, tokenizer = self._loaded()
         max_new_tokens = self._room(prompt, max_new_tokens)
         counts = _Counts(prompt_tokens=len(prompt.input_ids))
+        if stop is not None and stop.is_set():
+            return TokenStream(_no_pieces(), counts)
         streamer = _CountingStreamer(tokenizer, counts)
         abandoned = threading.Event()
         kwargs = self._generate_kwargs(model, prompt, max_new_tokens, streamer)
@@ -512,6 +516,11 @@ class LocalGenerator:
             errors.append(error)
             # Unblock the consumer, which re-raises the error.
             streamer.end()  # type: ignore[no-untyped-call]
+
+
+def _no_pieces() -> PieceGenerator[str, None, None]:
+    """An answer that was cancelled before it started."""
+    yield from ()
 
 
 def _local_pieces(
@@ -591,6 +600,8 @@ class OpenAIGenerator:
         """POST /chat/completions with stream=true and yield the content deltas."""
         client, tokenizer = self._ready()
         counts = _Counts(prompt_tokens=len(prompt.input_ids))
+        if stop is not None and stop.is_set():
+            return TokenStream(_no_pieces(), counts)
         body = {
             "model": self.name,
             "messages": list(prompt.messages),

