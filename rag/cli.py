@@ -96,6 +96,23 @@ def ask(
 
 
 @app.command()
+def reindex(
+    reembed: Annotated[bool, typer.Option(
+        help="Re-parse and re-embed every stored upload (needed after changing the model).")] = False,
+) -> None:
+    """Rebuild the FAISS index from the chunk store (or from the uploads with --reembed)."""
+    from rag.service import RagService
+
+    service = RagService(Settings())
+    with console.status("re-indexing..."):
+        service.load(generator=False, fresh_index=reembed)
+        done, failed = service.reindex(reembed=reembed)
+    console.print(f"{done} documents indexed, {len(failed)} failed; "
+                  f"{service.store.searchable_count()} chunks searchable")
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
 def serve(
     sample: Annotated[bool, typer.Option(help="Ingest the shipped sample corpus first.")] = False,
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,

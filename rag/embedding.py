@@ -81,6 +81,7 @@ class SentenceTransformerEmbedder:
         self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
         self.device = "cpu"
+        self.model_source = ""
 
     def load(self) -> None:
         if self._model is not None:
@@ -88,6 +89,7 @@ class SentenceTransformerEmbedder:
         from sentence_transformers import SentenceTransformer
 
         source = resolve_embedder(self.name)
+        self.model_source = source
         self.device = pick_device(self._device_setting)
         try:
             model = SentenceTransformer(source, device=self.device)

@@ -6,10 +6,10 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -33,6 +33,7 @@ NO_ANSWER = "The documents do not contain an answer to this question."
 EMBED_BATCH = 64
 
 Progress = Callable[[str, int, int | None], None]
+T = TypeVar("T")
 
 
 def _no_progress(stage: str, done: int, total: int | None) -> None:
@@ -73,8 +74,11 @@ class RagService:
 
     # Start-up
 
-    def load(self, generator: bool = True) -> None:
-        """Load models and the index; rebuild the index from the store if they disagree."""
+    def load(self, generator: bool = True, fresh_index: bool = False) -> None:
+        """Load models and the index; rebuild the index from the store if they disagree.
+
+        `fresh_index` skips the saved index (for `reindex` after an embedding-model change).
+        """
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store.open()
         self.embedder.load()
@@ -85,8 +89,9 @@ class RagService:
         s = self.settings
         self.index = FaissIndex(s.index_dir, s.embedding_model, self.embedder.dimension,
                                 s.approximate_index_threshold, s.ivf_nprobe, s.index_device)
-        self.index.load()
-        if self.index.count != self.store.searchable_count():
+        if not fresh_index:
+            self.index.load()
+        if not fresh_index and self.index.count != self.store.searchable_count():
             with self.writer():
                 self._rebuild_index()
         self.retriever = Retriever(self.store, self.index, self.embedder, s.hybrid, s.rrf_k,
@@ -100,6 +105,31 @@ class RagService:
                     index.count, self.store.searchable_count())
         index.rebuild(self.store.searchable_vectors())
         index.save()
+
+    def reindex(self, reembed: bool = False) -> tuple[int, list[str]]:
+        """Rebuild the index from the stored vectors, or re-process every upload (`reembed`).
+
+        Returns (documents indexed, ids that failed).
+        """
+        docs, _ = self.store.list_documents(limit=1_000_000)
+        if not reembed:
+            with self.writer():
+                index = self._index()
+                index.rebuild(self.store.searchable_vectors())
+                index.save()
+            return sum(d.state == "indexed" for d in docs), []
+        with self.writer():
+            self._index().rebuild([])
+            self._index().save()
+        failed = []
+        for doc in docs:
+            try:
+                self.process_document(doc.id)
+            except RagError as exc:
+                log.warning("re-indexing %s (%s) failed: %s", doc.filename, doc.id, exc)
+                failed.append(doc.id)
+        self.cache.clear()
+        return len(docs) - len(failed), failed
 
     def _index(self) -> FaissIndex:
         if self.index is None:
@@ -155,20 +185,32 @@ class RagService:
         self.store.put_document(doc)
         return self.process_document(doc_id, progress)
 
-    def process_document(self, doc_id: str, progress: Progress = _no_progress) -> Document:
-        """Run the pipeline for a stored document; on failure it is marked failed and raised."""
+    def process_document(
+        self, doc_id: str, progress: Progress = _no_progress,
+        timings: dict[str, float] | None = None,
+    ) -> Document:
+        """Run the pipeline for a stored document; on failure it is marked failed and raised.
+
+        `timings`, when given, is filled while it runs with seconds per stage (parse, chunk,
+        embed, index). A progress callback may raise to stop the job; it is called inside the
+        index writer after `mark_indexed` and before the vectors are added, so raising there
+        still leaves nothing half-indexed.
+        """
         doc = self.store.get_document(doc_id)
         if doc is None:
             raise InvalidInput(f"Document {doc_id} is unknown.", "Upload it first.")
         self.store.set_state(doc_id, "processing")
-        self.store.clear_chunks(doc_id)  # a retried job starts clean
+        self._clear_previous(doc_id)  # a retried job starts clean
+        clock = timings if timings is not None else {}
         try:
-            pages = self._chunk_and_embed(doc, progress)
+            pages = self._chunk_and_embed(doc, progress, clock)
+            started = time.perf_counter()
             with self.writer():
                 self.store.mark_indexed(doc_id, pages)
                 progress("index", 0, 1)
                 self._add_to_index(doc_id)
                 progress("index", 1, 1)
+            clock["index"] = time.perf_counter() - started
         except RagError as exc:
             self.store.clear_chunks(doc_id)
             self.store.set_state(doc_id, "failed", str(exc))
@@ -181,7 +223,9 @@ class RagService:
         assert result is not None
         return result
 
-    def _chunk_and_embed(self, doc: Document, progress: Progress) -> int | None:
+    def _chunk_and_embed(
+        self, doc: Document, progress: Progress, clock: dict[str, float]
+    ) -> int | None:
         """Stream elements -> windows -> vectors -> store, in bounded memory; returns pages."""
         assert self.chunker is not None, "call load() first"
         path = self.uploads.path(doc.id)
@@ -189,17 +233,19 @@ class RagService:
         batch: list[ChunkDraft] = []
         done = 0
         progress("parse", 0, None)
-        elements = parsing.parse(path, doc.filename, self.settings)
-        for draft in self.chunker.chunk(elements):
+        elements = _timed(parsing.parse(path, doc.filename, self.settings), clock, "parse")
+        for draft in _timed(self.chunker.chunk(elements), clock, "chunk"):
             if draft.page is not None:
                 pages = max(pages or 0, draft.page)
             batch.append(draft)
             if len(batch) >= EMBED_BATCH:
-                done += self._embed_batch(doc.id, batch)
+                progress("chunk", done + len(batch), None)
+                done += self._embed_batch(doc.id, batch, clock)
                 progress("embed", done, None)
                 batch = []
+        clock["chunk"] = clock.get("chunk", 0.0) - clock.get("parse", 0.0)  # parse ran inside
         if batch:
-            done += self._embed_batch(doc.id, batch)
+            done += self._embed_batch(doc.id, batch, clock)
         if done == 0:
             raise EmptyDocument(
                 f"{doc.filename!r} holds no text to index.", "Upload a file with text in it."
@@ -207,10 +253,26 @@ class RagService:
         progress("embed", done, done)
         return pages
 
-    def _embed_batch(self, doc_id: str, batch: Sequence[ChunkDraft]) -> int:
+    def _embed_batch(
+        self, doc_id: str, batch: Sequence[ChunkDraft], clock: dict[str, float]
+    ) -> int:
+        started = time.perf_counter()
         vectors = self.embedder.embed([d.text for d in batch])
         self.store.add_chunks(doc_id, batch, vectors)
+        clock["embed"] = clock.get("embed", 0.0) + time.perf_counter() - started
         return len(batch)
+
+    def _clear_previous(self, doc_id: str) -> None:
+        """Drop chunks (and any vectors) an interrupted earlier attempt left behind."""
+        ids = self.store.chunk_ids(doc_id)
+        if ids:
+            with self.writer():
+                index = self._index()
+                before = index.count
+                index.remove(np.array(ids, dtype=np.int64))
+                if index.count != before:
+                    index.save()
+        self.store.clear_chunks(doc_id)
 
     def _add_to_index(self, doc_id: str) -> None:
         index = self._index()
@@ -364,3 +426,17 @@ def _citation(number: int, source: ScoredChunk) -> Citation:
 
 def _replace_answer(answer: Answer, **changes: Any) -> Answer:
     return replace(answer, **changes)
+
+
+def _timed(items: Iterable[T], clock: dict[str, float], stage: str) -> Iterator[T]:
+    """Yield from `items`, adding the seconds spent producing them to `clock[stage]`."""
+    iterator = iter(items)
+    while True:
+        started = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            clock[stage] = clock.get(stage, 0.0) + time.perf_counter() - started
+        yield item

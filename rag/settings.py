@@ -19,6 +19,9 @@ class Settings(BaseSettings):
 
     # Storage and deployment
     data_dir: Path = Field(Path("data"), description="Uploads, chunk store, index, converted models.")
+    converted_models_dir: Path | None = Field(
+        None, description="Where converted models are kept (default: <data_dir>/models)."
+    )
     redis_url: str | None = Field(
         None, description="Redis URL; set it for distributed mode (queue, cache, locks)."
     )
@@ -97,6 +100,10 @@ class Settings(BaseSettings):
     max_files_per_request: int = Field(32, gt=0, description="Most files in one upload request.")
     job_attempts: int = Field(3, ge=1, description="Tries per ingestion job before it fails.")
     job_timeout_s: int = Field(3600, gt=0, description="Seconds one ingestion job may run.")
+    job_heartbeat_s: int = Field(
+        30, gt=0,
+        description="A running job whose worker is silent this long is taken over by another.",
+    )
     worker_concurrency: int = Field(1, ge=1, description="Jobs one `rag worker` runs at once.")
     queue_name: str = Field("rag-ingest", description="Name of the ingestion queue in Redis.")
 
@@ -129,7 +136,7 @@ class Settings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
-        return self.data_dir / "models"
+        return self.converted_models_dir or self.data_dir / "models"
 
     @property
     def uploads_dir(self) -> Path:

@@ -42,12 +42,12 @@ def embedder():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def generator(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def generator(models_dir: Path):  # type: ignore[no-untyped-def]
+    """The packaged generator, converted once per session into `models_dir`."""
     from rag.generation import build_generator
     from rag.settings import Settings
 
-    data = tmp_path_factory.mktemp("gen-data")
-    g = build_generator(Settings(data_dir=data))
+    g = build_generator(Settings(data_dir=models_dir.parent, converted_models_dir=models_dir))
     g.load()
     return g
 
@@ -67,7 +67,7 @@ def redis_client() -> Iterator[object]:
 
 
 @pytest.fixture()
-def make_service(tmp_path: Path, embedder, generator):  # type: ignore[no-untyped-def]
+def make_service(tmp_path: Path, embedder, generator, models_dir):  # type: ignore[no-untyped-def]
     """Build a loaded RagService over a fresh data dir, sharing the session's models."""
     from rag.service import RagService
     from rag.settings import Settings
@@ -75,7 +75,8 @@ def make_service(tmp_path: Path, embedder, generator):  # type: ignore[no-untype
     made = []
 
     def make(**overrides: object) -> object:
-        settings = Settings(data_dir=tmp_path / f"data{len(made)}", **overrides)  # type: ignore[arg-type]
+        settings = Settings(data_dir=tmp_path / f"data{len(made)}",  # type: ignore[arg-type]
+                            converted_models_dir=models_dir, **overrides)
         service = RagService(settings, embedder=embedder, generator=generator)
         service.load()
         made.append(service)

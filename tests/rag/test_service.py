@@ -121,3 +121,19 @@ def test_index_is_rebuilt_from_the_store_when_it_is_lost(
     reopened.load()
     assert reopened._index().count == count
     assert reopened.ask(AskRequest("Which platform does the night train leave from?")).citations
+
+
+def test_model_change_needs_reindex_then_works(service: RagService) -> None:
+    from rag.errors import IndexMismatch
+    from rag.settings import Settings
+
+    changed = Settings(**{**service.settings.model_dump(),
+                          "embedding_model": str(service.embedder.model_source)})
+    with pytest.raises(IndexMismatch, match="rag reindex"):
+        RagService(changed, generator=service.generator).load()
+    fresh = RagService(changed, generator=service.generator)
+    fresh.load(fresh_index=True)
+    done, failed = fresh.reindex(reembed=True)
+    assert (done, failed) == (3, [])
+    answer = fresh.ask(AskRequest("Which platform does the night train leave from?"))
+    assert answer.citations[0].filename == "rail.txt"
