@@ -351,12 +351,16 @@ class RagService:
         t_prompt = time.perf_counter()
         pieces: list[str] = []
         first: float | None = None
-        for piece in self.generator.stream(prompt, self.settings.max_new_tokens, stop):
-            first = first or time.perf_counter()
-            pieces.append(piece)
-            yield piece
+        stream = self.generator.stream(prompt, self.settings.max_new_tokens, stop)
+        try:
+            for piece in stream:
+                first = first or time.perf_counter()
+                pieces.append(piece)
+                yield piece
+        finally:
+            stream.close()  # a consumer that leaves early stops generation
         text = "".join(pieces).strip()
-        completion = len(self.generator.tokenizer.encode(text, add_special_tokens=False))
+        completion = stream.usage.completion_tokens
         return self._finish(question, text, prompt, started, t_retrieved, t_prompt,
                             first or time.perf_counter(), completion)
 

@@ -16,10 +16,9 @@ from rag.settings import Settings
 from rag.types import Chunk, ScoredChunk
 
 SENTENCE_END = re.compile(r"[.!?](?= |$)")
-WORDS = (
-    "the index holds vectors of every chunk while the model reads sources and cites them "
-    "quickly under budget tokens battery warranty covers parts labour years device screen"
-).split()
+# Vocabulary of the random texts (a phrase split on spaces).
+VOCABULARY = "the index holds vectors of every chunk while the model reads sources and cites them"
+WORDS = re.findall(r"\S+", VOCABULARY + " quickly under budget battery warranty covers parts")
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +180,7 @@ def test_question_longer_than_the_window_is_invalid(tokenizer: PreTrainedTokeniz
 def test_source_labels_show_page_when_known(tokenizer: PreTrainedTokenizerBase) -> None:
     chunks = [scored(0, "One.", page=3), scored(1, "Two.", page=None)]
     prompt = build_prompt("Q?", chunks, tokenizer, 2048, 64)
-    assert "[1] file0.pdf (p. 3): One.\n\n[2] file1.pdf: Two.\n\nQuestion: Q?" == user_text(prompt)
+    assert user_text(prompt) == "[1] file0.pdf (p. 3): One.\n\n[2] file1.pdf: Two.\n\nQuestion: Q?"
 
 
 def test_control_tokens_in_documents_stay_plain_text(tokenizer: PreTrainedTokenizerBase) -> None:
