@@ -114,7 +114,8 @@ class RedisCache:
         removed = 0
         try:
             for doc in document_ids:
-                keys = [self.prefix + k.decode() for k in self._redis.smembers(self.by_doc + doc)]
+                members = self._redis.smembers(self.by_doc + doc)
+                keys = [self.prefix + (k.decode() if isinstance(k, bytes) else k) for k in members]
                 if keys:
                     removed += int(self._redis.delete(*keys))
                 self._redis.delete(self.by_doc + doc)

@@ -118,7 +118,7 @@ class SentenceTransformerEmbedder:
 
     @property
     def max_tokens(self) -> int:
-        return int(self.model.max_seq_length)
+        return int(self.model.max_seq_length or self.tokenizer.model_max_length)
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:

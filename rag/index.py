@@ -193,9 +193,17 @@ class FaissIndex:
     def _params(self, allowed: Ids | None) -> Any:
         selector = (faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
                     if allowed is not None else None)
+        params: Any
         if isinstance(self._cpu, faiss.IndexIVF):
-            return faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)
-        return faiss.SearchParameters(sel=selector) if selector is not None else None
+            params = faiss.SearchParametersIVF()
+            params.nprobe = self.nprobe
+        elif selector is not None:
+            params = faiss.SearchParameters()
+        else:
+            return None
+        if selector is not None:
+            params.sel = selector
+        return params
 
     def _gpu_index(self) -> Any:
         if self._gpu is None:

@@ -1,81 +1,44 @@
-"""Turn an uploaded file into Elements: tell its kind from the content, refuse what is too large or
-unsafe, and partition it with unstructured, fully offline.
+"""Turn an uploaded file into Elements, partitioned with unstructured, fully offline.
 
-Per kind: html, xml, docx, pptx, xlsx, csv, eml and md go through unstructured's partitioners
-(md in blocks of about 1 MB so a huge file parses in bounded memory). pdf reads the text layer with
-pdfminer and classifies each text box with unstructured's `element_from_text`, as unstructured's
-"fast" strategy does, without `partition_pdf` (whose module needs unstructured-inference) and
-without OCR. txt and rst (pandoc, which `partition_rst` needs, is not installed) are streamed in
-paragraphs. Arbitrary JSON is flattened into "key.path: value" lines; unstructured's own element
-JSON goes through `partition_json`.
+The file is checked and its kind told from its content first (rag.detection, whose `SUPPORTED`,
+`detect_kind` and `check_file` this module re-exports). Per kind: html, xml, docx, pptx, xlsx, csv,
+eml and md go through unstructured's partitioners (md in blocks of about 1 MB so a huge file parses
+in bounded memory). pdf reads the text layer with pdfminer and classifies each text box with
+unstructured's `element_from_text`, as unstructured's "fast" strategy does, without `partition_pdf`
+(whose module needs unstructured-inference) and without OCR. txt and rst (pandoc, which
+`partition_rst` needs, is not installed) are streamed in paragraphs. Arbitrary JSON is flattened
+into "key.path: value" lines; unstructured's own element JSON goes through `partition_json`.
 """
 
 from __future__ import annotations
 
-import codecs
-import csv
 import functools
 import json
 import re
-import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from rag.errors import ConfigError, EmptyDocument, InvalidInput, RagError, TooLarge, UnsupportedType
+from rag.detection import (
+    SUPPORTED,
+    SUPPORTED_HINT,
+    check_file,
+    check_limits,
+    detect_kind,
+    file_encoding,
+)
+from rag.errors import ConfigError, EmptyDocument, InvalidInput, RagError, UnsupportedType
 from rag.settings import Settings
 from rag.types import Element
 
 if TYPE_CHECKING:
     from unstructured.documents.elements import Element as UnstructuredElement
 
-SUPPORTED: dict[str, str] = {
-    "txt": "text/plain",
-    "md": "text/markdown",
-    "rst": "text/x-rst",
-    "html": "text/html",
-    "xml": "application/xml",
-    "pdf": "application/pdf",
-    "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-    "pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-    "csv": "text/csv",
-    "eml": "message/rfc822",
-    "json": "application/json",
-}
-_EXTENSIONS = {
-    ".txt": "txt", ".text": "txt", ".log": "txt", ".md": "md", ".markdown": "md", ".rst": "rst",
-    ".html": "html", ".htm": "html", ".xhtml": "html", ".xml": "xml", ".pdf": "pdf",
-    ".docx": "docx", ".pptx": "pptx", ".xlsx": "xlsx", ".csv": "csv", ".eml": "eml",
-    ".json": "json",
-}  # fmt: skip
-_BINARY_KINDS = frozenset({"pdf", "docx", "pptx", "xlsx"})
-_PLAIN_KINDS = frozenset({"txt", "md", "rst", "csv"})
-_ZIP_MEMBERS = {"docx": "word/", "pptx": "ppt/", "xlsx": "xl/"}  # part folder of each container
-_HINT = "Supported types: " + ", ".join(SUPPORTED) + "."
+__all__ = ["SUPPORTED", "check_file", "detect_kind", "parse"]
 
-_SNIFF_BYTES = 64 * 1024
 _BLOCK_CHARS = 1 << 20  # text is partitioned in blocks of about this many characters
-_BOMB_RATIO = 100  # uncompressed / compressed size above which a zip is refused ...
-_BOMB_FLOOR = 1 << 20  # ... once it expands to more than this (tiny files cannot hurt)
 _TITLE_MAX_WORDS = 12  # unstructured's `is_possible_title` limit
 _JSON_GROUP_CHARS = 2000
-_CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\r\f\v\x1b\x08")
-_HTML_TAGS = frozenset({
-    "html", "head", "body", "div", "p", "span", "a", "h1", "h2", "h3", "h4", "h5", "h6", "table",
-    "ul", "ol", "li", "section", "article", "main", "nav", "header", "footer", "meta", "link",
-    "title", "script", "style", "br", "img", "form", "pre",
-})  # fmt: skip
-_FIRST_TAG = re.compile(r"<([A-Za-z_][\w:.-]*)[\s>/]")
-_HTML_DOCTYPE = re.compile(r"<!doctype\s+html|<html[\s>]", re.IGNORECASE)
-_JSON_START = re.compile(r'\{\s*["}]|\[\s*([\[{"\]\d-]|true|false|null)')
-_MAIL_HEADER = re.compile(r"([A-Za-z][A-Za-z0-9-]*):[ \t]")
-_MAIL_FIELDS = frozenset({
-    "from", "to", "cc", "subject", "date", "message-id", "mime-version", "received",
-    "return-path", "reply-to", "content-type",
-})  # fmt: skip
-_MARKDOWN = re.compile(r"^(#{1,6} \S|```|~~~)|\[[^\]\n]+\]\([^)\s]+\)", re.MULTILINE)
-_RST = re.compile(r"^\.\. [\w-]+::|^\S[^\n]*\n([=\-~^\"'`#*+])\1{2,}[ \t]*$", re.MULTILINE)
 _ADORNMENT = re.compile(r"([=\-~^\"'`#*+:.])\1{2,}")
 _FENCE = re.compile(r"\s{0,3}(```|~~~)")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
@@ -94,31 +57,6 @@ class _Piece(NamedTuple):
 # Public API
 
 
-def detect_kind(path: Path, filename: str) -> str:
-    """The kind of the file (a key of SUPPORTED), decided from its content.
-
-    The extension only picks among plain-text kinds (txt, md, rst, csv); a file named as a binary
-    kind (pdf, docx, pptx, xlsx) whose content is something else is refused as a mismatch.
-    """
-    claimed = _EXTENSIONS.get(Path(filename).suffix.lower())
-    with path.open("rb") as stream:
-        head = stream.read(_SNIFF_BYTES)
-        complete = not stream.read(1)
-    detected = _binary_kind(path, filename, head, claimed) or _text_kind(head, claimed, complete)
-    if claimed in _BINARY_KINDS and detected != claimed:
-        raise UnsupportedType(
-            f"{filename} is named as a {claimed} file but its content is {detected} "
-            f"({SUPPORTED[detected]}).",
-            hint=f"Upload the real {claimed} file or rename it to match its content. {_HINT}",
-        )
-    return detected
-
-
-def check_file(path: Path, settings: Settings) -> None:
-    """Refuse a file before reading it: too large, empty, or a zip that would expand too far."""
-    _check_file(path, path.name, settings)
-
-
 def parse(path: Path, filename: str, settings: Settings) -> Iterator[Element]:
     """Check and detect the file now, then return its Elements lazily, in document order.
 
@@ -127,201 +65,10 @@ def parse(path: Path, filename: str, settings: Settings) -> Iterator[Element]:
     enclosing Titles. Raises EmptyDocument (while iterating) when no text comes out and
     InvalidInput when the file is corrupt.
     """
-    _check_file(path, filename, settings)
+    check_limits(path, filename, settings)
     kind = detect_kind(path, filename)
     _use_packaged_spacy_model()
     return _elements(kind, path, filename)
-
-
-# ---------------------------------------------------------------------------------------------
-# Size and decompression limits
-
-
-def _check_file(path: Path, filename: str, settings: Settings) -> None:
-    size = path.stat().st_size
-    if size > settings.max_file_bytes:
-        raise TooLarge(
-            f"{filename} is {_mib(size)}, over the {_mib(settings.max_file_bytes)} limit.",
-            hint="Split the document into smaller files, or raise RAG_MAX_FILE_BYTES.",
-        )
-    if size == 0:
-        raise EmptyDocument(f"{filename} is empty (0 bytes).", hint="Upload a file with text.")
-    _check_zip(path, filename, size, settings)
-
-
-def _check_zip(path: Path, filename: str, size: int, settings: Settings) -> None:
-    """Refuse a zip whose declared sizes expand too far.
-
-    zipfile never inflates a member past its declared size, so the declared sizes bound what the
-    office libraries will hold in memory.
-    """
-    with path.open("rb") as stream:
-        if stream.read(4) != b"PK\x03\x04":
-            return
-    try:
-        with zipfile.ZipFile(path) as archive:
-            unzipped = sum(info.file_size for info in archive.infolist())
-    except (zipfile.BadZipFile, OSError):
-        return  # detect_kind reports the damaged container
-    hint = "This looks like a decompression bomb; upload the document saved normally, or split it."
-    if unzipped > settings.max_unzipped_bytes:
-        raise TooLarge(
-            f"{filename} expands to {_mib(unzipped)} when unzipped, over the "
-            f"{_mib(settings.max_unzipped_bytes)} limit (RAG_MAX_UNZIPPED_BYTES).",
-            hint=hint,
-        )
-    if unzipped > _BOMB_FLOOR and unzipped > _BOMB_RATIO * size:
-        raise TooLarge(
-            f"{filename} expands {unzipped // size} times when unzipped (limit {_BOMB_RATIO}).",
-            hint=hint,
-        )
-
-
-def _mib(size: int) -> str:
-    return f"{size / (1 << 20):.1f} MiB"
-
-
-# ---------------------------------------------------------------------------------------------
-# Kind detection
-
-
-def _binary_kind(path: Path, filename: str, head: bytes, claimed: str | None) -> str | None:
-    """pdf or an office kind from magic bytes; None for text; raise for other binary content."""
-    if b"%PDF-" in head[:1024]:
-        return "pdf"
-    if head.startswith(b"PK\x03\x04"):
-        return _zip_kind(path, filename, claimed)
-    if _looks_text(head):
-        return None
-    import filetype
-
-    guess = filetype.guess(head)
-    found = f"{guess.mime} data" if guess else "binary data"
-    raise UnsupportedType(f"{filename}: the content is {found}, not a document with text.", _HINT)
-
-
-def _zip_kind(path: Path, filename: str, claimed: str | None) -> str:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        if claimed in _ZIP_MEMBERS:
-            raise InvalidInput(
-                f"{filename} is a damaged {claimed} file: its zip container cannot be read "
-                f"({exc}).",
-                hint="Open it in its office application, save it again and re-upload it.",
-            ) from exc
-        raise UnsupportedType(f"{filename} is a damaged zip archive.", _HINT) from exc
-    for kind, folder in _ZIP_MEMBERS.items():
-        if any(name.startswith(folder) for name in names):
-            return kind
-    raise UnsupportedType(
-        f"{filename} is a zip archive, not a Word, PowerPoint or Excel document.",
-        hint=f"Unpack it and upload the documents inside. {_HINT}",
-    )
-
-
-def _looks_text(head: bytes) -> bool:
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return True
-    if b"\0" in head:
-        return False
-    controls = sum(head.count(bytes([byte])) for byte in _CONTROL_BYTES)
-    return controls <= len(head) // 100
-
-
-def _encoding(head: bytes) -> str:
-    """The text encoding: a BOM, else UTF-8 when it decodes, else charset detection (latin-1)."""
-    for bom, name in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF32_LE, "utf-32"),
-                      (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
-                      (codecs.BOM_UTF16_BE, "utf-16")):  # fmt: skip
-        if head.startswith(bom):
-            return name
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
-        return "utf-8"
-    except UnicodeDecodeError:
-        from charset_normalizer import from_bytes
-
-        matches = from_bytes(head)
-        best = matches.best()
-        if best is None:
-            return "latin-1"
-        for match in matches:  # on a tie, the most common legacy encoding wins
-            if match.encoding == "cp1252" and (match.chaos, -match.coherence) <= (
-                best.chaos,
-                -best.coherence,
-            ):
-                return "cp1252"
-        return best.encoding
-
-
-def _text_kind(head: bytes, claimed: str | None, complete: bool) -> str:
-    text = head.decode(_encoding(head), errors="replace").lstrip("\ufeff \t\r\n")
-    if text.startswith("<") or claimed in ("html", "xml"):
-        markup = _markup_kind(text, claimed)
-        if markup:
-            return markup
-    if text[:1] in ("{", "[") and _looks_json(text, claimed, complete):
-        return "json"
-    if _looks_email(text):
-        return "eml"
-    if claimed in _PLAIN_KINDS:
-        return claimed
-    if _MARKDOWN.search(text):
-        return "md"
-    if _RST.search(text):
-        return "rst"
-    return "csv" if _looks_csv(text, complete) else "txt"
-
-
-def _markup_kind(text: str, claimed: str | None) -> str | None:
-    """html or xml when the text has tags: the extension picks, else the doctype or first tag."""
-    if _HTML_DOCTYPE.search(text[:4096]):
-        return "html"
-    tag = _FIRST_TAG.search(text[:4096])
-    if tag is None:
-        return None
-    if claimed in ("html", "xml"):
-        return claimed
-    return "html" if tag.group(1).lower() in _HTML_TAGS else "xml"
-
-
-def _looks_json(text: str, claimed: str | None, complete: bool) -> bool:
-    if complete:
-        try:
-            json.loads(text)
-            return True
-        except ValueError:
-            return claimed == "json"  # broken JSON is reported as such when parsing
-    return claimed == "json" or _JSON_START.match(text) is not None
-
-
-def _looks_email(text: str) -> bool:
-    header = text.replace("\r\n", "\n").partition("\n\n")[0]
-    names = set()
-    for line in header.split("\n")[:100]:
-        if line[:1] in (" ", "\t"):
-            continue  # folded header line
-        match = _MAIL_HEADER.match(line)
-        if match is None:
-            return False
-        names.add(match.group(1).lower())
-    return len(names & _MAIL_FIELDS) >= 2 and bool(names & {"from", "received"})
-
-
-def _looks_csv(text: str, complete: bool) -> bool:
-    lines = text.splitlines()[:50]
-    if not complete:
-        lines = lines[:-1]  # the last line may be cut
-    if len(lines) < 2:
-        return False
-    try:
-        dialect = csv.Sniffer().sniff("\n".join(lines), delimiters=",;\t|")
-    except csv.Error:
-        return False
-    widths = {len(row) for row in csv.reader(lines, dialect)}
-    return len(widths) == 1 and widths.pop() > 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,7 +127,9 @@ def _guarded(kind: str, path: Path, filename: str) -> Iterator[_Piece]:
     except RagError:
         raise
     except Exception as exc:
-        hint = f"Check that the file opens in its usual application, or convert it. {_HINT}"
+        hint = (
+            "Check that the file opens in its usual application, or convert it. " + SUPPORTED_HINT
+        )
         if "password" in str(exc).lower() or "encrypt" in type(exc).__name__.lower():
             hint = "Remove the password protection and upload it again."
         detail = f"{type(exc).__name__}: {exc}"[:400].rstrip(". ")
@@ -443,8 +192,8 @@ def _partition_whole(kind: str, path: Path) -> list[UnstructuredElement]:
         case "csv":
             from unstructured.partition.csv import partition_csv
 
-            return partition_csv(filename=name, encoding=_file_encoding(path))
-    raise UnsupportedType(f"No parser for kind {kind!r}.", _HINT)
+            return partition_csv(filename=name, encoding=file_encoding(path))
+    raise UnsupportedType(f"No parser for kind {kind!r}.", SUPPORTED_HINT)
 
 
 def _from_unstructured(elements: Iterable[UnstructuredElement]) -> Iterator[_Piece]:
@@ -521,18 +270,13 @@ def _pdf_pieces(path: Path) -> Iterator[_Piece]:
 # Streamed text
 
 
-def _file_encoding(path: Path) -> str:
-    with path.open("rb") as stream:
-        return _encoding(stream.read(_SNIFF_BYTES))
-
-
 def _text_blocks(path: Path, fenced: bool) -> Iterator[str]:
     """The text in blocks of about _BLOCK_CHARS, cut at blank lines outside ``` fences."""
     lines: list[str] = []
     size = 0
     in_fence = False
     line_start = True  # readline's limit may return part of a long line
-    with path.open(encoding=_file_encoding(path), errors="replace") as stream:
+    with path.open(encoding=file_encoding(path), errors="replace") as stream:
         while line := stream.readline(_BLOCK_CHARS):
             starts_line, line_start = line_start, line.endswith("\n")
             if fenced and starts_line and _FENCE.match(line):
@@ -622,7 +366,7 @@ def _json_pieces(path: Path) -> Iterator[_Piece]:
     Each scalar becomes a "key.path[0]: value" line; the lines under one top-level key (or item of
     a top-level array) form elements of at most about _JSON_GROUP_CHARS characters.
     """
-    with path.open(encoding=_file_encoding(path), errors="replace") as stream:
+    with path.open(encoding=file_encoding(path), errors="replace") as stream:
         data = json.load(stream)
     if _is_element_json(data):
         from unstructured.partition.json import partition_json

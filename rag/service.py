@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import logging
 import threading
@@ -333,7 +334,7 @@ class RagService:
     def _answer(
         self, question: str, top_k: int, request: AskRequest, started: float,
         stop: threading.Event | None,
-    ) -> Iterator[str | Answer]:
+    ) -> collections.abc.Generator[str, None, Answer]:
         retriever = self.retriever
         if retriever is None:
             raise NotReady("The service is still loading.", "Wait for /ready, then retry.")

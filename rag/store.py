@@ -220,7 +220,7 @@ class ChunkStore:
                 )
         return out
 
-    def vectors(self, ids: Sequence[int]) -> npt.NDArray[np.float32]:
+    def vectors(self, ids: Sequence[int] | npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         """Stored vectors of the given chunk ids, (len(ids), dim), in the order given."""
         marks = ",".join("?" * len(ids))
         rows = dict(self._query(f"SELECT id, vector FROM chunks WHERE id IN ({marks})",
