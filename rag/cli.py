@@ -98,7 +98,7 @@ def ask(
 @app.command()
 def reindex(
     reembed: Annotated[bool, typer.Option(
-        help="Re-parse and re-embed every stored upload (needed after changing the model).")] = False,
+        help="Re-parse and re-embed every upload (needed after changing the model).")] = False,
 ) -> None:
     """Rebuild the FAISS index from the chunk store (or from the uploads with --reembed)."""
     from rag.service import RagService

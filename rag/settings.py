@@ -18,7 +18,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAG_", env_file=".env", extra="ignore")
 
     # Storage and deployment
-    data_dir: Path = Field(Path("data"), description="Uploads, chunk store, index, converted models.")
+    data_dir: Path = Field(
+        Path("data"), description="Uploads, chunk store, index, converted models."
+    )
     converted_models_dir: Path | None = Field(
         None, description="Where converted models are kept (default: <data_dir>/models)."
     )
@@ -77,7 +79,9 @@ class Settings(BaseSettings):
         PACKAGED_GENERATOR,
         description="HF model id or path; the default is SmolLM2-135M-Instruct shipped on PyPI.",
     )
-    generator_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to generate.")
+    generator_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to generate: auto picks cuda when present, else cpu."
+    )
     openai_base_url: str = Field(
         "http://127.0.0.1:8080/v1", description="Base URL of the OpenAI-compatible server."
     )
@@ -118,6 +122,11 @@ class Settings(BaseSettings):
     )
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call the API from a browser."
+    )
+    widget_key: str = Field(
+        "",
+        description="An ask-only key from RAG_API_KEYS that the demo page at / puts in its "
+        "widget (it is public: anyone viewing the page can read it). Empty in open mode.",
     )
 
     # Evaluation
