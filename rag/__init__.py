@@ -6,6 +6,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Our own progress bars (rich) say what is loading; the libraries' tqdm bars only add noise.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # unstructured's telemetry is opt-out; keep it off.
 os.environ.setdefault("SCARF_NO_ANALYTICS", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")

@@ -60,7 +60,9 @@ class Settings(BaseSettings):
     index_device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Search on the GPU when faiss sees one (auto) or force a device."
     )
-    top_k: int = Field(5, ge=1, le=50, description="Sources retrieved per question by default.")
+    top_k: int = Field(
+        3, ge=1, le=50, description="Sources per question by default (3 suits a small model)."
+    )
     hybrid: bool = Field(True, description="Fuse BM25 with dense retrieval (reciprocal rank).")
     rrf_k: int = Field(60, gt=0, description="Reciprocal rank fusion constant.")
     candidates: int = Field(
@@ -114,8 +116,8 @@ class Settings(BaseSettings):
     # Access
     api_keys: dict[str, list[Literal["ask", "ingest", "admin"]]] = Field(
         default_factory=dict,
-        description='API keys and their scopes, as JSON: {"key": ["ask", "ingest", "admin"]}. '
-        "With none the service runs open, bound to localhost only.",
+        description='API keys and their scopes, as JSON: {"key": ["ask", "ingest", "admin"]}; '
+        "admin grants every scope. With none the service runs open, bound to localhost only.",
     )
     rate_limit_per_minute: int = Field(
         120, ge=0, description="Requests per minute per key (or client address); 0 = no limit."
