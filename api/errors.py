@@ -1,25 +1,29 @@
-"""The one place where engine errors become HTTP responses."""
+"""The one place where errors become HTTP responses (and the bodies of streamed `error` events)."""
 
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
+from typing import Any
 
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 
 from rag.errors import RagError
 
 log = logging.getLogger(__name__)
 
-HINTS = {
-    400: "Fix the request as described and send it again.",
-    401: "Send a valid key as `Authorization: Bearer <key>` or `X-API-Key: <key>`.",
-    403: "Use a key that has the needed scope.",
-    404: "Check the id or path.",
-    405: "Use one of the methods this route allows (see /schema).",
-    413: "Send less data.",
-    415: "Send a supported content type (see /schema).",
-    429: "Wait for the time given in Retry-After, then retry.",
+# error name and what to do, for the HTTP errors Litestar and our guards raise
+HTTP_ERRORS = {
+    400: ("BadRequest", "Fix the request as described and send it again."),
+    401: ("Unauthorized",
+          "Send a valid key as `Authorization: Bearer <key>` or `X-API-Key: <key>`."),
+    403: ("Forbidden", "Use a key that has the needed scope."),
+    404: ("NotFound", "Check the id or path."),
+    405: ("MethodNotAllowed", "Use one of the methods this route allows (see /schema)."),
+    413: ("TooLarge", "Send less data."),
+    415: ("UnsupportedMediaType", "Send a supported content type (see /schema)."),
+    429: ("RateLimited", "Wait for the seconds given in Retry-After, then retry."),
 }
 
 
@@ -27,45 +31,52 @@ def error_body(error: str, message: str, hint: str, **extra: object) -> dict[str
     return {"error": error, "message": message, "hint": hint, **extra}
 
 
-def rag_error_handler(_: Request[object, object, object], exc: RagError) -> Response[object]:
+def describe(exc: Exception) -> tuple[int, dict[str, object]]:
+    """Status and body for any error (used by the handlers below and by streamed answers)."""
+    if isinstance(exc, RagError):
+        return exc.status, error_body(type(exc).__name__, exc.message, exc.hint)
+    if isinstance(exc, ValidationException):
+        return 400, error_body("InvalidRequest", str(exc.detail),
+                               "Fix the fields listed in `details`.", details=exc.extra or [])
+    if isinstance(exc, HTTPException) and isinstance(exc.__cause__, SerializationException):
+        return 400, error_body("MalformedJSON", f"The body is not valid JSON: {exc.detail}.",
+                               "Send a JSON object, e.g. {\"question\": \"...\"} (see /schema).")
+    if isinstance(exc, HTTPException):
+        fallback = (HTTPStatus(exc.status_code).phrase.replace(" ", ""), "")
+        name, hint = HTTP_ERRORS.get(exc.status_code, fallback)
+        return exc.status_code, error_body(name, str(exc.detail), hint)
+    return 500, error_body("InternalError", "The server failed to handle this request.",
+                           "Retry later; if it keeps failing, check the server log.")
+
+
+def _respond(exc: Exception, headers: dict[str, str] | None = None) -> Response[object]:
+    status, body = describe(exc)
+    return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
+def rag_error_handler(_: Request[Any, Any, Any], exc: RagError) -> Response[object]:
     if exc.status >= 500 and exc.status != 503:
         log.error("engine error: %s", exc)
-    return Response(
-        error_body(type(exc).__name__, exc.message, exc.hint),
-        status_code=exc.status,
-        media_type=MediaType.JSON,
-    )
+    return _respond(exc)
 
 
 def validation_handler(
-    _: Request[object, object, object], exc: ValidationException
+    _: Request[Any, Any, Any], exc: ValidationException
 ) -> Response[object]:
-    return Response(
-        error_body("InvalidRequest", str(exc.detail), "Fix the fields listed in `details`.",
-                   details=exc.extra or []),
-        status_code=400,
-        media_type=MediaType.JSON,
-    )
+    return _respond(exc)
 
 
-def http_error_handler(_: Request[object, object, object], exc: HTTPException) -> Response[object]:
+def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[object]:
     headers = dict(exc.headers or {})
-    return Response(
-        error_body(type(exc).__name__, str(exc.detail), HINTS.get(exc.status_code, "")),
-        status_code=exc.status_code,
-        media_type=MediaType.JSON,
-        headers=headers,
-    )
+    if exc.status_code == 429 and "Retry-After" not in headers:
+        # Litestar's rate limiter says when the window resets; clients read Retry-After.
+        headers["Retry-After"] = str(max(1, int(headers.get("RateLimit-Reset", "60"))))
+    return _respond(exc, headers)
 
 
-def internal_error_handler(_: Request[object, object, object], exc: Exception) -> Response[object]:
+def internal_error_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[object]:
     log.exception("unhandled error", exc_info=exc)
-    return Response(
-        error_body("InternalError", "The server failed to handle this request.",
-                   "Retry later; if it keeps failing, check the server log."),
-        status_code=500,
-        media_type=MediaType.JSON,
-    )
+    return _respond(exc)
 
 
 EXCEPTION_HANDLERS = {

@@ -1,0 +1,124 @@
+"""API keys and scopes: who may call which route.
+
+Keys come from `RAG_API_KEYS` (`{"key": ["ask", "ingest", "admin"]}`) and are sent as
+`Authorization: Bearer <key>` or `X-API-Key: <key>`. `admin` grants every scope. With no keys
+configured the service is open, which `check_open_access` allows only on a loopback address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from litestar.connection import ASGIConnection
+from litestar.datastructures import Headers
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.types import Guard
+
+from rag.errors import ConfigError
+from rag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Scope = Literal["ask", "ingest", "admin"]
+KeyTable = Mapping[str, Sequence[str]]
+
+
+def presented_key(headers: Headers) -> str | None:
+    """The key a request carries (`Authorization: Bearer` first, then `X-API-Key`), if any."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return headers.get("x-api-key", "").strip() or None
+
+
+def scopes_of(keys: KeyTable, presented: str) -> frozenset[str] | None:
+    """The scopes of `presented`, or None if it is no configured key.
+
+    Every configured key is compared in constant time, as digests of equal length, so timing
+    says nothing about which key matched, how much of one, or how long keys are.
+    """
+    found: frozenset[str] | None = None
+    candidate = hashlib.sha256(presented.encode()).digest()
+    for key, scopes in keys.items():
+        if hmac.compare_digest(hashlib.sha256(key.encode()).digest(), candidate):
+            found = frozenset(scopes)
+    return found
+
+
+def key_id(key: str) -> str:
+    """A short, stable, non-reversible name for a key (for rate-limit buckets and logs)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def require_scope(*scopes: Scope) -> Guard:
+    """A guard that lets a request through when its key has any of `scopes` (or `admin`).
+
+    Use it on a route: `@post(..., guards=[require_scope("ingest")])`. In open mode (no keys
+    configured, loopback only) every request passes.
+    """
+    wanted = frozenset(scopes) | {"admin"}
+    needed = " or ".join(scopes)
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        settings: Settings = connection.app.state["settings"]
+        if not settings.api_keys:
+            return
+        key = presented_key(connection.headers)
+        if key is None:
+            raise NotAuthorizedException(
+                "No API key was sent.", headers={"WWW-Authenticate": "Bearer"}
+            )
+        granted = scopes_of(settings.api_keys, key)
+        if granted is None:
+            raise NotAuthorizedException(
+                "The API key is not valid.", headers={"WWW-Authenticate": "Bearer"}
+            )
+        if not granted & wanted:
+            raise PermissionDeniedException(f"This key lacks the {needed} scope.")
+
+    return guard
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is this machine only (localhost, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_open_access(settings: Settings) -> None:
+    """Refuse to serve without keys beyond localhost; say at start how access is controlled."""
+    if settings.api_keys:
+        log.info("API keys: %d configured; every /v1 route needs one", len(settings.api_keys))
+        _check_widget_key(settings)
+        return
+    if not is_loopback(settings.host):
+        raise ConfigError(
+            f"No API keys are configured and the service would listen on {settings.host}: "
+            "it refuses to run open to other machines.",
+            'Set RAG_API_KEYS (e.g. {"<a long random key>": ["ask", "ingest"]}), '
+            "or bind to 127.0.0.1 (RAG_HOST).",
+        )
+    log.warning("No API keys configured: the API is open to anyone on this machine (bound to %s)",
+                settings.host)
+
+
+def _check_widget_key(settings: Settings) -> None:
+    if not settings.widget_key:
+        return
+    scopes = scopes_of(settings.api_keys, settings.widget_key)
+    if scopes is None or scopes != {"ask"}:
+        raise ConfigError(
+            "RAG_WIDGET_KEY must be one of RAG_API_KEYS with the `ask` scope only: "
+            "the demo page shows it to everyone.",
+            "Add an ask-only key to RAG_API_KEYS and use it, or leave RAG_WIDGET_KEY empty.",
+        )

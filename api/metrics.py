@@ -1,0 +1,83 @@
+"""Prometheus metrics: HTTP requests and latencies from Litestar's middleware, plus the engine's
+answers (latency, first token, tokens, cache hits and misses), ingestion queue depth and index size.
+
+The ingestion side reports its queue depth by putting a callable in the app state under
+`QUEUE_DEPTH` (returning an int, or an awaitable of one); without it the depth reads 0.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+
+from litestar import Response, get
+from litestar.datastructures import State
+from litestar.plugins.prometheus import PrometheusConfig
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import generate_latest as prometheus_text
+
+from rag.service import RagService
+from rag.types import Answer
+
+log = logging.getLogger(__name__)
+
+QUEUE_DEPTH = "queue_depth"
+QueueDepth = Callable[[], int | Awaitable[int]]
+
+HTTP = PrometheusConfig(app_name="rag", prefix="rag_http", group_path=True, exclude=["/metrics"])
+
+ASK_SECONDS = Histogram(
+    "rag_ask_seconds", "Time to answer a question, end to end.", ["cached", "stream"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80),
+)
+FIRST_TOKEN_SECONDS = Histogram(
+    "rag_first_token_seconds", "Time from question to the first answer token (uncached).",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40),
+)
+TOKENS = Counter("rag_tokens", "Tokens through the generator, by kind (prompt, completion).",
+                 ["kind"])
+CACHE = Counter("rag_answer_cache", "Answer cache lookups, by result (hit, miss).", ["result"])
+STREAM_ERRORS = Counter("rag_stream_errors", "Streamed answers that failed after they began.",
+                        ["error"])
+QUEUE = Gauge("rag_ingest_queue_depth", "Ingestion jobs waiting in the queue.")
+INDEX_VECTORS = Gauge("rag_index_vectors", "Chunk vectors in the searchable index.")
+INDEX_VERSION = Gauge("rag_index_version", "Version of the loaded index.")
+
+
+def record_answer(answer: Answer, stream: bool) -> None:
+    """Count one answered question."""
+    ASK_SECONDS.labels(cached=str(answer.cached).lower(), stream=str(stream).lower()).observe(
+        answer.timings.total_ms / 1000)
+    CACHE.labels(result="hit" if answer.cached else "miss").inc()
+    if not answer.cached:
+        FIRST_TOKEN_SECONDS.observe(answer.timings.first_token_ms / 1000)
+        TOKENS.labels(kind="prompt").inc(answer.usage.prompt_tokens)
+        TOKENS.labels(kind="completion").inc(answer.usage.completion_tokens)
+
+
+def record_stream_error(error: Exception) -> None:
+    """Count an answer that failed mid-stream (its HTTP status was already 200)."""
+    STREAM_ERRORS.labels(error=type(error).__name__).inc()
+
+
+async def _queue_depth(state: State) -> int:
+    source: QueueDepth | None = state.get(QUEUE_DEPTH)
+    if source is None:
+        return 0
+    try:
+        depth = source()
+        return int(await depth) if inspect.isawaitable(depth) else int(depth)
+    except Exception as exc:  # a metrics scrape never fails because the queue is down
+        log.warning("queue depth unavailable: %s", exc)
+        return 0
+
+
+@get("/metrics", tags=["ops"], media_type=CONTENT_TYPE_LATEST)
+async def metrics(state: State) -> Response[bytes]:
+    """Prometheus metrics in the text exposition format."""
+    QUEUE.set(await _queue_depth(state))
+    service: RagService = state["service"]
+    INDEX_VECTORS.set(service.index.count if service.index is not None else 0)
+    INDEX_VERSION.set(service.index.version if service.index is not None else 0)
+    return Response(prometheus_text(REGISTRY), media_type=CONTENT_TYPE_LATEST)

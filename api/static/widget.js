@@ -1,0 +1,264 @@
+/*
+ * RAG ask widget. One tag puts an ask box on any page:
+ *
+ *   <script src="https://rag.example.com/widget.js"
+ *           data-api="https://rag.example.com" data-key="ASK-ONLY-KEY"></script>
+ *
+ * data-api    where the service is (default: where this script came from)
+ * data-key    an API key with the `ask` scope only: every visitor can read it
+ * data-title  heading of the box (default "Ask the documents")
+ *
+ * The box lives in a shadow DOM, so its styles and the page's do not mix. Answers stream in
+ * over fetch + ReadableStream (EventSource cannot POST); the host element's data-state says
+ * idle, asking, streaming, done or error.
+ */
+(function () {
+  "use strict";
+
+  const script = document.currentScript;
+  if (!script) return;
+  const api = (script.dataset.api || new URL(script.src, location.href).origin).replace(/\/+$/, "");
+  const key = script.dataset.key || "";
+  const title = script.dataset.title || "Ask the documents";
+
+  const STYLE = `
+    :host { all: initial; display: block; max-width: 42rem; margin: 1rem 0;
+            font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2330; }
+    .box { border: 1px solid #d5d9e2; border-radius: 10px; padding: 1rem; background: #fff; }
+    h2 { font-size: 1.05rem; margin: 0 0 .6rem; }
+    form { display: flex; gap: .5rem; }
+    textarea { flex: 1; resize: vertical; min-height: 2.4rem; font: inherit; padding: .45rem .6rem;
+               border: 1px solid #b9c0cf; border-radius: 6px; }
+    button { font: inherit; padding: .45rem 1rem; border: 0; border-radius: 6px; cursor: pointer;
+             background: #2d5bd7; color: #fff; }
+    button[disabled] { opacity: .6; cursor: progress; }
+    .status { color: #5b6478; font-size: .85rem; min-height: 1.2em; margin: .5rem 0 0; }
+    .answer { white-space: pre-wrap; margin: .6rem 0 0; }
+    .answer:empty { display: none; }
+    .streaming .answer::after { content: "\\2589"; animation: blink 1s steps(2) infinite; }
+    @keyframes blink { to { visibility: hidden; } }
+    .ref { color: #2d5bd7; text-decoration: none; font-weight: 600; }
+    .error { margin: .6rem 0 0; padding: .5rem .7rem; border-radius: 6px; background: #fdecec;
+             color: #8a1c1c; }
+    .error:empty { display: none; }
+    ol { margin: .8rem 0 0; padding: 0; list-style: none; }
+    ol:empty { display: none; }
+    li { margin: .25rem 0; }
+    summary { cursor: pointer; color: #34405a; }
+    blockquote { margin: .35rem 0 .5rem; padding: .4rem .7rem; border-left: 3px solid #2d5bd7;
+                 background: #f4f6fb; white-space: pre-wrap; font-size: .9rem;
+                 max-height: 14rem; overflow-y: auto; }
+    .meta { color: #5b6478; font-size: .8rem; margin-top: .5rem; }
+  `;
+
+  const host = document.createElement("div");
+  host.className = "rag-widget";
+  script.insertAdjacentElement("afterend", host);
+  const root = host.attachShadow({ mode: "open" });
+  root.innerHTML = `<style>${STYLE}</style>
+    <section class="box" part="box">
+      <h2></h2>
+      <form>
+        <textarea name="question" rows="1" aria-label="Your question"
+                  placeholder="Type a question and press Enter"></textarea>
+        <button type="submit">Ask</button>
+      </form>
+      <p class="status" role="status" aria-live="polite"></p>
+      <p class="error" role="alert"></p>
+      <div class="answer" aria-live="polite"></div>
+      <ol class="citations" aria-label="Sources"></ol>
+      <div class="meta"></div>
+    </section>`;
+  const $ = (selector) => root.querySelector(selector);
+  const box = $(".box"), form = $("form"), input = $("textarea"), button = $("button");
+  const statusLine = $(".status"), errorLine = $(".error"), answerBox = $(".answer");
+  const list = $(".citations"), meta = $(".meta");
+  $("h2").textContent = title;
+
+  let current = null; // AbortController of the question being answered
+
+  function setState(state, status) {
+    host.dataset.state = state;
+    box.classList.toggle("streaming", state === "streaming");
+    button.disabled = state === "asking" || state === "streaming";
+    statusLine.textContent = status || "";
+  }
+
+  function reset() {
+    errorLine.textContent = "";
+    answerBox.textContent = "";
+    list.textContent = "";
+    meta.textContent = "";
+  }
+
+  function fail(message) {
+    errorLine.textContent = message;
+    setState("error", "");
+  }
+
+  async function explain(response) {
+    let body = {};
+    try { body = await response.json(); } catch (_) { /* not JSON: say it in general words */ }
+    const detail = [body.message, body.hint].filter(Boolean).join(" ");
+    switch (response.status) {
+      case 401:
+        return "The service did not accept this page's access key, so it cannot answer. " +
+               "Please tell the site owner.";
+      case 403:
+        return "This page's access key is not allowed to ask questions. Please tell the site owner.";
+      case 429: {
+        const wait = response.headers.get("Retry-After");
+        return "Too many questions in a short time. Please wait " +
+               (wait ? wait + " seconds" : "a minute") + " and try again.";
+      }
+      case 503:
+        return "The service is starting up or busy. Please try again in a moment.";
+      case 400: case 413: case 415: case 422:
+        return detail || "The question could not be accepted. Please rephrase it.";
+      default:
+        return "Something went wrong on the server (error " + response.status + "). " +
+               "Please try again later.";
+    }
+  }
+
+  // Server-Sent Events from a fetch body: blocks end at a blank line (CRLF, LF or CR).
+  async function readEvents(body, onEvent) {
+    const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+    const boundary = /\r\n\r\n|\n\n|\r\r/;
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value;
+      let match;
+      while ((match = boundary.exec(buffer)) !== null) {
+        const block = buffer.slice(0, match.index);
+        buffer = buffer.slice(match.index + match[0].length);
+        let event = "message";
+        const data = [];
+        for (const line of block.split(/\r\n|\r|\n/)) {
+          if (!line || line.startsWith(":")) continue;
+          const colon = line.indexOf(":");
+          const field = colon < 0 ? line : line.slice(0, colon);
+          let text = colon < 0 ? "" : line.slice(colon + 1);
+          if (text.startsWith(" ")) text = text.slice(1);
+          if (field === "event") event = text;
+          else if (field === "data") data.push(text);
+        }
+        onEvent(event, data.join("\n"));
+      }
+    }
+  }
+
+  function showCitations(citations) {
+    list.textContent = "";
+    for (const c of citations) {
+      const item = document.createElement("li");
+      const details = document.createElement("details");
+      details.id = "source-" + c.number;
+      const summary = document.createElement("summary");
+      summary.textContent = "[" + c.number + "] " + c.filename + (c.page ? ", page " + c.page : "");
+      const quote = document.createElement("blockquote");
+      quote.textContent = c.text;
+      details.append(summary, quote);
+      item.append(details);
+      list.append(item);
+    }
+  }
+
+  // Turn the [n] markers of a finished answer into links that open source n.
+  function linkMarkers(count) {
+    const text = answerBox.textContent;
+    answerBox.textContent = "";
+    for (const part of text.split(/(\[\d+\])/)) {
+      const n = /^\[(\d+)\]$/.exec(part);
+      if (n && Number(n[1]) >= 1 && Number(n[1]) <= count) {
+        const link = document.createElement("a");
+        link.href = "#";
+        link.className = "ref";
+        link.textContent = part;
+        link.addEventListener("click", (event) => {
+          event.preventDefault();
+          const details = root.getElementById("source-" + n[1]);
+          details.open = true;
+          details.scrollIntoView({ block: "nearest" });
+        });
+        answerBox.append(link);
+      } else {
+        answerBox.append(document.createTextNode(part));
+      }
+    }
+  }
+
+  function finish(info, count) {
+    linkMarkers(count);
+    const seconds = (info.timings.total_ms / 1000).toFixed(1);
+    meta.textContent = info.cached ? "Answered from cache in " + seconds + " s"
+                                   : "Answered in " + seconds + " s";
+    setState("done", "");
+  }
+
+  async function ask(question) {
+    if (current) current.abort();
+    const controller = new AbortController();
+    current = controller;
+    reset();
+    setState("asking", "Looking through the documents\u2026");
+    const headers = { "Content-Type": "application/json", "Accept": "text/event-stream" };
+    if (key) headers["Authorization"] = "Bearer " + key;
+    let response;
+    try {
+      response = await fetch(api + "/v1/ask", {
+        method: "POST", headers, signal: controller.signal,
+        body: JSON.stringify({ question, stream: true }),
+      });
+    } catch (error) {
+      if (controller.signal.aborted) return;
+      return fail("Could not reach the service. Check your connection and try again.");
+    }
+    if (!response.ok) return fail(await explain(response));
+    let citations = 0;
+    let ended = false;
+    try {
+      await readEvents(response.body, (event, data) => {
+        if (event === "token") {
+          if (host.dataset.state !== "streaming") setState("streaming", "");
+          const text = answerBox.textContent ? data : data.trimStart();
+          if (text) answerBox.append(document.createTextNode(text));
+        } else if (event === "citations") {
+          const parsed = JSON.parse(data);
+          citations = parsed.length;
+          showCitations(parsed);
+        } else if (event === "done") {
+          ended = true;
+          finish(JSON.parse(data), citations);
+        } else if (event === "error") {
+          ended = true;
+          const body = JSON.parse(data);
+          fail("The answer could not be finished: " + (body.message || "server error") + " " +
+               (body.hint || ""));
+        }
+      });
+    } catch (error) {
+      if (controller.signal.aborted) return;
+      return fail("The connection broke before the answer was finished. Please try again.");
+    }
+    if (!ended && !controller.signal.aborted) {
+      fail("The answer stopped before it was finished. Please try again.");
+    }
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const question = input.value.trim();
+    if (!question) return fail("Please type a question first.");
+    ask(question);
+  });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  setState("idle", "");
+})();

@@ -1,0 +1,178 @@
+"""Health, readiness (models, index, Redis), metrics, the OpenAPI schema and the widget files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from api.app import create_app
+from api.metrics import QUEUE_DEPTH
+from rag.service import RagService
+from rag.settings import Settings
+from tests.api.helpers import ASK_KEY, KEYS, ingest_corpus, private_redis, serving
+from tests.conftest import REDIS_URL
+
+pytestmark = pytest.mark.slow
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+            if all(found.get(k) == v for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_not_ready_while_models_cannot_load(tmp_path: Path, generator: Any) -> None:
+    settings = Settings(data_dir=tmp_path / "data", embedding_model=str(tmp_path / "missing"))
+    app = create_app(settings, service=RagService(settings, generator=generator))
+    with TestClient(app) as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        for _ in range(200):
+            ready = client.get("/ready")
+            if "missing" in str(ready.json()["reasons"]):
+                break
+        assert ready.status_code == 503
+        assert ready.json()["ready"] is False and ready.json()["checks"]["models"] is False
+        asked = client.post("/v1/ask", json={"question": "anything?"})
+        assert asked.status_code == 503 and asked.json()["error"] == "NotReady"
+        assert "/ready" in asked.json()["hint"]
+
+
+def test_ready_when_the_index_is_unreadable(corpus_service: RagService, tmp_path: Path) -> None:
+    with serving(corpus_service) as client:
+        assert client.get("/ready").json() == {
+            "ready": True, "reasons": [], "checks": {"models": True, "index": True}}
+        index = corpus_service.index
+        assert index is not None
+        directory = index.directory
+        try:
+            index.directory = tmp_path  # a manifest that is not JSON
+            (tmp_path / "manifest.json").write_text("{not json")
+            ready = client.get("/ready")
+        finally:
+            index.directory = directory
+        assert ready.status_code == 503 and ready.json()["checks"]["index"] is False
+        assert "unreadable" in ready.json()["reasons"][0]
+
+
+def test_distributed_mode_caches_in_redis_and_is_ready(
+    make_service: Any, tmp_path: Path, redis_client: Any
+) -> None:
+    service = make_service(redis_url=REDIS_URL, max_new_tokens=16)
+    ingest_corpus(service, tmp_path / "corpus")
+    with serving(service, redis_url=REDIS_URL) as client:
+        ready = client.get("/ready").json()
+        assert ready["ready"] is True and ready["checks"]["redis"] is True
+        question = {"question": "Which platform does the night train leave from?"}
+        assert client.post("/v1/ask", json=question).json()["cached"] is False
+        assert redis_client.keys("rag:answer:*")
+        assert client.post("/v1/ask", json=question).json()["cached"] is True
+
+
+def test_redis_going_away_mid_run(make_service: Any, tmp_path: Path) -> None:
+    with private_redis() as redis:
+        service = make_service(redis_url=redis.url, max_new_tokens=16)
+        ingest_corpus(service, tmp_path / "corpus")
+        with serving(service, redis_url=redis.url, rate_limit_per_minute=100) as client:
+            question = {"question": "When is the highest tide in the harbour?"}
+            assert client.post("/v1/ask", json=question).json()["cached"] is False
+            assert client.post("/v1/ask", json=question).json()["cached"] is True
+
+            redis.stop()
+            ready = client.get("/ready")
+            assert ready.status_code == 503
+            assert ready.json()["checks"] == {"models": True, "index": True, "redis": False}
+            assert "Redis is unreachable" in ready.json()["reasons"][0]
+            # Asks are still answered, with the cache bypassed.
+            for stream in (False, True):
+                answer = client.post("/v1/ask", json={**question, "stream": stream})
+                assert answer.status_code == 200
+            assert answer.text.rstrip().endswith("}") and '"cached":false' in answer.text
+            assert client.get("/health").status_code == 200
+
+            redis.start()  # back (empty): ready again, and caching again
+            assert client.get("/ready").status_code == 200
+            assert client.post("/v1/ask", json=question).json()["cached"] is False
+            assert client.post("/v1/ask", json=question).json()["cached"] is True
+
+
+def test_metrics_count_requests_tokens_cache_queue_and_index(
+    corpus_service: RagService,
+) -> None:
+    with serving(corpus_service) as client:
+        before = client.get("/metrics").text
+        question = {"question": "How much honey does a hive produce each summer?"}
+        client.post("/v1/ask", json=question)
+        client.post("/v1/ask", json=question)
+        client.app.state[QUEUE_DEPTH] = lambda: 7
+        after = client.get("/metrics")
+    assert after.headers["content-type"].startswith("text/plain")
+    text = after.text
+    cached_before = metric(before, "rag_answer_cache_total", result="hit")
+    assert metric(text, "rag_answer_cache_total", result="hit") == cached_before + 1
+    assert metric(text, "rag_answer_cache_total", result="miss") >= 1
+    assert metric(text, "rag_tokens_total", kind="completion") > metric(
+        before, "rag_tokens_total", kind="completion")
+    assert metric(text, "rag_ask_seconds_count", cached="true", stream="false") >= 1
+    assert metric(text, "rag_first_token_seconds_count") >= 1
+    assert metric(text, "rag_http_requests_total", path="/v1/ask", method="POST",
+                  status_code="200") >= 2
+    assert metric(text, "rag_http_request_duration_seconds_count", path="/v1/ask",
+                  status_code="200") >= 2
+    assert metric(text, "rag_ingest_queue_depth") == 7
+    assert corpus_service.index is not None
+    assert metric(text, "rag_index_vectors") == corpus_service.index.count > 0
+
+
+def test_queue_depth_reads_zero_without_a_source_and_takes_async_ones(
+    corpus_service: RagService,
+) -> None:
+    with serving(corpus_service) as client:
+        client.app.state.pop(QUEUE_DEPTH, None)
+        assert metric(client.get("/metrics").text, "rag_ingest_queue_depth") == 0
+
+        async def depth() -> int:
+            return 3
+
+        client.app.state[QUEUE_DEPTH] = depth
+        assert metric(client.get("/metrics").text, "rag_ingest_queue_depth") == 3
+
+
+def test_openapi_describes_every_route_its_errors_and_an_example(
+    corpus_service: RagService,
+) -> None:
+    with serving(corpus_service, api_keys=KEYS) as client:
+        schema = client.get("/schema/openapi.json").json()
+        assert client.get("/schema").status_code == 200
+    paths = schema["paths"]
+    for path in ("/v1/ask", "/health", "/ready", "/metrics", "/widget.js", "/"):
+        assert path in paths
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            assert operation.get("description"), f"{method} {path} has no description"
+    ask = paths["/v1/ask"]["post"]
+    assert set(ask["responses"]) >= {"200", "400", "401", "403", "415", "422", "429", "503"}
+    assert "text/event-stream" in ask["responses"]["200"]["description"]
+    assert ask["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "ErrorOut")
+    example = ask["requestBody"]["content"]["application/json"]["schema"]["examples"][0]
+    assert example["question"] and ask["requestBody"]["required"] is True
+    assert "event" in ask["description"] and "ask" in ask["description"]
+
+
+def test_widget_script_and_demo_page(corpus_service: RagService) -> None:
+    with serving(corpus_service, api_keys=KEYS, widget_key=ASK_KEY) as client:
+        script = client.get("/widget.js")
+        page = client.get("/")
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert "attachShadow" in script.text and "getReader" in script.text
+    assert page.headers["content-type"].startswith("text/html")
+    assert f'<script src="/widget.js" data-key="{ASK_KEY}"></script>' in page.text

@@ -1,0 +1,173 @@
+"""The widget in headless Chromium, on host pages of other origins, against the running service
+(uvicorn, packaged models, the shipped sample corpus)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api.app import create_app
+from rag.service import RagService
+from rag.settings import Settings
+from tests.api.helpers import app_settings, free_port, live_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+SAMPLES = Path(__file__).resolve().parents[2] / "rag" / "samples"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+WIDGET_KEY = "widget-ask-only-3f9a7c"
+
+HOST_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>A host page</title>
+<style>body {{ font-family: serif; }} textarea {{ background: rgb(255, 0, 0); }}
+h2 {{ font-size: 40px; }}</style></head>
+<body><h1>Someone else's page</h1><h2 id="host-heading">Its own heading</h2>
+<script src="{api}/widget.js" data-api="{api}" data-key="{key}"></script>
+</body></html>"""
+
+# Records every change of the answer text, to see it arrive in pieces.
+WATCH_ANSWER = """() => {
+  const answer = document.querySelector('.rag-widget').shadowRoot.querySelector('.answer');
+  window.answerUpdates = [];
+  new MutationObserver(() => window.answerUpdates.push(answer.textContent.length))
+    .observe(answer, {childList: true, characterData: true, subtree: true});
+}"""
+
+
+class HostPages:
+    """Serves one host page per path on its own 127.0.0.1 port (so its own origin)."""
+
+    def __init__(self, pages: dict[str, str], port: int) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+                body = pages.get(self.path, "").encode()
+                self.send_response(200 if body else 404)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                """Quiet."""
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.origin = f"http://127.0.0.1:{port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def sample_service(
+    tmp_path_factory: pytest.TempPathFactory, embedder: Any, generator: Any
+) -> Iterator[RagService]:
+    settings = Settings(data_dir=tmp_path_factory.mktemp("widget") / "data", max_new_tokens=48,
+                        top_k=3)
+    service = RagService(settings, embedder=embedder, generator=generator)
+    service.load()
+    for path in sorted(SAMPLES.iterdir()):
+        service.ingest_file(path, collection="sample")
+    yield service
+    service.store.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Chromium (`make chromium`)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def widget(page: Any, selector: str) -> Any:
+    """A locator inside the widget (Playwright's CSS pierces its open shadow root)."""
+    return page.locator(f".rag-widget {selector}")
+
+
+def ask(page: Any, question: str) -> None:
+    widget(page, "textarea").fill(question)
+    widget(page, "textarea").press("Enter")
+
+
+def test_widget_streams_an_answer_with_citations_and_explains_errors(
+    sample_service: RagService, browser: Any
+) -> None:
+    started = time.perf_counter()
+    allowed_port, other_port = free_port(), free_port()
+    allowed_origin = f"http://127.0.0.1:{allowed_port}"
+    settings = app_settings(sample_service, api_keys={WIDGET_KEY: ["ask"]},
+                            cors_origins=[allowed_origin], rate_limit_per_minute=60)
+    with live_server(create_app(settings, service=sample_service)) as api:
+        pages = {"/": HOST_PAGE.format(api=api, key=WIDGET_KEY),
+                 "/bad-key.html": HOST_PAGE.format(api=api, key="not-the-key")}
+        host, elsewhere = HostPages(pages, allowed_port), HostPages(pages, other_port)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 900})
+            page.goto(host.origin + "/")
+            assert page.locator(".rag-widget").get_attribute("data-state") == "idle"
+
+            # Styles stay on their side of the shadow root.
+            assert widget(page, "textarea").evaluate(
+                "e => getComputedStyle(e).backgroundColor") != "rgb(255, 0, 0)"
+            assert page.locator("#host-heading").evaluate(
+                "e => getComputedStyle(e).fontSize") == "40px"
+
+            page.evaluate(WATCH_ANSWER)
+            ask(page, "What is the default chunk size?")
+            page.wait_for_selector(".rag-widget[data-state=streaming]", timeout=120_000)
+            page.wait_for_selector(".rag-widget[data-state=done]", timeout=180_000)
+
+            updates = page.evaluate("window.answerUpdates")
+            assert len({n for n in updates if n > 0}) > 1, f"no streaming seen: {updates}"
+            answer = widget(page, ".answer").inner_text()
+            assert answer.strip()
+            sources = widget(page, "summary").all_inner_texts()
+            assert sources[0].startswith("[1] ")
+            cited = [s for s in sources if "ingestion.md" in s]
+            assert cited, sources
+            summary = widget(page, "summary").filter(has_text="ingestion.md").first
+            summary.click()
+            quote = widget(page, "details[open] blockquote")
+            assert quote.is_visible() and "chunk" in quote.inner_text().lower()
+            assert "Answered in" in widget(page, ".meta").inner_text()
+
+            ARTIFACTS.mkdir(exist_ok=True)
+            shot = ARTIFACTS / "widget-answer.png"
+            page.screenshot(path=str(shot), full_page=True)
+            print(f"\nscreenshot: {shot}")
+
+            # A wrong key: the service says 401, the widget says so in plain words.
+            page.goto(host.origin + "/bad-key.html")
+            ask(page, "What is the default chunk size?")
+            page.wait_for_selector(".rag-widget[data-state=error]", timeout=30_000)
+            error = widget(page, ".error").inner_text()
+            assert "did not accept this page's access key" in error
+            page.screenshot(path=str(ARTIFACTS / "widget-error.png"), full_page=True)
+            print(f"screenshot: {ARTIFACTS / 'widget-error.png'}")
+
+            # An origin that CORS does not allow gets nothing from the service.
+            page.goto(elsewhere.origin + "/")
+            ask(page, "What is the default chunk size?")
+            page.wait_for_selector(".rag-widget[data-state=error]", timeout=30_000)
+            assert "Could not reach the service" in widget(page, ".error").inner_text()
+            page.close()
+        finally:
+            host.close()
+            elsewhere.close()
+    print(f"browser test body: {time.perf_counter() - started:.1f} s")
