@@ -114,20 +114,25 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
+def strip_citations(answer: str) -> str:
+    """The answer without its [n] citation markers (syntax, not content)."""
+    return _CITATION_MARK.sub(" ", answer)
+
+
 def exact_match(answer: str, references: Sequence[str]) -> float | None:
-    """1.0 when the normalized answer equals a normalized reference."""
+    """1.0 when the normalized answer (citation markers removed) equals a normalized reference."""
     if not references:
         return None
-    norm = normalize_answer(answer)
+    norm = normalize_answer(strip_citations(answer))
     return 1.0 if any(norm == normalize_answer(r) for r in references) else 0.0
 
 
 def token_f1(answer: str, references: Sequence[str]) -> float | None:
-    """SQuAD token F1 against the best-matching reference."""
+    """SQuAD token F1 against the best-matching reference (citation markers removed)."""
     if not references:
         return None
-    return max(_f1(normalize_answer(answer).split(), normalize_answer(r).split())
-               for r in references)
+    predicted = normalize_answer(strip_citations(answer)).split()
+    return max(_f1(predicted, normalize_answer(r).split()) for r in references)
 
 
 def _f1(predicted: list[str], reference: list[str]) -> float:
@@ -142,15 +147,14 @@ def contains_reference(answer: str, references: Sequence[str]) -> float | None:
     """1.0 when a normalized reference appears in the normalized answer as whole words."""
     if not references:
         return None
-    padded = f" {normalize_answer(answer)} "
+    padded = f" {normalize_answer(strip_citations(answer))} "
     found = any(f" {normalize_answer(r)} " in padded for r in references if normalize_answer(r))
     return 1.0 if found else 0.0
 
 
 def content_tokens(text: str) -> list[str]:
     """Normalized tokens that are not stopwords, citation markers removed."""
-    text = _CITATION_MARK.sub(" ", text)
-    return [t for t in normalize_answer(text).split() if t not in _STOPWORDS]
+    return [t for t in normalize_answer(strip_citations(text)).split() if t not in _STOPWORDS]
 
 
 def cited_numbers(answer: str) -> set[int]:

@@ -64,13 +64,13 @@ class Suite:
                      self.description)
 
 
-def load_suite(path: Path) -> Suite:
-    """Load a suite folder, a JSONL or SQuAD file, or a BEIR folder; the format is detected."""
+def load_suite(path: Path, split: str = "test") -> Suite:
+    """Load a suite folder, a JSONL or SQuAD file, or a BEIR folder (qrels `split`)."""
     if path.is_dir():
         if (path / "suite.json").is_file():
             return load_suite_folder(path)
         if (path / "corpus.jsonl").is_file():
-            return load_beir(path)
+            return load_beir(path, split)
         raise SuiteError(f"{path}: a suite folder needs suite.json, a BEIR folder corpus.jsonl.")
     if not path.is_file():
         raise SuiteError(f"{path}: no such file or folder.")

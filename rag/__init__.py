@@ -2,6 +2,10 @@
 
 import os
 
+# faiss and torch each spin OpenMP threads; busy-waiting ones starve each other on small
+# machines (measured: query embedding 400 ms instead of 15 ms). Passive waiting costs nothing.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # No hub is reachable at run time: every model comes from a local path or a packaged model.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -55,6 +55,7 @@ def test_normalize_answer_follows_squad() -> None:
 def test_exact_match() -> None:
     assert m.exact_match("The 202 Accepted.", ["202 accepted", "202"]) == 1.0
     assert m.exact_match("It returns 202.", ["202"]) == 0.0
+    assert m.exact_match("202 [1].", ["202"]) == 1.0  # citation markers are not content
     assert m.exact_match("anything", []) is None
 
 
@@ -64,6 +65,7 @@ def test_token_f1() -> None:
     # The best reference counts: "200" gives P = 1/6, R = 1 -> 2/7.
     assert m.token_f1("The default chunk size is 200 tokens.", ["200"]) == pytest.approx(2 / 7)
     assert m.token_f1("no overlap here", ["200"]) == 0.0
+    assert m.token_f1("200 tokens [3]", ["200 tokens"]) == 1.0
     assert m.token_f1("x", []) is None
 
 

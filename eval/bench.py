@@ -1,0 +1,475 @@
+"""`rag bench`: speed figures, each beside the raw library doing the same work in the same run.
+
+These machines are shared and noisy, so the figures that count are ratios taken in one run
+(engine / raw library); every figure is a median (p50) or a percentile over repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from eval.metrics import latency
+from eval.suites import load_suite
+from eval.targets import git_commit, public_settings
+from rag.settings import Settings
+
+if TYPE_CHECKING:
+    from rag.embedding import Embedder
+    from rag.generation import Generator
+    from rag.service import RagService
+
+SAMPLES = Path(__file__).parents[1] / "rag" / "samples"
+SAMPLE_SUITE = Path(__file__).parent / "suites" / "sample"
+READY = "rag-bench-ready"
+
+Report = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    sizes: tuple[int, ...] = (10_000, 100_000)
+    asks: int = 10
+    repeats: int = 50
+    max_new_tokens: int = 64
+    starts: bool = True
+    rounds: int = 3
+    corpus: Path = SAMPLES
+
+
+def run_bench(
+    settings: Settings,
+    options: BenchOptions,
+    report: Report = lambda *_: None,
+    embedder: Embedder | None = None,
+    generator: Generator | None = None,
+) -> dict[str, Any]:
+    """Every measurement, over temp data dirs; models may be passed in already loaded."""
+    from rag.service import RagService
+
+    started, load_before = datetime.now(UTC), os.getloadavg()
+    questions = [i.question for i in load_suite(SAMPLE_SUITE).items if i.answerable]
+    with tempfile.TemporaryDirectory(prefix="rag-bench-") as tmp:
+        base = settings.model_copy(update={
+            "data_dir": Path(tmp) / "data", "converted_models_dir": settings.models_dir,
+            "max_new_tokens": options.max_new_tokens})
+        service = RagService(base, embedder=embedder, generator=generator)
+        service.load()
+        results = {
+            "ingest": bench_ingest(service, options, Path(tmp), report),
+            "retrieval": {str(n): bench_retrieval(service, n, questions, options, Path(tmp),
+                                                  report) for n in options.sizes},
+            "ask": bench_ask(service, questions[: options.asks], report),
+            "generation": bench_generation(service, questions[0], options, report),
+            "startup": bench_startup(settings, Path(tmp), report) if options.starts else None,
+        }
+        service.store.close()
+    return {
+        "schema": 1,
+        "started_at": started.isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "machine": machine() | {"load_average_before": load_before,
+                                "load_average_after": os.getloadavg()},
+        "settings": public_settings(base),
+        "options": asdict(options) | {"corpus": str(options.corpus)},
+        "figures": headline(results),
+        **results,
+        "memory": {"bench_peak_rss_mb": peak_rss_mb()},
+    }
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def percentiles(values_ms: Sequence[float]) -> dict[str, float] | None:
+    """p50, p95, p99, max and count of milliseconds."""
+    summary = latency(values_ms)
+    if summary is None:
+        return None
+    return {"p50": summary.p50, "p95": summary.p95,
+            "p99": float(np.percentile(values_ms, 99)), "max": summary.max,
+            "count": summary.count}
+
+
+def _timed(call: Callable[[], object]) -> float:
+    """Milliseconds one call takes."""
+    start = time.perf_counter()
+    call()
+    return (time.perf_counter() - start) * 1000
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+# --- ingestion ----------------------------------------------------------------------------
+
+
+def bench_ingest(
+    service: RagService, options: BenchOptions, tmp: Path, report: Report
+) -> dict[str, Any]:
+    """Whole-pipeline ingest (parse, chunk, embed, store, index) beside raw encode of the chunks.
+
+    Round 1 ingests into `service` (later benchmarks ask over it); each other round into a
+    fresh data dir, since the same bytes twice are one document.
+    """
+    from rag.service import RagService
+
+    files = sorted(p for p in options.corpus.rglob("*") if p.is_file())
+    rounds = []
+    for r in range(options.rounds):
+        report("ingest", r, options.rounds)
+        target = service
+        if r:
+            fresh = service.settings.model_copy(update={"data_dir": tmp / f"ingest-{r}"})
+            target = RagService(fresh, embedder=service.embedder, generator=service.generator)
+            target.load(generator=False)
+        ms = sum(_timed(partial(target.ingest_file, p)) for p in files)
+        rounds.append(ms)
+        if target is not service:
+            target.store.close()
+    texts = _chunk_texts(service)
+    raw = [_raw_encode_ms(service, texts) for _ in range(options.rounds)]
+    tokens = sum(len(service.embedder.tokenizer.encode(t)) for t in texts)
+    seconds, raw_seconds = float(np.median(rounds)) / 1000, float(np.median(raw)) / 1000
+    return {
+        "files": len(files), "chunks": len(texts), "tokens": tokens,
+        "rounds_ms": rounds, "raw_encode_rounds_ms": raw,
+        "chunks_per_s": len(texts) / seconds, "tokens_per_s": tokens / seconds,
+        "raw_encode_chunks_per_s": len(texts) / raw_seconds,
+        "raw_encode_tokens_per_s": tokens / raw_seconds,
+    }
+
+
+def _chunk_texts(service: RagService) -> list[str]:
+    ids, texts = service.store.searchable_texts()
+    return texts
+
+
+def _raw_encode_ms(service: RagService, texts: list[str]) -> float:
+    """`SentenceTransformer.encode` of the same texts with the same batch size."""
+    model = service.embedder.model  # type: ignore[attr-defined]
+    return _timed(lambda: model.encode(texts, batch_size=service.settings.embedding_batch_size,
+                                       normalize_embeddings=True, convert_to_numpy=True,
+                                       show_progress_bar=False))
+
+
+# --- retrieval ----------------------------------------------------------------------------
+
+
+def bench_retrieval(
+    service: RagService, size: int, questions: Sequence[str], options: BenchOptions, tmp: Path,
+    report: Report,
+) -> dict[str, Any]:
+    """Retriever latency over `size` generated chunks (query embedding included), dense-only and
+    hybrid, beside raw faiss (exact inner product) on the same vectors."""
+    from rag.retrieval import Query, Retriever
+
+    report(f"retrieval {size}: generating", 0, 1)
+    store, index, vectors = _generated_index(service, size, tmp / f"retrieval-{size}")
+    queries = [questions[i % len(questions)] for i in range(options.repeats)]
+    s = service.settings
+    out: dict[str, Any] = {"chunks": size, "index_kind": index.kind, "top_k": s.top_k}
+    for mode, hybrid in (("dense", False), ("hybrid", True)):
+        retriever = Retriever(store, index, service.embedder, hybrid, s.rrf_k, s.candidates)
+        # The first query builds the BM25 index of a hybrid retriever.
+        out[f"{mode}_first_query_ms"] = _timed(partial(retriever.retrieve,
+                                                       Query(queries[0], s.top_k)))
+        times = []
+        for n, q in enumerate(queries):
+            report(f"retrieval {size}: {mode}", n, len(queries))
+            times.append(_timed(partial(retriever.retrieve, Query(q, s.top_k))))
+        out[f"{mode}_ms"] = percentiles(times)
+    out |= _raw_faiss(service, vectors, queries, s.top_k)
+    store.close()
+    return out
+
+
+def _generated_index(service: RagService, size: int, folder: Path) -> tuple[Any, Any, Any]:
+    """A store and index of `size` chunks: random unit vectors, texts of corpus words."""
+    from rag.chunking import ChunkDraft
+    from rag.index import FaissIndex
+    from rag.store import ChunkStore
+    from rag.types import Document
+
+    s, dim = service.settings, service.embedder.dimension
+    rng = np.random.default_rng(0)
+    store = ChunkStore(folder / "chunks.sqlite3")
+    store.open()
+    store.put_document(Document("generated", "generated.txt", "text/plain", 0, state="processing"))
+    vectors = rng.standard_normal((size, dim), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    words = np.array(_vocabulary(service))
+    for start in range(0, size, 5000):
+        count = min(5000, size - start)
+        drafts = [ChunkDraft(start + i, text, 0, len(text), None, (), 80)
+                  for i, text in enumerate(_texts(rng, words, count))]
+        store.add_chunks("generated", drafts, vectors[start : start + count])
+    store.mark_indexed("generated", None)
+    index = FaissIndex(folder / "index", s.embedding_model, dim,
+                       s.approximate_index_threshold, s.ivf_nprobe, s.index_device)
+    index.rebuild(store.searchable_vectors())
+    index.save()
+    return store, index, vectors
+
+
+def _vocabulary(service: RagService) -> list[str]:
+    """Words of the ingested corpus, so that BM25 finds matches for real questions."""
+    words = {w.strip(".,:;()[]`\"'").lower() for t in _chunk_texts(service) for w in t.split()}
+    return sorted(w for w in words if w.isalpha())
+
+
+def _texts(rng: np.random.Generator, words: Any, count: int) -> Iterator[str]:
+    lengths = rng.integers(40, 120, size=count)
+    for length in lengths:
+        yield " ".join(rng.choice(words, size=int(length)))
+
+
+def _raw_faiss(
+    service: RagService, vectors: Any, queries: Sequence[str], k: int
+) -> dict[str, Any]:
+    """faiss.IndexFlatIP over the same vectors: search alone, and encode + search."""
+    import faiss
+
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    model = service.embedder.model  # type: ignore[attr-defined]
+
+    def encode(q: str) -> Any:
+        return model.encode([q], normalize_embeddings=True, convert_to_numpy=True,
+                            show_progress_bar=False)
+
+    embedded = [encode(q) for q in queries]
+    search = [_timed(partial(index.search, v, k)) for v in embedded]
+    both = [_timed(partial(_encode_and_search, encode, index, q, k)) for q in queries]
+    return {"raw_faiss_search_ms": percentiles(search),
+            "raw_encode_and_search_ms": percentiles(both)}
+
+
+def _encode_and_search(encode: Callable[[str], Any], index: Any, query: str, k: int) -> Any:
+    return index.search(encode(query), k)
+
+
+# --- asking and generation ----------------------------------------------------------------
+
+
+def bench_ask(service: RagService, questions: Sequence[str], report: Report) -> dict[str, Any]:
+    """End-to-end asks: each question fresh, then again from the response cache."""
+    from rag.service import AskRequest
+
+    fresh, first, cached = [], [], []
+    for n, question in enumerate(questions):
+        report("ask (uncached)", n, len(questions))
+        answer = service.ask(AskRequest(question))
+        fresh.append(answer.timings.total_ms)
+        first.append(answer.timings.first_token_ms)
+    for n, question in enumerate(questions):
+        report("ask (cached)", n, len(questions))
+        cached.append(_timed(partial(service.ask, AskRequest(question))))
+    return {"questions": len(questions), "uncached_ms": percentiles(fresh),
+            "first_token_ms": percentiles(first), "cached_ms": percentiles(cached)}
+
+
+def bench_generation(
+    service: RagService, question: str, options: BenchOptions, report: Report
+) -> dict[str, Any]:
+    """Prefill and decode speed of the engine's stream beside plain `model.generate`."""
+    from rag.prompt import build_prompt
+    from rag.retrieval import Query
+
+    assert service.retriever is not None
+    generator = service.generator
+    results = service.retriever.retrieve(Query(question, service.settings.top_k))
+    prompt = build_prompt(question, results, generator.tokenizer, generator.context_window,
+                          options.max_new_tokens)
+    engine: list[dict[str, float]] = []
+    raw: list[dict[str, float]] = []
+    for r in range(options.rounds):
+        report("generation", r, options.rounds)
+        # Alternate which goes first, so that neither always meets a warmer machine.
+        for kind in (("engine", "raw") if r % 2 == 0 else ("raw", "engine")):
+            if kind == "engine":
+                engine.append(_engine_generation(generator, prompt, options.max_new_tokens))
+            else:
+                raw.append(_in_thread(partial(_raw_generation, generator, prompt.input_ids,
+                                              options.max_new_tokens)))
+    return {"prompt_tokens": len(prompt.input_ids), "engine": _medians(engine),
+            "raw_generate": _medians(raw), "engine_rounds": engine, "raw_generate_rounds": raw}
+
+
+def _in_thread(call: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """Run `call` in a fresh thread, as the engine runs `generate` (OpenMP teams are per
+    thread, so where a call runs changes its speed)."""
+    out: list[dict[str, float]] = []
+    worker = threading.Thread(target=lambda: out.append(call()), name="bench-raw-generate")
+    worker.start()
+    worker.join()
+    if not out:
+        raise RuntimeError("plain model.generate failed; see the traceback above.")
+    return out[0]
+
+
+def _engine_generation(generator: Generator, prompt: Any, max_new_tokens: int) -> dict[str, float]:
+    start = time.perf_counter()
+    stream = generator.stream(prompt, max_new_tokens)
+    first = None
+    for _ in stream:
+        first = first or time.perf_counter()
+    end = time.perf_counter()
+    ttft = (first or end) - start
+    return _speeds(len(prompt.input_ids), stream.usage.completion_tokens, ttft, end - start)
+
+
+def _raw_generation(
+    generator: Generator, input_ids: Sequence[int], max_new_tokens: int
+) -> dict[str, float]:
+    """Plain greedy `model.generate`: one new token (prefill), then the whole answer."""
+    import torch
+
+    model = generator.model  # type: ignore[attr-defined]
+    ids = torch.tensor([list(input_ids)], device=model.device)  # (1, prompt_tokens)
+    config = model.generation_config
+    kwargs = {"attention_mask": torch.ones_like(ids), "do_sample": False, "use_cache": True,
+              "temperature": None, "top_p": None, "top_k": None,
+              "pad_token_id": config.pad_token_id or config.eos_token_id}
+    with torch.inference_mode():
+        prefill = _timed(lambda: model.generate(ids, max_new_tokens=1, **kwargs)) / 1000
+        start = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=max_new_tokens, **kwargs)
+        total = time.perf_counter() - start
+    return _speeds(len(input_ids), int(out.shape[1]) - len(input_ids), prefill, total)
+
+
+def _speeds(prompt_tokens: int, new_tokens: int, first_s: float, total_s: float
+            ) -> dict[str, float]:
+    decode_s = max(total_s - first_s, 1e-9)
+    return {"new_tokens": new_tokens, "first_token_ms": first_s * 1000,
+            "total_ms": total_s * 1000, "prefill_tokens_per_s": prompt_tokens / first_s,
+            "decode_tokens_per_s": max(new_tokens - 1, 0) / decode_s}
+
+
+def _medians(rounds: Sequence[dict[str, float]]) -> dict[str, float]:
+    return {key: float(np.median([r[key] for r in rounds])) for key in rounds[0]}
+
+
+# --- start-up -----------------------------------------------------------------------------
+
+
+def bench_startup(settings: Settings, tmp: Path, report: Report) -> dict[str, Any]:
+    """Time to ready of a fresh process over an empty data dir (it converts the model), then
+    again over the same dir; each then ingests a file and answers, and reports its peak RSS."""
+    data = tmp / "startup"
+    runs = {}
+    for n, name in enumerate(("first", "second")):
+        report("start-up", n, 2)
+        runs[name] = _start_process(settings, data)
+    return runs
+
+
+def _start_process(settings: Settings, data: Path) -> dict[str, Any]:
+    env = os.environ | {"RAG_DATA_DIR": str(data), "RAG_CONVERTED_MODELS_DIR": str(data / "models"),
+                        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")])}
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-c", "from eval.bench import serve_once; "
+                              "serve_once()"], env=env, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    ready_s = None
+    lines = []
+    for line in child.stdout:
+        if line.strip() == READY:
+            ready_s = time.perf_counter() - start
+        else:
+            lines.append(line)
+    if child.wait() != 0 or ready_s is None:
+        raise RuntimeError(f"the start-up benchmark process failed (exit {child.returncode}).")
+    reported: dict[str, Any] = json.loads(lines[-1])
+    return {"ready_s": ready_s} | reported
+
+
+def serve_once() -> None:
+    """Child process body: load the engine, say so, then ingest a file and answer once."""
+    from rag.service import AskRequest, RagService
+
+    service = RagService(Settings())
+    service.load()
+    print(READY, flush=True)
+    start = time.perf_counter()
+    service.ingest_file(SAMPLES / "ingestion.md")
+    answer = service.ask(AskRequest("What is the default chunk size?"))
+    print(json.dumps({"ingest_and_ask_s": time.perf_counter() - start,
+                      "answer_tokens": answer.usage.completion_tokens,
+                      "peak_rss_mb": peak_rss_mb()}), flush=True)
+
+
+# --- headline figures ---------------------------------------------------------------------
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """Medians and the engine / raw ratios, in one small table."""
+    ing, ask, gen = results["ingest"], results["ask"], results["generation"]
+    engine, raw = gen["engine"], gen["raw_generate"]
+    starts = results.get("startup") or {}
+    return {
+        "ingest": {"chunks_per_s": ing["chunks_per_s"], "tokens_per_s": ing["tokens_per_s"],
+                   "raw_encode_chunks_per_s": ing["raw_encode_chunks_per_s"],
+                   "ratio_to_raw_encode": _ratio(ing["chunks_per_s"],
+                                                 ing["raw_encode_chunks_per_s"])},
+        "retrieval": {size: _retrieval_figures(r) for size, r in results["retrieval"].items()},
+        "ask": {"uncached_p50_ms": ask["uncached_ms"]["p50"],
+                "uncached_p95_ms": ask["uncached_ms"]["p95"],
+                "cached_p50_ms": ask["cached_ms"]["p50"], "cached_p95_ms": ask["cached_ms"]["p95"],
+                "first_token_p50_ms": ask["first_token_ms"]["p50"]},
+        "generation": {
+            "decode_tokens_per_s": engine["decode_tokens_per_s"],
+            "raw_decode_tokens_per_s": raw["decode_tokens_per_s"],
+            "decode_ratio": _ratio(engine["decode_tokens_per_s"], raw["decode_tokens_per_s"]),
+            "prefill_tokens_per_s": engine["prefill_tokens_per_s"],
+            "raw_prefill_tokens_per_s": raw["prefill_tokens_per_s"],
+            "prefill_ratio": _ratio(engine["prefill_tokens_per_s"], raw["prefill_tokens_per_s"]),
+            "first_token_ms": engine["first_token_ms"]},
+        "memory": {"serving_peak_rss_mb": (starts.get("second") or {}).get("peak_rss_mb")},
+        "startup": {f"{name}_ready_s": run["ready_s"] for name, run in starts.items()},
+    }
+
+
+def _retrieval_figures(r: dict[str, Any]) -> dict[str, Any]:
+    raw = r["raw_encode_and_search_ms"]["p50"]
+    return {
+        "dense_p50_ms": r["dense_ms"]["p50"], "dense_p95_ms": r["dense_ms"]["p95"],
+        "hybrid_p50_ms": r["hybrid_ms"]["p50"], "hybrid_p95_ms": r["hybrid_ms"]["p95"],
+        "raw_faiss_search_p50_ms": r["raw_faiss_search_ms"]["p50"],
+        "raw_encode_and_search_p50_ms": raw,
+        "dense_ratio_to_raw": _ratio(r["dense_ms"]["p50"], raw),
+        "hybrid_ratio_to_raw": _ratio(r["hybrid_ms"]["p50"], raw),
+    }

@@ -1,0 +1,134 @@
+"""Compare two results: metric differences, changed items, and a gate for CI."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+GATED_LATENCY = ("total", "p95")
+ITEM_FLAGS = ("contains", "exact_match", "hit@5")
+MACHINE_PATHS = frozenset({"data_dir", "converted_models_dir"})
+
+
+@dataclass(frozen=True)
+class MetricDiff:
+    name: str
+    baseline: float | None
+    candidate: float | None
+    failed: bool = False
+
+    @property
+    def delta(self) -> float | None:
+        if self.baseline is None or self.candidate is None:
+            return None
+        return self.candidate - self.baseline
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline is None or self.candidate is None or self.baseline <= 0:
+            return None
+        return self.candidate / self.baseline
+
+
+@dataclass(frozen=True)
+class ItemChange:
+    id: str
+    question: str
+    changes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    quality: tuple[MetricDiff, ...]
+    latency: tuple[MetricDiff, ...]
+    items: tuple[ItemChange, ...]
+    settings: tuple[tuple[str, Any, Any], ...]
+    failures: tuple[str, ...]
+
+
+def compare(
+    baseline: Mapping[str, Any],
+    candidate: Mapping[str, Any],
+    fail_on_drop: float | None = None,
+    latency_factor: float | None = None,
+) -> Comparison:
+    """Differences of `candidate` from `baseline`.
+
+    Fails when a quality metric (all are higher-is-better) drops by more than `fail_on_drop`
+    (absolute), or when p95 total latency grows by more than `latency_factor`; None skips a gate.
+    """
+    quality = _quality(baseline["aggregates"]["quality"], candidate["aggregates"]["quality"],
+                       fail_on_drop)
+    latency = _latency(baseline["aggregates"]["latency_ms"],
+                       candidate["aggregates"]["latency_ms"], latency_factor)
+    failures = [f"{d.name} dropped from {d.baseline:.3f} to {d.candidate:.3f} "
+                f"(more than {fail_on_drop})" for d in quality if d.failed]
+    failures += [f"latency {d.name} grew {d.ratio:.2f}x (more than {latency_factor}x)"
+                 for d in latency if d.failed]
+    return Comparison(quality, latency, changed_items(baseline, candidate),
+                      settings_diff(baseline, candidate), tuple(failures))
+
+
+def _quality(
+    a: Mapping[str, float | None], b: Mapping[str, float | None], limit: float | None
+) -> tuple[MetricDiff, ...]:
+    rows = []
+    for name in [*a, *(n for n in b if n not in a)]:
+        diff = MetricDiff(name, a.get(name), b.get(name))
+        failed = limit is not None and diff.delta is not None and diff.delta < -limit - 1e-12
+        rows.append(MetricDiff(name, diff.baseline, diff.candidate, failed))
+    return tuple(rows)
+
+
+def _latency(
+    a: Mapping[str, Mapping[str, float] | None],
+    b: Mapping[str, Mapping[str, float] | None],
+    factor: float | None,
+) -> tuple[MetricDiff, ...]:
+    rows = []
+    for stage in a:
+        for stat in ("p50", "p95", "max"):
+            diff = MetricDiff(f"{stage} {stat}", (a.get(stage) or {}).get(stat),
+                              (b.get(stage) or {}).get(stat))
+            gated = (stage, stat) == GATED_LATENCY and factor is not None
+            failed = gated and diff.ratio is not None and diff.ratio > (factor or 0)
+            rows.append(MetricDiff(diff.name, diff.baseline, diff.candidate, failed))
+    return tuple(rows)
+
+
+def changed_items(baseline: Mapping[str, Any], candidate: Mapping[str, Any]) -> tuple[
+        ItemChange, ...]:
+    """Items whose pass/fail flags or abstention differ between the runs."""
+    before = {i["id"]: i for i in baseline["items"]}
+    out = []
+    for item in candidate["items"]:
+        old = before.get(item["id"])
+        if old is None:
+            continue
+        changes = [f"{flag} {_flag(old['scores'].get(flag))} -> {_flag(item['scores'].get(flag))}"
+                   for flag in ITEM_FLAGS
+                   if old["scores"].get(flag) != item["scores"].get(flag)]
+        if old["abstained"] != item["abstained"]:
+            changes.append("abstained" if item["abstained"] else "answered instead of abstaining")
+        if bool(old.get("error")) != bool(item.get("error")):
+            changes.append(f"error: {item.get('error')}" if item.get("error") else "error fixed")
+        if changes:
+            out.append(ItemChange(item["id"], item["question"], tuple(changes)))
+    return tuple(out)
+
+
+def _flag(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def settings_diff(baseline: Mapping[str, Any], candidate: Mapping[str, Any]) -> tuple[
+        tuple[str, Any, Any], ...]:
+    """Settings and options that differ (figures from different settings are not like for like)."""
+    out = []
+    for section in ("settings", "options", "models"):
+        a, b = baseline.get(section) or {}, candidate.get(section) or {}
+        for key in sorted(set(a) | set(b)):
+            if key not in MACHINE_PATHS and a.get(key) != b.get(key):
+                out.append((f"{section}.{key}", a.get(key), b.get(key)))
+    return tuple(out)

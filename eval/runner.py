@@ -1,0 +1,272 @@
+"""Run a suite against a target: ingest its corpus, ask every question, score and aggregate."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from eval import metrics as m
+from eval.suites import Suite, SuiteItem
+from eval.targets import Advance, Retrieved, Target, git_commit
+from rag.types import Answer
+
+RESULT_SCHEMA = 1
+RETRIEVAL_DEPTH = 10
+SNIPPET_CHARS = 300
+
+OnItem = Callable[["ItemResult"], None]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    top_k: int | None = None
+    concurrency: int = 1
+    limit: int | None = None
+    retrieval_only: bool = False
+
+
+@dataclass(frozen=True)
+class ResultChunk:
+    """A retrieved or cited chunk as the result file keeps it (text cut to a snippet)."""
+
+    document: str
+    filename: str
+    chunk_id: int
+    score: float
+    text: str
+    number: int | None = None
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """One question's outcome: the answer, what was retrieved, scores and costs."""
+
+    id: str
+    question: str
+    answerable: bool
+    references: tuple[str, ...]
+    relevant: Mapping[str, int]
+    asked: bool = False
+    answer: str = ""
+    abstained: bool = False
+    retrieved: tuple[ResultChunk, ...] = ()
+    citations: tuple[ResultChunk, ...] = ()
+    ranking_source: str = "citations"
+    scores: Mapping[str, float | None] = field(default_factory=dict)
+    timings: Mapping[str, float] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """How document ids of the target map to the suite's document keys."""
+
+    keys: Mapping[str, str]  # document id -> canonical key
+    aliases: Mapping[str, str]  # any key or filename -> canonical key
+
+    def key(self, document_id: str, filename: str) -> str:
+        return self.keys.get(document_id) or self.aliases.get(filename, filename)
+
+    def grades(self, relevant: Mapping[str, int]) -> dict[str, int]:
+        """Relevance keyed by canonical keys (duplicate documents share one)."""
+        out: dict[str, int] = {}
+        for key, grade in relevant.items():
+            canonical = self.aliases.get(key, key)
+            out[canonical] = max(out.get(canonical, 0), grade)
+        return out
+
+
+def ingest_corpus(suite: Suite, target: Target, advance: Advance) -> Corpus:
+    """Ingest the suite's documents and learn which target document holds which key."""
+    ids = target.ingest(suite.corpus, advance)  # key -> document id
+    keys: dict[str, str] = {}
+    for key, doc_id in ids.items():
+        keys.setdefault(doc_id, key)  # documents with the same bytes share the first key
+    aliases = {key: keys[doc_id] for key, doc_id in ids.items()}
+    names = Counter(d.filename for d in suite.corpus)
+    for doc in suite.corpus:
+        if names[doc.filename] == 1 and doc.key in aliases:
+            aliases.setdefault(doc.filename, aliases[doc.key])
+    return Corpus(keys, aliases)
+
+
+def run_suite(
+    suite: Suite,
+    target: Target,
+    corpus: Corpus,
+    options: RunOptions,
+    on_item: OnItem = lambda _: None,
+) -> dict[str, Any]:
+    """Ask every question (`concurrency` at once) and return the result document."""
+    started, clock = datetime.now(UTC), time.perf_counter()
+    items = suite.limited(options.limit).items
+
+    def one(item: SuiteItem) -> ItemResult:
+        result = evaluate_item(item, target, corpus, options)
+        on_item(result)
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, options.concurrency)) as pool:
+        rows = list(pool.map(one, items))
+    return {
+        "schema": RESULT_SCHEMA,
+        "suite": {"name": suite.name, "format": suite.format, "source": suite.source,
+                  "description": suite.description, "items": len(items),
+                  "documents": len(suite.corpus)},
+        "target": target.name,
+        "options": asdict(options),
+        **target.describe(),
+        "git_commit": git_commit(),
+        "started_at": started.isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - clock, 3),
+        "aggregates": aggregate(rows),
+        "items": [asdict(r) for r in rows],
+    }
+
+
+def evaluate_item(item: SuiteItem, target: Target, corpus: Corpus, options: RunOptions
+                  ) -> ItemResult:
+    """Ask one question and score it; an error is recorded on the item, not raised."""
+    base = ItemResult(item.id, item.question, item.answerable, item.answers,
+                      corpus.grades(item.relevant))
+    try:
+        started = time.perf_counter()
+        retrieved = target.retrieve(item.question, max(RETRIEVAL_DEPTH, options.top_k or 0))
+        if options.retrieval_only:
+            if retrieved is None:
+                raise ValueError(f"{target.name} cannot retrieve without answering.")
+            return score_retrieval(base, retrieved, corpus, time.perf_counter() - started)
+        answer = target.ask(item.question, options.top_k)
+    except Exception as exc:  # one failing question must not end a long run
+        return replace(base, error=f"{type(exc).__name__}: {exc}")
+    return score_item(base, answer, retrieved, corpus)
+
+
+def _chunks(retrieved: Sequence[Retrieved], corpus: Corpus) -> tuple[ResultChunk, ...]:
+    return tuple(ResultChunk(corpus.key(r.document_id, r.filename), r.filename, r.chunk_id,
+                             r.score, r.text[:SNIPPET_CHARS]) for r in retrieved)
+
+
+def _retrieval_scores(chunks: Sequence[ResultChunk], relevant: Mapping[str, int]
+                      ) -> dict[str, float | None]:
+    ranking = [c.document for c in chunks]
+    scores: dict[str, float | None] = {}
+    for k in m.K_VALUES:
+        scores[f"hit@{k}"] = m.hit_at_k(ranking, relevant, k)
+        scores[f"recall@{k}"] = m.recall_at_k(ranking, relevant, k)
+    scores["mrr"] = m.reciprocal_rank(ranking, relevant)
+    scores["ndcg@10"] = m.ndcg_at_k(ranking, relevant, 10)
+    return scores
+
+
+def score_retrieval(
+    base: ItemResult, retrieved: Sequence[Retrieved], corpus: Corpus, seconds: float
+) -> ItemResult:
+    """Retrieval metrics only (no answer was asked for)."""
+    chunks = _chunks(retrieved, corpus)
+    return replace(base, retrieved=chunks, ranking_source=f"retriever@{len(chunks)}",
+                   scores=_retrieval_scores(chunks, base.relevant),
+                   timings={"retrieve_ms": seconds * 1000})
+
+
+def score_item(
+    base: ItemResult, answer: Answer, retrieved: Sequence[Retrieved] | None, corpus: Corpus
+) -> ItemResult:
+    """Fill in answer, chunks and every per-item metric."""
+    cited = tuple(ResultChunk(corpus.key(c.document_id, c.filename), c.filename, c.chunk_id,
+                              c.score, c.text[:SNIPPET_CHARS], c.number)
+                  for c in answer.citations)
+    chunks = _chunks(retrieved, corpus) if retrieved is not None else cited
+    abstained = m.is_abstention(answer.text)
+    spans = _cited_spans(answer)
+    scores = _retrieval_scores(chunks, base.relevant)
+    scores["exact_match"] = m.exact_match(answer.text, base.references)
+    scores["f1"] = m.token_f1(answer.text, base.references)
+    scores["contains"] = m.contains_reference(answer.text, base.references)
+    scores["groundedness"] = None if abstained else m.groundedness(answer.text, spans)
+    t = answer.timings
+    return replace(
+        base, asked=True, answer=answer.text, abstained=abstained, retrieved=chunks,
+        citations=cited,
+        ranking_source="citations" if retrieved is None else f"retriever@{len(chunks)}",
+        scores=scores, cached=answer.cached,
+        timings={"retrieve_ms": t.retrieve_ms, "prompt_ms": t.prompt_ms,
+                 "first_token_ms": t.first_token_ms, "generate_ms": t.generate_ms,
+                 "total_ms": t.total_ms},
+        prompt_tokens=answer.usage.prompt_tokens, completion_tokens=answer.usage.completion_tokens,
+    )
+
+
+def _cited_spans(answer: Answer) -> list[str]:
+    """Texts of the sources the answer cites as [n]; all its sources when it cites none."""
+    numbers = m.cited_numbers(answer.text)
+    cited = [c.text for c in answer.citations if c.number in numbers]
+    return cited or [c.text for c in answer.citations]
+
+
+# --- aggregates ---------------------------------------------------------------------------
+
+QUALITY_SCORES = (*(f"{name}@{k}" for name in ("hit", "recall") for k in m.K_VALUES),
+                  "mrr", "ndcg@10", "exact_match", "f1", "contains", "groundedness")
+
+
+def aggregate(rows: Sequence[ItemResult]) -> dict[str, Any]:
+    """Means of the per-item scores, abstention, latency, throughput, cache and usage.
+
+    Latency and throughput count fresh answers only (cached ones have their own figure),
+    unless every answer came from the cache.
+    """
+    ok = [r for r in rows if r.error is None]
+    fresh = [r for r in ok if not r.cached] or ok
+    asked = [r for r in ok if r.asked]
+    abst = m.abstention([r.abstained for r in asked], [r.answerable for r in asked])
+    quality = {name: m.mean(r.scores.get(name) for r in ok) for name in QUALITY_SCORES}
+    return {
+        "items": len(rows),
+        "errors": len(rows) - len(ok),
+        "answerable": sum(r.answerable for r in rows),
+        "unanswerable": sum(not r.answerable for r in rows),
+        "quality": quality
+        | {"abstention_precision": abst.precision, "abstention_recall": abst.recall},
+        "abstention": asdict(abst)
+        | {"false_abstentions": sum(r.abstained and r.answerable for r in asked)},
+        "latency_ms": {stage: _latency([r.timings[f"{stage}_ms"] for r in fresh
+                                        if f"{stage}_ms" in r.timings])
+                       for stage in ("retrieve", "first_token", "total")},
+        "cached_latency_ms": _latency([r.timings["total_ms"] for r in ok if r.cached]),
+        **_throughput([r for r in fresh if r.completion_tokens > 0]),
+        "cache_hit_rate": m.rate([r.cached for r in asked]),
+        "usage": {"prompt_tokens": sum(r.prompt_tokens for r in ok),
+                  "completion_tokens": sum(r.completion_tokens for r in ok)},
+    }
+
+
+def _throughput(generated: Sequence[ItemResult]) -> dict[str, float | None]:
+    """Tokens per second of generation, and of decoding alone (after the first token)."""
+    tokens = [r.completion_tokens for r in generated]
+    return {
+        "tokens_per_second": m.overall_tokens_per_second(
+            tokens, [r.timings["generate_ms"] for r in generated]),
+        "decode_tokens_per_second": m.overall_tokens_per_second(
+            [t - 1 for t in tokens], [_decode_ms(r) for r in generated]),
+    }
+
+
+def _decode_ms(row: ItemResult) -> float:
+    """Generation time after the first token (generate_ms also holds the prefill)."""
+    t = row.timings
+    prefill = t["first_token_ms"] - t["retrieve_ms"] - t["prompt_ms"]
+    return t["generate_ms"] - prefill
+
+
+def _latency(values: Sequence[float]) -> dict[str, float] | None:
+    summary = m.latency(values)
+    return asdict(summary) if summary else None

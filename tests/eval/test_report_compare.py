@@ -1,0 +1,127 @@
+"""Result files, the HTML report, `compare` and the eval CLI, over scripted runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from eval.cli import eval_app, parse_overrides
+from eval.compare import compare
+from eval.report import read_result, render_html, worst_items, write_html, write_json
+from eval.runner import RunOptions, ingest_corpus, run_suite
+from tests.eval.fakes import FakeTarget, suite
+from tests.eval.test_runner import Q1, Q2, Q3, SCRIPTS
+
+
+@pytest.fixture()
+def result() -> dict[str, Any]:
+    target = FakeTarget(SCRIPTS)
+    s = suite(Q1, Q2, Q3)
+    return run_suite(s, target, ingest_corpus(s, target, lambda _: None), RunOptions())
+
+
+def _worse(result: dict[str, Any], contains: float, latency_factor: float) -> dict[str, Any]:
+    other = copy.deepcopy(result)
+    other["aggregates"]["quality"]["contains"] = contains
+    for stage in other["aggregates"]["latency_ms"].values():
+        for stat in ("p50", "p95", "max"):
+            stage[stat] *= latency_factor
+    other["items"][0]["scores"]["contains"] = 0.0
+    other["settings"]["top_k"] = 3
+    return other
+
+
+def test_json_round_trip(tmp_path: Path, result: dict[str, Any]) -> None:
+    path = tmp_path / "runs" / "r.json"
+    write_json(result, path)
+    assert read_result(path) == json.loads(json.dumps(result))
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not an evaluation result"):
+        read_result(tmp_path / "bad.json")
+
+
+def test_html_is_self_contained(tmp_path: Path, result: dict[str, Any]) -> None:
+    write_html(result, tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text()
+    assert len(re.findall(r"src='data:image/png;base64,[A-Za-z0-9+/=]{200,}'", html)) == 2
+    assert not re.search(r"(src|href)=['\"]https?:", html)  # nothing loaded from elsewhere
+    assert "Which index?" in html and "text of b.md" in html  # a worst item and its chunks
+
+
+def test_worst_items_order(result: dict[str, Any]) -> None:
+    # q3 abstained on an answerable question (contains 0, f1 0, mrr 1) is worse than q1;
+    # q2 abstained rightly and is not listed.
+    assert [i["id"] for i in worst_items(result["items"])] == ["q3", "q1"]
+
+
+def test_html_of_a_retrieval_only_run() -> None:
+    target = FakeTarget(SCRIPTS)
+    s = suite(Q1, Q3)
+    result = run_suite(s, target, ingest_corpus(s, target, lambda _: None),
+                       RunOptions(retrieval_only=True))
+    html = render_html(json.loads(json.dumps(result)))
+    # q1 found its document second (MRR 0.5) and is listed; q3 found it first and is not.
+    assert "How big is a chunk?" in html and "Which index?" not in html
+
+
+def test_html_escapes_text(result: dict[str, Any]) -> None:
+    result["items"][0]["answer"] = "<script>alert(1)</script>"
+    result["items"][0]["scores"]["contains"] = 0.0
+    assert "<script>alert" not in render_html(result)
+
+
+def test_compare_gates_quality_and_latency(result: dict[str, Any]) -> None:
+    same = compare(result, result, fail_on_drop=0.0, latency_factor=1.5)
+    assert same.failures == () and same.items == () and same.settings == ()
+    worse = _worse(result, contains=0.3, latency_factor=2.0)  # contains 0.5 -> 0.3
+    gated = compare(result, worse, fail_on_drop=0.1, latency_factor=1.5)
+    assert gated.failures == (
+        "contains dropped from 0.500 to 0.300 (more than 0.1)",
+        "latency total p95 grew 2.00x (more than 1.5x)",
+    )
+    assert [d.delta for d in gated.quality if d.name == "contains"] == [pytest.approx(-0.2)]
+    assert gated.items[0].id == "q1" and gated.items[0].changes == ("contains 1.00 -> 0.00",)
+    assert gated.settings == (("settings.top_k", 5, 3),)
+    assert compare(result, worse, fail_on_drop=0.25, latency_factor=None).failures == ()
+    assert compare(result, worse).failures == ()
+
+
+def _cli(*args: str) -> Any:
+    return CliRunner().invoke(eval_app, list(args))
+
+
+def test_cli_compare_exit_codes(tmp_path: Path, result: dict[str, Any]) -> None:
+    write_json(result, tmp_path / "a.json")
+    write_json(_worse(result, contains=0.3, latency_factor=2.0), tmp_path / "b.json")
+    a, b = str(tmp_path / "a.json"), str(tmp_path / "b.json")
+    assert _cli("compare", a, b).exit_code == 0
+    failed = _cli("compare", a, b, "--fail-on-drop", "0.1")
+    assert failed.exit_code == 1 and "FAIL" in failed.output and "contains" in failed.output
+    no_latency = _cli("compare", a, b, "--fail-on-drop", "0.25", "--no-latency-gate")
+    assert no_latency.exit_code == 0, no_latency.output
+    assert _cli("compare", a, b, "--fail-on-drop", "0.25").exit_code == 1  # latency 2x > 1.5x
+    assert _cli("compare", a, b, "--fail-on-drop", "0.25", "--latency-factor", "3").exit_code == 0
+    assert _cli("compare", a, str(tmp_path / "missing.json")).exit_code == 2
+
+
+def test_cli_run_reports_a_bad_suite(tmp_path: Path) -> None:
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"question": "ok?"}\n{"answers": []}\n')
+    outcome = _cli("run", str(bad), "--out", str(tmp_path / "r.json"))
+    assert outcome.exit_code == 2
+    assert "line 2: field 'question' is missing" in " ".join(outcome.output.split())
+
+
+def test_parse_overrides() -> None:
+    assert parse_overrides(["max_new_tokens=32", "RAG_TOP_K=3"]) == {
+        "max_new_tokens": "32", "top_k": "3"}
+    with pytest.raises(Exception, match="expected KEY=VALUE"):
+        parse_overrides(["no_such_setting=1"])
+    with pytest.raises(Exception, match="expected KEY=VALUE"):
+        parse_overrides(["top_k"])
