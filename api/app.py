@@ -9,13 +9,20 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
+from api.auth import check_open_access
 from api.errors import EXCEPTION_HANDLERS
+from api.limits import STORE, close_rate_limit_store, rate_limit_middleware, rate_limit_store
+from api.metrics import HTTP, metrics
 from api.routes_ask import ask
+from api.routes_documents import ROUTES as DOCUMENT_ROUTES
 from api.routes_health import health, ready
+from api.routes_widget import demo_page, widget_js
+from ingest.service import IngestService
 from rag.errors import NotReady, RagError
 from rag.service import AskRequest, RagService
 from rag.settings import Settings
@@ -26,7 +33,8 @@ log = logging.getLogger(__name__)
 def _start(service: RagService, state: State, sample_dir: Path | None) -> None:
     """Load models and index (in a thread, so /health answers meanwhile)."""
     try:
-        service.load()
+        if service.retriever is None:  # tests hand in a service that is loaded already
+            service.load()
         if sample_dir is not None:
             _ingest_samples(service, sample_dir)
         state["not_ready"] = None
@@ -45,11 +53,35 @@ def _ingest_samples(service: RagService, sample_dir: Path) -> None:
              ", ".join(c.filename for c in answer.citations))
 
 
+async def _start_ingestion(loading: asyncio.Task[None], ingestion: IngestService,
+                           state: State) -> None:
+    """Start the job queue once the engine is loaded (embedded mode needs its models)."""
+    await loading
+    if state.get("not_ready") is None:
+        await ingestion.start()
+
+
+def _cors(settings: Settings) -> CORSConfig | None:
+    """Browsers may call the API from `cors_origins` and from nowhere else."""
+    if not settings.cors_origins:
+        return None
+    return CORSConfig(
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept"],
+        expose_headers=["Retry-After", "RateLimit-Limit", "RateLimit-Remaining",
+                        "RateLimit-Reset", "RateLimit-Policy"],
+        max_age=600,
+    )
+
+
 def create_app(
     settings: Settings, sample_dir: Path | None = None, service: RagService | None = None
 ) -> Litestar:
     """The API over one engine instance (tests pass a service sharing loaded models)."""
+    check_open_access(settings)
     service = service or RagService(settings)
+    ingestion = IngestService(service)
 
     def provide_service(state: State) -> RagService:
         if state.get("not_ready"):
@@ -61,16 +93,24 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state["not_ready"] = "loading models and index"
         task = asyncio.create_task(asyncio.to_thread(_start, service, app.state, sample_dir))
+        jobs = asyncio.create_task(_start_ingestion(task, ingestion, app.state))
         try:
             yield
         finally:
             task.cancel()
+            jobs.cancel()
+            await ingestion.stop()
 
     return Litestar(
-        route_handlers=[health, ready, ask],
-        dependencies={"service": Provide(provide_service, sync_to_thread=False)},
+        route_handlers=[health, ready, metrics, ask, *DOCUMENT_ROUTES, widget_js, demo_page],
+        dependencies={"service": Provide(provide_service, sync_to_thread=False),
+                      "ingestion": Provide(lambda: ingestion, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        lifespan=[lifespan],
+        lifespan=[lifespan, close_rate_limit_store],
+        middleware=[HTTP.middleware, *rate_limit_middleware(settings)],
+        stores={STORE: rate_limit_store(settings)},
+        cors_config=_cors(settings),
         state=State({"settings": settings, "service": service}),
-        openapi_config=OpenAPIConfig(title="RAG service", version="0.1.0", path="/schema"),
+        openapi_config=OpenAPIConfig(title="RAG service", version="0.1.0", path="/schema",
+                                     use_handler_docstrings=True),
     )

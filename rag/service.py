@@ -25,7 +25,7 @@ from rag.prompt import PROMPT_TEMPLATE_VERSION, Prompt, build_prompt
 from rag.retrieval import Query, Retriever
 from rag.settings import Settings
 from rag.store import ChunkStore
-from rag.types import Answer, Citation, Document, ScoredChunk, Timings, Usage
+from rag.types import Answer, Citation, Document, Element, ScoredChunk, Timings, Usage
 from rag.uploads import UploadStore, check_size, sha256_file
 
 log = logging.getLogger(__name__)
@@ -230,14 +230,13 @@ class RagService:
         """Stream elements -> windows -> vectors -> store, in bounded memory; returns pages."""
         assert self.chunker is not None, "call load() first"
         path = self.uploads.path(doc.id)
-        pages: int | None = None
+        pages = {"high": 0}
         batch: list[ChunkDraft] = []
         done = 0
         progress("parse", 0, None)
-        elements = _timed(parsing.parse(path, doc.filename, self.settings), clock, "parse")
+        parsed = _note_pages(parsing.parse(path, doc.filename, self.settings), pages)
+        elements = _timed(parsed, clock, "parse")
         for draft in _timed(self.chunker.chunk(elements), clock, "chunk"):
-            if draft.page is not None:
-                pages = max(pages or 0, draft.page)
             batch.append(draft)
             if len(batch) >= EMBED_BATCH:
                 progress("chunk", done + len(batch), None)
@@ -252,7 +251,7 @@ class RagService:
                 f"{doc.filename!r} holds no text to index.", "Upload a file with text in it."
             )
         progress("embed", done, done)
-        return pages
+        return pages["high"] or None
 
     def _embed_batch(
         self, doc_id: str, batch: Sequence[ChunkDraft], clock: dict[str, float]
@@ -431,6 +430,14 @@ def _citation(number: int, source: ScoredChunk) -> Citation:
 
 def _replace_answer(answer: Answer, **changes: Any) -> Answer:
     return replace(answer, **changes)
+
+
+def _note_pages(elements: Iterable[Element], pages: dict[str, int]) -> Iterator[Element]:
+    """Pass elements through, noting the last page (a chunk knows only the page it starts on)."""
+    for element in elements:
+        if element.page is not None:
+            pages["high"] = max(pages["high"], element.page)
+        yield element
 
 
 def _timed(items: Iterable[T], clock: dict[str, float], stage: str) -> Iterator[T]:

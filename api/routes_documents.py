@@ -1,0 +1,218 @@
+"""Documents and ingestion jobs: /v1/documents and /v1/jobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from litestar import Request, Response, delete, get, post
+from litestar.openapi.spec import (
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    RequestBody,
+    Schema,
+)
+from litestar.params import Parameter
+from pydantic import BaseModel, Field
+
+from api.auth import require_scope
+from api.uploads import read_upload
+from ingest.intake import Accepted
+from ingest.jobs import Job
+from ingest.service import IngestService
+from rag.errors import NotFound
+from rag.service import RagService
+from rag.types import Document
+
+# Schemas
+
+
+class DocumentOut(BaseModel):
+    """An uploaded document; `id` is the SHA-256 of its bytes."""
+
+    id: str
+    filename: str
+    content_type: str
+    size: int = Field(description="Bytes.")
+    pages: int | None = Field(description="Pages, slides or sheets where the format has them.")
+    chunk_count: int
+    collection: str
+    metadata: dict[str, Any]
+    state: str = Field(description="queued, processing, indexed, failed or cancelled.")
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    job_id: str | None = Field(description="Its latest ingestion job.")
+
+    @classmethod
+    def of(cls, doc: Document, job: Job | None) -> DocumentOut:
+        return cls(
+            id=doc.id, filename=doc.filename, content_type=doc.content_type, size=doc.size,
+            pages=doc.pages, chunk_count=doc.chunk_count, collection=doc.collection,
+            metadata=dict(doc.metadata), state=doc.state, error=doc.error,
+            created_at=_time(doc.created_at), updated_at=_time(doc.updated_at),
+            job_id=job.id if job else None,
+        )
+
+
+class DocumentPage(BaseModel):
+    items: list[DocumentOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class UploadedOut(BaseModel):
+    document_id: str
+    job_id: str | None
+    filename: str
+    state: str = Field(description="The document's state.")
+    job_state: str | None
+    duplicate: bool = Field(description="These bytes were uploaded before.")
+
+
+class UploadOut(BaseModel):
+    """Accepted: the files are stored and their jobs queued; poll GET /v1/jobs/{job_id}."""
+
+    documents: list[UploadedOut]
+
+
+class ProgressOut(BaseModel):
+    done: int = Field(description="Chunks embedded so far.")
+    total: int | None = Field(description="Chunks in the document, once known.")
+    estimated_total: int | None = Field(description="Estimate from the size while unknown.")
+    fraction: float | None
+
+
+class JobOut(BaseModel):
+    """An ingestion job."""
+
+    id: str
+    document_id: str
+    filename: str
+    state: str = Field(description="queued, running, done, failed or cancelled.")
+    stage: str | None = Field(description="parse, chunk, embed or index.")
+    progress: ProgressOut
+    eta_s: float | None = Field(description="Seconds left, estimated while it runs.")
+    timings_s: dict[str, float] = Field(description="Seconds spent per stage.")
+    attempts: int
+    max_attempts: int
+    error: str | None
+    worker: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        total = job.total or job.estimate
+        fraction = 1.0 if job.state == "done" else (
+            min(job.done / total, 0.99) if total and job.state == "running" else None)
+        return cls(
+            id=job.id, document_id=job.document_id, filename=job.filename, state=job.state,
+            stage=job.stage,
+            progress=ProgressOut(done=job.done, total=job.total, estimated_total=job.estimate,
+                                 fraction=fraction),
+            eta_s=job.eta_s(), timings_s=dict(job.timings), attempts=job.attempts,
+            max_attempts=job.max_attempts, error=job.error, worker=job.worker,
+            created_at=_time(job.created_at), started_at=_time(job.started_at),
+            finished_at=_time(job.finished_at),
+        )
+
+
+def _time(epoch: float | None) -> Any:
+    return datetime.fromtimestamp(epoch, UTC) if epoch else None
+
+
+@dataclass
+class _UploadOperation(Operation):
+    """The multipart body, described by hand: the handler streams it itself."""
+
+    def __post_init__(self) -> None:
+        text, binary = OpenAPIType.STRING, OpenAPIFormat.BINARY
+        form = Schema(type=OpenAPIType.OBJECT, required=["file"], properties={
+            "file": Schema(type=OpenAPIType.ARRAY, items=Schema(type=text, format=binary),
+                           description="One or more files (repeat the part)."),
+            "collection": Schema(type=text, description="Collection (default: default)."),
+            "metadata": Schema(type=text, description="A JSON object kept with each file."),
+        })
+        self.request_body = RequestBody(
+            required=True, content={"multipart/form-data": OpenAPIMediaType(schema=form)})
+
+
+# Handlers
+
+INGEST = [require_scope("ingest")]  # admin keys pass too; open mode lets everyone
+
+
+@post("/v1/documents", status_code=202, tags=["documents"], guards=INGEST,
+      request_max_body_size=None, operation_class=_UploadOperation)
+async def upload_documents(
+    request: Request[Any, Any, Any], service: RagService, ingestion: IngestService
+) -> UploadOut:
+    """Upload one or more files (multipart/form-data) to be parsed, chunked, embedded and
+    indexed. Answers 202 once the files and their jobs are stored; the same bytes uploaded
+    again point at the existing document. Refuses oversized requests or files (413), types
+    it cannot read, judged by content (415), and empty or malformed uploads (422)."""
+    form = await read_upload(request, ingestion.intake)
+    accepted = await ingestion.accept(form.files, form.collection, form.metadata)
+    return UploadOut(documents=[_uploaded(a) for a in accepted])
+
+
+def _uploaded(a: Accepted) -> UploadedOut:
+    return UploadedOut(document_id=a.document.id, job_id=a.job.id if a.job else None,
+                       filename=a.document.filename, state=a.document.state,
+                       job_state=a.job.state if a.job else None, duplicate=a.duplicate)
+
+
+@get("/v1/documents", tags=["documents"], guards=INGEST, sync_to_thread=True)
+def list_documents(
+    service: RagService,
+    ingestion: IngestService,
+    collection: str | None = None,
+    offset: Annotated[int, Parameter(ge=0)] = 0,
+    limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+) -> DocumentPage:
+    """List documents, oldest first, optionally in one collection."""
+    docs, total = service.store.list_documents(collection, offset, limit)
+    items = [DocumentOut.of(d, ingestion.jobs.latest_for(d.id)) for d in docs]
+    return DocumentPage(items=items, total=total, offset=offset, limit=limit)
+
+
+@get("/v1/documents/{document_id:str}", tags=["documents"], guards=INGEST, sync_to_thread=True)
+def get_document(document_id: str, service: RagService, ingestion: IngestService) -> DocumentOut:
+    """One document: file, type, size, pages, chunk count, collection, metadata, state."""
+    doc = service.store.get_document(document_id)
+    if doc is None:
+        raise NotFound(f"Document {document_id} does not exist.",
+                       "List documents with GET /v1/documents.")
+    return DocumentOut.of(doc, ingestion.jobs.latest_for(doc.id))
+
+
+@delete("/v1/documents/{document_id:str}", tags=["documents"], guards=INGEST, status_code=200)
+async def delete_document(
+    document_id: str, service: RagService, ingestion: IngestService
+) -> Response[dict[str, Any]]:
+    """Delete a document: its vectors, chunks, stored file and every cached answer citing it.
+    Idempotent: deleting an absent document answers 200 with `deleted: false`."""
+    deleted = await ingestion.delete_document(document_id)
+    return Response({"id": document_id, "deleted": deleted}, status_code=200)
+
+
+@get("/v1/jobs/{job_id:str}", tags=["jobs"], guards=INGEST, sync_to_thread=True)
+def get_job(job_id: str, ingestion: IngestService) -> JobOut:
+    """An ingestion job: state, stage, progress with ETA, timings, attempts and error."""
+    return JobOut.of(ingestion.job(job_id))
+
+
+@delete("/v1/jobs/{job_id:str}", tags=["jobs"], guards=INGEST, status_code=200)
+async def cancel_job(job_id: str, ingestion: IngestService) -> JobOut:
+    """Cancel a queued or running job (409 when it already finished); nothing of it stays
+    indexed."""
+    return JobOut.of(await ingestion.cancel(job_id))
+
+
+ROUTES = [upload_documents, list_documents, get_document, delete_document, get_job, cancel_job]

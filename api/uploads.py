@@ -1,0 +1,205 @@
+"""Reading `POST /v1/documents` bodies: streaming multipart, with the limits enforced early.
+
+The body is parsed as it arrives (the `multipart` library Litestar itself uses); each file
+goes straight to a staging file on disk while it is hashed, so memory stays flat whatever the
+size. A request announcing more than RAG_MAX_REQUEST_BYTES is refused before a byte is read;
+a file passing RAG_MAX_FILE_BYTES, or one file too many, stops the read at that point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from litestar import Request
+from multipart import (
+    MultipartSegment,
+    ParserError,
+    ParserLimitReached,
+    PushMultipartParser,
+)
+
+from ingest.intake import Intake, StagedFile, sanitize_filename
+from rag.errors import InvalidInput, RagError, TooLarge, UnsupportedType
+from rag.settings import Settings
+
+FIELDS = ("collection", "metadata")
+MAX_FIELD_BYTES = 64 * 1024
+COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+USAGE = ("Send multipart/form-data with one or more `file` parts, e.g. "
+         "`curl -F file=@report.pdf -F collection=docs http://host/v1/documents`.")
+
+
+@dataclass
+class UploadForm:
+    files: list[StagedFile] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+    collection: str = "default"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _collection(fields: dict[str, str]) -> str:
+    name = fields.get("collection", "").strip() or "default"
+    if not COLLECTION.fullmatch(name):
+        raise InvalidInput(f"Collection name {name[:80]!r} is not allowed.",
+                           "Use 1-64 letters, digits, '_', '.' or '-', starting with a letter "
+                           "or digit.")
+    return name
+
+
+def _metadata(fields: dict[str, str]) -> dict[str, Any]:
+    raw = fields.get("metadata", "").strip()
+    if not raw:
+        return {}
+    hint = 'Send a JSON object, e.g. {"team": "support"}.'
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"The metadata field is not valid JSON ({exc}).", hint) from exc
+    if not isinstance(value, dict):
+        raise InvalidInput("The metadata field must be a JSON object.", hint)
+    return value
+
+
+async def read_upload(request: Request[Any, Any, Any], intake: Intake) -> UploadForm:
+    """Stream the multipart body to staging files; raise a RagError for any bad request."""
+    settings = intake.settings
+    boundary = _boundary(request, settings)
+    reader = _FormReader(intake, settings)
+    try:
+        parser = PushMultipartParser(boundary, max_segment_count=settings.max_files_per_request
+                                     + len(FIELDS) + 1)
+        with parser:
+            async for chunk in request.stream():
+                reader.count(len(chunk))
+                for event in parser.parse(chunk):
+                    reader.feed(event)
+                if parser.closed:
+                    break
+    except ParserLimitReached as exc:
+        reader.abandon()
+        raise TooLarge(f"The request has too many parts ({exc}).",
+                       f"Send at most {settings.max_files_per_request} files per request.") from exc
+    except ParserError as exc:
+        reader.abandon()
+        raise InvalidInput(f"The multipart body is malformed: {exc}.", USAGE) from exc
+    except BaseException:
+        reader.abandon()
+        raise
+    form = reader.form
+    try:  # bad fields are refused before anything is stored
+        if not form.files:
+            raise InvalidInput("The request holds no files.", USAGE)
+        form.collection, form.metadata = _collection(form.fields), _metadata(form.fields)
+    except RagError:
+        reader.abandon()
+        raise
+    return form
+
+
+def _boundary(request: Request[Any, Any, Any], settings: Settings) -> str:
+    media_type, options = request.content_type
+    if media_type != "multipart/form-data":
+        raise UnsupportedType(f"Uploads must be multipart/form-data, not {media_type or 'empty'}.",
+                              USAGE)
+    if not options.get("boundary"):
+        raise InvalidInput("The multipart Content-Type has no boundary.", USAGE)
+    length = request.content_length
+    if length is not None and length > settings.max_request_bytes:
+        raise TooLarge(f"The request is {length} bytes, over the limit of "
+                       f"{settings.max_request_bytes} bytes.",
+                       "Send fewer or smaller files per request, or raise "
+                       "RAG_MAX_REQUEST_BYTES.")
+    return options["boundary"]
+
+
+class _FormReader:
+    """Consumes parser events: files to staging files, the few text fields to memory."""
+
+    def __init__(self, intake: Intake, settings: Settings) -> None:
+        self.intake = intake
+        self.settings = settings
+        self.form = UploadForm()
+        self.received = 0
+        self._segment: MultipartSegment | None = None
+        self._file: IO[bytes] | None = None
+        self._staged: tuple[str, Any] | None = None  # (filename, path) of the open file
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._text = bytearray()
+
+    def count(self, size: int) -> None:
+        self.received += size
+        if self.received > self.settings.max_request_bytes:
+            raise TooLarge(f"The request is over the limit of {self.settings.max_request_bytes} "
+                           "bytes.", "Send fewer or smaller files per request, or raise "
+                           "RAG_MAX_REQUEST_BYTES.")
+
+    def feed(self, event: MultipartSegment | bytes | None) -> None:
+        if isinstance(event, MultipartSegment):
+            self._begin(event)
+        elif event:
+            self._data(event)
+        else:
+            self._end()
+
+    def _begin(self, segment: MultipartSegment) -> None:
+        self._segment = segment
+        if segment.filename is None:
+            if segment.name not in FIELDS:
+                raise InvalidInput(f"Unknown form field {segment.name[:80]!r}.",
+                                   f"Send files as file parts; text fields: {', '.join(FIELDS)}.")
+            self._text = bytearray()
+            return
+        if len(self.form.files) >= self.settings.max_files_per_request:
+            raise TooLarge(f"The request holds more than {self.settings.max_files_per_request} "
+                           "files.", "Split the upload over several requests, or raise "
+                           "RAG_MAX_FILES_PER_REQUEST.")
+        name = sanitize_filename(segment.filename)
+        path = self.intake.staging_dir() / name
+        self._staged = (name, path)
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in _end or abandon
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    def _data(self, data: bytes) -> None:
+        if self._file is None:
+            self._text.extend(data)
+            if len(self._text) > MAX_FIELD_BYTES:
+                raise TooLarge(f"Form field {self._segment.name if self._segment else ''!r} is "
+                               f"over {MAX_FIELD_BYTES} bytes.", "Send less metadata.")
+            return
+        self._size += len(data)
+        if self._size > self.settings.max_file_bytes:
+            name = self._staged[0] if self._staged else "a file"
+            raise TooLarge(f"{name} is over the limit of {self.settings.max_file_bytes} bytes.",
+                           "Split the document into smaller files, or raise RAG_MAX_FILE_BYTES.")
+        self._hash.update(data)
+        self._file.write(data)
+
+    def _end(self) -> None:
+        if self._file is None:
+            if self._segment is not None:
+                self.form.fields[self._segment.name] = self._text.decode(
+                    self._segment.charset or "utf-8", errors="replace")
+            return
+        self._file.close()
+        self._file = None
+        assert self._staged is not None
+        name, path = self._staged
+        self.form.files.append(StagedFile(path, name, self._size, self._hash.hexdigest()))
+        self._staged = None
+
+    def abandon(self) -> None:
+        """Close and remove whatever was staged for this request."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._staged is not None:
+            staged = StagedFile(self._staged[1], self._staged[0], self._size, "")
+            self.form.files.append(staged)
+        self.intake.discard(self.form.files)
+        self.form.files = []

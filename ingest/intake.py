@@ -1,0 +1,142 @@
+"""Accepting uploads: check each file, keep it by its hash, record its document and job.
+
+The API streams each uploaded file into a staging folder next to the uploads (same file
+system, so keeping it is a rename), hashing it on the way. `Intake.accept` then checks every
+file of the request before storing any of them, so a request is taken whole or refused whole.
+When `accept` returns, the bytes, the document row and the job record are all on disk
+(fsync'd), which is what lets the API answer 202.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+import time
+import unicodedata
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from ingest.jobs import Job, JobStore
+from rag.detection import SUPPORTED, check_limits, detect_kind
+from rag.service import RagService
+from rag.types import Document
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
+MAX_FILENAME_CHARS = 200
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """An uploaded file written to the staging folder as it arrived."""
+
+    path: Path  # <uploads>/.incoming/<random>/<filename>
+    filename: str  # sanitized
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What became of one uploaded file."""
+
+    document: Document
+    job: Job | None  # None only for a document indexed before job records existed
+    duplicate: bool  # the same bytes were already uploaded
+    new_job: bool  # a job was created for this upload (and must be enqueued)
+
+
+def sanitize_filename(name: str | None) -> str:
+    """The last path component, without control or reserved characters; never empty."""
+    name = unicodedata.normalize("NFC", name or "")
+    name = PureWindowsPath(PurePosixPath(name.replace("\\", "/")).name).name
+    name = _UNSAFE.sub("_", name).strip(" .")
+    if len(name) > MAX_FILENAME_CHARS:
+        stem, dot, suffix = name.rpartition(".")
+        keep = suffix[:16] if dot else ""
+        name = (stem if dot else name)[: MAX_FILENAME_CHARS - len(keep) - 1] + (
+            f".{keep}" if keep else "")
+    return name or "upload"
+
+
+class Intake:
+    """Turns staged uploads into stored documents with queued jobs."""
+
+    def __init__(self, service: RagService, jobs: JobStore) -> None:
+        self.service = service
+        self.jobs = jobs
+        self.settings = service.settings
+        self._lock = threading.Lock()  # one request at a time decides "new or duplicate"
+
+    def staging_dir(self) -> Path:
+        """A fresh folder for one upload (removed by `discard`)."""
+        path = self.settings.uploads_dir / ".incoming" / uuid.uuid4().hex
+        path.mkdir(parents=True)
+        return path
+
+    def sweep_staging(self, older_than_s: float = 3600.0) -> int:
+        """Remove what uploads cut short by a crash left in staging; returns folders removed."""
+        root = self.settings.uploads_dir / ".incoming"
+        cutoff = time.time() - older_than_s  # younger ones may belong to a running upload
+        stale = [p for p in root.iterdir() if p.stat().st_mtime < cutoff] if root.exists() else []
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
+        return len(stale)
+
+    def discard(self, files: Sequence[StagedFile]) -> None:
+        for staged in files:
+            shutil.rmtree(staged.path.parent, ignore_errors=True)
+
+    def check(self, staged: StagedFile) -> str:
+        """The file's content type; raises EmptyDocument, TooLarge or UnsupportedType."""
+        check_limits(staged.path, staged.filename, self.settings)  # size, empty, zip bombs
+        return SUPPORTED[detect_kind(staged.path, staged.filename)]
+
+    def accept(
+        self, files: Sequence[StagedFile], collection: str, metadata: Mapping[str, Any]
+    ) -> list[Accepted]:
+        """Check every file, then keep each one durably with its document and job."""
+        try:
+            types = [self.check(staged) for staged in files]
+            with self._lock:
+                return [self._accept_one(staged, content_type, collection, metadata)
+                        for staged, content_type in zip(files, types, strict=True)]
+        finally:
+            self.discard(files)
+
+    def _accept_one(
+        self, staged: StagedFile, content_type: str, collection: str, metadata: Mapping[str, Any]
+    ) -> Accepted:
+        store = self.service.store
+        existing = store.get_document(staged.sha256)
+        active = self.jobs.active_for(staged.sha256)
+        if existing is not None and (existing.state == "indexed" or active):
+            job = active[0] if active else self.jobs.latest_for(staged.sha256)
+            return Accepted(existing, job, duplicate=True, new_job=False)
+        self._keep(staged)
+        document = store.put_document(Document(
+            id=staged.sha256, filename=staged.filename, content_type=content_type,
+            size=staged.size, collection=collection, metadata=dict(metadata), state="queued"))
+        job, created = self.jobs.submit(staged.sha256, staged.filename, content_type,
+                                        staged.size, self.settings.job_attempts)
+        return Accepted(document, job, duplicate=existing is not None, new_job=created)
+
+    def _keep(self, staged: StagedFile) -> None:
+        """Move the staged bytes to uploads/<sha256>; the rename is made durable too."""
+        target = self.service.uploads.path(staged.sha256)
+        if target.exists():
+            return
+        os.replace(staged.path, target)
+        _fsync_dir(target.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

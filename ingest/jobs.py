@@ -1,0 +1,300 @@
+"""Ingestion job records in SQLite under the data directory (`jobs.sqlite3`).
+
+Both modes keep their job records here, so `GET /v1/jobs/{id}` reads the same table whether
+the job runs in-process or on a `rag worker` elsewhere. A record is committed (synchronous,
+WAL) before the API answers 202, so an acknowledged job survives a crash of the API process.
+
+States: queued -> running -> done | failed | cancelled; running -> queued when an attempt
+fails with an error worth retrying or its worker is interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rag.settings import Settings
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+ACTIVE: tuple[JobState, ...] = ("queued", "running")
+FINISHED: tuple[JobState, ...] = ("done", "failed", "cancelled")
+STAGES = ("parse", "chunk", "embed", "index")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    document_id TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    stage TEXT,
+    done INTEGER NOT NULL DEFAULT 0,
+    total INTEGER,
+    estimate INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    error TEXT,
+    timings TEXT NOT NULL DEFAULT '{}',
+    worker TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_document ON jobs(document_id, created_at);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created_at);
+"""
+
+COLUMNS = (
+    "id, document_id, filename, content_type, size, state, stage, done, total, estimate, "
+    "attempts, max_attempts, error, timings, worker, created_at, started_at, updated_at, "
+    "finished_at"
+)
+
+# Chunks per byte of upload when no finished job of that type says better: ~700 characters
+# per 200-token window of text, and office/pdf containers hold roughly a third text.
+DEFAULT_CHUNKS_PER_BYTE = {"text": 1 / 700, "binary": 1 / 2100}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ingestion job: a document to parse, chunk, embed and index."""
+
+    id: str
+    document_id: str
+    filename: str
+    content_type: str
+    size: int
+    state: JobState
+    stage: str | None = None
+    done: int = 0
+    total: int | None = None
+    estimate: int | None = None
+    attempts: int = 0
+    max_attempts: int = 1
+    error: str | None = None
+    timings: Mapping[str, float] = field(default_factory=dict)
+    worker: str | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    updated_at: float = 0.0
+    finished_at: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+    def eta_s(self, now: float | None = None) -> float | None:
+        """Seconds left, from the chunk rate so far and the (estimated) chunk total."""
+        total = self.total or self.estimate
+        if self.state != "running" or not self.started_at or not total or self.done <= 0:
+            return None
+        elapsed = (now or time.time()) - self.started_at
+        return max(0.0, elapsed / self.done * max(total - self.done, 0))
+
+
+class JobStore:
+    """SQLite in WAL mode with full fsync; safe across threads and processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, timeout=60,
+                                 isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=60000")
+            db.executescript(SCHEMA)
+            self._db = db
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self.open()
+        assert self._db is not None
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def _update(self, sql: str, args: Sequence[Any]) -> int:
+        """One statement in its own transaction; returns the rows changed."""
+        self.open()
+        assert self._db is not None
+        with self._lock:
+            return self._db.execute(sql, args).rowcount
+
+    # Creating and reading
+
+    def submit(
+        self, document_id: str, filename: str, content_type: str, size: int, max_attempts: int
+    ) -> tuple[Job, bool]:
+        """The document's active job, or a new queued one: (job, created), atomically."""
+        self.open()
+        assert self._db is not None
+        now = time.time()
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")  # serializes submitters across processes
+            try:
+                row = db.execute(
+                    f"SELECT {COLUMNS} FROM jobs WHERE document_id = ? AND state IN (?, ?) "
+                    "ORDER BY created_at DESC LIMIT 1", (document_id, *ACTIVE)).fetchone()
+                if row is None:
+                    job_id = uuid.uuid4().hex
+                    db.execute(
+                        "INSERT INTO jobs (id, document_id, filename, content_type, size, state, "
+                        "max_attempts, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                        (job_id, document_id, filename, content_type, size, "queued",
+                         max_attempts, now, now))
+                    row = db.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?",
+                                     (job_id,)).fetchone()
+                    created = True
+                else:
+                    created = False
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return _job(row), created
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self._rows(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def latest_for(self, document_id: str) -> Job | None:
+        rows = self._rows(f"SELECT {COLUMNS} FROM jobs WHERE document_id = ? "
+                          "ORDER BY created_at DESC LIMIT 1", (document_id,))
+        return _job(rows[0]) if rows else None
+
+    def active_for(self, document_id: str) -> list[Job]:
+        rows = self._rows(f"SELECT {COLUMNS} FROM jobs WHERE document_id = ? AND state IN (?, ?)",
+                          (document_id, *ACTIVE))
+        return [_job(r) for r in rows]
+
+    def unfinished(self) -> list[Job]:
+        """Queued and running jobs, oldest first (to resume or resubmit at start)."""
+        rows = self._rows(f"SELECT {COLUMNS} FROM jobs WHERE state IN (?, ?) "
+                          "ORDER BY created_at, id", ACTIVE)
+        return [_job(r) for r in rows]
+
+    def queued(self) -> list[Job]:
+        rows = self._rows(f"SELECT {COLUMNS} FROM jobs WHERE state = 'queued' "
+                          "ORDER BY created_at, id")
+        return [_job(r) for r in rows]
+
+    def chunks_per_byte(self, content_type: str) -> float:
+        """Chunks per upload byte of recently finished jobs of this type (for estimates)."""
+        rows = self._rows(
+            "SELECT SUM(total), SUM(size) FROM (SELECT total, size FROM jobs WHERE state = 'done' "
+            "AND content_type = ? AND total > 0 ORDER BY finished_at DESC LIMIT 50)",
+            (content_type,))
+        chunks, size = rows[0]
+        if chunks and size:
+            return float(chunks) / float(size)
+        kind = "text" if content_type.startswith(("text/", "application/json",
+                                                  "application/xml", "message/")) else "binary"
+        return DEFAULT_CHUNKS_PER_BYTE[kind]
+
+    # Transitions (each conditional on the state, so a cancellation is never overwritten)
+
+    def begin_attempt(self, job_id: str, worker: str, attempt: int | None = None) -> Job | None:
+        """queued/running -> running with one more attempt; None when it is finished."""
+        job = self.get(job_id)
+        if job is None or job.finished:
+            return None
+        estimate = max(1, round(job.size * self.chunks_per_byte(job.content_type)))
+        now = time.time()
+        changed = self._update(
+            "UPDATE jobs SET state = 'running', stage = 'parse', done = 0, total = NULL, "
+            "estimate = ?, attempts = ?, worker = ?, timings = '{}', started_at = ?, "
+            "updated_at = ? WHERE id = ? AND state IN (?, ?)",
+            (estimate, attempt if attempt is not None else job.attempts + 1, worker, now, now,
+             job_id, *ACTIVE))
+        return self.get(job_id) if changed else None
+
+    def report(
+        self, job_id: str, stage: str, done: int, total: int | None,
+        timings: Mapping[str, float],
+    ) -> JobState | None:
+        """Record progress of a running job; returns its state (to notice a cancellation)."""
+        self._update(
+            "UPDATE jobs SET stage = ?, done = ?, total = ?, timings = ?, updated_at = ? "
+            "WHERE id = ? AND state = 'running'",
+            (stage, done, total, _timings(timings), time.time(), job_id))
+        return self.state(job_id)
+
+    def state(self, job_id: str) -> JobState | None:
+        rows = self._rows("SELECT state FROM jobs WHERE id = ?", (job_id,))
+        return rows[0][0] if rows else None
+
+    def requeue(self, job_id: str, error: str | None) -> bool:
+        """running -> queued, keeping the error of the attempt that stopped."""
+        return bool(self._update(
+            "UPDATE jobs SET state = 'queued', error = ?, updated_at = ? "
+            "WHERE id = ? AND state = 'running'", (error, time.time(), job_id)))
+
+    def finish(
+        self, job_id: str, state: JobState, error: str | None = None,
+        timings: Mapping[str, float] | None = None, total: int | None = None,
+        force: bool = False,
+    ) -> bool:
+        """An active job -> done, failed or cancelled; False when it had already finished.
+
+        `force` also overrules a cancellation (a job that indexed its document is done).
+        """
+        now = time.time()
+        sets = "state = ?, error = ?, finished_at = ?, updated_at = ?"
+        args: list[Any] = [state, error, now, now]
+        if timings is not None:
+            sets += ", timings = ?"
+            args.append(_timings(timings))
+        if total is not None:
+            sets += ", total = ?, done = ?"
+            args.extend([total, total])
+        if state == "done":
+            sets += ", stage = 'index'"
+        allowed = (*ACTIVE, "cancelled") if force else ACTIVE
+        marks = ",".join("?" * len(allowed))
+        return bool(self._update(f"UPDATE jobs SET {sets} WHERE id = ? AND state IN ({marks})",
+                                 [*args, job_id, *allowed]))
+
+    def cancel(self, job_id: str) -> Job | None:
+        """queued/running -> cancelled; the runner notices at its next progress report."""
+        self.finish(job_id, "cancelled", "Cancelled on request.")
+        return self.get(job_id)
+
+
+def _timings(timings: Mapping[str, float]) -> str:
+    return json.dumps({k: round(v, 4) for k, v in timings.items()})
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    return Job(
+        id=row[0], document_id=row[1], filename=row[2], content_type=row[3], size=row[4],
+        state=row[5], stage=row[6], done=row[7], total=row[8], estimate=row[9], attempts=row[10],
+        max_attempts=row[11], error=row[12], timings=json.loads(row[13] or "{}"), worker=row[14],
+        created_at=row[15], started_at=row[16], updated_at=row[17], finished_at=row[18],
+    )
+
+
+def job_store(settings: Settings) -> JobStore:
+    """The job records of this data directory."""
+    return JobStore(settings.data_dir / "jobs.sqlite3")

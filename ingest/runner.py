@@ -1,0 +1,138 @@
+"""One attempt at one ingestion job: the same code in-process and in `rag worker`.
+
+The engine's `process_document` does the work and keeps the document atomic (its chunks
+become searchable in one transaction, under the index writer). This module wraps it with the
+job record: attempts, stage and progress, timings, cancellation and the decision to retry.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import socket
+import threading
+import time
+
+from ingest.jobs import JobStore
+from rag.errors import RagError
+from rag.service import RagService
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(enum.StrEnum):
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RETRY = "retry"  # failed with an unexpected error; attempts are left
+    INTERRUPTED = "interrupted"  # the worker is stopping; the job is queued again
+    SKIPPED = "skipped"  # already finished or cancelled before it started
+
+
+class Stopped(Exception):
+    """Raised from the progress callback to stop the pipeline between two batches."""
+
+
+class JobCancelled(Stopped):
+    pass
+
+
+class JobInterrupted(Stopped):
+    pass
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"  # SAQ splits worker keys on ":"
+
+
+class JobRunner:
+    """Runs job attempts against one loaded engine."""
+
+    def __init__(self, service: RagService, jobs: JobStore, report_every_s: float = 0.5) -> None:
+        self.service = service
+        self.jobs = jobs
+        self.report_every_s = report_every_s
+        self.worker = worker_name()
+
+    def run(self, job_id: str, stop: threading.Event, attempt: int | None = None) -> Outcome:
+        """Run one attempt; `attempt` is the queue's count when it keeps one (SAQ does).
+
+        A document an earlier attempt left in any state, even indexed (its worker died between
+        indexing and recording the job done, maybe before the index was saved), is processed
+        again from a clean slate: the engine drops its old chunks and vectors first.
+        """
+        job = self.jobs.begin_attempt(job_id, self.worker, attempt)
+        if job is None:
+            return Outcome.SKIPPED
+        doc = self.service.store.get_document(job.document_id)
+        if doc is None:
+            self.jobs.finish(job_id, "cancelled", "The document was deleted before it was indexed.")
+            return Outcome.CANCELLED
+        log.info("job %s: %s (%s), attempt %d of %d", job_id, doc.filename, doc.id[:12],
+                 job.attempts, job.max_attempts)
+        progress = Progress(self.jobs, job_id, stop, self.report_every_s)
+        try:
+            result = self.service.process_document(doc.id, progress, progress.timings)
+        except JobCancelled:
+            self.service.store.set_state(doc.id, "cancelled", "Its ingestion job was cancelled.")
+            return Outcome.CANCELLED
+        except JobInterrupted:
+            self.service.store.set_state(doc.id, "queued")
+            self.jobs.requeue(job_id, "Interrupted (its worker stopped or the attempt timed "
+                              "out); it runs again.")
+            return Outcome.INTERRUPTED
+        except RagError as exc:  # the file itself is at fault: retrying would fail the same way
+            self.jobs.finish(job_id, "failed", str(exc), progress.timings)
+            return Outcome.FAILED
+        except Exception as exc:
+            return self._unexpected(job_id, doc.id, job.attempts, job.max_attempts, exc,
+                                    progress.timings)
+        if not self.jobs.finish(job_id, "done", None, progress.timings, result.chunk_count):
+            # A cancellation arrived after the document was indexed: it stands, say so.
+            self.jobs.finish(job_id, "done", "Indexed before the cancellation took effect.",
+                             progress.timings, result.chunk_count, force=True)
+        return Outcome.DONE
+
+    def _unexpected(
+        self, job_id: str, doc_id: str, attempts: int, max_attempts: int, exc: Exception,
+        timings: dict[str, float],
+    ) -> Outcome:
+        error = f"{type(exc).__name__}: {exc}"
+        log.exception("job %s attempt %d failed", job_id, attempts)
+        if attempts < max_attempts:
+            self.jobs.requeue(job_id, f"Attempt {attempts} of {max_attempts} failed: {error}")
+            self.service.store.set_state(doc_id, "queued", error)
+            return Outcome.RETRY
+        self.jobs.finish(job_id, "failed", f"Failed after {attempts} attempts: {error}", timings)
+        return Outcome.FAILED
+
+
+class Progress:
+    """The engine's progress callback: records progress and stops the job when asked.
+
+    Writes are throttled to one per `every_s`; the start of the index stage always checks,
+    since it is the last point where the job can stop without indexing the document.
+    """
+
+    def __init__(
+        self, jobs: JobStore, job_id: str, stop: threading.Event, every_s: float
+    ) -> None:
+        self.jobs = jobs
+        self.job_id = job_id
+        self.stop = stop
+        self.every_s = every_s
+        self.timings: dict[str, float] = {}
+        self._last = 0.0
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        forced = stage == "index" and done == 0
+        if not forced and not self.stop.is_set() and now - self._last < self.every_s:
+            return
+        self._last = now
+        state = self.jobs.report(self.job_id, stage, done, total, self.timings)
+        if state == "cancelled" or state is None:
+            raise JobCancelled(f"job {self.job_id} was cancelled")
+        if self.stop.is_set():
+            raise JobInterrupted(f"job {self.job_id} was interrupted")

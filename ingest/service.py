@@ -1,0 +1,85 @@
+"""Wiring of ingestion for the API: job records, intake and the job queue, one object."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ingest.intake import Accepted, Intake, StagedFile
+from ingest.jobs import Job, JobStore, job_store
+from ingest.queue import JobQueue, build_queue
+from rag.errors import NotFound, RagError
+from rag.service import RagService
+
+
+class JobFinished(RagError):
+    """The job already finished; there is nothing left to cancel."""
+
+    status = 409
+
+
+class IngestService:
+    """What the document and job routes call; `start()` after the engine has loaded."""
+
+    def __init__(
+        self, service: RagService, jobs: JobStore | None = None, queue: JobQueue | None = None
+    ) -> None:
+        """Cheap: builds parts; the queue starts consuming in `start()`."""
+        self.service = service
+        self.jobs = jobs or job_store(service.settings)
+        self.intake = Intake(service, self.jobs)
+        self.queue = queue or build_queue(service.settings, service, self.jobs)
+        self.started = False
+
+    async def start(self) -> None:
+        self.jobs.open()
+        await asyncio.to_thread(self.intake.sweep_staging)
+        await self.queue.start()
+        self.started = True
+
+    async def stop(self) -> None:
+        if self.started:
+            await self.queue.stop()
+            self.started = False
+        self.jobs.close()
+
+    async def accept(
+        self, files: Sequence[StagedFile], collection: str, metadata: Mapping[str, Any]
+    ) -> list[Accepted]:
+        """Store the files durably, then queue their new jobs; safe to answer 202 after."""
+        accepted = await asyncio.to_thread(self.intake.accept, files, collection, metadata)
+        for item in accepted:
+            if item.new_job and item.job is not None:
+                await self.queue.enqueue(item.job)
+        return accepted
+
+    def job(self, job_id: str) -> Job:
+        """A job record; once it is done, this process searches the index version it made.
+
+        Asks pick up new index versions on their own, but at most every 0.5 s; a client that
+        polled its job to done should find the document in its very next ask.
+        """
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"Job {job_id} does not exist.",
+                           "Use the job_id that POST /v1/documents returned.")
+        if job.state == "done" and self.service.index is not None:
+            self.service.refresh_index(force=True)
+        return job
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a queued or running job; cancelling a cancelled job again is fine."""
+        job = self.jobs.cancel(self.job(job_id).id) or self.job(job_id)
+        if job.state != "cancelled":
+            raise JobFinished(f"Job {job_id} already finished ({job.state}).",
+                              "To remove its document, DELETE /v1/documents/{document_id}.")
+        await self.queue.cancel(job)
+        return job
+
+    async def delete_document(self, doc_id: str) -> bool:
+        """Cancel its active jobs, then remove vectors, chunks, file and cached answers."""
+        for job in self.jobs.active_for(doc_id):
+            self.jobs.cancel(job.id)
+            await self.queue.cancel(job)
+        return await asyncio.to_thread(self.service.delete_document, doc_id)

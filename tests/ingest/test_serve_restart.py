@@ -1,0 +1,104 @@
+"""Embedded mode for real: `rag serve` alone ingests uploads, and jobs it acknowledged with 202
+survive `kill -9` of the process and finish after a restart, each document indexed once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ingest.jobs import job_store
+from rag.service import RagService
+from rag.settings import Settings
+from tests.ingest.helpers import ROOT, check_exactly_once, long_text, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """`rag serve` as a subprocess over one data directory."""
+
+    def __init__(self, data_dir: Path, models_dir: Path, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
+        env.update(RAG_DATA_DIR=str(data_dir), RAG_CONVERTED_MODELS_DIR=str(models_dir),
+                   RAG_RATE_LIMIT_PER_MINUTE="0", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from rag.cli import app; app()", "serve", "--port",
+             str(self.port)], env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        wait_for(self.ready, 240, 0.3, "rag serve to be ready", lambda: log.read_text()[-4000:])
+
+    def ready(self) -> bool:
+        assert self.proc.poll() is None, self.log.read_text()[-4000:]
+        try:
+            return httpx.get(f"{self.url}/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture()
+def servers(tmp_path: Path, generator: object, models_dir: Path) -> Iterator[Any]:
+    started: list[Server] = []
+
+    def start() -> Server:
+        started.append(Server(tmp_path / "data", models_dir, tmp_path / f"serve{len(started)}.log"))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+def test_jobs_acknowledged_by_rag_serve_survive_kill_9(
+    servers: Any, tmp_path: Path, embedder: object
+) -> None:
+    first = servers()
+    files = [("file", (f"volume-{n}.txt", long_text(40).replace("Sentence", f"Volume {n}")))
+             for n in range(5)]
+    response = httpx.post(f"{first.url}/v1/documents", files=files, timeout=60)
+    assert response.status_code == 202, response.text
+    job_ids = [d["job_id"] for d in response.json()["documents"]]
+    first.kill()  # at once: no shutdown code runs
+
+    settings = Settings(data_dir=tmp_path / "data")
+    at_kill = [job_store(settings).get(j) for j in job_ids]
+    assert all(j is not None for j in at_kill)  # every acknowledged job was on disk
+    assert any(j.state != "done" for j in at_kill if j), at_kill
+
+    second = servers()
+
+    def all_done() -> list[dict[str, Any]] | None:
+        jobs = [httpx.get(f"{second.url}/v1/jobs/{j}").json() for j in job_ids]
+        return jobs if all(j["state"] not in ("queued", "running") for j in jobs) else None
+
+    jobs = wait_for(all_done, 600, 0.5, "the restarted server to finish the jobs",
+                    lambda: second.log.read_text()[-4000:])
+    assert [j["state"] for j in jobs] == ["done"] * 5, jobs
+    listed = httpx.get(f"{second.url}/v1/documents").json()
+    assert listed["total"] == 5 and {d["state"] for d in listed["items"]} == {"indexed"}
+    second.kill()
+    service = RagService(settings, embedder=embedder)  # type: ignore[arg-type]
+    service.load(generator=False)
+    check_exactly_once(service)
+    service.store.close()
