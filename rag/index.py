@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import threading
+import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ class Manifest:
     count: int
     kind: str
     file: str
+    # Random per data dir, so two deployments sharing one Redis never share cached answers.
+    index_id: str = ""
 
 
 class VectorIndex(Protocol):
@@ -102,6 +105,7 @@ class FaissIndex:
         if device == "cuda" and not self.use_gpu:
             log.warning("RAG_INDEX_DEVICE=cuda but faiss sees no GPU; searching on the CPU")
         self.version = 0
+        self.index_id = uuid.uuid4().hex
         self._lock = threading.RLock()
         self._cpu: Any = self._flat()
         self._gpu: Any = None
@@ -222,7 +226,7 @@ class FaissIndex:
             name = f"index-{version}.faiss"
             write_atomic(self.directory / name, faiss.serialize_index(self._cpu).tobytes())
             manifest = Manifest(self.embedding_model, self.dimension, version, self.count,
-                                self.kind, name)
+                                self.kind, name, self.index_id)
             write_atomic(self.directory / MANIFEST, json.dumps(asdict(manifest)).encode())
             self.version = version
             self._remove_stale(name)
@@ -262,4 +266,5 @@ class FaissIndex:
             if isinstance(index, faiss.IndexIVF):
                 index.nprobe = self.nprobe
             self._cpu, self._gpu, self.version = index, None, manifest.version
+            self.index_id = manifest.index_id or str(self.directory.resolve())
         return manifest

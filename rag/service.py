@@ -414,6 +414,7 @@ class RagService:
         return cache_key(question, {
             "top_k": top_k, "collection": request.collection,
             "documents": sorted(request.document_ids), "index": self._index().version,
+            "index_id": self._index().index_id,
             "model": self.generator.name, "embedder": s.embedding_model,
             "max_new_tokens": s.max_new_tokens, "temperature": s.temperature,
             "context": s.context_window, "template": PROMPT_TEMPLATE_VERSION,

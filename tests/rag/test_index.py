@@ -138,3 +138,13 @@ def test_gpu_search_matches_cpu(tmp_path: Path) -> None:
     for index in (gpu, cpu):
         index.add(np.arange(500, dtype=np.int64), vecs)
     assert (gpu.search(vecs[:20], 5)[1] == cpu.search(vecs[:20], 5)[1]).all()
+
+
+def test_index_identity_survives_reload_and_differs_between_dirs(tmp_path: Path) -> None:
+    a = FaissIndex(tmp_path / "a", "m", 16, device="cpu")
+    b = FaissIndex(tmp_path / "b", "m", 16, device="cpu")
+    a.save()
+    b.save()
+    again = FaissIndex(tmp_path / "a", "m", 16, device="cpu")
+    again.load()
+    assert again.index_id == a.index_id != b.index_id
