@@ -11,16 +11,14 @@ fails with an error worth retrying or its worker is interrupted.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from rag.settings import Settings
+from rag.sqlite import SqliteDatabase
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 ACTIVE: tuple[JobState, ...] = ("queued", "running")
@@ -101,45 +99,18 @@ class Job:
         return max(0.0, elapsed / self.done * max(total - self.done, 0))
 
 
-class JobStore:
+class JobStore(SqliteDatabase):
     """SQLite in WAL mode with full fsync; safe across threads and processes."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.RLock()
-        self._db: sqlite3.Connection | None = None
-
-    def open(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, check_same_thread=False, timeout=60,
-                                 isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=60000")
-            db.executescript(SCHEMA)
-            self._db = db
-
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+    SCHEMA = SCHEMA
 
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        self.open()
-        assert self._db is not None
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        return self._query(sql, args)
 
     def _update(self, sql: str, args: Sequence[Any]) -> int:
         """One statement in its own transaction; returns the rows changed."""
-        self.open()
-        assert self._db is not None
         with self._lock:
-            return self._db.execute(sql, args).rowcount
+            return self.db.execute(sql, args).rowcount
 
     # Creating and reading
 
@@ -147,32 +118,21 @@ class JobStore:
         self, document_id: str, filename: str, content_type: str, size: int, max_attempts: int
     ) -> tuple[Job, bool]:
         """The document's active job, or a new queued one: (job, created), atomically."""
-        self.open()
-        assert self._db is not None
         now = time.time()
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")  # serializes submitters across processes
-            try:
-                row = db.execute(
-                    f"SELECT {COLUMNS} FROM jobs WHERE document_id = ? AND state IN (?, ?) "
-                    "ORDER BY created_at DESC LIMIT 1", (document_id, *ACTIVE)).fetchone()
-                if row is None:
-                    job_id = uuid.uuid4().hex
-                    db.execute(
-                        "INSERT INTO jobs (id, document_id, filename, content_type, size, state, "
-                        "max_attempts, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                        (job_id, document_id, filename, content_type, size, "queued",
-                         max_attempts, now, now))
-                    row = db.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?",
-                                     (job_id,)).fetchone()
-                    created = True
-                else:
-                    created = False
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self.transaction() as db:  # BEGIN IMMEDIATE serializes submitters across processes
+            row = db.execute(
+                f"SELECT {COLUMNS} FROM jobs WHERE document_id = ? AND state IN (?, ?) "
+                "ORDER BY created_at DESC LIMIT 1", (document_id, *ACTIVE)).fetchone()
+            created = row is None
+            if created:
+                job_id = uuid.uuid4().hex
+                db.execute(
+                    "INSERT INTO jobs (id, document_id, filename, content_type, size, state, "
+                    "max_attempts, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (job_id, document_id, filename, content_type, size, "queued",
+                     max_attempts, now, now))
+                row = db.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?",
+                                 (job_id,)).fetchone()
         return _job(row), created
 
     def get(self, job_id: str) -> Job | None:

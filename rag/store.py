@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from rag.chunking import ChunkDraft
+from rag.sqlite import SqliteDatabase
 from rag.types import Chunk, Document
 
 SCHEMA = """
@@ -63,53 +62,16 @@ DOC_COLUMNS = (
 )
 
 
-class ChunkStore:
+class ChunkStore(SqliteDatabase):
     """SQLite in WAL mode; safe to share between threads and processes."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.RLock()
-        self._db: sqlite3.Connection | None = None
-
-    def open(self) -> None:
-        if self._db is not None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, timeout=60, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=60000")
-        db.executescript(SCHEMA)
-        self._db = db
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.open()
-        assert self._db is not None
-        return self._db
-
-    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self.db.execute(sql, args).fetchall()
+    SCHEMA = SCHEMA
 
     def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         """Run statements in one immediate transaction."""
-        with self._lock:
-            db = self.db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, args in statements:
-                    db.execute(sql, args)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self.transaction() as db:
+            for sql, args in statements:
+                db.execute(sql, args)
 
     # Documents
 
@@ -161,18 +123,8 @@ class ChunkStore:
         """Store a batch of a document's chunks with their vectors; returns their ids."""
         if len(drafts) != len(vectors):
             raise ValueError("one vector per chunk")
-        with self._lock:
-            db = self.db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                ids = [
-                    _insert_chunk(db, doc_id, d, v) for d, v in zip(drafts, vectors, strict=True)
-                ]
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        return ids
+        with self.transaction() as db:
+            return [_insert_chunk(db, doc_id, d, v) for d, v in zip(drafts, vectors, strict=True)]
 
     def clear_chunks(self, doc_id: str) -> list[int]:
         """Remove a document's chunks (a retried job starts clean); returns removed ids."""
