@@ -218,6 +218,39 @@ class _StopWhenSet(StoppingCriteria):
         return flags  # type: ignore[return-value]
 
 
+class _StopOnLoop(StoppingCriteria):
+    """Ends generation when the answer is stuck repeating itself.
+
+    Small models fall into loops ("denied, denied, denied, ..."); once a run of `span` tokens
+    repeats back to back over at least `min_tokens` tokens (and at least `times` times), nothing
+    new follows under greedy decoding. Short legitimate repeats (a table rule "|---|---|")
+    stay under those bounds.
+    """
+
+    def __init__(
+        self, prompt_tokens: int, times: int = 3, min_tokens: int = 12, max_span: int = 16
+    ) -> None:
+        self._start = prompt_tokens
+        self._times = times
+        self._min_tokens = min_tokens
+        self._max_span = max_span
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        # input_ids: (batch, prompt + generated tokens); one flag per sequence
+        flags = [self._looping(row[self._start :].tolist()) for row in input_ids]
+        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+    def _looping(self, generated: list[int]) -> bool:
+        for span in range(1, self._max_span + 1):
+            needed = span * max(self._times, -(-self._min_tokens // span))
+            if len(generated) < needed:
+                continue
+            tail = generated[-needed:]
+            if all(tail[i] == tail[i % span] for i in range(needed)):
+                return True
+        return False
+
+
 class LocalGenerator:
     """A transformers causal LM in this process, KV cache on, streamed from a worker thread.
 
@@ -278,7 +311,8 @@ class LocalGenerator:
         streamer = _CountingStreamer(tokenizer, counts)
         abandoned = threading.Event()
         kwargs = self._generate_kwargs(model, prompt, max_new_tokens, streamer)
-        kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhenSet(stop, abandoned)])
+        kwargs["stopping_criteria"] = StoppingCriteriaList(
+            [_StopWhenSet(stop, abandoned), _StopOnLoop(len(prompt.input_ids))])
         errors: list[Exception] = []
         worker = threading.Thread(
             target=self._run,

@@ -423,3 +423,26 @@ def test_generator_contract(any_generator: Generator, fake: type[FakeOpenAI]) ->
     cancelled.set()
     stream = gen.stream(prompt, 16, cancelled)
     assert list(stream) == []
+
+
+@pytest.mark.parametrize(
+    ("generated", "looping"),
+    [
+        ([1, 2, 3, 4, 5], False),
+        ([9, 7, 7, 7], False),  # a short repeat is text, not a loop
+        ([9] + [7] * 12, True),
+        ([5] + [1, 2] * 5, False),
+        ([5] + [1, 2] * 6, True),
+        (list(range(40)) + [4, 5, 6, 7] * 3, True),
+        ([8, 4, 5, 6, 7, 4, 5, 6, 7], False),
+    ],
+)
+def test_loop_detection(generated: list[int], looping: bool) -> None:
+    import torch
+
+    from rag.generation import _StopOnLoop
+
+    prompt = [100, 101, 102]
+    stop = _StopOnLoop(len(prompt))
+    flags = stop(torch.tensor([prompt + generated]), None)
+    assert flags.tolist() == [looping]
