@@ -35,11 +35,11 @@ class Stopped(Exception):
 
 
 class JobCancelled(Stopped):
-    pass
+    """The job was cancelled through the API (DELETE /v1/jobs/{id} or the document)."""
 
 
 class JobInterrupted(Stopped):
-    pass
+    """The worker is shutting down; the job goes back to the queue."""
 
 
 def worker_name() -> str:
