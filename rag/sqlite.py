@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,9 @@ class SqliteDatabase:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, check_same_thread=False, timeout=60,
                                  isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=60000")
+            _enable_wal(db)
+            db.execute("PRAGMA synchronous=FULL")
             db.executescript(self.SCHEMA)
             self._db = db
 
@@ -62,3 +63,17 @@ class SqliteDatabase:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+
+
+def _enable_wal(db: sqlite3.Connection, wait_s: float = 60.0) -> None:
+    """Switch to WAL, retrying: processes opening a new database together get SQLITE_BUSY
+    from the switch without the busy handler being consulted."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,3 +46,31 @@ def test_filters_and_delete(tmp_path: Path) -> None:
     docs, total = store.list_documents()
     assert total == 1 and docs[0].id == "d2"
     assert store.clear_chunks("d2") and store.searchable_count() == 0
+
+
+def _open_together(path: str, n: int, barrier: Any, failures: Any) -> None:
+    barrier.wait()
+    try:
+        store = ChunkStore(Path(path))
+        store.put_document(Document(f"d{n}", "a.txt", "text/plain", 1))
+        store.close()
+    except Exception as exc:  # reported to the parent, which fails the test
+        failures.put(repr(exc))
+
+
+def test_many_processes_open_a_new_store_at_once(tmp_path: Path) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    failures = ctx.Queue()
+    for attempt in range(10):  # the race is on creating the file: try fresh ones
+        path = str(tmp_path / f"race{attempt}.sqlite3")
+        barrier = ctx.Barrier(8)
+        procs = [ctx.Process(target=_open_together, args=(path, n, barrier, failures))
+                 for n in range(8)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+        assert failures.empty(), failures.get()
+        assert ChunkStore(Path(path)).list_documents()[1] == 8
