@@ -23,6 +23,7 @@ from typing import Any
 
 from ingest.jobs import Job, JobStore
 from rag.detection import SUPPORTED, check_limits, detect_kind
+from rag.files import fsync_dir
 from rag.service import RagService
 from rag.types import Document
 
@@ -131,12 +132,4 @@ class Intake:
         if target.exists():
             return
         os.replace(staged.path, target)
-        _fsync_dir(target.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(target.parent)

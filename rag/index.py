@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 import uuid
 from collections.abc import Iterable
@@ -22,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rag.errors import ConfigError, IndexMismatch
+from rag.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +67,6 @@ def read_manifest(directory: Path) -> Manifest | None:
     if not path.exists():
         return None
     return Manifest(**json.loads(path.read_text()))
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename, fsync the folder: readers see old or new, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class FaissIndex:

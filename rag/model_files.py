@@ -20,6 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from rag.errors import ConfigError
+from rag.files import fsync_dir
 from rag.settings import PACKAGED_GENERATOR, Settings
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def _convert_once(gguf: Path, target: Path) -> None:
                     f"Could not put the converted model at {target}: {error}",
                     "Remove that directory and start again.",
                 ) from error
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("Converted %s in %.1f s", gguf.name, time.perf_counter() - started)
@@ -189,13 +190,4 @@ def _fsync_tree(root: Path) -> None:
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
     root.chmod(0o755)  # mkdtemp made it private; workers of other users load it too
-    _fsync_dir(root)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Flush a directory entry (the rename) to disk."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    fsync_dir(root)

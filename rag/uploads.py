@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from rag.errors import EmptyDocument, NotFound, TooLarge
+from rag.files import fsync_dir
 
 BLOCK = 1 << 20
 
@@ -57,6 +58,7 @@ class UploadStore:
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(tmp, target)
+        fsync_dir(self.directory)
         return target
 
     def remove(self, doc_id: str) -> None:

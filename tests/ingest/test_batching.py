@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -55,7 +56,7 @@ def run_concurrently(batcher: BatchingEmbedder, gate: Gate, callers: int) -> lis
     threads = [threading.Thread(target=call, args=(n,)) for n in range(callers)]
     threads[0].start()
     while not batcher._busy:
-        pass
+        time.sleep(0.001)
     for t in threads[1:]:
         t.start()
     while len(batcher._pending) < callers - 1:  # everyone else waits behind the first call
