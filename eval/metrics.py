@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 from bm25s.stopwords import STOPWORDS_EN_PLUS
 
+from rag.types import NO_ANSWER
+
 K_VALUES = (1, 3, 5, 10)
 
-# The engine's abstention (rag.service.NO_ANSWER, copied so that metrics import no models; a
-# test keeps the two equal) and the few ways a small model says the same in its own words.
-NO_ANSWER = "The documents do not contain an answer to this question."
+# The engine's abstention and the few ways a small model says the same in its own words.
 _ABSTENTION = re.compile(
     "|".join([
         re.escape(NO_ANSWER.lower().rstrip(".")),

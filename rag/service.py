@@ -25,12 +25,11 @@ from rag.prompt import PROMPT_TEMPLATE_VERSION, Prompt, build_prompt
 from rag.retrieval import Query, Retriever
 from rag.settings import Settings
 from rag.store import ChunkStore
-from rag.types import Answer, Citation, Document, Element, ScoredChunk, Timings, Usage
+from rag.types import NO_ANSWER, Answer, Citation, Document, Element, ScoredChunk, Timings, Usage
 from rag.uploads import UploadStore, check_size, sha256_file
 
 log = logging.getLogger(__name__)
 
-NO_ANSWER = "The documents do not contain an answer to this question."
 EMBED_BATCH = 64
 
 Progress = Callable[[str, int, int | None], None]

@@ -6,6 +6,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# What the engine answers when no source is relevant; evaluation detects abstention by it.
+NO_ANSWER = "The documents do not contain an answer to this question."
+
 
 @dataclass(frozen=True)
 class Element:

@@ -26,6 +26,7 @@ from rag.errors import EmptyDocument, InvalidInput, TooLarge, UnsupportedType
 from rag.parsing import SUPPORTED, check_file, detect_kind, parse
 from rag.settings import Settings
 from rag.types import Element
+from tests.ingest.helpers import make_bomb
 
 REPO = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89"
@@ -395,17 +396,8 @@ def test_too_large_is_refused_before_reading(
         parse(path, "big.txt", _settings(max_file_bytes=1000))
 
 
-def _bomb(path: Path, megabytes: int) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
-        archive.writestr("[Content_Types].xml", "<Types/>")
-        with archive.open("word/document.xml", "w") as member:
-            for _ in range(megabytes):
-                member.write(bytes(1 << 20))
-    return path
-
-
 def test_zip_bomb_ratio_is_refused(tmp_path: Path) -> None:
-    path = _bomb(tmp_path / "upload", 64)
+    path = make_bomb(tmp_path / "upload", 64)
     assert path.stat().st_size < 1 << 20
     with pytest.raises(TooLarge, match="times when unzipped") as caught:
         _parse(path, "bomb.docx")
