@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 # What the engine answers when no source is relevant; evaluation detects abstention by it.
 NO_ANSWER = "The documents do not contain an answer to this question."
@@ -80,6 +80,54 @@ class Citation:
 
 
 @dataclass(frozen=True)
+class Sentence:
+    """An evidence span of a document: `text == parsed_text[start:end]`.
+
+    Sentences are cut at ingest (lines or fixed windows where the text has no sentence
+    punctuation) and stored with their vectors, so asking encodes nothing but the question.
+    """
+
+    id: int
+    document_id: str
+    start: int
+    end: int
+    text: str
+    page: int | None = None
+    title_path: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A piece of evidence given to the generator, as the answer shows it.
+
+    `source` is the number `[n]` the prompt gave its chunk; `supports` is the number (from 1)
+    of the answer sentence it supports, or None when it supports none.
+    """
+
+    text: str
+    document_id: str
+    filename: str
+    start: int
+    end: int
+    page: int | None
+    title_path: tuple[str, ...]
+    score: float
+    source: int
+    supports: int | None = None
+
+
+@dataclass(frozen=True)
+class SentenceCheck:
+    """One sentence of the answer, checked against the evidence."""
+
+    text: str
+    supported: bool
+    overlap: float  # share of its content words found in the best supporting quote
+    missing: tuple[str, ...] = ()  # numbers, dates and names in no cited source
+    quote: int | None = None  # index into Answer.evidence of the best supporting quote
+
+
+@dataclass(frozen=True)
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -90,10 +138,16 @@ class Timings:
     """Milliseconds spent in each stage of one ask."""
 
     retrieve_ms: float = 0.0
+    evidence_ms: float = 0.0
     prompt_ms: float = 0.0
     first_token_ms: float = 0.0
     generate_ms: float = 0.0
+    check_ms: float = 0.0
     total_ms: float = 0.0
+
+
+# How an answer was made: the generator's text kept, a verified quote instead, or no answer.
+AnswerMode = Literal["generated", "quote", "abstained"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +155,11 @@ class Answer:
     question: str
     text: str
     citations: tuple[Citation, ...]
+    mode: AnswerMode = "generated"
+    groundedness: float = 0.0  # share of answer sentences the evidence supports, in [0, 1]
+    evidence: tuple[Quote, ...] = ()
+    sentences: tuple[SentenceCheck, ...] = ()
+    generated_text: str = ""  # what the generator said, also when `text` is a quote instead
     cached: bool = False
     usage: Usage = Usage()
     timings: Timings = Timings()
@@ -118,6 +177,11 @@ class Answer:
             question=data["question"],
             text=data["text"],
             citations=tuple(Citation(**c) for c in data["citations"]),
+            mode=data.get("mode", "generated"),
+            groundedness=data.get("groundedness", 0.0),
+            evidence=tuple(_quote(q) for q in data.get("evidence", ())),
+            sentences=tuple(_check(c) for c in data.get("sentences", ())),
+            generated_text=data.get("generated_text", ""),
             cached=data.get("cached", False),
             usage=Usage(**data.get("usage", {})),
             timings=Timings(**data.get("timings", {})),
@@ -126,3 +190,11 @@ class Answer:
             model=data.get("model", ""),
             index_version=data.get("index_version", 0),
         )
+
+
+def _quote(data: Mapping[str, Any]) -> Quote:
+    return Quote(**{**data, "title_path": tuple(data.get("title_path", ()))})
+
+
+def _check(data: Mapping[str, Any]) -> SentenceCheck:
+    return SentenceCheck(**{**data, "missing": tuple(data.get("missing", ()))})
