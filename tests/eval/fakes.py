@@ -45,8 +45,8 @@ class FakeTarget:
         timings = Timings(retrieve_ms=10.0, prompt_ms=5.0, first_token_ms=40.0,
                           generate_ms=script.total_ms - 15.0, total_ms=script.total_ms)
         tokens = 0 if script.cached or script.text == NO_ANSWER else 10
-        return Answer(question, script.text, citations, script.cached, Usage(50, tokens), timings,
-                      model="fake-model", index_version=3)
+        return Answer(question, script.text, citations, cached=script.cached,
+                      usage=Usage(50, tokens), timings=timings, model="fake-model", index_version=3)
 
     def retrieve(self, question: str, depth: int) -> list[Retrieved] | None:
         keys = self.scripts[question].retrieved
