@@ -57,8 +57,20 @@ def check_window(size: int, overlap: int, model_max: int) -> None:
 
 
 def parsed_text(elements: Iterable[Element]) -> str:
-    """The text chunk offsets point into."""
-    return SEPARATOR.join(e.text for e in elements)
+    """The text chunk offsets point into (elements without text take no place in it)."""
+    return SEPARATOR.join(e.text for e in elements if e.text)
+
+
+def element_offsets(elements: Iterable[Element]) -> Iterator[tuple[int, Element]]:
+    """Each element with text, with the offset of its text in the parsed text."""
+    offset = 0
+    for element in elements:
+        if not element.text:
+            continue
+        if offset:
+            offset += len(SEPARATOR)
+        yield offset, element
+        offset += len(element.text)
 
 
 class Chunker:
@@ -71,15 +83,10 @@ class Chunker:
 
     def chunk(self, elements: Iterable[Element]) -> Iterator[ChunkDraft]:
         state = _Window(self)
-        offset = 0
-        for element in elements:
-            if not element.text:
-                continue
+        for offset, element in element_offsets(elements):
             if offset:
                 state.add_text(SEPARATOR)
-                offset += len(SEPARATOR)
             state.add_element(element, offset)
-            offset += len(element.text)
             yield from state.emit(final=False)
         yield from state.emit(final=True)
 

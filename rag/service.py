@@ -16,13 +16,14 @@ import numpy as np
 
 from rag import parsing
 from rag.cache import ResponseCache, build_cache, cache_key
-from rag.chunking import ChunkDraft, Chunker, check_window
+from rag.chunking import ChunkDraft, Chunker, check_window, element_offsets
 from rag.embedding import Embedder, build_embedder
 from rag.errors import EmptyDocument, InvalidInput, NotReady, RagError
 from rag.generation import Generator, build_generator
 from rag.index import FaissIndex, read_manifest
 from rag.prompt import PROMPT_TEMPLATE_VERSION, Prompt, build_prompt
 from rag.retrieval import Query, Retriever
+from rag.sentences import SentenceDraft, sentence_spans
 from rag.settings import Settings
 from rag.store import ChunkStore
 from rag.types import NO_ANSWER, Answer, Citation, Document, Element, ScoredChunk, Timings, Usage
@@ -226,25 +227,29 @@ class RagService:
     def _chunk_and_embed(
         self, doc: Document, progress: Progress, clock: dict[str, float]
     ) -> int | None:
-        """Stream elements -> windows -> vectors -> store, in bounded memory; returns pages."""
+        """Stream elements -> windows and sentences -> vectors -> store, in bounded memory;
+        returns the pages."""
         assert self.chunker is not None, "call load() first"
         path = self.uploads.path(doc.id)
         pages = {"high": 0}
         batch: list[ChunkDraft] = []
+        sentences: list[SentenceDraft] = []
         done = 0
         progress("parse", 0, None)
         parsed = _note_pages(parsing.parse(path, doc.filename, self.settings), pages)
-        elements = _timed(parsed, clock, "parse")
+        elements = _with_sentences(_timed(parsed, clock, "parse"), sentences)
         for draft in _timed(self.chunker.chunk(elements), clock, "chunk"):
             batch.append(draft)
             if len(batch) >= EMBED_BATCH:
                 progress("chunk", done + len(batch), None)
                 done += self._embed_batch(doc.id, batch, clock)
+                self._embed_sentences(doc.id, sentences, clock)
                 progress("embed", done, None)
                 batch = []
         clock["chunk"] = clock.get("chunk", 0.0) - clock.get("parse", 0.0)  # parse ran inside
         if batch:
             done += self._embed_batch(doc.id, batch, clock)
+        self._embed_sentences(doc.id, sentences, clock)
         if done == 0:
             raise EmptyDocument(
                 f"{doc.filename!r} holds no text to index.", "Upload a file with text in it."
@@ -260,6 +265,19 @@ class RagService:
         self.store.add_chunks(doc_id, batch, vectors)
         clock["embed"] = clock.get("embed", 0.0) + time.perf_counter() - started
         return len(batch)
+
+    def _embed_sentences(
+        self, doc_id: str, sentences: list[SentenceDraft], clock: dict[str, float]
+    ) -> None:
+        """Embed and store the sentences collected so far, then forget them."""
+        if not sentences:
+            return
+        started = time.perf_counter()
+        for start in range(0, len(sentences), EMBED_BATCH * 4):
+            part = sentences[start : start + EMBED_BATCH * 4]
+            self.store.add_sentences(doc_id, part, self.embedder.embed([s.text for s in part]))
+        sentences.clear()
+        clock["embed"] = clock.get("embed", 0.0) + time.perf_counter() - started
 
     def _clear_previous(self, doc_id: str) -> None:
         """Drop chunks (and any vectors) an interrupted earlier attempt left behind."""
@@ -437,6 +455,19 @@ def _note_pages(elements: Iterable[Element], pages: dict[str, int]) -> Iterator[
     for element in elements:
         if element.page is not None:
             pages["high"] = max(pages["high"], element.page)
+        yield element
+
+
+def _with_sentences(
+    elements: Iterable[Element], sentences: list[SentenceDraft]
+) -> Iterator[Element]:
+    """Pass elements through, collecting their sentences (offsets into the parsed text)."""
+    for offset, element in element_offsets(elements):
+        sentences.extend(
+            SentenceDraft(offset + start, offset + end, element.text[start:end], element.page,
+                          element.title_path)
+            for start, end in sentence_spans(element.text)
+        )
         yield element
 
 

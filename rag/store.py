@@ -18,8 +18,12 @@ import numpy as np
 import numpy.typing as npt
 
 from rag.chunking import ChunkDraft
+from rag.sentences import SentenceDraft
 from rag.sqlite import SqliteDatabase
-from rag.types import Chunk, Document
+from rag.types import Chunk, Document, Sentence
+
+# Sentence vectors are kept in half precision: they only rank a few dozen sentences per ask.
+SENTENCE_DTYPE = np.float16
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -51,6 +55,17 @@ CREATE TABLE IF NOT EXISTS chunks (
     UNIQUE (document_id, ordinal)
 );
 CREATE INDEX IF NOT EXISTS chunks_document ON chunks(document_id);
+CREATE TABLE IF NOT EXISTS sentences (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    document_id TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    "end" INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    page INTEGER,
+    title_path TEXT NOT NULL DEFAULT '[]',
+    vector BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sentences_document ON sentences(document_id, start);
 """
 
 SEARCHABLE = "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id " \
@@ -127,10 +142,51 @@ class ChunkStore(SqliteDatabase):
             return [_insert_chunk(db, doc_id, d, v) for d, v in zip(drafts, vectors, strict=True)]
 
     def clear_chunks(self, doc_id: str) -> list[int]:
-        """Remove a document's chunks (a retried job starts clean); returns removed ids."""
+        """Remove a document's chunks and sentences (a retried job starts clean); returns the
+        removed chunk ids."""
         ids = self.chunk_ids(doc_id)
-        self._write([("DELETE FROM chunks WHERE document_id = ?", (doc_id,))])
+        self._write([("DELETE FROM chunks WHERE document_id = ?", (doc_id,)),
+                     ("DELETE FROM sentences WHERE document_id = ?", (doc_id,))])
         return ids
+
+    def add_sentences(
+        self, doc_id: str, drafts: Sequence[SentenceDraft], vectors: npt.NDArray[np.float32]
+    ) -> None:
+        """Store a batch of a document's sentences with their vectors."""
+        if len(drafts) != len(vectors):
+            raise ValueError("one vector per sentence")
+        rows = [
+            (doc_id, d.start, d.end, d.text, d.page, json.dumps(list(d.title_path)),
+             np.asarray(v, dtype=SENTENCE_DTYPE).tobytes())
+            for d, v in zip(drafts, vectors, strict=True)
+        ]
+        with self.transaction() as db:
+            db.executemany(
+                'INSERT INTO sentences (document_id, start, "end", text, page, title_path, '
+                "vector) VALUES (?,?,?,?,?,?,?)", rows)
+
+    def sentences_within(
+        self, spans: Sequence[tuple[str, int, int]]
+    ) -> list[tuple[Sentence, npt.NDArray[np.float32]]]:
+        """Sentences overlapping each (document id, start, end) span, once each, with their
+        vectors (float32), in document order."""
+        found: dict[int, tuple[Sentence, npt.NDArray[np.float32]]] = {}
+        for doc_id, start, end in spans:
+            rows = self._query(
+                'SELECT id, document_id, start, "end", text, page, title_path, vector '
+                'FROM sentences WHERE document_id = ? AND start < ? AND "end" > ? ORDER BY start',
+                (doc_id, end, start),
+            )
+            for r in rows:
+                sentence = Sentence(id=int(r[0]), document_id=r[1], start=r[2], end=r[3],
+                                    text=r[4], page=r[5], title_path=tuple(json.loads(r[6])))
+                vector = np.frombuffer(r[7], dtype=SENTENCE_DTYPE).astype(np.float32)
+                found[sentence.id] = (sentence, vector)
+        return sorted(found.values(), key=lambda item: (item[0].document_id, item[0].start))
+
+    def sentence_count(self, doc_id: str) -> int:
+        rows = self._query("SELECT COUNT(*) FROM sentences WHERE document_id = ?", (doc_id,))
+        return int(rows[0][0])
 
     def mark_indexed(self, doc_id: str, pages: int | None) -> int:
         """Make a document's chunks searchable in one transaction; returns its chunk count."""
@@ -147,6 +203,7 @@ class ChunkStore(SqliteDatabase):
         ids = self.chunk_ids(doc_id)
         self._write([
             ("DELETE FROM chunks WHERE document_id = ?", (doc_id,)),
+            ("DELETE FROM sentences WHERE document_id = ?", (doc_id,)),
             ("DELETE FROM documents WHERE id = ?", (doc_id,)),
         ])
         return ids
