@@ -152,8 +152,15 @@ def print_summary(result: dict[str, Any]) -> None:
         if summary:
             table.add_row(f"{stage} ms p50 / p95 / max",
                           f"{summary['p50']:.0f} / {summary['p95']:.0f} / {summary['max']:.0f}")
+    prompt = agg.get("prompt_tokens")
+    if prompt:
+        table.add_row("prompt tokens p50 / p95 / max",
+                      f"{prompt['p50']:.0f} / {prompt['p95']:.0f} / {prompt['max']:.0f}")
     table.add_row("tokens/s (decode)", f"{_fmt(agg['tokens_per_second'])} "
                                        f"({_fmt(agg['decode_tokens_per_second'])})")
+    for mode, share in (agg.get("modes") or {}).items():
+        table.add_row(f"mode {mode}", _fmt(share))
+    table.add_row("answers repeating a sentence", str(agg.get("repeated_sentence_answers", "–")))
     table.add_row("cache hit rate", _fmt(agg["cache_hit_rate"]))
     console.print(table)
 
@@ -207,6 +214,14 @@ def print_comparison(result: Comparison) -> None:
         latency.add_row(d.name, _ms(d.baseline), _ms(d.candidate),
                         f"{d.ratio:.2f}x" if d.ratio else "–", style="red" if d.failed else "")
     console.print(latency)
+    answers = Table(title="answers (repeats and prompt tokens: lower is better; modes: shares)")
+    for column in ("figure", "baseline", "candidate", "delta"):
+        answers.add_column(column, justify="left" if column == "figure" else "right")
+    for d in result.answers:
+        style = {True: "green", False: "yellow", None: ""}[d.improved]
+        answers.add_row(d.name, _fmt(d.baseline), _fmt(d.candidate), _fmt(d.delta, True),
+                        style=style)
+    console.print(answers)
     for item in result.items:
         console.print(f"[bold]{item.id}[/] {item.question}: {'; '.join(item.changes)}",
                       markup=True, highlight=False)

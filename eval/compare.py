@@ -9,6 +9,8 @@ from typing import Any
 GATED_LATENCY = ("total", "p95")
 ITEM_FLAGS = ("contains", "exact_match", "hit@5")
 MACHINE_PATHS = frozenset({"data_dir", "converted_models_dir"})
+# Quality metrics renamed since older results were written: old name -> current name.
+RENAMED = {"groundedness": "overlap_groundedness"}
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,7 @@ class MetricDiff:
     baseline: float | None
     candidate: float | None
     failed: bool = False
+    better: str = "higher"  # "higher", "lower" or "" (neither: a share of answer modes)
 
     @property
     def delta(self) -> float | None:
@@ -30,6 +33,13 @@ class MetricDiff:
             return None
         return self.candidate / self.baseline
 
+    @property
+    def improved(self) -> bool | None:
+        """Whether the candidate is better; None when undefined, equal or without direction."""
+        if not self.delta or not self.better:
+            return None
+        return (self.delta > 0) == (self.better == "higher")
+
 
 @dataclass(frozen=True)
 class ItemChange:
@@ -42,6 +52,7 @@ class ItemChange:
 class Comparison:
     quality: tuple[MetricDiff, ...]
     latency: tuple[MetricDiff, ...]
+    answers: tuple[MetricDiff, ...]
     items: tuple[ItemChange, ...]
     settings: tuple[tuple[str, Any, Any], ...]
     failures: tuple[str, ...]
@@ -57,17 +68,23 @@ def compare(
 
     Fails when a quality metric (all are higher-is-better) drops by more than `fail_on_drop`
     (absolute), or when p95 total latency grows by more than `latency_factor`; None skips a gate.
+    Answer figures (repeated sentences, prompt tokens, modes) are compared but not gated.
     """
-    quality = _quality(baseline["aggregates"]["quality"], candidate["aggregates"]["quality"],
-                       fail_on_drop)
+    quality = _quality(_renamed(baseline["aggregates"]["quality"]),
+                       _renamed(candidate["aggregates"]["quality"]), fail_on_drop)
     latency = _latency(baseline["aggregates"]["latency_ms"],
                        candidate["aggregates"]["latency_ms"], latency_factor)
     failures = [f"{d.name} dropped from {d.baseline:.3f} to {d.candidate:.3f} "
                 f"(more than {fail_on_drop})" for d in quality if d.failed]
     failures += [f"latency {d.name} grew {d.ratio:.2f}x (more than {latency_factor}x)"
                  for d in latency if d.failed]
-    return Comparison(quality, latency, changed_items(baseline, candidate),
-                      settings_diff(baseline, candidate), tuple(failures))
+    return Comparison(quality, latency, _answers(baseline["aggregates"], candidate["aggregates"]),
+                      changed_items(baseline, candidate), settings_diff(baseline, candidate),
+                      tuple(failures))
+
+
+def _renamed(quality: Mapping[str, float | None]) -> dict[str, float | None]:
+    return {RENAMED.get(name, name): value for name, value in quality.items()}
 
 
 def _quality(
@@ -97,6 +114,20 @@ def _latency(
     return tuple(rows)
 
 
+def _answers(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[MetricDiff, ...]:
+    """Costs and kinds of answers, not gated: absent figures (older results) compare as None."""
+    rows = [
+        MetricDiff("repeated-sentence answers", a.get("repeated_sentence_answers"),
+                   b.get("repeated_sentence_answers"), better="lower"),
+        MetricDiff("prompt tokens p50", (a.get("prompt_tokens") or {}).get("p50"),
+                   (b.get("prompt_tokens") or {}).get("p50"), better="lower"),
+    ]
+    modes_a, modes_b = a.get("modes") or {}, b.get("modes") or {}
+    rows += [MetricDiff(f"mode {mode}", modes_a.get(mode), modes_b.get(mode), better="")
+             for mode in dict.fromkeys([*modes_a, *modes_b])]
+    return tuple(rows)
+
+
 def changed_items(baseline: Mapping[str, Any], candidate: Mapping[str, Any]) -> tuple[
         ItemChange, ...]:
     """Items whose pass/fail flags or abstention differ between the runs."""
@@ -109,6 +140,8 @@ def changed_items(baseline: Mapping[str, Any], candidate: Mapping[str, Any]) -> 
         changes = [f"{flag} {_flag(old['scores'].get(flag))} -> {_flag(item['scores'].get(flag))}"
                    for flag in ITEM_FLAGS
                    if old["scores"].get(flag) != item["scores"].get(flag)]
+        if old.get("mode") and item.get("mode") and old["mode"] != item["mode"]:
+            changes.append(f"mode {old['mode']} -> {item['mode']}")
         if old["abstained"] != item["abstained"]:
             changes.append("abstained" if item["abstained"] else "answered instead of abstaining")
         if bool(old.get("error")) != bool(item.get("error")):

@@ -35,6 +35,7 @@ _ABSTENTION = re.compile(
     ])
 )
 _CITATION_MARK = re.compile(r"\[(\d+)\]")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
 _STOPWORDS = frozenset(STOPWORDS_EN_PLUS)
@@ -162,13 +163,36 @@ def cited_numbers(answer: str) -> set[int]:
     return {int(n) for n in _CITATION_MARK.findall(answer)}
 
 
-def groundedness(answer: str, cited_spans: Sequence[str]) -> float | None:
-    """Share of the answer's content tokens that occur in the cited spans; None if it has none."""
+def overlap_groundedness(answer: str, cited_spans: Sequence[str]) -> float | None:
+    """Share of the answer's content tokens that occur in the cited spans; None if it has none.
+
+    The evaluation's own measure; the service's check reports `Answer.groundedness` besides.
+    """
     tokens = content_tokens(answer)
     if not tokens:
         return None
     support = set(normalize_answer(" ".join(cited_spans)).split())
     return sum(t in support for t in tokens) / len(tokens)
+
+
+def repeats_sentence(answer: str) -> bool:
+    """Whether a sentence (normalized, citation markers removed) occurs twice in the answer."""
+    sentences = [normalize_answer(strip_citations(s)) for s in _SENTENCE_END.split(answer)]
+    said = [s for s in sentences if s]
+    return len(set(said)) < len(said)
+
+
+# --- evidence -----------------------------------------------------------------------------
+
+
+def evidence_contains(quotes: Sequence[str], references: Sequence[str], k: int | None = None
+                      ) -> float | None:
+    """1.0 when one of the first k quotes (all when None) contains a reference; 0.0 without
+    quotes; None without references. A quote contains one as `contains_reference` says."""
+    if not references:
+        return None
+    found = any(contains_reference(q, references) for q in quotes[:k])
+    return 1.0 if found else 0.0
 
 
 # --- abstention ---------------------------------------------------------------------------

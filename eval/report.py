@@ -64,8 +64,10 @@ def render_html(result: Mapping[str, Any]) -> str:
         f"<h1>Evaluation of suite <code>{escape(suite['name'])}</code></h1>",
         _run_facts(result),
         "<h2>Quality</h2>", _table(agg["quality"].items(), ("metric", "mean")),
+        "<h2>Answers</h2>", _answers_table(agg),
         "<h2>Retrieval</h2>", _img(recall_figure(agg["quality"])),
-        "<h2>Latency (ms)</h2>", _latency_table(agg), _img(latency_figure(result["items"])),
+        "<h2>Latency (ms) and prompt tokens</h2>", _latency_table(agg),
+        _img(latency_figure(result["items"])),
         "<h2>Worst items</h2>", *(_item_html(i) for i in worst_items(result["items"])),
         "</body></html>",
     ]
@@ -104,10 +106,18 @@ def _table(rows: Any, header: Sequence[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _answers_table(agg: Mapping[str, Any]) -> str:
+    """Shares of answers per mode and the answers that repeat a sentence."""
+    rows = [(f"mode {mode}", share) for mode, share in (agg.get("modes") or {}).items()]
+    rows.append(("answers repeating a sentence", agg.get("repeated_sentence_answers")))
+    return _table(rows, ("figure", "value"))
+
+
 def _latency_table(agg: Mapping[str, Any]) -> str:
     rows = []
-    for stage, summary in [*agg["latency_ms"].items(), ("cached total",
-                                                        agg.get("cached_latency_ms"))]:
+    for stage, summary in [*agg["latency_ms"].items(),
+                           ("cached total", agg.get("cached_latency_ms")),
+                           ("prompt tokens (not ms)", agg.get("prompt_tokens"))]:
         cells = "".join(f"<td class='num'>{_fmt((summary or {}).get(f))}</td>"
                         for f in ("p50", "p95", "max", "count"))
         rows.append(f"<tr><td>{escape(stage)}</td>{cells}</tr>")
@@ -155,7 +165,7 @@ def badness(item: Mapping[str, Any]) -> float:
     if not item["answerable"]:  # wrong only when it was asked and answered anyway
         return 0.0 if item["abstained"] or not item.get("asked", True) else 1.0
     scores = item["scores"]
-    parts = [scores.get(n) for n in ("contains", "f1", "mrr", "groundedness")]
+    parts = [scores.get(n) for n in ("contains", "f1", "mrr", "overlap_groundedness")]
     defined = [p for p in parts if p is not None]
     return 1.0 - sum(defined) / len(defined) if defined else 1.0
 
@@ -165,21 +175,44 @@ def worst_items(items: Sequence[Mapping[str, Any]], n: int = WORST_ITEMS) -> lis
     return [i for i in ranked if badness(i) > 0][:n]
 
 
+ITEM_SCORES = ("contains", "f1", "recall@5", "mrr", "evidence_contains", "overlap_groundedness",
+               "answer_groundedness")
+
+
 def _item_html(item: Mapping[str, Any]) -> str:
     relevant = set(item["relevant"])
-    scores = ", ".join(f"{k} {_fmt(v)}" for k, v in item["scores"].items()
-                       if k in ("contains", "f1", "recall@5", "mrr", "groundedness"))
+    scores = ", ".join(f"{k} {_fmt(v)}" for k, v in item["scores"].items() if k in ITEM_SCORES)
+    generated = item.get("generated_text", "")
     chunks = "".join(
         f"<tr class='{'rel' if c['document'] in relevant else ''}'><td>{n}</td>"
         f"<td>{escape(c['document'])}</td><td class='num'>{c['score']:.4f}</td>"
         f"<td class='snip'>{escape(c['text'])}</td></tr>"
         for n, c in enumerate(item["retrieved"], start=1))
-    return (
-        f"<div class='item'><b>{escape(item['id'])}</b>: {escape(item['question'])}<br>"
-        f"<b>references:</b> {escape(' | '.join(item['references']) or '(unanswerable)')}<br>"
-        f"<b>relevant:</b> {escape(', '.join(sorted(relevant)) or '–')}<br>"
-        f"<b>answer:</b> {escape(item['answer'] or item.get('error') or '')}<br>"
-        f"<b>scores:</b> {escape(scores) or '–'}"
-        f"<table><tr><th>#</th><th>document</th><th>score</th><th>retrieved text</th></tr>"
-        f"{chunks}</table></div>"
-    )
+    lines = [
+        f"<b>{escape(item['id'])}</b>: {escape(item['question'])}",
+        f"<b>references:</b> {escape(' | '.join(item['references']) or '(unanswerable)')}",
+        f"<b>relevant:</b> {escape(', '.join(sorted(relevant)) or '–')}",
+        f"<b>answer:</b> {escape(item['answer'] or item.get('error') or '')}",
+        f"<b>mode:</b> {escape(item.get('mode') or '–')}",
+        *([f"<b>generated:</b> {escape(generated)}"]
+          if generated and generated != item["answer"] else []),
+        f"<b>scores:</b> {escape(scores) or '–'}",
+    ]
+    return (f"<div class='item'>{'<br>'.join(lines)}"
+            f"{_quotes_html(item.get('evidence') or (), relevant)}"
+            "<table><tr><th>#</th><th>document</th><th>score</th><th>retrieved text</th></tr>"
+            f"{chunks}</table></div>")
+
+
+def _quotes_html(quotes: Sequence[Mapping[str, Any]], relevant: set[str]) -> str:
+    """The answer's evidence in the service's order; quotes from relevant documents marked."""
+    if not quotes:
+        return "<br><b>quotes:</b> none"
+    rows = "".join(
+        f"<tr class='{'rel' if q['document'] in relevant else ''}'><td>{n}</td>"
+        f"<td>{escape(q['document'])} [{q['source']}] {q['start']}–{q['end']}</td>"
+        f"<td class='num'>{q['score']:.4f}</td><td>{_fmt(q.get('supports'))}</td>"
+        f"<td class='snip'>{escape(q['text'])}</td></tr>"
+        for n, q in enumerate(quotes, start=1))
+    return ("<table><tr><th>#</th><th>quoted from [source] offsets</th><th>score</th>"
+            f"<th>supports</th><th>quote</th></tr>{rows}</table>")

@@ -18,6 +18,8 @@ from rag.types import Answer
 RESULT_SCHEMA = 1
 RETRIEVAL_DEPTH = 10
 SNIPPET_CHARS = 300
+EVIDENCE_K = (1, 3)
+MODES = ("generated", "quote", "abstained")
 
 OnItem = Callable[["ItemResult"], None]
 
@@ -43,6 +45,21 @@ class ResultChunk:
 
 
 @dataclass(frozen=True)
+class ResultQuote:
+    """A quote of the answer's evidence, in the service's order (text cut to a snippet)."""
+
+    document: str
+    filename: str
+    start: int
+    end: int
+    page: int | None
+    score: float
+    source: int
+    supports: int | None
+    text: str
+
+
+@dataclass(frozen=True)
 class ItemResult:
     """One question's outcome: the answer, what was retrieved, scores and costs."""
 
@@ -54,8 +71,12 @@ class ItemResult:
     asked: bool = False
     answer: str = ""
     abstained: bool = False
+    mode: str = ""
+    generated_text: str = ""
+    repeats_sentence: bool = False
     retrieved: tuple[ResultChunk, ...] = ()
     citations: tuple[ResultChunk, ...] = ()
+    evidence: tuple[ResultQuote, ...] = ()
     ranking_source: str = "citations"
     scores: Mapping[str, float | None] = field(default_factory=dict)
     timings: Mapping[str, float] = field(default_factory=dict)
@@ -185,24 +206,44 @@ def score_item(
                               c.score, c.text[:SNIPPET_CHARS], c.number)
                   for c in answer.citations)
     chunks = _chunks(retrieved, corpus) if retrieved is not None else cited
-    abstained = m.is_abstention(answer.text)
-    spans = _cited_spans(answer)
+    abstained = answer.mode == "abstained" or m.is_abstention(answer.text)
     scores = _retrieval_scores(chunks, base.relevant)
     scores["exact_match"] = m.exact_match(answer.text, base.references)
     scores["f1"] = m.token_f1(answer.text, base.references)
     scores["contains"] = m.contains_reference(answer.text, base.references)
-    scores["groundedness"] = None if abstained else m.groundedness(answer.text, spans)
+    scores |= _evidence_scores(answer, base.references)
+    scores["overlap_groundedness"] = (None if abstained else
+                                      m.overlap_groundedness(answer.text, _cited_spans(answer)))
+    # The service's own check; undefined where it checked no sentence (or an older server).
+    scores["answer_groundedness"] = (answer.groundedness if answer.sentences and not abstained
+                                     else None)
     t = answer.timings
     return replace(
-        base, asked=True, answer=answer.text, abstained=abstained, retrieved=chunks,
-        citations=cited,
+        base, asked=True, answer=answer.text, abstained=abstained, mode=answer.mode,
+        generated_text=answer.generated_text, repeats_sentence=m.repeats_sentence(answer.text),
+        retrieved=chunks, citations=cited, evidence=_quotes(answer, corpus),
         ranking_source="citations" if retrieved is None else f"retriever@{len(chunks)}",
         scores=scores, cached=answer.cached,
-        timings={"retrieve_ms": t.retrieve_ms, "prompt_ms": t.prompt_ms,
-                 "first_token_ms": t.first_token_ms, "generate_ms": t.generate_ms,
-                 "total_ms": t.total_ms},
+        timings={"retrieve_ms": t.retrieve_ms, "evidence_ms": t.evidence_ms,
+                 "prompt_ms": t.prompt_ms, "first_token_ms": t.first_token_ms,
+                 "generate_ms": t.generate_ms, "check_ms": t.check_ms, "total_ms": t.total_ms},
         prompt_tokens=answer.usage.prompt_tokens, completion_tokens=answer.usage.completion_tokens,
     )
+
+
+def _evidence_scores(answer: Answer, references: Sequence[str]) -> dict[str, float | None]:
+    """Whether the answer's quotes (all, or the first k) contain a reference answer."""
+    quotes = [q.text for q in answer.evidence]
+    scores = {"evidence_contains": m.evidence_contains(quotes, references)}
+    for k in EVIDENCE_K:
+        scores[f"evidence_hit@{k}"] = m.evidence_contains(quotes, references, k)
+    return scores
+
+
+def _quotes(answer: Answer, corpus: Corpus) -> tuple[ResultQuote, ...]:
+    return tuple(ResultQuote(corpus.key(q.document_id, q.filename), q.filename, q.start, q.end,
+                             q.page, q.score, q.source, q.supports, q.text[:SNIPPET_CHARS])
+                 for q in answer.evidence)
 
 
 def _cited_spans(answer: Answer) -> list[str]:
@@ -215,14 +256,17 @@ def _cited_spans(answer: Answer) -> list[str]:
 # --- aggregates ---------------------------------------------------------------------------
 
 QUALITY_SCORES = (*(f"{name}@{k}" for name in ("hit", "recall") for k in m.K_VALUES),
-                  "mrr", "ndcg@10", "exact_match", "f1", "contains", "groundedness")
+                  "mrr", "ndcg@10", "exact_match", "f1", "contains", "evidence_contains",
+                  *(f"evidence_hit@{k}" for k in EVIDENCE_K), "overlap_groundedness",
+                  "answer_groundedness")
 
 
 def aggregate(rows: Sequence[ItemResult]) -> dict[str, Any]:
-    """Means of the per-item scores, abstention, latency, throughput, cache and usage.
+    """Means of the per-item scores, abstention, answer modes, latency, throughput, cache, usage.
 
-    Latency and throughput count fresh answers only (cached ones have their own figure),
-    unless every answer came from the cache.
+    Latency, prompt tokens and throughput count fresh answers only (cached ones have their own
+    latency figure), unless every answer came from the cache; prompt tokens count answers that
+    had a prompt.
     """
     ok = [r for r in rows if r.error is None]
     fresh = [r for r in ok if not r.cached] or ok
@@ -238,10 +282,13 @@ def aggregate(rows: Sequence[ItemResult]) -> dict[str, Any]:
         | {"abstention_precision": abst.precision, "abstention_recall": abst.recall},
         "abstention": asdict(abst)
         | {"false_abstentions": sum(r.abstained and r.answerable for r in asked)},
+        "modes": {mode: m.rate([r.mode == mode for r in asked]) for mode in MODES},
+        "repeated_sentence_answers": sum(r.repeats_sentence for r in asked),
         "latency_ms": {stage: _latency([r.timings[f"{stage}_ms"] for r in fresh
                                         if f"{stage}_ms" in r.timings])
                        for stage in ("retrieve", "first_token", "total")},
         "cached_latency_ms": _latency([r.timings["total_ms"] for r in ok if r.cached]),
+        "prompt_tokens": _latency([r.prompt_tokens for r in fresh if r.prompt_tokens > 0]),
         **_throughput([r for r in fresh if r.completion_tokens > 0]),
         "cache_hit_rate": m.rate([r.cached for r in asked]),
         "usage": {"prompt_tokens": sum(r.prompt_tokens for r in ok),

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from eval.suites import CorpusDocument
 from rag.settings import Settings
-from rag.types import Answer, Citation, Timings, Usage
+from rag.types import Answer
 
 if TYPE_CHECKING:
     import httpx
@@ -270,17 +270,9 @@ def _json(response: httpx.Response, ok: tuple[int, ...]) -> dict[str, Any]:
 
 
 def answer_from_api(data: dict[str, Any]) -> Answer:
-    """An `Answer` from the JSON of POST /v1/ask."""
+    """An `Answer` from the JSON of POST /v1/ask; an older server's body (no `mode`,
+    `groundedness`, `evidence`, `sentences`, `generated_text`) gets the defaults."""
     try:
-        return Answer(
-            question=data["question"],
-            text=data["answer"],
-            citations=tuple(Citation(**c) for c in data["citations"]),
-            cached=bool(data.get("cached", False)),
-            usage=Usage(**data.get("usage", {})),
-            timings=Timings(**data.get("timings", {})),
-            model=data.get("model", ""),
-            index_version=data.get("index_version", 0),
-        )
+        return Answer.from_dict({**data, "text": data["answer"]})
     except (KeyError, TypeError) as exc:
         raise EvalError(f"POST /v1/ask answered an unexpected body: {exc}") from exc

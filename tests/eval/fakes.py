@@ -9,7 +9,7 @@ from typing import Any
 from eval.metrics import NO_ANSWER
 from eval.suites import CorpusDocument, Suite, SuiteItem
 from eval.targets import Advance, Retrieved
-from rag.types import Answer, Citation, Timings, Usage
+from rag.types import Answer, AnswerMode, Citation, Quote, SentenceCheck, Timings, Usage
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,11 @@ class Script:
     total_ms: float = 100.0
     cached: bool = False
     fail: bool = False
+    mode: AnswerMode = "generated"
+    evidence: Sequence[tuple[str, str]] = ()  # (document key, quote text), best first
+    checked: Sequence[bool] = ()  # the service's check of each answer sentence: supported?
+    generated_text: str = ""
+    prompt_tokens: int = 50
 
 
 @dataclass
@@ -45,8 +50,15 @@ class FakeTarget:
         timings = Timings(retrieve_ms=10.0, prompt_ms=5.0, first_token_ms=40.0,
                           generate_ms=script.total_ms - 15.0, total_ms=script.total_ms)
         tokens = 0 if script.cached or script.text == NO_ANSWER else 10
-        return Answer(question, script.text, citations, cached=script.cached,
-                      usage=Usage(50, tokens), timings=timings, model="fake-model", index_version=3)
+        return Answer(question, script.text, citations, mode=script.mode,
+                      groundedness=sum(script.checked) / len(script.checked)
+                      if script.checked else 0.0,
+                      evidence=_quotes(script.evidence),
+                      sentences=tuple(SentenceCheck(f"sentence {n}", ok, 1.0 if ok else 0.0)
+                                      for n, ok in enumerate(script.checked, start=1)),
+                      generated_text=script.generated_text or script.text, cached=script.cached,
+                      usage=Usage(script.prompt_tokens, tokens), timings=timings,
+                      model="fake-model", index_version=3)
 
     def retrieve(self, question: str, depth: int) -> list[Retrieved] | None:
         keys = self.scripts[question].retrieved
@@ -58,6 +70,12 @@ class FakeTarget:
     def describe(self) -> dict[str, Any]:
         return {"settings": {"top_k": 5, "data_dir": "/tmp/x"}, "models": {"generator": "fake"},
                 "index_version": 3, "chunks": 4}
+
+
+def _quotes(evidence: Sequence[tuple[str, str]]) -> tuple[Quote, ...]:
+    """Quotes as the service gives them: source n is the n-th quote's chunk, scores falling."""
+    return tuple(Quote(text, "id-" + key, key, 0, len(text), None, (), 1.0 / n, n)
+                 for n, (key, text) in enumerate(evidence, start=1))
 
 
 def suite(*items: SuiteItem, docs: Sequence[str] = ("a.md", "b.md")) -> Suite:

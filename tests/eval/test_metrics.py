@@ -83,15 +83,42 @@ def test_contains_reference_punctuation_in_reference() -> None:
     assert m.contains_reference("Use --fail-on-drop 0.1", ["--fail-on-drop"]) == 1.0
 
 
-def test_groundedness() -> None:
+def test_overlap_groundedness() -> None:
     answer = "The default chunk size is 200 tokens [1]."
     span = "Chunks are 200 tokens long by default."
     # content tokens: default chunk size 200 tokens ("is" is a stopword, [1] is dropped);
     # found in the span: default, 200, tokens -> 3 / 5
-    assert m.groundedness(answer, [span]) == pytest.approx(0.6)
-    assert m.groundedness(answer, [span, "the chunk size"]) == 1.0
-    assert m.groundedness(answer, []) == 0.0
-    assert m.groundedness("It is the [2].", [span]) is None
+    assert m.overlap_groundedness(answer, [span]) == pytest.approx(0.6)
+    assert m.overlap_groundedness(answer, [span, "the chunk size"]) == 1.0
+    assert m.overlap_groundedness(answer, []) == 0.0
+    assert m.overlap_groundedness("It is the [2].", [span]) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("It is 200 tokens. It is 200 tokens.", True),
+        # citation markers, case, punctuation and articles do not make a sentence new
+        ("Chunks are 200 tokens [1]! chunks are the 200 tokens [2].", True),
+        ("A loop.\nB.\nA loop", True),
+        ("It is 200 tokens. It is 300 tokens.", False),  # a near-repeat is not a repeat here
+        ("It is 200 tokens [1]. [2]", False),  # a bare marker is no sentence
+        ("", False),
+    ],
+)
+def test_repeats_sentence(text: str, expected: bool) -> None:
+    assert m.repeats_sentence(text) is expected
+
+
+def test_evidence_contains_and_hit_at_k() -> None:
+    quotes = ["Chunks overlap by 20 tokens.", "The default chunk size is 200 tokens."]
+    references = ["200 tokens", "two hundred tokens"]
+    assert m.evidence_contains(quotes, references) == 1.0
+    assert m.evidence_contains(quotes, references, 1) == 0.0  # only the first quote
+    assert m.evidence_contains(quotes, references, 3) == 1.0  # k past the end: all quotes
+    assert m.evidence_contains(["a 2000 tokens window"], references) == 0.0  # whole words
+    assert m.evidence_contains([], references) == 0.0  # no evidence: a miss
+    assert m.evidence_contains(quotes, []) is None  # nothing to find
 
 
 def test_cited_numbers() -> None:

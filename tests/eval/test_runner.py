@@ -36,19 +36,21 @@ def test_items_and_aggregates_by_hand() -> None:
     rows = {row["id"]: row for row in result["items"]}
     q1 = rows["q1"]["scores"]
     assert (q1["hit@1"], q1["hit@3"], q1["mrr"], q1["recall@5"]) == (0.0, 1.0, 0.5, 1.0)
-    assert (q1["contains"], q1["exact_match"], q1["groundedness"]) == (1.0, 0.0, 1.0)
+    assert (q1["contains"], q1["exact_match"], q1["overlap_groundedness"]) == (1.0, 0.0, 1.0)
     # "it is 200 tokens" against "200 tokens": P = 2/4, R = 1 -> F1 = 2/3
     assert q1["f1"] == pytest.approx(2 / 3)
     assert rows["q1"]["ranking_source"] == "retriever@2"
     assert rows["q2"]["abstained"] and rows["q2"]["scores"]["hit@1"] is None
-    assert rows["q3"]["scores"]["groundedness"] is None  # abstained: nothing to ground
+    assert rows["q3"]["scores"]["overlap_groundedness"] is None  # abstained: nothing to ground
+    # No evidence and no checked sentences (what an older server answers):
+    assert (q1["evidence_contains"], q1["answer_groundedness"]) == (0.0, None)
 
     agg = result["aggregates"]
     quality = agg["quality"]
     assert quality["hit@1"] == 0.5  # q1 0, q3 1
     assert quality["mrr"] == 0.75  # (1/2 + 1) / 2
     assert quality["contains"] == 0.5  # q1 1, q3 0
-    assert quality["groundedness"] == 1.0  # only q1 answered
+    assert quality["overlap_groundedness"] == 1.0  # only q1 answered
     assert quality["abstention_precision"] == 0.5  # abstained on q2 (right) and q3 (wrong)
     assert quality["abstention_recall"] == 1.0
     assert agg["abstention"]["false_abstentions"] == 1
@@ -67,7 +69,7 @@ def test_citations_rank_when_the_target_cannot_retrieve() -> None:
     assert row["ranking_source"] == "citations"
     assert (row["scores"]["hit@1"], row["scores"]["mrr"]) == (0.0, 0.5)
     # Groundedness looks at the cited source [2] only.
-    assert row["scores"]["groundedness"] == 1.0
+    assert row["scores"]["overlap_groundedness"] == 1.0
 
 
 def test_an_error_is_kept_on_its_item() -> None:
@@ -114,3 +116,52 @@ def test_retrieval_only_asks_nothing() -> None:
     assert quality["mrr"] == 0.75 and quality["contains"] is None
     assert quality["abstention_recall"] is None  # nothing was asked
     assert result["aggregates"]["latency_ms"]["first_token"] is None
+
+
+Q4 = SuiteItem("q4", "Which port?", ("8000",), {"a.md": 1})
+EVIDENCE_SCRIPTS = {
+    # generated and checked: its reference is in the second quote only
+    Q1.question: Script("It is 200 tokens [1].", checked=[True], prompt_tokens=120,
+                        evidence=[("b.md", "Chunks overlap."), ("a.md", "Chunks are 200 tokens.")]),
+    Q2.question: Script(NO_ANSWER, mode="abstained", prompt_tokens=0),  # no prompt: not counted
+    # unsupported, so answered with a quote; the reference is in the first quote
+    Q3.question: Script('"The index is FAISS." [1]', mode="quote", checked=[False],
+                        generated_text="It is Annoy.", prompt_tokens=80,
+                        evidence=[("b.md", "The index is FAISS.")]),
+    # a repeated sentence, half supported, and evidence without the reference
+    Q4.question: Script("Port 8000 [1]. Port 8000.", checked=[True, False], prompt_tokens=100,
+                        evidence=[("a.md", "Use port 9000.")]),
+}
+
+
+def test_evidence_modes_and_prompt_tokens_by_hand() -> None:
+    result = _run(FakeTarget(EVIDENCE_SCRIPTS), Q1, Q2, Q3, Q4)
+    rows = {row["id"]: row for row in result["items"]}
+    evidence = ("evidence_contains", "evidence_hit@1", "evidence_hit@3", "answer_groundedness")
+    assert [rows["q1"]["scores"][k] for k in evidence] == [1.0, 0.0, 1.0, 1.0]
+    assert [rows["q3"]["scores"][k] for k in evidence] == [1.0, 1.0, 1.0, 0.0]
+    assert [rows["q4"]["scores"][k] for k in evidence] == [0.0, 0.0, 0.0, 0.5]
+    assert [rows["q2"]["scores"][k] for k in evidence] == [None] * 4  # unanswerable, abstained
+    assert [r["repeats_sentence"] for r in result["items"]] == [False, False, False, True]
+    assert (rows["q3"]["mode"], rows["q3"]["generated_text"]) == ("quote", "It is Annoy.")
+    quote = rows["q1"]["evidence"][1]
+    assert (quote["document"], quote["source"], quote["text"]) == ("a.md", 2,
+                                                                   "Chunks are 200 tokens.")
+
+    agg = result["aggregates"]
+    quality = agg["quality"]
+    assert quality["evidence_contains"] == pytest.approx(2 / 3)  # q1, q3 of q1, q3, q4
+    assert quality["evidence_hit@1"] == pytest.approx(1 / 3)  # q3
+    assert quality["evidence_hit@3"] == pytest.approx(2 / 3)
+    assert quality["answer_groundedness"] == 0.5  # (1 + 0 + 0.5) / 3
+    assert agg["modes"] == {"generated": 0.5, "quote": 0.25, "abstained": 0.25}
+    assert agg["repeated_sentence_answers"] == 1
+    assert agg["prompt_tokens"]["p50"] == 100.0  # of 120, 80, 100
+    assert agg["prompt_tokens"]["count"] == 3
+    assert quality["abstention_precision"] == 1.0 and quality["abstention_recall"] == 1.0
+
+
+def test_the_service_mode_counts_as_abstention() -> None:
+    scripts = {Q2.question: Script("Sorry, nothing found.", mode="abstained")}
+    row = _run(FakeTarget(scripts), Q2)["items"][0]
+    assert row["abstained"] and row["mode"] == "abstained"
