@@ -13,7 +13,8 @@ import pytest
 
 from eval.runner import RunOptions, ingest_corpus, run_suite
 from eval.suites import CorpusDocument, Suite, SuiteItem
-from eval.targets import EvalError, HttpTarget, http_client
+from eval.targets import EvalError, HttpTarget, answer_from_api, http_client
+from rag.types import Quote, SentenceCheck
 
 KEY = "eval-key-3f9a0c"
 ANSWER = {
@@ -25,6 +26,16 @@ ANSWER = {
                    "text": "The train leaves from platform 9.", "start": 0, "end": 33,
                    "page": None, "score": 0.5}],
 }
+# The fields of evidence-first answering, as /v1/ask carries them.
+EVIDENCE = {
+    "mode": "quote", "groundedness": 0.5, "generated_text": "Platform 9 and 3/4 [1].",
+    "evidence": [{"text": "The train leaves from platform 9.", "document_id": "d-rail",
+                  "filename": "rail.txt", "start": 0, "end": 33, "page": None,
+                  "title_path": ["Trains", "Departures"], "score": 0.8, "source": 1,
+                  "supports": 1}],
+    "sentences": [{"text": "Platform 9 and 3/4 [1].", "supported": False, "overlap": 0.5,
+                   "missing": ["3/4"], "quote": 0}],
+}
 DOCS = (CorpusDocument("rail.txt", "rail.txt", text="The train leaves from platform 9."),
         CorpusDocument("bees.txt", "bees.txt", text="Bees make honey."))
 ITEM = SuiteItem("t1", "Which platform does the train leave from?", ("platform 9",),
@@ -34,8 +45,10 @@ ITEM = SuiteItem("t1", "Which platform does the train leave from?", ("platform 9
 class FakeApi:
     """The documented contract: uploads answer 202 with job ids; jobs run, then finish."""
 
-    def __init__(self, job_states: tuple[str, ...] = ("running", "done")) -> None:
+    def __init__(self, job_states: tuple[str, ...] = ("running", "done"),
+                 answer: dict[str, Any] = ANSWER) -> None:
         self.job_states = job_states
+        self.answer = answer
         self.polls: dict[str, int] = {}
         self.requests: list[httpx.Request] = []
 
@@ -56,7 +69,7 @@ class FakeApi:
             return httpx.Response(200, json={"state": state, "error": "no text in file"})
         if request.url.path == "/v1/ask":
             body = json.loads(request.content)
-            return httpx.Response(200, json=ANSWER | {"question": body["question"]})
+            return httpx.Response(200, json=self.answer | {"question": body["question"]})
         return httpx.Response(404, json={"message": "unknown route"})
 
 
@@ -82,6 +95,42 @@ def test_http_target_follows_the_contract() -> None:
     assert ask == {"question": ITEM.question, "top_k": 4, "collection": None,
                    "filters": {"document_ids": []}, "stream": False}
     assert api.polls == {"j-rail.txt": 1, "j-bees.txt": 1}  # polled until done
+
+
+def test_answer_from_api_reads_the_evidence_fields() -> None:
+    answer = answer_from_api(ANSWER | EVIDENCE)
+    assert (answer.text, answer.mode, answer.groundedness) == ("Platform 9 [1].", "quote", 0.5)
+    assert answer.generated_text == "Platform 9 and 3/4 [1]."
+    assert answer.evidence == (Quote("The train leaves from platform 9.", "d-rail", "rail.txt", 0,
+                                     33, None, ("Trains", "Departures"), 0.8, 1, 1),)
+    assert answer.sentences == (SentenceCheck("Platform 9 and 3/4 [1].", False, 0.5, ("3/4",),
+                                              0),)
+    assert (answer.usage.prompt_tokens, answer.timings.total_ms) == (40, 90.0)
+
+
+def test_answer_from_api_of_an_older_server() -> None:
+    answer = answer_from_api(ANSWER)  # none of the evidence fields, nor evidence_ms, check_ms
+    assert (answer.mode, answer.groundedness, answer.evidence, answer.sentences) == (
+        "generated", 0.0, (), ())
+    assert answer.citations[0].chunk_id == 7 and answer.timings.check_ms == 0.0
+
+
+def test_answer_from_api_rejects_a_body_off_the_contract() -> None:
+    with pytest.raises(EvalError, match="unexpected body"):
+        answer_from_api({k: v for k, v in ANSWER.items() if k != "answer"})
+    quote = EVIDENCE["evidence"][0] | {"colour": "red"}  # type: ignore[operator]
+    with pytest.raises(EvalError, match="unexpected body"):
+        answer_from_api(ANSWER | EVIDENCE | {"evidence": [quote]})
+
+
+def test_http_target_scores_the_evidence() -> None:
+    api = FakeApi(answer=ANSWER | EVIDENCE)
+    target = HttpTarget(_client(api), poll_s=0.0)
+    result = run_suite(_suite(), target, ingest_corpus(_suite(), target, lambda _: None),
+                       RunOptions())
+    row = result["items"][0]
+    assert (row["mode"], row["evidence"][0]["document"]) == ("quote", "rail.txt")
+    assert (row["scores"]["evidence_hit@1"], row["scores"]["answer_groundedness"]) == (1.0, 0.5)
 
 
 def test_http_target_names_a_failed_document() -> None:

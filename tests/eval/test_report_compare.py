@@ -16,7 +16,7 @@ from eval.compare import compare
 from eval.report import read_result, render_html, worst_items, write_html, write_json
 from eval.runner import RunOptions, ingest_corpus, run_suite
 from tests.eval.fakes import FakeTarget, suite
-from tests.eval.test_runner import Q1, Q2, Q3, SCRIPTS
+from tests.eval.test_runner import EVIDENCE_SCRIPTS, Q1, Q2, Q3, Q4, SCRIPTS
 
 
 @pytest.fixture()
@@ -24,6 +24,29 @@ def result() -> dict[str, Any]:
     target = FakeTarget(SCRIPTS)
     s = suite(Q1, Q2, Q3)
     return run_suite(s, target, ingest_corpus(s, target, lambda _: None), RunOptions())
+
+
+@pytest.fixture()
+def evidence_result() -> dict[str, Any]:
+    target = FakeTarget(EVIDENCE_SCRIPTS)
+    s = suite(Q1, Q2, Q3, Q4)
+    result = run_suite(s, target, ingest_corpus(s, target, lambda _: None), RunOptions())
+    return json.loads(json.dumps(result))  # as read back from its file
+
+
+def _older(result: dict[str, Any]) -> dict[str, Any]:
+    """The result as written before the evidence metrics: groundedness under its old name."""
+    old = copy.deepcopy(result)
+    agg = old["aggregates"]
+    for name in ("evidence_contains", "evidence_hit@1", "evidence_hit@3", "answer_groundedness"):
+        del agg["quality"][name]
+    agg["quality"]["groundedness"] = agg["quality"].pop("overlap_groundedness")
+    for key in ("modes", "repeated_sentence_answers", "prompt_tokens"):
+        del agg[key]
+    for item in old["items"]:
+        for key in ("mode", "generated_text", "repeats_sentence", "evidence"):
+            del item[key]
+    return old
 
 
 def _worse(result: dict[str, Any], contains: float, latency_factor: float) -> dict[str, Any]:
@@ -125,3 +148,71 @@ def test_parse_overrides() -> None:
         parse_overrides(["no_such_setting=1"])
     with pytest.raises(Exception, match="expected KEY=VALUE"):
         parse_overrides(["top_k"])
+
+
+def test_html_shows_the_evidence_metrics_and_quotes(evidence_result: dict[str, Any]) -> None:
+    html = render_html(evidence_result)
+    for metric in ("evidence_contains", "evidence_hit@1", "evidence_hit@3",
+                   "answer_groundedness", "overlap_groundedness", "mode quote",
+                   "answers repeating a sentence", "prompt tokens"):
+        assert metric in html, metric
+    assert "<td>mode quote</td><td class='num'>0.250</td>" in html
+    assert "<td>prompt tokens (not ms)</td><td class='num'>100</td>" in html
+    # q4 (no reference in its evidence) is among the worst, with its mode and its quote
+    q4 = html[html.index("<b>q4</b>"):]
+    q4 = q4[:q4.index("</div>")]
+    assert "<b>mode:</b> generated" in q4 and "Use port 9000." in q4
+    q3 = html[html.index("<b>q3</b>"):]
+    assert "<b>generated:</b> It is Annoy." in q3[:q3.index("</div>")]
+
+
+def test_html_of_an_older_result(evidence_result: dict[str, Any]) -> None:
+    html = render_html(_older(evidence_result))
+    assert "<b>quotes:</b> none" in html and "<b>mode:</b> –" in html
+
+
+def test_compare_the_evidence_metrics(evidence_result: dict[str, Any]) -> None:
+    better = copy.deepcopy(evidence_result)
+    agg = better["aggregates"]
+    agg["quality"]["evidence_contains"] = 1.0
+    agg["repeated_sentence_answers"] = 0
+    agg["prompt_tokens"]["p50"] = 60.0
+    agg["modes"] = {"generated": 0.75, "quote": 0.0, "abstained": 0.25}
+    better["items"][2]["mode"] = "generated"  # q3
+    diff = compare(evidence_result, better, fail_on_drop=0.0)
+    evidence = next(d for d in diff.quality if d.name == "evidence_contains")
+    assert evidence.delta == pytest.approx(1 / 3) and evidence.improved
+    answers = {d.name: d for d in diff.answers}
+    assert (answers["repeated-sentence answers"].delta, answers["prompt tokens p50"].delta) == (
+        -1, -40.0)
+    assert answers["repeated-sentence answers"].improved and answers["prompt tokens p50"].improved
+    assert answers["mode quote"].delta == -0.25 and answers["mode quote"].improved is None
+    assert diff.items[0].id == "q3" and diff.items[0].changes == ("mode quote -> generated",)
+    worse = compare(better, evidence_result, fail_on_drop=0.1)
+    assert worse.failures == ("evidence_contains dropped from 1.000 to 0.667 (more than 0.1)",)
+    assert not {d.name: d for d in worse.answers}["prompt tokens p50"].improved
+
+
+def test_compare_with_an_older_baseline(evidence_result: dict[str, Any]) -> None:
+    old = _older(evidence_result)
+    diff = compare(old, evidence_result, fail_on_drop=0.0, latency_factor=1.0)
+    assert diff.failures == () and diff.items == ()
+    quality = {d.name: d for d in diff.quality}
+    # the old name is compared under the new one; metrics the baseline lacks are not gated
+    assert "groundedness" not in quality and quality["overlap_groundedness"].delta == 0.0
+    assert quality["evidence_contains"].baseline is None
+    assert all(d.baseline is None for d in diff.answers)
+    # and a drop in the renamed metric still fails the gate
+    old["aggregates"]["quality"]["groundedness"] = 1.0
+    assert compare(old, evidence_result, fail_on_drop=0.1).failures[0].startswith(
+        "overlap_groundedness dropped")
+
+
+def test_cli_compare_prints_the_answer_figures(tmp_path: Path,
+                                               evidence_result: dict[str, Any]) -> None:
+    write_json(_older(evidence_result), tmp_path / "a.json")
+    write_json(evidence_result, tmp_path / "b.json")
+    outcome = _cli("compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                   "--fail-on-drop", "0.1")
+    assert outcome.exit_code == 0, outcome.output
+    assert "prompt tokens p50" in outcome.output and "mode quote" in outcome.output

@@ -9,7 +9,9 @@ import pytest
 
 from eval.suites import SuiteError, load_beir, load_jsonl, load_squad, load_suite
 
-SAMPLE = Path(__file__).parents[2] / "eval" / "suites" / "sample"
+SUITES = Path(__file__).parents[2] / "eval" / "suites"
+SAMPLE = SUITES / "sample"
+NOTRE_DAME = SUITES / "notre-dame"
 
 
 def _write(path: Path, text: str) -> Path:
@@ -32,6 +34,19 @@ def test_shipped_sample_suite() -> None:
     assert all(d.path is not None and d.path.is_file() for d in suite.corpus)
     assert {k for i in suite.items for k in i.relevant} == keys  # every document is asked about
     assert all(i.answers and i.relevant for i in suite.items if i.answerable)
+
+
+def test_shipped_notre_dame_suite() -> None:
+    suite = load_suite(NOTRE_DAME)
+    assert (suite.name, len(suite.items), len(suite.corpus)) == ("notre-dame", 269, 55)
+    assert all(i.answerable and len(i.relevant) == 1 for i in suite.items)
+    texts = {d.key: d.path.read_text(encoding="utf-8") for d in suite.corpus if d.path}
+    assert len(texts) == 55 and len(set(texts.values())) == 55  # no two paragraphs alike
+    # every reference answer is in the paragraph marked relevant, as SQuAD promises
+    assert all(any(a in texts[k] for a in i.answers) for i in suite.items for k in i.relevant)
+    assert {k for i in suite.items for k in i.relevant} == set(texts)
+    readme = (NOTRE_DAME / "README.md").read_text(encoding="utf-8")
+    assert "SQuAD v1.1" in readme and "CC BY-SA 4.0" in readme and "Rajpurkar" in readme
 
 
 def test_jsonl_defaults_and_graded_relevance(tmp_path: Path) -> None:
