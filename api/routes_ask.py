@@ -74,12 +74,15 @@ def to_request(data: AskIn) -> AskRequest:
     responses=ASK_RESPONSES,
 )
 async def ask(data: Annotated[AskIn, ASK_BODY], service: RagService) -> Response[Any]:
-    """Answer a question from the indexed documents, citing the chunks it used.
+    """Answer a question from the indexed documents, citing the chunks it used, with verified
+    quotes (`evidence`) and the check of each answer sentence.
 
     With `"stream": true` the answer arrives as Server-Sent Events: `token` events carry the
-    text as it is generated, then `citations` (a JSON list), then `done` (JSON: cached, usage,
-    timings). An error after the stream began arrives as an `error` event with the JSON error
-    body. Closing the connection stops the generation. Needs a key with the `ask` scope.
+    text as it is generated, then `citations` (a JSON list), then `done` (JSON: the final
+    `answer`, which replaces the streamed text when it is a quote, `mode`, `groundedness`,
+    `evidence`, `sentences`, cached, usage, timings). An error after the stream began arrives
+    as an `error` event with the JSON error body. Closing the connection stops the
+    generation. Needs a key with the `ask` scope.
     """
     request = to_request(data)
     if data.stream:

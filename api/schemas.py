@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,6 +41,33 @@ class CitationOut(BaseModel):
     score: float = Field(description="Retrieval score (higher is more relevant).")
 
 
+class QuoteOut(BaseModel):
+    """Evidence: a sentence of a source, exactly as the parsed document has it."""
+
+    text: str = Field(description="The quoted text: the parsed document's text[start:end].")
+    document_id: str = Field(description="Id (SHA-256) of the document.")
+    filename: str = Field(description="The uploaded file's name.")
+    start: int = Field(description="Character offset of the quote in the parsed document.")
+    end: int = Field(description="Character offset just past the quote.")
+    page: int | None = Field(description="Page of the document, where it has pages.")
+    title_path: list[str] = Field(description="Headings above the quote, outermost first.")
+    score: float = Field(description="Cosine similarity of the quote to the question.")
+    source: int = Field(description="Number of the citation (source) the quote is in.")
+    supports: int | None = Field(
+        description="Number (from 1) of the answer sentence it supports, if any.")
+
+
+class SentenceCheckOut(BaseModel):
+    """One sentence of the generated answer, checked against the evidence."""
+
+    text: str
+    supported: bool = Field(description="Its names and numbers occur in its sources and its "
+                            "content words in its best quote.")
+    overlap: float = Field(description="Share of its new content words in its best quote.")
+    missing: list[str] = Field(description="Numbers and names found in no cited source.")
+    quote: int | None = Field(description="Index into `evidence` of its best quote.")
+
+
 class UsageOut(BaseModel):
     prompt_tokens: int = Field(description="Tokens in the prompt.")
     completion_tokens: int = Field(description="Tokens generated.")
@@ -50,18 +77,30 @@ class TimingsOut(BaseModel):
     """Milliseconds spent in each stage (a cached answer has only `total_ms`)."""
 
     retrieve_ms: float
+    evidence_ms: float
     prompt_ms: float
     first_token_ms: float
     generate_ms: float
+    check_ms: float
     total_ms: float
+    stages: dict[str, float] = Field(description="Every stage of the ask path by name.")
 
 
 class AnswerOut(BaseModel):
     """An answer with the sources it was given, numbered as the answer cites them."""
 
     question: str
-    answer: str
+    answer: str = Field(description="The answer: generated, or a quote of the best evidence.")
     citations: list[CitationOut]
+    mode: Literal["generated", "quote", "abstained"] = Field(
+        description="generated: the model's answer, checked; quote: the model's answer was not "
+        "supported, so the best evidence sentence is quoted instead; abstained: no answer.")
+    groundedness: float = Field(
+        description="Share of the generated answer's sentences the evidence supports (0-1).")
+    evidence: list[QuoteOut] = Field(description="Verified quotes from the sources.")
+    sentences: list[SentenceCheckOut] = Field(
+        description="The generated answer's sentences and their check.")
+    generated_text: str = Field(description="What the model generated (cleaned).")
     cached: bool = Field(description="True when the answer came from the response cache.")
     usage: UsageOut
     timings: TimingsOut
@@ -74,6 +113,7 @@ class AnswerOut(BaseModel):
             question=answer.question,
             answer=answer.text,
             citations=citations_of(answer),
+            **checked_of(answer),
             cached=answer.cached,
             usage=UsageOut(**vars(answer.usage)),
             timings=TimingsOut(**vars(answer.timings)),
@@ -86,9 +126,29 @@ def citations_of(answer: Answer) -> list[CitationOut]:
     return [CitationOut(**vars(c)) for c in answer.citations]
 
 
-class DoneOut(BaseModel):
-    """Data of the streamed `done` event: everything but the text and citations."""
+def checked_of(answer: Answer) -> dict[str, Any]:
+    """The fields the answer check adds: mode, groundedness, evidence, sentences, text."""
+    return {
+        "mode": answer.mode,
+        "groundedness": answer.groundedness,
+        "evidence": [QuoteOut(**{**vars(q), "title_path": list(q.title_path)})
+                     for q in answer.evidence],
+        "sentences": [SentenceCheckOut(**{**vars(c), "missing": list(c.missing)})
+                      for c in answer.sentences],
+        "generated_text": answer.generated_text,
+    }
 
+
+class DoneOut(BaseModel):
+    """Data of the streamed `done` event: the final answer (it may differ from the streamed
+    tokens: a quote replaces an unsupported answer), its check and evidence; not citations."""
+
+    answer: str
+    mode: Literal["generated", "quote", "abstained"]
+    groundedness: float
+    evidence: list[QuoteOut]
+    sentences: list[SentenceCheckOut]
+    generated_text: str
     cached: bool
     usage: UsageOut
     timings: TimingsOut
@@ -97,7 +157,8 @@ class DoneOut(BaseModel):
 
     @classmethod
     def of(cls, answer: Answer) -> DoneOut:
-        return cls(cached=answer.cached, usage=UsageOut(**vars(answer.usage)),
+        return cls(answer=answer.text, **checked_of(answer), cached=answer.cached,
+                   usage=UsageOut(**vars(answer.usage)),
                    timings=TimingsOut(**vars(answer.timings)), model=answer.model,
                    index_version=answer.index_version)
 

@@ -1,7 +1,8 @@
 """An answer as Server-Sent Events, generated off the event loop.
 
 Events: `token` (data: a piece of answer text), `citations` (data: JSON list of citations),
-`done` (data: JSON with cached, usage, timings, model, index_version) and, if the answer fails
+`done` (data: JSON with the final answer, mode, groundedness, evidence, sentences, cached, usage,
+timings, model, index_version; the final answer replaces the streamed text) and, if the answer fails
 after it started, `error` (data: the JSON error body). Errors before the first token are
 plain HTTP errors instead, so clients see a 4xx/5xx status.
 """

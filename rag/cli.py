@@ -84,12 +84,26 @@ def ask(
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
     console.print(answer.text, markup=False)
+    labels = {"generated": f"checked: {answer.groundedness:.0%} of its sentences supported",
+              "quote": "a quote: the generated answer was not supported by the sources",
+              "abstained": "no answer"}
+    console.print(f"[dim]({labels[answer.mode]})[/]")
+    if answer.mode == "generated" and answer.groundedness < 1.0:
+        console.print("generated: " + answer.generated_text, style="dim", markup=False)
+    for q in answer.evidence:
+        if q.supports is None and not (answer.mode == "quote" and q is answer.evidence[0]):
+            continue
+        page = f", page {q.page}" if q.page else ""
+        console.print(f"\n[green]evidence[/] [{q.source}] {q.filename}{page} "
+                      f"(chars {q.start}-{q.end}):")
+        console.print("    " + " ".join(q.text.split()), markup=False)
     for c in answer.citations:
         page = f", page {c.page}" if c.page else ""
         console.print(f"\n[bold][{c.number}][/] {c.filename}{page} (chars {c.start}-{c.end})")
         console.print("    " + " ".join(c.text.split())[:400], markup=False)
     t = answer.timings
-    console.print(f"\nretrieve {t.retrieve_ms:.0f} ms, prompt {t.prompt_ms:.0f} ms, "
+    console.print(f"\nretrieve {t.retrieve_ms:.0f} ms, evidence {t.evidence_ms:.0f} ms, "
+                  f"prompt {t.prompt_ms:.0f} ms, check {t.check_ms:.0f} ms, "
                   f"first token {t.first_token_ms:.0f} ms, total {t.total_ms:.0f} ms; "
                   f"{answer.usage.prompt_tokens} prompt + {answer.usage.completion_tokens} "
                   f"answer tokens{' (cached)' if answer.cached else ''}")

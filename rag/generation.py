@@ -35,6 +35,7 @@ from rag.model_files import (
 )
 from rag.prompt import Prompt
 from rag.settings import Settings
+from rag.stopping import token_loop
 from rag.types import Usage
 
 __all__ = [
@@ -219,36 +220,17 @@ class _StopWhenSet(StoppingCriteria):
 
 
 class _StopOnLoop(StoppingCriteria):
-    """Ends generation when the answer is stuck repeating itself.
-
-    Small models fall into loops ("denied, denied, denied, ..."); once a run of `span` tokens
-    repeats back to back over at least `min_tokens` tokens (and at least `times` times), nothing
-    new follows under greedy decoding. Short legitimate repeats (a table rule "|---|---|")
-    stay under those bounds.
+    """Ends generation when the answer repeats a run of tokens back to back (see
+    `rag.stopping.token_loop`; whole repeated sentences are caught on the text, in rag.generate).
     """
 
-    def __init__(
-        self, prompt_tokens: int, times: int = 3, min_tokens: int = 12, max_span: int = 16
-    ) -> None:
+    def __init__(self, prompt_tokens: int) -> None:
         self._start = prompt_tokens
-        self._times = times
-        self._min_tokens = min_tokens
-        self._max_span = max_span
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         # input_ids: (batch, prompt + generated tokens); one flag per sequence
-        flags = [self._looping(row[self._start :].tolist()) for row in input_ids]
+        flags = [token_loop(row[self._start :].tolist()) for row in input_ids]
         return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
-
-    def _looping(self, generated: list[int]) -> bool:
-        for span in range(1, self._max_span + 1):
-            needed = span * max(self._times, -(-self._min_tokens // span))
-            if len(generated) < needed:
-                continue
-            tail = generated[-needed:]
-            if all(tail[i] == tail[i % span] for i in range(needed)):
-                return True
-        return False
 
 
 class LocalGenerator:

@@ -1,5 +1,8 @@
 """Prompt assembly: a stable system prompt, numbered sources that fit the budget, the question.
 
+A source is a retrieved chunk: either its whole text (`chunks` context) or the evidence
+sentences chosen from it (`evidence` context, see rag.evidence).
+
 The budget is counted with the generator's own tokenizer on the fully rendered chat template,
 so `len(prompt.input_ids) + max_new_tokens <= context_window` holds for any input.
 """
@@ -10,22 +13,26 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from rag.errors import ConfigError, InvalidInput
+from rag.pipeline import AskContext, quiet
 from rag.types import ScoredChunk
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from rag.evidence import Evidence, ScoredSentence
+    from rag.generation import Generator
+
 # Kept short for a 135M model, and never formatted: the KV cache of this prefix can be reused.
 SYSTEM_PROMPT = (
-    "Answer the question using only the numbered sources. "
-    "Cite the sources you use like [1]. "
+    "Answer the question in one short sentence, using only the numbered sources. "
+    "Cite the source you use like [1]. "
     'If the sources do not answer it, say "The documents do not contain this."'
 )
 # Bump when SYSTEM_PROMPT or the layout below changes: it is part of the response cache key.
-PROMPT_TEMPLATE_VERSION = "1"
+PROMPT_TEMPLATE_VERSION = "2"
 
 # A sentence ends at . ! or ? (closing quotes or brackets included) followed by space or the end.
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")
@@ -41,6 +48,27 @@ class Prompt:
     dropped: tuple[ScoredChunk, ...]
     prompt_tokens: int
     budget: int
+    # Per source, the evidence sentences the prompt shows (empty: the chunk's whole text).
+    evidence: tuple[tuple[ScoredSentence, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One numbered source as the prompt shows it."""
+
+    scored: ScoredChunk
+    sentences: tuple[ScoredSentence, ...] = ()
+
+    @property
+    def text(self) -> str:
+        if not self.sentences:
+            return self.scored.chunk.text
+        parts = [self.sentences[0].sentence.text]
+        for before, after in zip(self.sentences, self.sentences[1:], strict=False):
+            gap = after.sentence.start - before.sentence.end
+            # Neighbouring sentences read on; a gap between them is shown as one.
+            parts.append((" " if gap <= 3 else " … ") + after.sentence.text)
+        return "".join(parts)
 
 
 def build_prompt(
@@ -55,6 +83,29 @@ def build_prompt(
     Chunks are taken in rank order while they fit; the first one that does not is cut to its
     longest sentence prefix that fits (or dropped if no sentence does), and the rest are dropped.
     """
+    return _build(question, [_Block(c) for c in chunks], tokenizer, context_window,
+                  max_new_tokens)
+
+
+def build_evidence_prompt(
+    question: str,
+    evidence: Evidence,
+    tokenizer: PreTrainedTokenizerBase,
+    context_window: int,
+    max_new_tokens: int,
+) -> Prompt:
+    """Like `build_prompt`, with each chunk shown as its evidence sentences (best chunk first)."""
+    blocks = [_Block(scored, sentences) for scored, sentences in evidence.groups]
+    return _build(question, blocks, tokenizer, context_window, max_new_tokens)
+
+
+def _build(
+    question: str,
+    blocks: Sequence[_Block],
+    tokenizer: PreTrainedTokenizerBase,
+    context_window: int,
+    max_new_tokens: int,
+) -> Prompt:
     if tokenizer.chat_template is None:
         raise ConfigError(
             "The generator's tokenizer has no chat template.",
@@ -64,53 +115,58 @@ def build_prompt(
     base = _render(tokenizer, question, ())
     if len(base) > limit:
         raise _question_too_long(question, tokenizer, limit)
-    sources, dropped = _fit_sources(tokenizer, question, chunks, limit)
-    input_ids = _render(tokenizer, question, sources)
+    used, dropped = _fit_sources(tokenizer, question, blocks, limit)
+    input_ids = _render(tokenizer, question, used)
     return Prompt(
-        messages=_messages(question, sources),
+        messages=_messages(question, used),
         input_ids=input_ids,
-        sources=sources,
-        dropped=dropped,
+        sources=tuple(b.scored for b in used),
+        dropped=tuple(b.scored for b in dropped),
         prompt_tokens=len(input_ids),
         budget=limit - len(base),
+        evidence=tuple(b.sentences for b in used),
     )
 
 
 def _fit_sources(
     tokenizer: PreTrainedTokenizerBase,
     question: str,
-    chunks: Sequence[ScoredChunk],
+    blocks: Sequence[_Block],
     limit: int,
-) -> tuple[tuple[ScoredChunk, ...], tuple[ScoredChunk, ...]]:
-    """Split `chunks` into the sources that fit under `limit` tokens and the dropped rest."""
-    used: tuple[ScoredChunk, ...] = ()
-    for rank, scored in enumerate(chunks):
-        if len(_render(tokenizer, question, (*used, scored))) <= limit:
-            used = (*used, scored)
+) -> tuple[tuple[_Block, ...], tuple[_Block, ...]]:
+    """Split `blocks` into the sources that fit under `limit` tokens and the dropped rest."""
+    used: tuple[_Block, ...] = ()
+    for rank, block in enumerate(blocks):
+        if len(_render(tokenizer, question, (*used, block))) <= limit:
+            used = (*used, block)
             continue
-        cut = _cut_to_fit(tokenizer, question, used, scored, limit)
+        cut = _cut_to_fit(tokenizer, question, used, block, limit)
         if cut is None:
-            return used, tuple(chunks[rank:])
-        return (*used, cut), tuple(chunks[rank + 1 :])
+            return used, tuple(blocks[rank:])
+        return (*used, cut), tuple(blocks[rank + 1 :])
     return used, ()
 
 
 def _cut_to_fit(
     tokenizer: PreTrainedTokenizerBase,
     question: str,
-    used: tuple[ScoredChunk, ...],
-    scored: ScoredChunk,
+    used: tuple[_Block, ...],
+    block: _Block,
     limit: int,
-) -> ScoredChunk | None:
-    """The longest sentence prefix of `scored` that still fits after `used`, or None."""
-    ends = [match.end() for match in _SENTENCE_END.finditer(scored.chunk.text)]
-    best: ScoredChunk | None = None
-    low, high = 0, len(ends) - 1
+) -> _Block | None:
+    """The longest sentence prefix of `block` that still fits after `used`, or None."""
+    if block.sentences:
+        cuts = [_Block(block.scored, block.sentences[:n]) for n in
+                range(1, len(block.sentences))]
+    else:
+        ends = [match.end() for match in _SENTENCE_END.finditer(block.scored.chunk.text)]
+        cuts = [_Block(_truncated(block.scored, end)) for end in ends]
+    best: _Block | None = None
+    low, high = 0, len(cuts) - 1
     while low <= high:  # binary search: longer prefixes never take fewer tokens
         middle = (low + high) // 2
-        candidate = _truncated(scored, ends[middle])
-        if len(_render(tokenizer, question, (*used, candidate))) <= limit:
-            best, low = candidate, middle + 1
+        if len(_render(tokenizer, question, (*used, cuts[middle]))) <= limit:
+            best, low = cuts[middle], middle + 1
         else:
             high = middle - 1
     return best
@@ -127,7 +183,7 @@ def _truncated(scored: ScoredChunk, length: int) -> ScoredChunk:
 
 
 def _render(
-    tokenizer: PreTrainedTokenizerBase, question: str, sources: tuple[ScoredChunk, ...]
+    tokenizer: PreTrainedTokenizerBase, question: str, sources: tuple[_Block, ...]
 ) -> tuple[int, ...]:
     """Token ids of the chat template with the assistant turn opened."""
     ids = tokenizer.apply_chat_template(
@@ -141,19 +197,19 @@ def _render(
     return tuple(cast("list[int]", ids))
 
 
-def _messages(question: str, sources: tuple[ScoredChunk, ...]) -> tuple[dict[str, str], ...]:
+def _messages(question: str, sources: tuple[_Block, ...]) -> tuple[dict[str, str], ...]:
     """System prompt first, then one user message: numbered sources, then the question."""
-    blocks = [_source_block(number, scored) for number, scored in enumerate(sources, start=1)]
+    blocks = [_source_block(number, block) for number, block in enumerate(sources, start=1)]
     user = "".join(blocks) + f"Question: {question}"
     return ({"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user})
 
 
-def _source_block(number: int, scored: ScoredChunk) -> str:
+def _source_block(number: int, block: _Block) -> str:
     """`[n] filename (p. X): text` followed by a blank line."""
-    chunk = scored.chunk
-    label = scored.filename or f"document {chunk.document_id[:12]}"
+    chunk = block.scored.chunk
+    label = block.scored.filename or f"document {chunk.document_id[:12]}"
     page = f" (p. {chunk.page})" if chunk.page is not None else ""
-    return f"[{number}] {label}{page}: {chunk.text}\n\n"
+    return f"[{number}] {label}{page}: {block.text}\n\n"
 
 
 def _question_too_long(
@@ -168,3 +224,27 @@ def _question_too_long(
         f"context window.",
         "Shorten the question.",
     )
+
+
+class PromptStage:
+    """Ask stage: the prompt, with each source as its evidence sentences (`evidence`) or as
+    the whole retrieved chunk (`chunks`)."""
+
+    name = "prompt"
+
+    def __init__(self, generator: Generator, context: Literal["evidence", "chunks"],
+                 max_new_tokens: int) -> None:
+        self.generator = generator
+        self.context = context
+        self.max_new_tokens = max_new_tokens
+
+    @quiet
+    def run(self, ctx: AskContext) -> AskContext:
+        g = self.generator
+        if self.context == "evidence" and ctx.evidence is not None:
+            prompt = build_evidence_prompt(ctx.question, ctx.evidence, g.tokenizer,
+                                           g.context_window, self.max_new_tokens)
+        else:
+            prompt = build_prompt(ctx.question, ctx.chunks, g.tokenizer, g.context_window,
+                                  self.max_new_tokens)
+        return dataclasses.replace(ctx, prompt=prompt)

@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from rag.embedding import Embedder
 from rag.index import FaissIndex
+from rag.pipeline import AskContext, quiet
 from rag.store import ChunkStore
 from rag.types import Chunk, ScoredChunk
 
@@ -26,6 +27,14 @@ class Query:
     top_k: int = 5
     collection: str | None = None
     document_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """What one search found, and the question's embedding (later stages reuse it)."""
+
+    chunks: list[ScoredChunk]
+    vector: npt.NDArray[np.float32]  # (dim,)
 
 
 class BM25Index:
@@ -87,6 +96,10 @@ class Retriever:
 
     def retrieve(self, query: Query) -> list[ScoredChunk]:
         """Top-k fused results, best first; overlapping windows of a document merged."""
+        return self.search(query).chunks
+
+    def search(self, query: Query) -> Retrieval:
+        """`retrieve`, with the question's embedding."""
         allowed = None
         if query.collection or query.document_ids:
             allowed = self.store.searchable_ids(query.collection, query.document_ids)
@@ -107,7 +120,7 @@ class Retriever:
                         names.get(chunks[cid].document_id, ""))
             for cid, score in fused if cid in chunks
         ]
-        return merge_overlaps(scored)[: query.top_k]
+        return Retrieval(merge_overlaps(scored)[: query.top_k], vector[0])
 
     def best_dense_score(self, results: Sequence[ScoredChunk]) -> float:
         scores = [r.dense_score for r in results if r.dense_score is not None]
@@ -166,3 +179,17 @@ def _union(a: Chunk, b: Chunk) -> Chunk:
 def _max(a: float | None, b: float | None) -> float | None:
     values = [v for v in (a, b) if v is not None]
     return max(values) if values else None
+
+
+class RetrieveStage:
+    """Ask stage: the chunks that answer the question, and the question's vector."""
+
+    name = "retrieve"
+
+    def __init__(self, retriever: Retriever) -> None:
+        self.retriever = retriever
+
+    @quiet
+    def run(self, ctx: AskContext) -> AskContext:
+        found = self.retriever.search(ctx.query)
+        return replace(ctx, chunks=tuple(found.chunks), vector=found.vector)

@@ -2,8 +2,9 @@
 
 sentencex (Wikimedia's rule-based segmenter) finds the sentences; its pieces join back to the
 input exactly, so offsets are sums of lengths. Text without sentence punctuation (a CSV, code,
-a list) still yields usable spans: a piece longer than `max_chars` is cut at line breaks, and a
-line still too long into windows that end at whitespace.
+a list) still yields usable spans: table rows and list items are spans of their own, a piece
+longer than `max_chars` is cut at line breaks, and a line still too long into windows that end
+at whitespace.
 """
 
 from __future__ import annotations
@@ -47,11 +48,18 @@ def _parts(piece: str, max_chars: int) -> Iterator[tuple[int, int]]:
     cuts = [match.start() + 1 for match in _LIST_ITEM.finditer(piece)]
     bounds = [0, *cuts, len(piece)]
     for b_start, b_end in zip(bounds, bounds[1:], strict=False):
-        if len(piece[b_start:b_end].strip()) <= max_chars:
+        block = piece[b_start:b_end].strip()
+        if len(block) <= max_chars and not _is_table(block):
             yield from _trimmed(piece, b_start, b_end)
             continue
         for line in _LINE.finditer(piece, b_start, b_end):
             yield from _windows(piece, line.start(), line.end(), max_chars)
+
+
+def _is_table(block: str) -> bool:
+    """Rows as the parser renders tables ("a | b" per line): each row is a span of its own."""
+    lines = block.splitlines()
+    return len(lines) > 1 and all(" | " in line for line in lines)
 
 
 def _trimmed(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:

@@ -16,17 +16,21 @@ import numpy as np
 
 from rag import parsing
 from rag.cache import ResponseCache, build_cache, cache_key
+from rag.check import CheckStage
 from rag.chunking import ChunkDraft, Chunker, check_window, element_offsets
 from rag.embedding import Embedder, build_embedder
 from rag.errors import EmptyDocument, InvalidInput, NotReady, RagError
+from rag.evidence import EvidenceSelector, EvidenceStage
+from rag.generate import GenerateStage
 from rag.generation import Generator, build_generator
 from rag.index import FaissIndex, read_manifest
-from rag.prompt import PROMPT_TEMPLATE_VERSION, Prompt, build_prompt
-from rag.retrieval import Query, Retriever
+from rag.pipeline import AskContext, AskPipeline
+from rag.prompt import PROMPT_TEMPLATE_VERSION, PromptStage
+from rag.retrieval import Query, Retriever, RetrieveStage
 from rag.sentences import SentenceDraft, sentence_spans
 from rag.settings import Settings
 from rag.store import ChunkStore
-from rag.types import NO_ANSWER, Answer, Citation, Document, Element, ScoredChunk, Timings, Usage
+from rag.types import Answer, Citation, Document, Element, ScoredChunk, Timings, Usage
 from rag.uploads import UploadStore, check_size, sha256_file
 
 log = logging.getLogger(__name__)
@@ -69,6 +73,7 @@ class RagService:
         )
         self.index: FaissIndex | None = None
         self.retriever: Retriever | None = None
+        self.pipeline: AskPipeline | None = None
         self.chunker: Chunker | None = None
         self._local_writer = threading.Lock()
         self._last_version_check = 0.0
@@ -97,6 +102,7 @@ class RagService:
                 self._rebuild_index()
         self.retriever = Retriever(self.store, self.index, self.embedder, s.hybrid, s.rrf_k,
                                    s.candidates)
+        self.pipeline = self._pipeline(self.retriever)
         if generator:
             self.generator.load()
 
@@ -351,55 +357,51 @@ class RagService:
         self, question: str, top_k: int, request: AskRequest, started: float,
         stop: threading.Event | None,
     ) -> collections.abc.Generator[str, None, Answer]:
-        retriever = self.retriever
-        if retriever is None:
+        if self.pipeline is None:
             raise NotReady("The service is still loading.", "Wait for /ready, then retry.")
-        results = retriever.retrieve(
-            Query(question, top_k, request.collection, request.document_ids))
-        t_retrieved = time.perf_counter()
-        if retriever.best_dense_score(results) < self.settings.min_relevance:
-            results = []
-        if not results:
-            yield NO_ANSWER
-            return self._finish(question, NO_ANSWER, None, started, t_retrieved, t_retrieved,
-                                t_retrieved, 0)
-        prompt = build_prompt(question, results, self.generator.tokenizer,
-                              self.generator.context_window, self.settings.max_new_tokens)
-        t_prompt = time.perf_counter()
-        pieces: list[str] = []
-        first: float | None = None
-        stream = self.generator.stream(prompt, self.settings.max_new_tokens, stop)
-        try:
-            for piece in stream:
-                first = first or time.perf_counter()
-                pieces.append(piece)
-                yield piece
-        finally:
-            stream.close()  # a consumer that leaves early stops generation
-        text = "".join(pieces).strip()
-        completion = stream.usage.completion_tokens
-        return self._finish(question, text, prompt, started, t_retrieved, t_prompt,
-                            first or time.perf_counter(), completion)
+        query = Query(question, top_k, request.collection, request.document_ids)
+        ctx = yield from self.pipeline.run(AskContext(query, stop))
+        return self._finish(ctx, started)
 
-    def _finish(
-        self, question: str, text: str, prompt: Prompt | None, started: float,
-        t_retrieved: float, t_prompt: float, t_first: float, completion: int,
-    ) -> Answer:
+    def _pipeline(self, retriever: Retriever) -> AskPipeline:
+        """The ask path, stage by stage."""
+        s, generator = self.settings, self.generator
+        selector = EvidenceSelector(self.store, self.embedder, s.evidence_sentences, s.rrf_k)
+        return AskPipeline([
+            RetrieveStage(retriever),
+            EvidenceStage(selector, s.min_relevance, s.min_evidence),
+            PromptStage(generator, s.answer_context, s.max_new_tokens),
+            GenerateStage(generator, s.max_new_tokens, s.stop_at_paragraph),
+            CheckStage(s.min_support_overlap, s.unsupported_answer, s.evidence_sentences),
+        ])
+
+    def _finish(self, ctx: AskContext, started: float) -> Answer:
         now = time.perf_counter()
         ms = 1000.0
+        stages = {name: round(value, 3) for name, value in ctx.timings.items()}
+        first = ctx.first_token or now
         timings = Timings(
-            retrieve_ms=(t_retrieved - started) * ms,
-            prompt_ms=(t_prompt - t_retrieved) * ms,
-            first_token_ms=(t_first - started) * ms,
-            generate_ms=(now - t_prompt) * ms,
+            retrieve_ms=stages.get("retrieve", 0.0),
+            evidence_ms=stages.get("evidence", 0.0),
+            prompt_ms=stages.get("prompt", 0.0),
+            first_token_ms=(first - started) * ms,
+            generate_ms=stages.get("generate", 0.0),
+            check_ms=stages.get("check", 0.0),
             total_ms=(now - started) * ms,
+            stages=stages,
         )
+        prompt = ctx.prompt
         sources = prompt.sources if prompt else ()
         return Answer(
-            question=question,
-            text=text,
+            question=ctx.question,
+            text=ctx.text,
             citations=tuple(_citation(n, s) for n, s in enumerate(sources, start=1)),
-            usage=Usage(prompt.prompt_tokens if prompt else 0, completion),
+            mode=ctx.mode,
+            groundedness=ctx.groundedness,
+            evidence=ctx.quotes,
+            sentences=ctx.sentences,
+            generated_text=ctx.generated,
+            usage=Usage(prompt.prompt_tokens if prompt else 0, ctx.completion_tokens),
             timings=timings,
             used_chunk_ids=tuple(s.chunk.id for s in sources),
             dropped_chunk_ids=tuple(s.chunk.id for s in prompt.dropped) if prompt else (),
@@ -436,6 +438,10 @@ class RagService:
             "max_new_tokens": s.max_new_tokens, "temperature": s.temperature,
             "context": s.context_window, "template": PROMPT_TEMPLATE_VERSION,
             "hybrid": s.hybrid, "min_relevance": s.min_relevance,
+            "answer_context": s.answer_context, "evidence_sentences": s.evidence_sentences,
+            "min_evidence": s.min_evidence, "unsupported_answer": s.unsupported_answer,
+            "min_support_overlap": s.min_support_overlap,
+            "stop_at_paragraph": s.stop_at_paragraph,
         })
 
 

@@ -73,6 +73,33 @@ class Settings(BaseSettings):
         description="Best dense cosine below this means the documents do not hold the answer.",
     )
 
+    # Evidence and the answer check
+    answer_context: Literal["evidence", "chunks"] = Field(
+        "evidence",
+        description="What the prompt shows of each source: the best evidence sentences, or "
+        "whole retrieved chunks.",
+    )
+    evidence_sentences: int = Field(
+        4, ge=1, le=50, description="Evidence sentences chosen per question (neighbours added)."
+    )
+    min_evidence: float = Field(
+        0.35,
+        description="Best evidence sentence's dense cosine below this: abstain.",
+    )
+    unsupported_answer: Literal["quote", "flag", "drop"] = Field(
+        "quote",
+        description="An answer the evidence does not support: quote (keep its supported "
+        "sentences, else answer with the best evidence sentence as a quote), flag (keep it, "
+        "marked unsupported) or drop (abstain).",
+    )
+    min_support_overlap: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Share of a sentence's content words its best quote must hold to support it.",
+    )
+    stop_at_paragraph: bool = Field(
+        True, description="End the answer at its first blank line (a small model's answer)."
+    )
+
     # Generation
     generator_backend: Literal["local", "openai"] = Field(
         "local", description="local: transformers in process; openai: an OpenAI-compatible server."

@@ -144,6 +144,7 @@ class Timings:
     generate_ms: float = 0.0
     check_ms: float = 0.0
     total_ms: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)  # every ask stage by name, ms
 
 
 # How an answer was made: the generator's text kept, a verified quote instead, or no answer.

@@ -49,6 +49,13 @@
                  background: #f4f6fb; white-space: pre-wrap; font-size: .9rem;
                  max-height: 14rem; overflow-y: auto; }
     .meta { color: #5b6478; font-size: .8rem; margin-top: .5rem; }
+    .evidence:empty { display: none; }
+    .evidence { margin: .6rem 0 0; font-size: .9rem; }
+    .evidence p { margin: 0; color: #34405a; }
+    .evidence blockquote { max-height: none; }
+    .evidence cite { display: block; font-style: normal; color: #5b6478; font-size: .8rem; }
+    .unverified { color: #8a5a00; }
+    mark { background: #fff1a8; }
   `;
 
   const host = document.createElement("div");
@@ -66,13 +73,14 @@
       <p class="status" role="status" aria-live="polite"></p>
       <p class="error" role="alert"></p>
       <div class="answer" aria-live="polite"></div>
+      <div class="evidence" aria-label="Evidence"></div>
       <ol class="citations" aria-label="Sources"></ol>
       <div class="meta"></div>
     </section>`;
   const $ = (selector) => root.querySelector(selector);
   const box = $(".box"), form = $("form"), input = $("textarea"), button = $("button");
   const statusLine = $(".status"), errorLine = $(".error"), answerBox = $(".answer");
-  const list = $(".citations"), meta = $(".meta");
+  const list = $(".citations"), meta = $(".meta"), evidenceBox = $(".evidence");
   $("h2").textContent = title;
 
   let current = null; // AbortController of the question being answered
@@ -87,6 +95,7 @@
   function reset() {
     errorLine.textContent = "";
     answerBox.textContent = "";
+    evidenceBox.textContent = "";
     list.textContent = "";
     meta.textContent = "";
   }
@@ -190,8 +199,53 @@
     }
   }
 
-  function finish(info, count) {
-    linkMarkers(count);
+  // The quotes that support the answer, under it; each highlighted in its source passage.
+  function showEvidence(info, cited) {
+    const quotes = info.mode === "quote" ? info.evidence.slice(0, 1)
+                                         : info.evidence.filter((q) => q.supports !== null);
+    if (info.mode === "abstained") return;
+    const label = document.createElement("p");
+    if (info.mode === "quote") {
+      label.className = "unverified";
+      label.textContent = "The model's answer could not be checked against the sources, " +
+                          "so this is the passage that best answers the question:";
+    } else if (quotes.length === 0) {
+      label.className = "unverified";
+      label.textContent = "No passage of the sources supports this answer.";
+    } else {
+      label.textContent = "Supported by:";
+    }
+    evidenceBox.append(label);
+    for (const q of quotes) {
+      const block = document.createElement("blockquote");
+      block.className = "quote";
+      block.textContent = q.text;
+      const source = document.createElement("cite");
+      source.textContent = "[" + q.source + "] " + q.filename + (q.page ? ", page " + q.page : "");
+      block.append(source);
+      evidenceBox.append(block);
+      highlight(q, cited.find((c) => c.number === q.source));
+    }
+  }
+
+  // Mark the quoted words inside the cited passage (offsets are into the parsed document).
+  function highlight(quote, citation) {
+    if (!citation) return;
+    const passage = root.getElementById("source-" + citation.number).querySelector("blockquote");
+    const text = passage.textContent;
+    const from = quote.start - citation.start, to = quote.end - citation.start;
+    if (from < 0 || to > text.length || text.slice(from, to) !== quote.text) return;
+    passage.textContent = "";
+    const mark = document.createElement("mark");
+    mark.textContent = text.slice(from, to);
+    passage.append(document.createTextNode(text.slice(0, from)), mark,
+                   document.createTextNode(text.slice(to)));
+  }
+
+  function finish(info, cited) {
+    answerBox.textContent = info.answer;  // a quote may replace what was streamed
+    linkMarkers(cited.length);
+    showEvidence(info, cited);
     const seconds = (info.timings.total_ms / 1000).toFixed(1);
     meta.textContent = info.cached ? "Answered from cache in " + seconds + " s"
                                    : "Answered in " + seconds + " s";
@@ -217,7 +271,7 @@
       return fail("Could not reach the service. Check your connection and try again.");
     }
     if (!response.ok) return fail(await explain(response));
-    let citations = 0;
+    let citations = [];
     let ended = false;
     try {
       await readEvents(response.body, (event, data) => {
@@ -226,9 +280,8 @@
           const text = answerBox.textContent ? data : data.trimStart();
           if (text) answerBox.append(document.createTextNode(text));
         } else if (event === "citations") {
-          const parsed = JSON.parse(data);
-          citations = parsed.length;
-          showCitations(parsed);
+          citations = JSON.parse(data);
+          showCitations(citations);
         } else if (event === "done") {
           ended = true;
           finish(JSON.parse(data), citations);

@@ -19,6 +19,7 @@ from rag.generation import Generator, TokenStream
 from rag.prompt import Prompt
 from rag.service import AskRequest, RagService
 from rag.settings import Settings
+from rag.stopping import clean_answer
 from rag.types import Usage
 from tests.api.helpers import app_settings, ingest_corpus, live_server, parse_sse, serving
 
@@ -141,10 +142,20 @@ def test_streamed_answer_is_tokens_then_citations_then_done(corpus_service: RagS
         assert done["cached"] is False and done["usage"]["completion_tokens"] > 0
         assert done["timings"]["first_token_ms"] > 0
 
-        # The same question as JSON now comes from the cache: the same text, the same sources.
+        # The tokens are what the model said; `done` carries the checked answer, which is a
+        # quote of the evidence instead where the model's answer was not supported.
+        streamed = "".join(e.data for e in events if e.event == "token")
+        assert clean_answer(streamed) == done["generated_text"]
+        assert done["mode"] in ("generated", "quote") and done["evidence"]
+        if done["mode"] == "generated":
+            assert done["answer"] in done["generated_text"]
+        else:
+            assert done["evidence"][0]["text"] in done["answer"]
+
+        # The same question as JSON now comes from the cache: the same answer, the same sources.
         whole = client.post("/v1/ask", json={"question": TRAIN}).json()
         assert whole["cached"] is True
-        assert "".join(e.data for e in events if e.event == "token").strip() == whole["answer"]
+        assert done["answer"] == whole["answer"] and done["evidence"] == whole["evidence"]
         assert whole["citations"] == citations
 
         cached = parse_sse(client.post("/v1/ask", json={"question": TRAIN, "stream": True}).text)
@@ -202,7 +213,9 @@ def test_error_mid_stream_arrives_as_an_error_event(
 def test_health_answers_while_generating_and_a_disconnect_stops_generation(
     tmp_path: Path, embedder: Any, generator: Any
 ) -> None:
-    service, spy = spied_service(tmp_path, embedder, generator, max_new_tokens=96, cache_size=0)
+    service, spy = spied_service(tmp_path, embedder, generator, max_new_tokens=96, cache_size=0,
+                                 stop_at_paragraph=False, unsupported_answer="flag",
+                                 answer_context="chunks")
     full = service.ask(AskRequest(LONG))
     assert full.usage.completion_tokens >= 48, "pick a question with a longer answer"
     uninterrupted = spy.runs[-1].pieces
@@ -238,8 +251,7 @@ def test_concurrent_asks_share_the_model_safely(corpus_service: RagService) -> N
             if not stream:
                 assert response.json()["cached"] is False
                 return str(response.json()["answer"])
-            events = parse_sse(response.text)
-            return "".join(e.data for e in events if e.event == "token").strip()
+            return str(parse_sse(response.text)[-1].json()["answer"])
 
         with ThreadPoolExecutor(3) as pool:
             together = list(pool.map(ask, questions, [False, True, False]))

@@ -147,6 +147,16 @@ def test_widget_streams_an_answer_with_citations_and_explains_errors(
             assert quote.is_visible() and "chunk" in quote.inner_text().lower()
             assert "Answered in" in widget(page, ".meta").inner_text()
 
+            # The supporting quote under the answer, its words highlighted in the source passage.
+            evidence = widget(page, ".evidence")
+            assert evidence.locator("p").inner_text() in (
+                "Supported by:", "The model's answer could not be checked against the sources, "
+                "so this is the passage that best answers the question:")
+            shown = evidence.locator("blockquote.quote").first
+            marked = widget(page, "details blockquote mark").first.text_content() or ""
+            assert "200" in marked and marked in (shown.text_content() or "")
+            assert "ingestion.md" in shown.locator("cite").inner_text()
+
             ARTIFACTS.mkdir(exist_ok=True)
             shot = ARTIFACTS / "widget-answer.png"
             page.screenshot(path=str(shot), full_page=True)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from rag.errors import EmptyDocument, InvalidInput, TooLarge, UnsupportedType
-from rag.service import NO_ANSWER, AskRequest, RagService
+from rag.service import AskRequest, RagService
+from rag.types import NO_ANSWER
 
 pytestmark = pytest.mark.slow
 

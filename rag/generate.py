@@ -1,0 +1,49 @@
+"""Ask stage: generate the answer, streaming its text, stopping where the answer ends.
+
+Generation stops at the first repeat (a sentence, a near-repeat of one, or any stretch of text
+said twice in a row) and at the end of the answer's first paragraph; the text kept is the
+cleaned answer (first paragraph, each sentence once). Token-level loops are caught inside the
+local generator too (`rag.generation`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+from rag.generation import Generator
+from rag.pipeline import AskContext, Pieces
+from rag.stopping import AnswerStop, clean_answer
+
+log = logging.getLogger(__name__)
+
+
+class GenerateStage:
+    name = "generate"
+
+    def __init__(self, generator: Generator, max_new_tokens: int,
+                 stop_at_paragraph: bool = True) -> None:
+        self.generator = generator
+        self.max_new_tokens = max_new_tokens
+        self.stop_at_paragraph = stop_at_paragraph
+
+    def run(self, ctx: AskContext) -> Pieces:
+        assert ctx.prompt is not None, "the prompt stage runs first"
+        rule = AnswerStop(self.stop_at_paragraph)
+        text = ""
+        first: float | None = None
+        stream = self.generator.stream(ctx.prompt, self.max_new_tokens, ctx.stop)
+        try:
+            for piece in stream:
+                first = first or time.perf_counter()
+                text += piece
+                yield piece
+                if rule.update(text):
+                    log.debug("generation stopped: %s", rule.reason)
+                    break
+        finally:
+            stream.close()  # stops the generator behind it
+        return replace(ctx, generated=clean_answer(text, self.stop_at_paragraph),
+                       completion_tokens=stream.usage.completion_tokens,
+                       first_token=first or time.perf_counter(), stop_reason=rule.reason)

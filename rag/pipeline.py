@@ -1,0 +1,111 @@
+"""The ask path as a short pipeline of typed stages.
+
+Each stage takes the `AskContext` so far and returns a new one; a stage that streams (the
+generator) yields text pieces on the way. A stage that settles the answer early (no relevant
+source: abstain) sets `done`, and the stages after it are skipped. The pipeline times every
+stage under its `name`.
+
+Adding a stage (a reranker, a query rewrite) is one module with a class that has `name` and
+`run`, and one line in `RagService._pipeline`.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from rag.types import AnswerMode, Quote, ScoredChunk, SentenceCheck
+
+if TYPE_CHECKING:
+    from rag.evidence import Evidence
+    from rag.prompt import Prompt
+    from rag.retrieval import Query
+
+Pieces = Generator[str, None, "AskContext"]
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class AskContext:
+    """Everything one ask has found so far; stages fill it in order."""
+
+    query: Query
+    stop: threading.Event | None = None
+    # retrieve
+    chunks: tuple[ScoredChunk, ...] = ()
+    vector: npt.NDArray[np.float32] | None = None  # the question's embedding, (dim,)
+    # select evidence
+    evidence: Evidence | None = None
+    # build prompt
+    prompt: Prompt | None = None
+    # generate
+    generated: str = ""  # the generator's text, cleaned (first paragraph, no repeats)
+    completion_tokens: int = 0
+    first_token: float | None = None  # time.perf_counter() of the first piece
+    stop_reason: str | None = None
+    # check
+    text: str = ""  # the answer as given
+    mode: AnswerMode = "generated"
+    groundedness: float = 0.0
+    sentences: tuple[SentenceCheck, ...] = ()
+    quotes: tuple[Quote, ...] = ()
+    # bookkeeping
+    done: bool = False  # the answer is settled; later stages are skipped
+    timings: Mapping[str, float] = field(default_factory=dict)  # stage name -> ms
+
+    @property
+    def question(self) -> str:
+        return self.query.text
+
+
+class Stage(Protocol):
+    """One step of the ask path."""
+
+    name: str
+
+    def run(self, ctx: AskContext) -> Pieces:
+        """Return the context with this stage's findings; may yield answer text pieces."""
+        ...
+
+
+class AskPipeline:
+    """Runs stages in order, timing each, until one settles the answer."""
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        names = [stage.name for stage in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique: {names}")
+        self.stages = tuple(stages)
+
+    def run(self, ctx: AskContext) -> Pieces:
+        for stage in self.stages:
+            if ctx.done:
+                break
+            started = time.perf_counter()
+            ctx = yield from stage.run(ctx)
+            elapsed = (time.perf_counter() - started) * 1000.0
+            ctx = replace(ctx, timings={**ctx.timings, stage.name: elapsed})
+        return ctx
+
+
+def quiet(run: Callable[[S, AskContext], AskContext]) -> Callable[[S, AskContext], Pieces]:
+    """Make a stage's plain `run` (one that streams nothing) a `Stage.run`."""
+
+    @functools.wraps(run)
+    def wrapped(self: S, ctx: AskContext) -> Pieces:
+        yield from ()
+        return run(self, ctx)
+
+    return wrapped
+
+
+def settle(ctx: AskContext, text: str, mode: AnswerMode) -> AskContext:
+    """The context with its answer settled: later stages are skipped."""
+    return replace(ctx, text=text, mode=mode, done=True)
