@@ -175,3 +175,5 @@ def test_http_target_against_the_real_api(api_client: httpx.Client) -> None:
     assert row["error"] is None, row["error"]
     assert row["citations"] and row["scores"]["hit@1"] == 1.0
     assert row["timings"]["total_ms"] > 0 and result["index_version"]
+    assert row["mode"] in result["aggregates"]["modes"]  # the API's mode, one of the three
+    assert {q["document"] for q in row["evidence"]} <= {"rail.txt", "bees.txt"}
