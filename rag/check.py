@@ -144,17 +144,20 @@ class CheckStage:
     """Ask stage: check the generated answer against its evidence and settle what to answer.
 
     `unsupported`: what an answer with unsupported sentences becomes. `quote` keeps its
-    supported sentences, or when none is, answers with the best evidence sentence as a quote;
-    `flag` keeps it as it is (each sentence marked in `sentences`); `drop` abstains.
+    supported sentences, or when none is, answers with the best evidence sentence as a quote
+    (also when the model declined but that sentence's cosine to the question reaches
+    `min_quote_score`: a small model declines wrongly); `flag` keeps it as it is (each sentence
+    marked in `sentences`); `drop` abstains.
     """
 
     name = "check"
 
     def __init__(self, min_overlap: float, unsupported: UnsupportedAnswer,
-                 quotes: int = 4) -> None:
+                 quotes: int = 4, min_quote_score: float = 0.5) -> None:
         self.min_overlap = min_overlap
         self.unsupported = unsupported
         self.quotes = quotes
+        self.min_quote_score = min_quote_score
 
     @quiet
     def run(self, ctx: AskContext) -> AskContext:
@@ -172,7 +175,8 @@ class CheckStage:
         groundedness = len(supported) / len(checks) if checks else 0.0
         lead: int | None = None
         mode: AnswerMode
-        if declined:
+        strong = bool(shown) and shown[0].item.dense >= self.min_quote_score
+        if declined and not (self.unsupported == "quote" and strong):
             text, mode = NO_ANSWER, "abstained"
         elif (checks and len(supported) == len(checks)) or self.unsupported == "flag":
             text, mode = ctx.generated, "generated"

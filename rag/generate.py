@@ -44,6 +44,8 @@ class GenerateStage:
                     break
         finally:
             stream.close()  # stops the generator behind it
-        return replace(ctx, generated=clean_answer(text, self.stop_at_paragraph),
-                       completion_tokens=stream.usage.completion_tokens,
+        tokens = stream.usage.completion_tokens
+        cut_off = rule.reason is None and tokens >= self.max_new_tokens
+        return replace(ctx, generated=clean_answer(text, self.stop_at_paragraph, cut_off),
+                       completion_tokens=tokens,
                        first_token=first or time.perf_counter(), stop_reason=rule.reason)

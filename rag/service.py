@@ -372,7 +372,8 @@ class RagService:
             EvidenceStage(selector, s.min_relevance, s.min_evidence),
             PromptStage(generator, s.answer_context, s.max_new_tokens),
             GenerateStage(generator, s.max_new_tokens, s.stop_at_paragraph),
-            CheckStage(s.min_support_overlap, s.unsupported_answer, s.evidence_sentences),
+            CheckStage(s.min_support_overlap, s.unsupported_answer, s.evidence_sentences,
+                       s.min_quote_score),
         ])
 
     def _finish(self, ctx: AskContext, started: float) -> Answer:
@@ -440,7 +441,7 @@ class RagService:
             "hybrid": s.hybrid, "min_relevance": s.min_relevance,
             "answer_context": s.answer_context, "evidence_sentences": s.evidence_sentences,
             "min_evidence": s.min_evidence, "unsupported_answer": s.unsupported_answer,
-            "min_support_overlap": s.min_support_overlap,
+            "min_support_overlap": s.min_support_overlap, "min_quote_score": s.min_quote_score,
             "stop_at_paragraph": s.stop_at_paragraph,
         })
 

@@ -92,6 +92,11 @@ class Settings(BaseSettings):
         "sentences, else answer with the best evidence sentence as a quote), flag (keep it, "
         "marked unsupported) or drop (abstain).",
     )
+    min_quote_score: float = Field(
+        0.5,
+        description="When the model declines but the best evidence sentence is this close to "
+        "the question (cosine), it is quoted instead (unsupported_answer=quote).",
+    )
     min_support_overlap: float = Field(
         0.5, ge=0.0, le=1.0,
         description="Share of a sentence's content words its best quote must hold to support it.",

@@ -18,7 +18,10 @@ _WORD = re.compile(r"\w+")
 _DIGITS = re.compile(r"\d+")
 # What a small model may put before its answer: "Answer:", "A:", or a source label it copied
 # from the prompt ("[2] guide.md:").
-_LABEL = re.compile(r"^(?:(?:answer|a)\s*:\s*|\[\d+\][^:\n]{0,80}:\s*)+", re.IGNORECASE)
+_LABEL = re.compile(r"^(?:(?:(?:the )?answer(?: is)?|a)\s*:\s*|\[\d+\][^:\n]{0,80}:\s*)+",
+                    re.IGNORECASE)
+# The end of a finished sentence: . ! or ? (and closing quotes, brackets or citations).
+_FINISHED = re.compile(r"[.!?][\"')\]]*(?:\s*\[\d+\])*(?=\s|$)")
 
 
 def sentence_key(sentence: str) -> tuple[str, ...]:
@@ -110,12 +113,19 @@ class AnswerStop:
         return False
 
 
-def clean_answer(text: str, stop_at_paragraph: bool = True) -> str:
-    """The answer as it is kept: its first paragraph, each sentence once (near-repeats too)."""
+def clean_answer(text: str, stop_at_paragraph: bool = True, cut_off: bool = False) -> str:
+    """The answer as it is kept: its first paragraph, each sentence once (near-repeats too).
+
+    `cut_off`: generation ran out of tokens, so an unfinished last sentence is left out (when
+    a finished one comes before it).
+    """
     if stop_at_paragraph:
         end = paragraph_end(text)
         text = text[:end] if end is not None else text
     text = _LABEL.sub("", text.lstrip())
+    if cut_off:
+        ends = [m.end() for m in _FINISHED.finditer(text)]
+        text = text[: ends[-1]] if ends else text
     kept: list[str] = []
     keys: list[tuple[str, ...]] = []
     for match in _SENTENCE.finditer(text):

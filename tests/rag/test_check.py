@@ -80,8 +80,8 @@ def _context(generated: str) -> AskContext:
                       generated=generated)
 
 
-def _check(generated: str, policy: str = "quote") -> AskContext:
-    stage = CheckStage(0.5, policy)  # type: ignore[arg-type]
+def _check(generated: str, policy: str = "quote", min_quote_score: float = 0.5) -> AskContext:
+    stage = CheckStage(0.5, policy, min_quote_score=min_quote_score)  # type: ignore[arg-type]
     runner = stage.run(_context(generated))
     try:
         while True:
@@ -121,6 +121,10 @@ def test_flag_keeps_and_drop_abstains() -> None:
     assert (dropped.text, dropped.mode) == (NO_ANSWER, "abstained")
 
 
-def test_the_model_declining_is_an_abstention() -> None:
-    ctx = _check("The documents do not contain this.")
-    assert (ctx.text, ctx.mode) == (NO_ANSWER, "abstained")
+def test_the_model_declining_is_an_abstention_unless_the_evidence_is_strong() -> None:
+    declined = "The documents do not contain this."  # the best evidence cosine here: 0.8
+    weak = _check(declined, min_quote_score=0.85)
+    assert (weak.text, weak.mode) == (NO_ANSWER, "abstained")
+    strong = _check(declined, min_quote_score=0.75)
+    assert strong.mode == "quote" and strong.quotes[0].score == pytest.approx(0.8)
+    assert _check(declined, "flag", min_quote_score=0.75).mode == "abstained"

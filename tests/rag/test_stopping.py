@@ -67,3 +67,10 @@ def test_clean_answer_keeps_the_first_paragraph_once_without_labels() -> None:
     assert clean_answer(raw) == "Uploads return 202. Status 415 means an unknown type."
     assert clean_answer("Answer: Paris is the capital.") == "Paris is the capital."
     assert clean_answer("A: 42 [1]") == "42 [1]"
+
+
+def test_an_answer_cut_off_by_the_token_limit_loses_its_unfinished_sentence() -> None:
+    text = "The answer is: John I. Jenkins, C.S.C. [2]. He leads the university and the"
+    assert clean_answer(text, cut_off=True) == "John I. Jenkins, C.S.C. [2]."
+    assert clean_answer("John Jenkins [2]", cut_off=True) == "John Jenkins [2]"  # nothing finished
+    assert clean_answer(text) == "John I. Jenkins, C.S.C. [2]. He leads the university and the"
