@@ -49,8 +49,14 @@ def _ingest_samples(service: RagService, sample_dir: Path) -> None:
         if path.is_file():
             service.ingest_file(path, collection="sample")
     answer = service.ask(AskRequest("What is the default chunk size?"))
-    log.info("sample question: What is the default chunk size? -> %s [%s]", answer.text,
-             ", ".join(c.filename for c in answer.citations))
+    quote = next((q for q in answer.evidence if q.supports is not None), None)
+    if answer.mode == "quote" and answer.evidence:
+        quote = answer.evidence[0]
+    evidence = ""
+    if quote is not None:
+        evidence = f'; evidence: "{quote.text}" ({quote.filename}, {quote.start}-{quote.end})'
+    log.info("sample question: What is the default chunk size? -> %s (%s)%s", answer.text,
+             answer.mode, evidence)
 
 
 async def _start_ingestion(loading: asyncio.Task[None], ingestion: IngestService,

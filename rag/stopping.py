@@ -80,6 +80,20 @@ def tail_repeat(text: str, min_chars: int = 40) -> bool:
     return False
 
 
+def word_loop(text: str, max_span: int = 8, min_words: int = 12) -> bool:
+    """The last words repeat a run of at most `max_span` words, numbers counted as the same
+    (so counting "[1] [2] [3] ..." is a loop too), over at least `min_words` words."""
+    words = sentence_key(text)
+    for span in range(1, max_span + 1):
+        needed = max(4 * span, min_words)
+        if len(words) < needed:
+            continue
+        tail = words[-needed:]
+        if all(tail[i] == tail[i % span] for i in range(needed)):
+            return True
+    return False
+
+
 class AnswerStop:
     """Per-answer stop decision on the text so far: `update` after each new piece says whether
     to stop now; `reason` says why."""
@@ -95,7 +109,7 @@ class AnswerStop:
             self.reason = "paragraph end"
         elif self._repeats(text):
             self.reason = "repeated sentence"
-        elif tail_repeat(text):
+        elif tail_repeat(text) or word_loop(text):
             self.reason = "repeated text"
         return self.reason is not None
 

@@ -35,6 +35,11 @@ def test_different_sentences_go_on() -> None:
     assert _feed(text) == (text, None)
 
 
+def test_counting_is_a_loop() -> None:
+    assert _feed("[1] " + " ".join(f"[{n}]" for n in range(1, 60)))[1] == "repeated text"
+    assert _feed("Prices: 200, 300 and 400 euros, or 500 with delivery.")[1] is None
+
+
 def test_text_repeated_without_punctuation_stops() -> None:
     text = "the index holds vectors and the chunk store holds texts and " * 4
     assert _feed(text)[1] == "repeated text"
