@@ -36,6 +36,7 @@ from rag.uploads import UploadStore, check_size, sha256_file
 log = logging.getLogger(__name__)
 
 EMBED_BATCH = 64
+WRITER_LOCK = "rag:index-writer"
 
 Progress = Callable[[str, int, int | None], None]
 T = TypeVar("T")
@@ -145,17 +146,32 @@ class RagService:
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[None]:
-        """One writer changes the index at a time: a Redis lock across processes."""
-        if self.settings.redis_url:
-            import redis
-
-            client = redis.Redis.from_url(self.settings.redis_url)
-            with client.lock("rag:index-writer", timeout=600, blocking_timeout=900):
-                self.refresh_index(force=True)
-                yield
-        else:
+        """One writer changes the index at a time: across processes, a Redis lock held as a
+        short lease that the holder renews, so a holder that dies blocks others for seconds."""
+        if not self.settings.redis_url:
             with self._local_writer:
                 yield
+            return
+        import redis
+
+        client = redis.Redis.from_url(self.settings.redis_url)
+        lease = self.settings.writer_lease_s
+        lock = client.lock(WRITER_LOCK, timeout=lease, blocking_timeout=900, thread_local=False)
+        if not lock.acquire():
+            raise NotReady("Another process has held the index writer for 15 minutes.",
+                           "Check the workers' logs, then retry.")
+        done = threading.Event()
+        renewer = threading.Thread(target=_renew, args=(lock, lease, done),
+                                   name="rag-writer-lease", daemon=True)
+        renewer.start()
+        try:
+            self.refresh_index(force=True)
+            yield
+        finally:
+            done.set()
+            renewer.join()
+            with contextlib.suppress(redis.exceptions.LockError):
+                lock.release()
 
     def refresh_index(self, force: bool = False) -> None:
         """Pick up an index version saved by another process (checked at most every 0.5 s)."""
@@ -444,6 +460,16 @@ class RagService:
             "min_support_overlap": s.min_support_overlap, "min_quote_score": s.min_quote_score,
             "stop_at_paragraph": s.stop_at_paragraph,
         })
+
+
+def _renew(lock: Any, lease: float, done: threading.Event) -> None:
+    """Renew the writer lease every third of it until `done` (the holder's thread owns it)."""
+    while not done.wait(lease / 3):
+        try:
+            lock.reacquire()
+        except Exception as exc:  # lost (expired while this process stalled) or Redis away
+            log.error("the index writer lease could not be renewed: %s", exc)
+            return
 
 
 def _citation(number: int, source: ScoredChunk) -> Citation:

@@ -142,6 +142,11 @@ class Settings(BaseSettings):
         30, gt=0,
         description="A running job whose worker is silent this long is taken over by another.",
     )
+    writer_lease_s: float = Field(
+        10.0, gt=0,
+        description="The index-writer lock is a lease of this many seconds, renewed by its "
+        "holder: a process that dies holding it blocks other writers this long at most.",
+    )
     worker_concurrency: int = Field(1, ge=1, description="Jobs one `rag worker` runs at once.")
     queue_name: str = Field("rag-ingest", description="Name of the ingestion queue in Redis.")
 
