@@ -7,6 +7,7 @@ words left out) occur in one evidence sentence of those sources: its best suppor
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -58,6 +59,10 @@ class Candidate:
 
     text: str
     source: int
+
+    @functools.cached_property
+    def words(self) -> set[str]:
+        return content_words(self.text)
 
 
 def cited_sources(sentence: str) -> set[int]:
@@ -112,7 +117,7 @@ def check_sentence(
     for index, candidate in enumerate(candidates):  # best-ranked first: ties keep the earlier
         if candidate.source not in cited or not words:
             continue
-        overlap = len(words & content_words(candidate.text)) / len(words)
+        overlap = len(words & candidate.words) / len(words)
         if overlap > best_overlap:
             best, best_overlap = index, overlap
     supported = not missing and best is not None and best_overlap >= min_overlap

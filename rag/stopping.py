@@ -42,19 +42,23 @@ def near_repeat(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     return differences == 0 or (differences == 1 and len(a) >= 4)
 
 
-def token_loop(
-    generated: Sequence[int], times: int = 3, min_tokens: int = 12, max_span: int = 16
-) -> bool:
-    """A run of at most `max_span` tokens repeated back to back `times` times, and over at least
-    `min_tokens` tokens (so a short legitimate repeat such as a table rule stays allowed)."""
+def periodic_tail(items: Sequence[object], times: int, min_items: int, max_span: int) -> bool:
+    """The tail of `items` is a run of at most `max_span` items repeated back to back at least
+    `times` times and over at least `min_items` items."""
     for span in range(1, max_span + 1):
-        needed = span * max(times, -(-min_tokens // span))
-        if len(generated) < needed:
+        needed = span * max(times, -(-min_items // span))
+        if len(items) < needed:
             continue
-        tail = generated[-needed:]
+        tail = items[-needed:]
         if all(tail[i] == tail[i % span] for i in range(needed)):
             return True
     return False
+
+
+def token_loop(generated: Sequence[int]) -> bool:
+    """A run of at most 16 tokens said three times back to back, over 12 tokens or more (so a
+    short legitimate repeat such as a table rule stays allowed)."""
+    return periodic_tail(generated, times=3, min_items=12, max_span=16)
 
 
 def paragraph_end(text: str) -> int | None:
@@ -80,18 +84,10 @@ def tail_repeat(text: str, min_chars: int = 40) -> bool:
     return False
 
 
-def word_loop(text: str, max_span: int = 8, min_words: int = 12) -> bool:
-    """The last words repeat a run of at most `max_span` words, numbers counted as the same
-    (so counting "[1] [2] [3] ..." is a loop too), over at least `min_words` words."""
-    words = sentence_key(text)
-    for span in range(1, max_span + 1):
-        needed = max(4 * span, min_words)
-        if len(words) < needed:
-            continue
-        tail = words[-needed:]
-        if all(tail[i] == tail[i % span] for i in range(needed)):
-            return True
-    return False
+def word_loop(text: str) -> bool:
+    """A run of at most 8 words said four times back to back, over 12 words or more, numbers
+    counted as the same (so counting "[1] [2] [3] ..." is a loop too)."""
+    return periodic_tail(sentence_key(text), times=4, min_items=12, max_span=8)
 
 
 class AnswerStop:
