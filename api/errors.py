@@ -9,7 +9,7 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 
-from rag.errors import RagError
+from rag.errors import Overloaded, RagError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ def _respond(exc: Exception, headers: dict[str, str] | None = None) -> Response[
 def rag_error_handler(_: Request[Any, Any, Any], exc: RagError) -> Response[object]:
     if exc.status >= 500 and exc.status != 503:
         log.error("engine error: %s", exc)
+    if isinstance(exc, Overloaded):
+        return _respond(exc, {"Retry-After": str(exc.retry_after_s)})
     return _respond(exc)
 
 

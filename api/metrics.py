@@ -16,6 +16,7 @@ from litestar.datastructures import State
 from litestar.plugins.prometheus import PrometheusConfig
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as prometheus_text
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from rag.service import RagService
 from rag.types import Answer
@@ -43,6 +44,41 @@ STREAM_ERRORS = Counter("rag_stream_errors", "Streamed answers that failed after
 QUEUE = Gauge("rag_ingest_queue_depth", "Ingestion jobs waiting in the queue.")
 INDEX_VECTORS = Gauge("rag_index_vectors", "Chunk vectors in the searchable index.")
 INDEX_VERSION = Gauge("rag_index_version", "Version of the loaded index.")
+
+
+class GeneratorCollector:
+    """The generator's scheduling figures, read at scrape time from the app being scraped."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, float] = {}
+
+    def collect(self) -> list[Metric]:
+        s = self.stats
+        prefix = CounterMetricFamily("rag_prefix_cache", "Prompt-prefix KV lookups, by result.",
+                                     labels=["result"])
+        prefix.add_metric(["hit"], s.get("prefix_hits", 0))
+        prefix.add_metric(["miss"], s.get("prefix_misses", 0))
+        return [
+            GaugeMetricFamily("rag_generator_queue_depth", "Requests waiting for a batch slot.",
+                              value=s.get("waiting", 0)),
+            GaugeMetricFamily("rag_generator_batch_size", "Requests in the running decode batch.",
+                              value=s.get("running", 0)),
+            CounterMetricFamily("rag_generator_steps", "Batched decode steps run.",
+                                value=s.get("steps", 0)),
+            CounterMetricFamily("rag_generator_rejected",
+                                "Requests refused because the queue was full (503).",
+                                value=s.get("rejected", 0)),
+            prefix,
+            CounterMetricFamily("rag_prefix_cache_reused_tokens",
+                                "Prompt tokens whose KV came from the prefix cache.",
+                                value=s.get("prefix_reused_tokens", 0)),
+            GaugeMetricFamily("rag_prefix_cache_tokens", "Prompt tokens held by the prefix cache.",
+                              value=s.get("prefix_tokens", 0)),
+        ]
+
+
+GENERATOR = GeneratorCollector()
+REGISTRY.register(GENERATOR)
 
 
 def record_answer(answer: Answer, stream: bool) -> None:
@@ -80,4 +116,5 @@ async def metrics(state: State) -> Response[bytes]:
     service: RagService = state["service"]
     INDEX_VECTORS.set(service.index.count if service.index is not None else 0)
     INDEX_VERSION.set(service.index.version if service.index is not None else 0)
+    GENERATOR.stats = service.generator.stats()
     return Response(prometheus_text(REGISTRY), media_type=CONTENT_TYPE_LATEST)

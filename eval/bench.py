@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from eval.bench_serving import bench_bfloat16, bench_serving
 from eval.metrics import latency
 from eval.suites import load_suite
 from eval.targets import git_commit, public_settings
@@ -50,6 +51,8 @@ class BenchOptions:
     starts: bool = True
     rounds: int = 3
     corpus: Path = SAMPLES
+    concurrency: tuple[int, ...] = (1, 2, 4, 8)
+    dtypes: bool = True
 
 
 def run_bench(
@@ -76,6 +79,10 @@ def run_bench(
                                                   report) for n in options.sizes},
             "ask": bench_ask(service, questions[: options.asks], report),
             "generation": bench_generation(service, questions[0], options, report),
+            "serving": bench_serving(service, questions, options.concurrency,
+                                     options.max_new_tokens, options.rounds, report),
+            "bfloat16": bench_bfloat16(service, questions, options.max_new_tokens, report)
+            if options.dtypes else None,
             "startup": bench_startup(settings, Path(tmp), report) if options.starts else None,
         }
         service.store.close()
@@ -458,8 +465,26 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             "raw_prefill_tokens_per_s": raw["prefill_tokens_per_s"],
             "prefill_ratio": _ratio(engine["prefill_tokens_per_s"], raw["prefill_tokens_per_s"]),
             "first_token_ms": engine["first_token_ms"]},
+        "serving": _serving_figures(results.get("serving") or {}),
+        "bfloat16": {k: v for k, v in (results.get("bfloat16") or {}).items()
+                     if k in ("prompts", "same_greedy_answers", "speed_ratio")},
         "memory": {"serving_peak_rss_mb": (starts.get("second") or {}).get("peak_rss_mb")},
         "startup": {f"{name}_ready_s": run["ready_s"] for name, run in starts.items()},
+    }
+
+
+def _serving_figures(serving: dict[str, Any]) -> dict[str, Any]:
+    if "concurrency" not in serving:
+        return serving
+    levels = serving["concurrency"]
+    top = levels[max(levels, key=int)]
+    return {
+        "aggregate_tokens_per_s": {n: f["aggregate_tokens_per_s"] for n, f in levels.items()},
+        "aggregate_ratio_at_most_concurrent": top["aggregate_ratio_to_one"],
+        "slowest_first_token_ratio_at_most_concurrent": top["slowest_first_token_ratio_to_one"],
+        "warm_prefix_first_token_ratio": serving["prefix"]["warm_ratio_to_cold"],
+        "decode_ratio_to_plain_generate_fp32": serving["decode"]["decode_ratio"],
+        "same_greedy_text_as_plain_generate": serving["decode"]["same_greedy_text"],
     }
 
 

@@ -251,6 +251,10 @@ def bench(
                                                     "(medians are quoted).")] = 3,
     corpus: Annotated[Path, typer.Option(help="Files to ingest and ask over.")] = SAMPLES,
     starts: Annotated[bool, typer.Option(help="Measure time to ready in subprocesses.")] = True,
+    concurrency: Annotated[str, typer.Option(
+        help="Concurrent streams to measure generation at, comma-separated.")] = "1,2,4,8",
+    dtypes: Annotated[bool, typer.Option(
+        help="Compare float32 and bfloat16 answers on the sample questions.")] = True,
 ) -> None:
     """Ingest, retrieval, ask, decode, memory and start-up figures beside the raw libraries."""
     from eval.bench import BenchOptions, run_bench
@@ -260,7 +264,14 @@ def bench(
         chunk_counts = tuple(int(s) for s in sizes.split(",") if s.strip())
     except ValueError as exc:
         raise typer.BadParameter(f"{sizes!r}: expected numbers like 10000,100000.") from exc
-    options = BenchOptions(chunk_counts, asks, repeats, max_new_tokens, starts, rounds, corpus)
+    try:
+        levels = tuple(int(s) for s in concurrency.split(",") if s.strip())
+    except ValueError as exc:
+        raise typer.BadParameter(f"{concurrency!r}: expected numbers like 1,2,4,8.") from exc
+    if not levels or min(levels) < 1:
+        raise typer.BadParameter("--concurrency needs levels of 1 or more, e.g. 1,2,4,8.")
+    options = BenchOptions(chunk_counts, asks, repeats, max_new_tokens, starts, rounds, corpus,
+                           levels, dtypes)
     with Progress(*_columns(), console=console) as bar:
         result = run_bench(load_settings({}), options, _stage_reporter(bar))
     write_json(result, out)

@@ -65,3 +65,13 @@ class ConfigError(RagError):
 
 class IndexMismatch(ConfigError):
     """The saved index was built with another embedding model or dimension."""
+
+
+class Overloaded(RagError):
+    """Too much work is queued already; the client should retry after `retry_after_s`."""
+
+    status = 503
+
+    def __init__(self, message: str, hint: str = "", retry_after_s: int = 2) -> None:
+        super().__init__(message, hint)
+        self.retry_after_s = retry_after_s

@@ -13,19 +13,18 @@ from collections.abc import Generator as PieceGenerator
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, assert_never
+from typing import Protocol, assert_never
 
 import torch
 from transformers import (
     AutoModelForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    StoppingCriteria,
-    StoppingCriteriaList,
     TextIteratorStreamer,
 )
 
 from rag.errors import ConfigError, InvalidInput, NotReady
+from rag.kv import PrefixCache
 from rag.model_files import (
     MODEL_HINT,
     load_tokenizer,
@@ -34,8 +33,8 @@ from rag.model_files import (
     resolve_model,
 )
 from rag.prompt import Prompt
+from rag.scheduler import Request, StepScheduler
 from rag.settings import Settings
-from rag.stopping import token_loop
 from rag.types import Usage
 
 __all__ = [
@@ -116,6 +115,10 @@ class Generator(Protocol):
         """Load the model (or tokenizer and connection); call once before streaming."""
         ...
 
+    def stats(self) -> dict[str, float]:
+        """Scheduling figures for /metrics (queue depth, batch size, prefix-cache hits...)."""
+        ...
+
     def stream(
         self, prompt: Prompt, max_new_tokens: int, stop: threading.Event | None = None
     ) -> TokenStream:
@@ -175,11 +178,17 @@ def _device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def _dtype(device: torch.device) -> torch.dtype:
-    """Half precision on a GPU (bfloat16 where supported), float32 on a CPU."""
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def _dtype(device: torch.device, choice: str) -> torch.dtype:
+    """The weights' precision: `choice`, or for auto bfloat16 on a GPU that has it, float16 on
+    other GPUs, float32 on a CPU."""
+    if choice != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                "float16": torch.float16}[choice]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # On a CPU, bfloat16 is twice as fast to prefill where the CPU has it natively, but its
+    # greedy answers differ from float32's on some questions: it is a choice, not the default.
+    return torch.float32
 
 
 def _max_positions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int | None:
@@ -193,60 +202,37 @@ def _max_positions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
 
 
 class _CountingStreamer(TextIteratorStreamer):
-    """Decoded text for a consumer thread, counting the generated token ids exactly."""
+    """Decoded text for the consumer thread, counting the generated token ids exactly."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, counts: _Counts) -> None:
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        super().__init__(tokenizer, skip_prompt=False, skip_special_tokens=True)
         self._counts = counts
+        self._ended = False
 
     def put(self, value: torch.Tensor) -> None:
-        # value: the prompt ids (1, prompt_tokens) first, then each new id, shape (1,)
-        if not self.next_tokens_are_prompt:
-            self._counts.completion_tokens += value.numel()
+        # value: the new token ids, shape (tokens,)
+        self._counts.completion_tokens += value.numel()
         super().put(value)  # type: ignore[no-untyped-call]
 
-
-class _StopWhenSet(StoppingCriteria):
-    """Ends generation at the next token once any of its events is set."""
-
-    def __init__(self, *events: threading.Event | None) -> None:
-        self._events = tuple(event for event in events if event is not None)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        # input_ids: (batch, tokens so far); one flag per sequence
-        stop = any(event.is_set() for event in self._events)
-        flags = torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
-        return flags  # type: ignore[return-value]
-
-
-class _StopOnLoop(StoppingCriteria):
-    """Ends generation when the answer repeats a run of tokens back to back (see
-    `rag.stopping.token_loop`; whole repeated sentences are caught on the text, in rag.generate).
-    """
-
-    def __init__(self, prompt_tokens: int) -> None:
-        self._start = prompt_tokens
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        # input_ids: (batch, prompt + generated tokens); one flag per sequence
-        flags = [token_loop(row[self._start :].tolist()) for row in input_ids]
-        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+    def end(self) -> None:
+        if not self._ended:  # once: a second end would leave a stray stop signal behind
+            self._ended = True
+            super().end()  # type: ignore[no-untyped-call]
 
 
 class LocalGenerator:
-    """A transformers causal LM in this process, KV cache on, streamed from a worker thread.
-
-    One loaded model serves every request. `_lock` lets one `generate` run at a time: the model
-    is shared and a CPU runs them serially anyway; waiting requests queue on the lock.
-    """
+    """A transformers causal LM in this process, KV cache on, shared by every request through a
+    step scheduler (`rag.scheduler`): concurrent requests are decoded together, one batched
+    forward per step, and prompts reuse the KV of cached prefixes (`rag.kv.PrefixCache`)."""
 
     def __init__(self, settings: Settings) -> None:
         self.name = settings.generator_model
         self._settings = settings
         self._model: PreTrainedModel | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._scheduler: StepScheduler | None = None
         self._context_window = settings.context_window
-        self._lock = threading.Lock()
+        self.prefix_cache = PrefixCache(settings.prefix_cache_tokens)
         self.model_dir: Path | None = None
 
     @property
@@ -259,17 +245,25 @@ class LocalGenerator:
         return self._loaded()[0]
 
     @property
+    def scheduler(self) -> StepScheduler:
+        self._loaded()
+        assert self._scheduler is not None
+        return self._scheduler
+
+    @property
     def context_window(self) -> int:
         self._loaded()
         return self._context_window
 
     def load(self) -> None:
         """Load (converting the packaged GGUF on first use) onto the configured device."""
-        device = _device(self._settings.generator_device)
-        model_dir = prepare_model(self._settings)
+        s = self._settings
+        device = _device(s.generator_device)
+        dtype = _dtype(device, s.generator_dtype)
+        model_dir = prepare_model(s)
         tokenizer = load_tokenizer_from(model_dir)
         try:
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_dtype(device))
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
         except (OSError, ValueError, KeyError) as error:
             raise ConfigError(
                 f"Could not load the generator from {model_dir}: {error}", MODEL_HINT
@@ -277,90 +271,75 @@ class LocalGenerator:
         model.to(device)  # type: ignore[arg-type]
         model.eval()  # type: ignore[no-untyped-call]
         limit = _max_positions(model, tokenizer)
-        self._context_window = min(self._settings.context_window, limit or 10**9)
+        self._context_window = min(s.context_window, limit or 10**9)
+        if self._scheduler is not None:
+            self._scheduler.close()
+        self.prefix_cache.clear()
+        self._scheduler = StepScheduler(
+            model, _eos_ids(model), max_batch=s.generator_max_batch,
+            max_waiting=s.generator_queue_size, prefill_chunk=s.generator_prefill_chunk,
+            temperature=s.temperature, prefix_cache=self.prefix_cache)
         self._model, self._tokenizer, self.model_dir = model, tokenizer, model_dir
-        logger.info("Generator %s loaded from %s on %s", self.name, model_dir, device)
+        logger.info("Generator %s loaded from %s on %s (%s)", self.name, model_dir, device,
+                    str(dtype).removeprefix("torch."))
+
+    def stats(self) -> dict[str, float]:
+        figures: dict[str, float] = {}
+        if self._scheduler is not None:
+            figures.update(vars(self._scheduler.stats))
+        figures.update({f"prefix_{k}": v for k, v in vars(self.prefix_cache.stats).items()})
+        return figures
+
+    def close(self) -> None:
+        """Stop the scheduler thread; requests still running end where they are."""
+        if self._scheduler is not None:
+            self._scheduler.close()
+            self._scheduler = None
 
     def stream(
         self, prompt: Prompt, max_new_tokens: int, stop: threading.Event | None = None
     ) -> TokenStream:
-        """Start generating in a worker thread and stream its text as it comes."""
-        model, tokenizer = self._loaded()
-        max_new_tokens = self._room(prompt, max_new_tokens)
+        """Queue the prompt on the scheduler and stream its text as the steps produce it."""
+        _, tokenizer = self._loaded()
+        self._check_room(prompt, max_new_tokens)
         counts = _Counts(prompt_tokens=len(prompt.input_ids))
         if stop is not None and stop.is_set():
             return TokenStream(_no_pieces(), counts)
         streamer = _CountingStreamer(tokenizer, counts)
-        abandoned = threading.Event()
-        kwargs = self._generate_kwargs(model, prompt, max_new_tokens, streamer)
-        kwargs["stopping_criteria"] = StoppingCriteriaList(
-            [_StopWhenSet(stop, abandoned), _StopOnLoop(len(prompt.input_ids))])
         errors: list[Exception] = []
-        worker = threading.Thread(
-            target=self._run,
-            args=(model, kwargs, streamer, errors),
-            name="rag-generate",
-            daemon=True,
-        )
-        worker.start()
-        return TokenStream(_local_pieces(streamer, worker, errors, abandoned), counts)
+
+        def finish(error: Exception | None) -> None:
+            if error is not None:
+                errors.append(error)
+            streamer.end()
+
+        request = Request(
+            ids=list(prompt.input_ids), max_new_tokens=max_new_tokens,
+            emit=lambda token: streamer.put(torch.tensor([token])), finish=finish, stop=stop)
+        self.scheduler.submit(request)
+        return TokenStream(_local_pieces(streamer, request, errors), counts)
 
     def _loaded(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         if self._model is None or self._tokenizer is None:
             raise NotReady("The generator is not loaded yet.", "Call load() first.")
         return self._model, self._tokenizer
 
-    def _room(self, prompt: Prompt, max_new_tokens: int) -> int:
-        """`max_new_tokens`, lowered so that prompt and answer fit in the context window."""
-        room = self._context_window - len(prompt.input_ids)
-        if room <= 0:
+    def _check_room(self, prompt: Prompt, max_new_tokens: int) -> None:
+        """Refuse, before it joins the batch, a prompt that leaves no room for its answer."""
+        needed = len(prompt.input_ids) + max_new_tokens
+        if needed > self._context_window:
             raise InvalidInput(
-                f"The prompt has {len(prompt.input_ids)} tokens; the context window is "
-                f"{self._context_window}.",
-                "Build the prompt with this generator's context_window.",
+                f"The prompt has {len(prompt.input_ids)} tokens and asks for up to "
+                f"{max_new_tokens} more; the context window is {self._context_window}.",
+                "Build the prompt with this generator's context_window and max_new_tokens.",
             )
-        return min(max_new_tokens, room)
 
-    def _generate_kwargs(
-        self,
-        model: PreTrainedModel,
-        prompt: Prompt,
-        max_new_tokens: int,
-        streamer: _CountingStreamer,
-    ) -> dict[str, Any]:
-        input_ids = torch.tensor([prompt.input_ids], device=model.device)  # (1, prompt_tokens)
-        config = model.generation_config
-        temperature = self._settings.temperature
-        kwargs: dict[str, Any] = {
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            "max_new_tokens": max_new_tokens,
-            "use_cache": True,
-            "streamer": streamer,
-            "pad_token_id": config.pad_token_id or config.eos_token_id,
-            "do_sample": temperature > 0,
-        }
-        if temperature > 0:
-            kwargs["temperature"] = temperature
-        else:  # greedy: leave no sampling settings of the model's own config behind
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        return kwargs
 
-    def _run(
-        self,
-        model: PreTrainedModel,
-        kwargs: dict[str, Any],
-        streamer: _CountingStreamer,
-        errors: list[Exception],
-    ) -> None:
-        """Worker thread body: one `generate` under the lock; failures go to the consumer."""
-        try:
-            with self._lock, torch.inference_mode():
-                model.generate(**kwargs)  # type: ignore[operator]
-        except Exception as error:
-            errors.append(error)
-            # Unblock the consumer, which re-raises the error.
-            streamer.end()  # type: ignore[no-untyped-call]
+def _eos_ids(model: PreTrainedModel) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        return set()
+    return {eos} if isinstance(eos, int) else set(eos)
 
 
 def _no_pieces() -> PieceGenerator[str, None, None]:
@@ -369,16 +348,12 @@ def _no_pieces() -> PieceGenerator[str, None, None]:
 
 
 def _local_pieces(
-    streamer: _CountingStreamer,
-    worker: threading.Thread,
-    errors: list[Exception],
-    abandoned: threading.Event,
+    streamer: _CountingStreamer, request: Request, errors: list[Exception]
 ) -> PieceGenerator[str, None, None]:
-    """Text from the worker thread; a consumer that leaves early stops the generation."""
+    """Text from the scheduler; a consumer that leaves early frees its slot at the next step."""
     try:
         yield from streamer
-        worker.join()
     finally:
-        abandoned.set()
+        request.abandoned.set()
     if errors:
         raise errors[0]

@@ -70,6 +70,10 @@ class OpenAIGenerator:
         )
         self._tokenizer = tokenizer
 
+    def stats(self) -> dict[str, float]:
+        """Nothing is scheduled here: the server batches on its side."""
+        return {}
+
     def close(self) -> None:
         """Close the HTTP client."""
         if self._client is not None:

@@ -116,6 +116,25 @@ class Settings(BaseSettings):
     generator_device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where to generate: auto picks cuda when present, else cpu."
     )
+    generator_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Weights' precision: auto is bfloat16 on a GPU that has it (else float16) "
+        "and float32 on a CPU (bfloat16 prefills faster where the CPU has AVX-512 BF16).",
+    )
+    generator_max_batch: int = Field(
+        8, gt=0, description="Most requests decoded together in one step (continuous batching)."
+    )
+    generator_queue_size: int = Field(
+        32, ge=0, description="Requests that may wait for a batch slot; past it, 503 + Retry-After."
+    )
+    generator_prefill_chunk: int = Field(
+        128, gt=0,
+        description="Prompt tokens prefilled between two decode steps of the running batch.",
+    )
+    prefix_cache_tokens: int = Field(
+        16384, ge=0,
+        description="Prompt tokens whose KV is kept for reuse by later prompts (LRU; 0: off).",
+    )
     openai_base_url: str = Field(
         "http://127.0.0.1:8080/v1", description="Base URL of the OpenAI-compatible server."
     )

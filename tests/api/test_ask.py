@@ -59,6 +59,9 @@ class SpyGenerator:
     def load(self) -> None:
         """The inner generator is loaded by the session fixture."""
 
+    def stats(self) -> dict[str, float]:
+        return self.inner.stats()
+
     def stream(self, prompt: Prompt, max_new_tokens: int,
                stop: threading.Event | None = None) -> SpyStream:
         run = Run(stop)

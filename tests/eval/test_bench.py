@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from eval.bench import BenchOptions, run_bench
 from eval.cli import bench_app, flatten
 
-TINY = BenchOptions(sizes=(300,), asks=2, repeats=3, max_new_tokens=6, starts=True, rounds=1)
+TINY = BenchOptions(sizes=(300,), asks=2, repeats=3, max_new_tokens=6, starts=True, rounds=1,
+                    concurrency=(1, 2), dtypes=False)
 
 
 @pytest.mark.slow
@@ -36,19 +37,28 @@ def test_tiny_bench_has_every_figure(
         "generation.decode_ratio", "generation.prefill_tokens_per_s",
         "generation.raw_prefill_tokens_per_s", "generation.prefill_ratio",
         "generation.first_token_ms", "memory.serving_peak_rss_mb", "startup.first_ready_s",
-        "startup.second_ready_s",
+        "startup.second_ready_s", "serving.aggregate_tokens_per_s.1",
+        "serving.aggregate_tokens_per_s.2", "serving.aggregate_ratio_at_most_concurrent",
+        "serving.slowest_first_token_ratio_at_most_concurrent",
+        "serving.warm_prefix_first_token_ratio", "serving.decode_ratio_to_plain_generate_fp32",
+        "serving.same_greedy_text_as_plain_generate",
         *(f"retrieval.300.{name}" for name in (
             "dense_p50_ms", "dense_p95_ms", "hybrid_p50_ms", "hybrid_p95_ms",
             "raw_faiss_search_p50_ms", "raw_encode_and_search_p50_ms", "dense_ratio_to_raw",
             "hybrid_ratio_to_raw")),
     }
     assert set(figures) == expected
+    # our loop and plain `model.generate` give the same greedy text (both float32 here)
+    assert figures.pop("serving.same_greedy_text_as_plain_generate") is True
     bad = {k: v for k, v in figures.items()
            if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0}
     assert not bad, bad
     assert result["retrieval"]["300"]["index_kind"] == "flat"
     assert result["ingest"]["chunks"] > 0 and result["memory"]["bench_peak_rss_mb"] > 0
     assert result["generation"]["engine"]["new_tokens"] <= 6
+    serving = result["serving"]
+    assert serving["concurrency"]["2"]["requests"] == 2 and serving["prompts"] > 0
+    assert serving["prefix"]["stats"]["prefix_hits"] >= 1  # the warm runs reused the KV
     # The first start converts the model, the second finds it converted.
     assert result["startup"]["first"]["peak_rss_mb"] > 0
 

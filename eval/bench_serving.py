@@ -1,0 +1,243 @@
+"""`rag bench` serving figures: many streams at once, cold vs warm prompt prefixes, our decode
+loop beside plain `model.generate`, and float32 vs bfloat16 answers, on the ask path's own
+prompts (evidence-first), all in one run."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rag.pipeline import AskContext, AskPipeline
+from rag.prompt import Prompt
+from rag.retrieval import Query
+
+if TYPE_CHECKING:
+    from rag.generation import Generator, LocalGenerator
+    from rag.service import RagService
+
+Report = Callable[[str, int, int], None]
+
+
+def ask_prompts(service: RagService, questions: Sequence[str]) -> list[Prompt]:
+    """The prompts the ask path builds for `questions` (those it does not abstain on)."""
+    assert service.pipeline is not None
+    front = AskPipeline([s for s in service.pipeline.stages if s.name != "generate"
+                         and s.name != "check"])
+    prompts = []
+    for question in questions:
+        run = front.run(AskContext(Query(question, service.settings.top_k)))
+        try:
+            while True:
+                next(run)
+        except StopIteration as end:
+            ctx: AskContext = end.value
+        if ctx.prompt is not None and not ctx.done:
+            prompts.append(ctx.prompt)
+    return prompts
+
+
+def timed_stream(generator: Generator, prompt: Prompt, max_new_tokens: int) -> dict[str, float]:
+    """First-token and total milliseconds and tokens of one streamed answer."""
+    start = time.perf_counter()
+    first = None
+    stream = generator.stream(prompt, max_new_tokens)
+    for _ in stream:
+        first = first or time.perf_counter()
+    end = time.perf_counter()
+    return {"first_token_ms": ((first or end) - start) * 1000, "total_ms": (end - start) * 1000,
+            "tokens": stream.usage.completion_tokens,
+            "prompt_tokens": stream.usage.prompt_tokens}
+
+
+def bench_concurrency(generator: LocalGenerator, prompts: Sequence[Prompt],
+                      levels: Sequence[int], max_new_tokens: int, report: Report
+                      ) -> dict[str, Any]:
+    """For each level n: n different prompts at once, aggregate tokens/s and first-token
+    percentiles (prefix cache emptied before each level, so no level reuses another's KV)."""
+    out: dict[str, Any] = {}
+    for i, n in enumerate(levels):
+        report("concurrency", i, len(levels))
+        generator.prefix_cache.clear()
+        chosen = [prompts[j % len(prompts)] for j in range(n)]
+        results: list[dict[str, float]] = [{} for _ in chosen]
+
+        def one(j: int, results: list[dict[str, float]] = results,
+                chosen: list[Prompt] = chosen) -> None:
+            results[j] = timed_stream(generator, chosen[j], max_new_tokens)
+
+        threads = [threading.Thread(target=one, args=(j,)) for j in range(n)]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - start
+        firsts = [r["first_token_ms"] for r in results]
+        tokens = sum(int(r["tokens"]) for r in results)
+        out[str(n)] = {"requests": n, "wall_s": wall, "tokens": tokens,
+                       "aggregate_tokens_per_s": tokens / wall,
+                       "first_token_p50_ms": float(np.median(firsts)),
+                       "first_token_p95_ms": float(np.percentile(firsts, 95)),
+                       "first_token_max_ms": max(firsts)}
+    one_stream = out[str(levels[0])]
+    for figures in out.values():
+        figures["aggregate_ratio_to_one"] = (figures["aggregate_tokens_per_s"]
+                                             / one_stream["aggregate_tokens_per_s"])
+        figures["slowest_first_token_ratio_to_one"] = (figures["first_token_max_ms"]
+                                                       / one_stream["first_token_p50_ms"])
+    return out
+
+
+def bench_prefix(generator: LocalGenerator, prompts: Sequence[Prompt], rounds: int,
+                 report: Report) -> dict[str, Any]:
+    """First token of a prompt with an empty prefix cache (cold), then of the same prompt
+    again (warm: a repeated question) and of another question after it (shared front only)."""
+    cold, warm, other = [], [], []
+    for r in range(rounds):
+        report("prefix cache", r, rounds)
+        a, b = prompts[r % len(prompts)], prompts[(r + 1) % len(prompts)]
+        generator.prefix_cache.clear()
+        cold.append(timed_stream(generator, a, 1)["first_token_ms"])
+        warm.append(timed_stream(generator, a, 1)["first_token_ms"])
+        other.append(timed_stream(generator, b, 1)["first_token_ms"])
+    figures = {"cold_first_token_ms": float(np.median(cold)),
+               "warm_first_token_ms": float(np.median(warm)),
+               "shared_front_first_token_ms": float(np.median(other))}
+    figures["warm_ratio_to_cold"] = figures["warm_first_token_ms"] / figures["cold_first_token_ms"]
+    return figures | {"stats": generator.stats()}
+
+
+def bench_decode(generator: LocalGenerator, plain: Any, prompt: Prompt, max_new_tokens: int,
+                 rounds: int, report: Report) -> dict[str, Any]:
+    """Our scheduler's single stream beside plain greedy `model.generate` of `plain` (a
+    float32 copy) on the same prompt: prefill and decode tokens/s, and whether the texts match."""
+    import torch
+
+    ours, raw = [], []
+    same = True
+    ids = torch.tensor([list(prompt.input_ids)])  # (1, prompt_tokens)
+    kwargs = {"attention_mask": torch.ones_like(ids), "do_sample": False, "temperature": None,
+              "top_p": None, "top_k": None,
+              "pad_token_id": plain.generation_config.eos_token_id}
+    for r in range(rounds):
+        report("decode", r, rounds)
+        generator.prefix_cache.clear()
+        start = time.perf_counter()
+        stream = generator.stream(prompt, max_new_tokens)
+        first, text = None, ""
+        for piece in stream:
+            first = first or time.perf_counter()
+            text += piece
+        ours.append(_speeds(len(ids[0]), stream.usage.completion_tokens, start, first,
+                            time.perf_counter()))
+        with torch.inference_mode():
+            start = time.perf_counter()
+            plain.generate(ids, max_new_tokens=1, **kwargs)
+            first = time.perf_counter()
+            out = plain.generate(ids, max_new_tokens=max_new_tokens, **kwargs)
+            end = time.perf_counter()
+        new = out[0, len(ids[0]):]
+        # the prefill is the one-token call; the whole answer is the second call
+        raw.append(_speeds(len(ids[0]), len(new), 0.0, first - start, end - first))
+        plain_text = generator.tokenizer.decode(new, skip_special_tokens=True)
+        same = same and plain_text == text
+    ours_m, raw_m = _medians(ours), _medians(raw)
+    return {"prompt_tokens": len(ids[0]), "ours": ours_m, "plain_generate_fp32": raw_m,
+            "decode_ratio": ours_m["decode_tokens_per_s"] / raw_m["decode_tokens_per_s"],
+            "prefill_ratio": ours_m["prefill_tokens_per_s"] / raw_m["prefill_tokens_per_s"],
+            "same_greedy_text": same}
+
+
+def bench_serving(service: RagService, questions: Sequence[str], levels: Sequence[int],
+                  max_new_tokens: int, rounds: int, report: Report) -> dict[str, Any]:
+    """Every serving figure on the ask path's prompts for `questions`."""
+    from rag.generation import LocalGenerator
+
+    generator = service.generator
+    if not isinstance(generator, LocalGenerator):
+        return {"skipped": "the generator is not local"}
+    prompts = ask_prompts(service, questions)
+    plain = generator.model if generator.model.dtype == torch_float32() else _fp32_copy(generator)
+    figures = {
+        "prompts": len(prompts),
+        "prompt_tokens_p50": float(np.median([len(p.input_ids) for p in prompts])),
+        "concurrency": bench_concurrency(generator, prompts, levels, max_new_tokens, report),
+        "prefix": bench_prefix(generator, prompts, rounds, report),
+        "decode": bench_decode(generator, plain, prompts[0], max_new_tokens, rounds, report),
+    }
+    generator.prefix_cache.clear()
+    return figures
+
+
+def bench_bfloat16(service: RagService, questions: Sequence[str], max_new_tokens: int,
+                   report: Report) -> dict[str, Any]:
+    """float32 (the CPU default) beside bfloat16 on the same prompts: same greedy answers?"""
+    from rag.generation import LocalGenerator
+
+    generator = service.generator
+    if not isinstance(generator, LocalGenerator):
+        return {"skipped": "the generator is not local"}
+    other = LocalGenerator(service.settings.model_copy(update={
+        "generator_dtype": "bfloat16" if generator.model.dtype == torch_float32()
+        else "float32", "prefix_cache_tokens": 0}))
+    other.load()
+    try:
+        prompts = ask_prompts(service, questions)
+        return {"reference_dtype": str(generator.model.dtype), "other_dtype":
+                str(other.model.dtype)} | bench_dtypes(generator, other, prompts,
+                                                        max_new_tokens, report)
+    finally:
+        other.close()
+
+
+def torch_float32() -> Any:
+    import torch
+
+    return torch.float32
+
+
+def _fp32_copy(generator: LocalGenerator) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    assert generator.model_dir is not None
+    model = AutoModelForCausalLM.from_pretrained(generator.model_dir, dtype=torch_float32())
+    return model.eval()  # type: ignore[no-untyped-call]
+
+
+def bench_dtypes(reference: Generator, other: Generator, prompts: Sequence[Prompt],
+                 max_new_tokens: int, report: Report) -> dict[str, Any]:
+    """How many greedy answers `other` (e.g. bfloat16) gives exactly as `reference` does, and
+    both one-stream speeds."""
+    same, ref_ms, other_ms = 0, [], []
+    for i, prompt in enumerate(prompts):
+        report("dtypes", i, len(prompts))
+        a, b = _answer(reference, prompt, max_new_tokens), _answer(other, prompt, max_new_tokens)
+        same += a[0] == b[0]
+        ref_ms.append(a[1])
+        other_ms.append(b[1])
+    return {"prompts": len(prompts), "same_greedy_answers": same,
+            "reference_total_p50_ms": float(np.median(ref_ms)),
+            "other_total_p50_ms": float(np.median(other_ms)),
+            "speed_ratio": float(np.median(ref_ms)) / float(np.median(other_ms))}
+
+
+def _answer(generator: Generator, prompt: Prompt, max_new_tokens: int) -> tuple[str, float]:
+    start = time.perf_counter()
+    text = "".join(generator.stream(prompt, max_new_tokens))
+    return text, (time.perf_counter() - start) * 1000
+
+
+def _speeds(prompt_tokens: int, new_tokens: int, start: float, first: float | None,
+            end: float) -> dict[str, float]:
+    first = end if first is None else first
+    return {"new_tokens": new_tokens, "first_token_ms": (first - start) * 1000,
+            "prefill_tokens_per_s": prompt_tokens / max(first - start, 1e-9),
+            "decode_tokens_per_s": max(new_tokens - 1, 0) / max(end - first, 1e-9)}
+
+
+def _medians(rounds: Sequence[dict[str, float]]) -> dict[str, float]:
+    return {key: float(np.median([r[key] for r in rounds])) for key in rounds[0]}
