@@ -117,8 +117,8 @@ def bench_decode(generator: LocalGenerator, plain: Any, prompt: Prompt, max_new_
     float32 copy) on the same prompt: prefill and decode tokens/s, and whether the texts match."""
     import torch
 
-    ours, raw = [], []
-    same = True
+    ours, raw, lookup, plain_ms = [], [], [], []
+    same = lookup_same = True
     ids = torch.tensor([list(prompt.input_ids)])  # (1, prompt_tokens)
     kwargs = {"attention_mask": torch.ones_like(ids), "do_sample": False, "temperature": None,
               "top_p": None, "top_k": None,
@@ -145,8 +145,19 @@ def bench_decode(generator: LocalGenerator, plain: Any, prompt: Prompt, max_new_
         raw.append(_speeds(len(ids[0]), len(new), 0.0, first - start, end - first))
         plain_text = generator.tokenizer.decode(new, skip_special_tokens=True)
         same = same and plain_text == text
+        with torch.inference_mode():  # prompt-lookup decoding: lossless under greedy
+            start = time.perf_counter()
+            looked = plain.generate(ids, max_new_tokens=max_new_tokens,
+                                    prompt_lookup_num_tokens=10, **kwargs)
+            lookup.append((time.perf_counter() - start) * 1000)
+        lookup_same = lookup_same and torch.equal(looked, out)
+        plain_ms.append((end - first) * 1000)
     ours_m, raw_m = _medians(ours), _medians(raw)
     return {"prompt_tokens": len(ids[0]), "ours": ours_m, "plain_generate_fp32": raw_m,
+            "prompt_lookup": {"total_ms": float(np.median(lookup)),
+                              "plain_total_ms": float(np.median(plain_ms)),
+                              "speedup": float(np.median(plain_ms)) / float(np.median(lookup)),
+                              "same_tokens": lookup_same},
             "decode_ratio": ours_m["decode_tokens_per_s"] / raw_m["decode_tokens_per_s"],
             "prefill_ratio": ours_m["prefill_tokens_per_s"] / raw_m["prefill_tokens_per_s"],
             "same_greedy_text": same}

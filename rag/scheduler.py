@@ -10,9 +10,11 @@ away. A request that fails fails alone; a bounded queue in front refuses work pa
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +28,16 @@ from rag.kv import PrefixCache, cache_from, join_rows, keep_rows, new_cache, sna
 from rag.stopping import token_loop
 
 log = logging.getLogger(__name__)
+
+# Schedulers still running at interpreter exit are stopped first: a thread torch still knows
+# about when the process tears its thread pools down aborts it ("terminate called...").
+_RUNNING: weakref.WeakSet[StepScheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for scheduler in list(_RUNNING):
+        scheduler.close()
 
 
 @dataclass(eq=False)
@@ -89,6 +101,7 @@ class StepScheduler:
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="rag-scheduler", daemon=True)
         self._thread.start()
+        _RUNNING.add(self)
 
     def submit(self, request: Request) -> None:
         """Queue `request`; raises `Overloaded` when `max_waiting` requests already wait."""
@@ -106,7 +119,9 @@ class StepScheduler:
         with self._wake:
             self._closed = True
             self._wake.notify()
-        self._thread.join(timeout=10)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        _RUNNING.discard(self)
 
     # --- the scheduler thread ---------------------------------------------------------------
 
