@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedTokenizerBase
 
-from rag.errors import ConfigError, NotReady
+from rag.errors import ConfigError, NotReady, Overloaded
 from rag.generation import TokenStream, _Counts, _no_pieces
 from rag.model_files import load_tokenizer
 from rag.prompt import Prompt
@@ -145,6 +145,10 @@ def _check_status(response: httpx.Response) -> None:
     message = f"The generation server answered {response.status_code}: {response.text[:300]}"
     if response.status_code in (400, 401, 403, 404, 422):
         raise ConfigError(message, "Check RAG_OPENAI_BASE_URL, RAG_OPENAI_API_KEY and the model.")
+    if response.status_code == 429:  # the server is busy: the same 503 + Retry-After as ours
+        retry = response.headers.get("retry-after", "")
+        seconds = int(retry) if retry.isdigit() else 2
+        raise Overloaded(message, f"Retry in {seconds} s.", retry_after_s=seconds)
     raise NotReady(message, "Try again later.")
 
 

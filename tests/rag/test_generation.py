@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import rag.model_files as model_files
-from rag.errors import ConfigError, NotReady
+from rag.errors import ConfigError, NotReady, Overloaded
 from rag.generation import (
     Generator,
     LocalGenerator,
@@ -375,7 +375,8 @@ def test_openai_backend_stops_when_asked(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("status", "error"), [(401, ConfigError), (503, NotReady)])
+@pytest.mark.parametrize(("status", "error"),
+                         [(401, ConfigError), (503, NotReady), (429, Overloaded)])
 def test_openai_backend_errors_are_rag_errors(
     remote: OpenAIGenerator,
     fake: type[FakeOpenAI],
