@@ -127,8 +127,30 @@ def test_metrics_count_requests_tokens_cache_queue_and_index(
     assert metric(text, "rag_http_request_duration_seconds_count", path="/v1/ask",
                   status_code="200") >= 2
     assert metric(text, "rag_ingest_queue_depth") == 7
+    assert metric(text, "rag_generator_steps_total") > metric(before, "rag_generator_steps_total")
+    lookups = sum(metric(text, "rag_prefix_cache_total", result=r) for r in ("hit", "miss"))
+    assert lookups > sum(metric(before, "rag_prefix_cache_total", result=r)
+                         for r in ("hit", "miss"))
+    assert metric(text, "rag_generator_batch_size") == 0  # nothing is generating now
     assert corpus_service.index is not None
     assert metric(text, "rag_index_vectors") == corpus_service.index.count > 0
+
+
+def test_a_full_generator_queue_answers_503_with_retry_after(
+    corpus_service: RagService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scheduler = corpus_service.generator.scheduler  # type: ignore[attr-defined]
+    monkeypatch.setattr(scheduler, "max_waiting", 0)  # every ask finds the queue full
+    with serving(corpus_service) as client:
+        refused = client.post("/v1/ask", json={"question": "Who keeps the bees in winter?"})
+        streamed = client.post("/v1/ask", json={"question": "Who keeps bees in winter?",
+                                                "stream": True})
+        text = client.get("/metrics").text
+    for response in (refused, streamed):
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"] == str(scheduler.retry_after_s)
+        assert response.json()["error"] == "Overloaded"
+    assert metric(text, "rag_generator_rejected_total") >= 2
 
 
 def test_queue_depth_reads_zero_without_a_source_and_takes_async_ones(
