@@ -24,6 +24,7 @@ import numpy.typing as npt
 from rag.types import AnswerMode, Quote, ScoredChunk, SentenceCheck
 
 if TYPE_CHECKING:
+    from rag.conversations import Turn
     from rag.evidence import Evidence
     from rag.prompt import Prompt
     from rag.retrieval import Query
@@ -38,6 +39,9 @@ class AskContext:
 
     query: Query
     stop: threading.Event | None = None
+    history: tuple[Turn, ...] = ()  # earlier turns of the conversation, oldest first
+    # follow-up rewrite
+    search: str = ""  # the retrieval query when it is not the question itself
     # retrieve
     chunks: tuple[ScoredChunk, ...] = ()
     vector: npt.NDArray[np.float32] | None = None  # the question's embedding, (dim,)

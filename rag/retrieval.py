@@ -191,5 +191,6 @@ class RetrieveStage:
 
     @quiet
     def run(self, ctx: AskContext) -> AskContext:
-        found = self.retriever.search(ctx.query)
+        query = replace(ctx.query, text=ctx.search) if ctx.search else ctx.query
+        found = self.retriever.search(query)
         return replace(ctx, chunks=tuple(found.chunks), vector=found.vector)
