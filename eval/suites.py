@@ -216,7 +216,19 @@ def _jsonl_item(obj: Mapping[str, Any], where: str, n: int) -> SuiteItem:
     relevant = _grades(obj.get("relevant", []), where)
     if not answerable and (answers or relevant):
         raise SuiteError(f"{where}: an unanswerable question has no answers or relevant docs.")
-    return SuiteItem(str(item_id), question, tuple(answers), relevant, answerable)
+    history = _history(obj.get("history", []), where)
+    return SuiteItem(str(item_id), question, tuple(answers), relevant, answerable, history,
+                     str(item_id) if history else "", len(history) + 1)
+
+
+def _history(value: Any, where: str) -> tuple[Turn, ...]:
+    """`history`: earlier turns [{question, answer}], oldest first."""
+    if not isinstance(value, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("question"), str)
+            and isinstance(t.get("answer"), str) for t in value):
+        raise SuiteError(f"{where}: field 'history' must be a list of "
+                         "{\"question\": ..., \"answer\": ...} objects.")
+    return tuple(Turn(t["question"], t["answer"]) for t in value)
 
 
 def _string_list(value: Any, name: str, where: str) -> list[str]:

@@ -40,6 +40,7 @@ class AskContext:
     query: Query
     stop: threading.Event | None = None
     history: tuple[Turn, ...] = ()  # earlier turns of the conversation, oldest first
+    max_new_tokens: int | None = None  # this ask's cap on the answer (None: the setting's)
     # follow-up rewrite
     search: str = ""  # the retrieval query when it is not the question itself
     # retrieve

@@ -290,11 +290,11 @@ class PromptStage:
 
     @quiet
     def run(self, ctx: AskContext) -> AskContext:
-        g = self.generator
+        g, limit = self.generator, ctx.max_new_tokens or self.max_new_tokens
         if self.context == "evidence" and ctx.evidence is not None:
             prompt = build_evidence_prompt(ctx.question, ctx.evidence, g.tokenizer,
-                                           g.context_window, self.max_new_tokens, ctx.history)
+                                           g.context_window, limit, ctx.history)
         else:
             prompt = build_prompt(ctx.question, ctx.chunks, g.tokenizer, g.context_window,
-                                  self.max_new_tokens, ctx.history)
+                                  limit, ctx.history)
         return dataclasses.replace(ctx, prompt=prompt)

@@ -58,6 +58,8 @@ class AskRequest:
     history: tuple[Turn, ...] = ()  # or these earlier turns, sent by the client
     keep: bool = False  # without an id, start a stored conversation with this ask
     owner: str = ""  # whose conversation it is (a key id; "" in open mode)
+    max_new_tokens: int | None = None  # a lower cap on the answer than the setting's
+    answer_id: str | None = None  # the id to give the answer (default: a new one)
 
 
 class RagService:
@@ -388,7 +390,8 @@ class RagService:
     def _given(self, answer: Answer, request: AskRequest, thread: Thread) -> Answer:
         """The answer with its own id and conversation, kept for that conversation and for
         feedback."""
-        answer = replace(answer, id=new_id("ans"), conversation_id=thread.conversation_id,
+        answer = replace(answer, id=request.answer_id or new_id("ans"),
+                         conversation_id=thread.conversation_id,
                          note=thread.note)
         self.conversations.keep(AnswerRecord(
             answer.id, answer.question, answer.text, thread.conversation_id, thread.history,
@@ -403,7 +406,8 @@ class RagService:
         if self.pipeline is None:
             raise NotReady("The service is still loading.", "Wait for /ready, then retry.")
         query = Query(question, top_k, request.collection, request.document_ids)
-        ctx = yield from self.pipeline.run(AskContext(query, stop, history))
+        limit = self._max_new_tokens(request)
+        ctx = yield from self.pipeline.run(AskContext(query, stop, history, limit))
         return self._finish(ctx, started)
 
     def _pipeline(self, retriever: Retriever) -> AskPipeline:
@@ -456,6 +460,16 @@ class RagService:
             search=ctx.search,
         )
 
+    def _max_new_tokens(self, request: AskRequest) -> int:
+        """The request's cap on the answer, never above the setting (the budget's reserve)."""
+        limit = self.settings.max_new_tokens
+        if request.max_new_tokens is not None:
+            if request.max_new_tokens < 1:
+                raise InvalidInput(f"max_tokens {request.max_new_tokens} is below 1.",
+                                   "Ask for at least one token, or leave it out.")
+            limit = min(limit, request.max_new_tokens)
+        return limit
+
     def _check_question(self, question: str) -> str:
         question = (question or "").strip()
         if not question:
@@ -485,7 +499,7 @@ class RagService:
             "documents": sorted(request.document_ids), "index": self._index().version,
             "index_id": self._index().index_id,
             "model": self.generator.name, "embedder": s.embedding_model,
-            "max_new_tokens": s.max_new_tokens, "temperature": s.temperature,
+            "max_new_tokens": self._max_new_tokens(request), "temperature": s.temperature,
             "context": s.context_window, "template": PROMPT_TEMPLATE_VERSION,
             "hybrid": s.hybrid, "min_relevance": s.min_relevance,
             "answer_context": s.answer_context, "evidence_sentences": s.evidence_sentences,
