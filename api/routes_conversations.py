@@ -6,7 +6,7 @@ a 404. Asking with its id continues it (POST /v1/ask `conversation`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import anyio.to_thread
 from litestar import Request, delete, get
@@ -72,7 +72,7 @@ LIMIT = Parameter(ge=1, le=500, description="Most conversations to list.")
 @get("/v1/conversations", tags=["conversations"], guards=[require_scope("ask")],
      responses=ERRORS)
 async def list_conversations(
-    service: RagService, request: Request[Any, Any, Any], limit: int = LIMIT
+    service: RagService, request: Request[Any, Any, Any], limit: Annotated[int, LIMIT] = 50
 ) -> ConversationsOut:
     """This key's live conversations, most recently continued first."""
     found = await anyio.to_thread.run_sync(service.conversations.recent, owner_of(request),
