@@ -191,6 +191,11 @@ class RetrieveStage:
 
     @quiet
     def run(self, ctx: AskContext) -> AskContext:
-        query = replace(ctx.query, text=ctx.search) if ctx.search else ctx.query
-        found = self.retriever.search(query)
-        return replace(ctx, chunks=tuple(found.chunks), vector=found.vector)
+        if not ctx.search:
+            found = self.retriever.search(ctx.query)
+            return replace(ctx, chunks=tuple(found.chunks), vector=found.vector)
+        # A rewritten follow-up: its query finds the passages; the question's own words rank
+        # the evidence sentences in them ("its vectors" matches "384-dimensional vectors").
+        found = self.retriever.search(replace(ctx.query, text=ctx.search))
+        vector = self.retriever.embedder.embed([ctx.question])[0]
+        return replace(ctx, chunks=tuple(found.chunks), vector=vector)

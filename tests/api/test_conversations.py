@@ -15,7 +15,8 @@ from eval.runner import RunOptions, ingest_corpus, run_suite
 from eval.suites import load_suite
 from eval.targets import LocalTarget
 from rag.service import RagService
-from tests.api.helpers import ADMIN_KEY, ASK_KEY, CORPUS, KEYS, ingest_corpus as ingest, serving
+from tests.api.helpers import ADMIN_KEY, ASK_KEY, CORPUS, KEYS, serving
+from tests.api.helpers import ingest_corpus as ingest
 
 pytestmark = pytest.mark.slow
 
