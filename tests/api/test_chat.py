@@ -12,7 +12,15 @@ import pytest
 
 from api.app import create_app
 from rag.service import RagService
-from tests.api.helpers import ADMIN_KEY, ASK_KEY, INGEST_KEY, KEYS, app_settings, live_server
+from tests.api.helpers import (
+    ADMIN_KEY,
+    ASK_KEY,
+    INGEST_KEY,
+    KEYS,
+    app_settings,
+    live_server,
+    serving,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -177,3 +185,25 @@ def test_keys_and_model_errors_in_the_openai_shape(base_url: str, client: openai
     other = httpx.post(f"{base_url}/v1/ask", json={"question": " "},
                        headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert other.status_code == 422 and {"error", "message", "hint"} <= set(other.json())
+
+
+def test_rate_limit_is_in_the_openai_shape(corpus_service: RagService) -> None:
+    with serving(corpus_service, api_keys=KEYS, rate_limit_per_minute=1) as client:
+        headers = {"Authorization": f"Bearer {ASK_KEY}"}
+        assert client.get("/v1/models", headers=headers).status_code == 200
+        limited = client.get("/v1/models", headers=headers)
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert limited.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_openapi_documents_the_chat_routes(corpus_service: RagService) -> None:
+    with serving(corpus_service, api_keys=KEYS) as client:
+        paths = client.get("/schema/openapi.json").json()["paths"]
+    chat = paths["/v1/chat/completions"]["post"]
+    assert set(chat["responses"]) >= {"200", "400", "401", "403", "404", "429", "503"}
+    assert chat["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "OpenAIErrorOut")
+    assert "Bearer" in chat["description"] and "get" in paths["/v1/models"]
+    for path in ("/v1/conversations", "/v1/conversations/{conversation_id}", "/v1/feedback"):
+        assert path in paths, sorted(paths)
+    assert {"get", "delete"} <= set(paths["/v1/conversations/{conversation_id}"])
