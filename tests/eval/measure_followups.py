@@ -15,7 +15,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +69,11 @@ def main() -> None:
             service.ingest_file(path)
         retriever = service.retriever
         assert retriever is not None
-        search: Callable[[str], list[ScoredChunk]] = lambda text: retriever.retrieve(
-            Query(text, DEPTH))
+
+        def search(text: str) -> list[ScoredChunk]:
+            assert retriever is not None
+            return retriever.retrieve(Query(text, DEPTH))
+
         rows: dict[str, list[dict[str, float | None]]] = {
             "alone": [], "terms": [], "condensed": [], "terms+condensed": []}
         seconds, examples = [], []
