@@ -347,11 +347,11 @@ async def _events(
                 for final in stream.finish(item):
                     yield final
             elif isinstance(item, str) and not stream.stopped:
+                # After a stop string nothing more is sent; the answer still finishes, so it
+                # is checked, cached and kept whole (feedback can name it).
                 delta = stream.piece(item)
                 if delta is not None:
                     yield delta
-                if stream.stopped:
-                    stop.set()  # a stop string: the rest of the generation is not needed
             item = await _next(items)
     except Exception as exc:  # the status line is gone: the error travels as an event
         record_stream_error(exc)

@@ -205,6 +205,9 @@ class SqliteConversations(SqliteDatabase):
         if row is not None and row[0] > now:
             db.execute("UPDATE conversations SET updated_at = ?, expires_at = ? WHERE id = ?",
                        (now, expires, record.conversation_id))
+            # Its earlier turns live as long as it does.
+            db.execute("UPDATE answers SET expires_at = ? WHERE conversation_id = ?",
+                       (expires, record.conversation_id))
             return
         db.execute("DELETE FROM answers WHERE conversation_id = ?", (record.conversation_id,))
         db.execute("INSERT OR REPLACE INTO conversations VALUES (?, ?, ?, ?, ?, ?)",
@@ -291,7 +294,10 @@ class RedisConversations:
         conversation = record.conversation_id
         if conversation is not None:
             key = self.prefix + conversation
-            if not self._redis.exists(key):
+            if self._redis.exists(key):  # its earlier turns live as long as it does
+                for earlier in self._redis.lrange(key + ":turns", 0, -1):
+                    pipe.expire(self.answers + earlier, ttl)
+            else:
                 pipe.delete(key + ":turns")
                 pipe.hset(key, mapping={"title": record.question[:200], "owner": record.owner,
                                         "created_at": now})
@@ -382,7 +388,7 @@ class Conversations:
             raise InvalidInput("Both a conversation id and earlier turns were sent.",
                                "Send one: the id of a stored conversation, or the turns.")
         if conversation_id is None:
-            return Thread(new_id("conv") if keep else None, tuple(history)[-self.max_turns:])
+            return Thread(new_id("conv") if keep else None, self._recent(history))
         state, found = self.store.lookup(conversation_id, owner)
         if state == "unknown":
             raise NotFound(f"Conversation {conversation_id!r} is unknown.",
@@ -391,8 +397,12 @@ class Conversations:
         if state == "expired" or found is None:
             return Thread(conversation_id, (), f"Conversation {conversation_id} had expired; "
                           "this question started it afresh, without the earlier turns.")
-        turns = tuple(Turn(t.question, t.answer) for t in found.turns)
-        return Thread(conversation_id, turns[-self.max_turns:])
+        return Thread(conversation_id,
+                      self._recent([Turn(t.question, t.answer) for t in found.turns]))
+
+    def _recent(self, turns: Sequence[Turn]) -> tuple[Turn, ...]:
+        """The newest `max_turns` turns, oldest first."""
+        return tuple(turns)[len(turns) - self.max_turns:] if self.max_turns else ()
 
     def keep(self, record: AnswerRecord) -> None:
         self.store.save(record)

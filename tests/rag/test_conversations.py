@@ -112,3 +112,23 @@ def test_policy_history_unknown_and_expired(tmp_path: Path) -> None:
     assert expired.history == () and "expired" in expired.note
     with pytest.raises(NotFound):
         conversations.rate("ans_nope", "up")
+
+
+def test_a_continued_conversation_keeps_its_earlier_turns(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    store = make_store(kind, tmp_path, request, ttl_s=2)
+    first = record("conv_long", "First?")
+    store.save(first)
+    time.sleep(1.2)
+    store.save(record("conv_long", "Second?"))
+    time.sleep(1.2)  # past the first turn's own TTL, within the conversation's
+    state, found = store.lookup("conv_long")
+    assert state == "live" and found is not None
+    assert [t.question for t in found.turns] == ["First?", "Second?"]
+    assert store.answer(first.id) is not None
+
+
+def test_no_history_when_max_turns_is_zero(tmp_path: Path) -> None:
+    conversations = Conversations(SqliteConversations(tmp_path / "c.sqlite3", 60), max_turns=0)
+    assert conversations.thread(None, (Turn("q", "a"),), keep=False).history == ()
