@@ -45,7 +45,7 @@ class AskContext:
     search: str = ""  # the retrieval query when it is not the question itself
     # retrieve
     chunks: tuple[ScoredChunk, ...] = ()
-    vector: npt.NDArray[np.float32] | None = None  # the question's embedding, (dim,)
+    vector: npt.NDArray[np.float32] | None = None  # the retrieval query's embedding, (dim,)
     # select evidence
     evidence: Evidence | None = None
     # build prompt
