@@ -10,16 +10,20 @@ and answer it rates, so it outlives the answer it was given on.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
-from rag.errors import InvalidInput, NotFound
+from rag.errors import InvalidInput, NotFound, NotReady
 from rag.sqlite import SqliteDatabase
+
+log = logging.getLogger(__name__)
 
 TOMBSTONE_TTLS = 8
 Rating = Literal["up", "down"]
@@ -250,6 +254,25 @@ def _conversation(row: Sequence[Any], turns: tuple[AnswerRecord, ...]) -> Conver
 
 # --- Redis --------------------------------------------------------------------------------
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _reachable(method: F) -> F:
+    """Redis down or unreachable: a NotReady (503) that says so, not a stack trace."""
+
+    @functools.wraps(method)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        import redis
+
+        try:
+            return method(*args, **kwargs)
+        except (redis.RedisError, OSError) as exc:
+            raise NotReady(f"Conversations are unavailable: Redis is unreachable ({exc}).",
+                           "Retry once GET /ready answers 200, or send the earlier turns as "
+                           "`history`.") from exc
+
+    return wrapped  # type: ignore[return-value]
+
 
 class RedisConversations:
     """Conversations in Redis: each conversation a hash and a list of answer ids, each answer a
@@ -275,6 +298,7 @@ class RedisConversations:
     def close(self) -> None:
         self._redis.close()
 
+    @_reachable
     def lookup(self, conversation_id: str, owner: str = "") -> tuple[Lookup, Conversation | None]:
         data = self._redis.hgetall(self.prefix + conversation_id)
         if not data or data.get("owner", "") != owner:
@@ -285,6 +309,7 @@ class RedisConversations:
         turns = tuple(_record(json.loads(r)) for r in raw if r)
         return "live", _redis_conversation(conversation_id, data, turns)
 
+    @_reachable
     def save(self, record: AnswerRecord) -> None:
         now = time.time()
         record = replace(record, created_at=record.created_at or now)
@@ -310,10 +335,12 @@ class RedisConversations:
             pipe.zremrangebyscore(self.index + record.owner, "-inf", now - ttl)
         pipe.execute()
 
+    @_reachable
     def answer(self, answer_id: str) -> AnswerRecord | None:
         raw = self._redis.get(self.answers + answer_id)
         return _record(json.loads(raw)) if raw else None
 
+    @_reachable
     def recent(self, owner: str = "", limit: int = 50) -> list[Conversation]:
         now = time.time()
         ids = self._redis.zrevrangebyscore(self.index + owner, "+inf", now - self.ttl_s,
@@ -325,6 +352,7 @@ class RedisConversations:
                 found.append(_redis_conversation(conversation_id, data, ()))
         return found
 
+    @_reachable
     def delete(self, conversation_id: str, owner: str = "") -> bool:
         key = self.prefix + conversation_id
         data = self._redis.hgetall(key)
@@ -336,9 +364,11 @@ class RedisConversations:
         self._redis.zrem(self.index + owner, conversation_id)
         return True
 
+    @_reachable
     def add_feedback(self, feedback: Feedback) -> None:
         self._redis.rpush(self.ratings, json.dumps(asdict(feedback)))
 
+    @_reachable
     def feedback(self) -> list[Feedback]:
         return [_feedback(json.loads(r)) for r in self._redis.lrange(self.ratings, 0, -1)]
 
@@ -404,8 +434,15 @@ class Conversations:
         """The newest `max_turns` turns, oldest first."""
         return tuple(turns)[len(turns) - self.max_turns:] if self.max_turns else ()
 
-    def keep(self, record: AnswerRecord) -> None:
-        self.store.save(record)
+    def keep(self, record: AnswerRecord) -> bool:
+        """Keep the answer; False (logged) when the store is unreachable: the answer stands,
+        but its conversation cannot be continued nor the answer rated."""
+        try:
+            self.store.save(record)
+        except NotReady as exc:
+            log.warning("answer %s not kept: %s", record.id, exc)
+            return False
+        return True
 
     def get(self, conversation_id: str, owner: str = "") -> Conversation:
         state, found = self.store.lookup(conversation_id, owner)

@@ -393,10 +393,13 @@ class RagService:
         answer = replace(answer, id=request.answer_id or new_id("ans"),
                          conversation_id=thread.conversation_id,
                          note=thread.note)
-        self.conversations.keep(AnswerRecord(
+        kept = self.conversations.keep(AnswerRecord(
             answer.id, answer.question, answer.text, thread.conversation_id, thread.history,
             tuple(dict.fromkeys(c.filename for c in answer.citations)), answer.mode,
             request.owner))
+        if not kept and thread.conversation_id is not None:
+            return replace(answer, conversation_id=None, note="The conversation could not be "
+                           "kept (its store is unreachable); the next question starts anew.")
         return answer
 
     def _answer(

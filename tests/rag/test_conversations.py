@@ -132,3 +132,16 @@ def test_a_continued_conversation_keeps_its_earlier_turns(
 def test_no_history_when_max_turns_is_zero(tmp_path: Path) -> None:
     conversations = Conversations(SqliteConversations(tmp_path / "c.sqlite3", 60), max_turns=0)
     assert conversations.thread(None, (Turn("q", "a"),), keep=False).history == ()
+
+
+def test_redis_away_is_not_ready_and_answers_go_on_unkept() -> None:
+    from rag.errors import NotReady
+    from tests.api.helpers import free_port
+
+    store = RedisConversations(f"redis://127.0.0.1:{free_port()}/0", 60)
+    with pytest.raises(NotReady, match="Redis is unreachable"):
+        store.lookup("conv_1")
+    conversations = Conversations(store, max_turns=4)
+    assert conversations.keep(record("conv_1", "What is X?")) is False
+    with pytest.raises(NotReady):
+        conversations.thread("conv_1", (), keep=True)
