@@ -19,7 +19,10 @@ from api.errors import EXCEPTION_HANDLERS
 from api.limits import STORE, close_rate_limit_store, rate_limit_middleware, rate_limit_store
 from api.metrics import HTTP, metrics
 from api.routes_ask import ask
+from api.routes_chat import ROUTER as CHAT_ROUTER
+from api.routes_conversations import ROUTES as CONVERSATION_ROUTES
 from api.routes_documents import ROUTES as DOCUMENT_ROUTES
+from api.routes_feedback import give_feedback
 from api.routes_health import health, ready
 from api.routes_widget import demo_page, widget_js
 from ingest.service import IngestService
@@ -108,7 +111,8 @@ def create_app(
             await ingestion.stop()
 
     return Litestar(
-        route_handlers=[health, ready, metrics, ask, *DOCUMENT_ROUTES, widget_js, demo_page],
+        route_handlers=[health, ready, metrics, ask, *DOCUMENT_ROUTES, CHAT_ROUTER,
+                        *CONVERSATION_ROUTES, give_feedback, widget_js, demo_page],
         dependencies={"service": Provide(provide_service, sync_to_thread=False),
                       "ingestion": Provide(lambda: ingestion, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

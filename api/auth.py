@@ -56,6 +56,13 @@ def key_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def owner_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """Whose conversations a request sees: its key's id ("" in open mode or without a key)."""
+    settings: Settings = connection.app.state["settings"]
+    key = presented_key(connection.headers)
+    return key_id(key) if settings.api_keys and key else ""
+
+
 def require_scope(*scopes: Scope) -> Guard:
     """A guard that lets a request through when its key has any of `scopes` (or `admin`).
 

@@ -11,10 +11,11 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import Body
 
-from api.auth import require_scope
+from api.auth import owner_of, require_scope
 from api.metrics import record_answer
 from api.schemas import AnswerOut, AskIn, ErrorOut
 from api.streaming import answer_events
+from rag.conversations import Turn
 from rag.service import AskRequest, RagService
 
 ASK_BODY = Body(
@@ -41,8 +42,9 @@ ASK_RESPONSES = {
     422: ResponseSpec(
         ErrorOut,
         description="Empty question, question over the length limit, unknown collection, "
-        "or top_k out of range.",
+        "top_k out of range, or both `conversation` and `history` sent.",
     ),
+    404: ResponseSpec(ErrorOut, description="The `conversation` is unknown (or not yours)."),
     429: ResponseSpec(ErrorOut, description="Too many requests for this key; see Retry-After."),
     503: ResponseSpec(ErrorOut, description="Models or index not loaded yet; see /ready."),
 }
@@ -59,9 +61,11 @@ def require_json(request: Request[Any, Any, Any]) -> None:
         )
 
 
-def to_request(data: AskIn) -> AskRequest:
+def to_request(data: AskIn, owner: str = "") -> AskRequest:
     return AskRequest(data.question, data.top_k, data.collection,
-                      tuple(data.filters.document_ids))
+                      tuple(data.filters.document_ids), conversation_id=data.conversation,
+                      history=tuple(Turn(t.question, t.answer) for t in data.history),
+                      keep=not data.history, owner=owner)
 
 
 @post(
@@ -73,20 +77,27 @@ def to_request(data: AskIn) -> AskRequest:
     before_request=require_json,
     responses=ASK_RESPONSES,
 )
-async def ask(data: Annotated[AskIn, ASK_BODY], service: RagService) -> Response[Any]:
+async def ask(
+    data: Annotated[AskIn, ASK_BODY], service: RagService, request: Request[Any, Any, Any]
+) -> Response[Any]:
     """Answer a question from the indexed documents, citing the chunks it used, with verified
     quotes (`evidence`) and the check of each answer sentence.
 
     With `"stream": true` the answer arrives as Server-Sent Events: `token` events carry the
     text as it is generated, then `citations` (a JSON list), then `done` (JSON: the final
     `answer`, which replaces the streamed text when it is a quote, `mode`, `groundedness`,
-    `evidence`, `sentences`, cached, usage, timings). An error after the stream began arrives
-    as an `error` event with the JSON error body. Closing the connection stops the
-    generation. Needs a key with the `ask` scope.
+    `evidence`, `sentences`, cached, usage, timings, `answer_id`, `conversation`). An error
+    after the stream began arrives as an `error` event with the JSON error body. Closing the
+    connection stops the generation. Needs a key with the `ask` scope.
+
+    Every answer belongs to a conversation: send its `conversation` with the next question
+    and the follow-up is retrieved and answered with the earlier turns (404 for an unknown
+    id; an expired one starts afresh, said in `note`). A client that keeps the turns itself
+    sends them as `history` instead.
     """
-    request = to_request(data)
+    asked = to_request(data, owner_of(request))
     if data.stream:
-        return await answer_events(service, request)
-    answer = await anyio.to_thread.run_sync(service.ask, request)
+        return await answer_events(service, asked)
+    answer = await anyio.to_thread.run_sync(service.ask, asked)
     record_answer(answer, stream=False)
     return Response(AnswerOut.of(answer))

@@ -14,6 +14,14 @@ class AskFilters(BaseModel):
     document_ids: list[str] = Field(default_factory=list, description="Only these documents.")
 
 
+class TurnIn(BaseModel):
+    """An earlier exchange of the conversation, as the client kept it."""
+
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(description="What was asked.")
+    answer: str = Field(description="What was answered.")
+
+
 class AskIn(BaseModel):
     """A question to answer from the indexed documents."""
 
@@ -25,6 +33,12 @@ class AskIn(BaseModel):
     stream: bool = Field(
         False, description="Answer as Server-Sent Events (token, citations, done, error)."
     )
+    conversation: str | None = Field(
+        None, description="Continue this conversation (the `conversation` of an earlier "
+        "answer); left out, the answer starts a new one.")
+    history: list[TurnIn] = Field(
+        default_factory=list, description="Or the earlier turns, oldest first, for a client "
+        "that keeps the conversation itself (nothing is continued then).")
 
 
 class CitationOut(BaseModel):
@@ -106,6 +120,12 @@ class AnswerOut(BaseModel):
     timings: TimingsOut
     model: str = Field(description="The generator model.")
     index_version: int = Field(description="Version of the index the answer was built from.")
+    answer_id: str = Field(description="This answer's id: rate it with POST /v1/feedback.")
+    conversation: str | None = Field(
+        description="The conversation it belongs to: send it with the next question.")
+    history_turns: int = Field(description="Earlier turns the prompt held.")
+    note: str = Field(description="Said about the conversation, e.g. that an expired one "
+                      "started afresh; empty otherwise.")
 
     @classmethod
     def of(cls, answer: Answer) -> AnswerOut:
@@ -119,7 +139,14 @@ class AnswerOut(BaseModel):
             timings=TimingsOut(**vars(answer.timings)),
             model=answer.model,
             index_version=answer.index_version,
+            **conversation_of(answer),
         )
+
+
+def conversation_of(answer: Answer) -> dict[str, Any]:
+    """The fields that place an answer in its conversation."""
+    return {"answer_id": answer.id, "conversation": answer.conversation_id,
+            "history_turns": answer.history_turns, "note": answer.note}
 
 
 def citations_of(answer: Answer) -> list[CitationOut]:
@@ -154,13 +181,17 @@ class DoneOut(BaseModel):
     timings: TimingsOut
     model: str
     index_version: int
+    answer_id: str
+    conversation: str | None
+    history_turns: int
+    note: str
 
     @classmethod
     def of(cls, answer: Answer) -> DoneOut:
         return cls(answer=answer.text, **checked_of(answer), cached=answer.cached,
                    usage=UsageOut(**vars(answer.usage)),
                    timings=TimingsOut(**vars(answer.timings)), model=answer.model,
-                   index_version=answer.index_version)
+                   index_version=answer.index_version, **conversation_of(answer))
 
 
 class ErrorOut(BaseModel):

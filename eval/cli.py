@@ -162,6 +162,12 @@ def print_summary(result: dict[str, Any]) -> None:
         table.add_row(f"mode {mode}", _fmt(share))
     table.add_row("answers repeating a sentence", str(agg.get("repeated_sentence_answers", "–")))
     table.add_row("cache hit rate", _fmt(agg["cache_hit_rate"]))
+    followup = agg.get("followup")
+    if followup:
+        for name in ("hit@1", "hit@3", "mrr"):
+            table.add_row(f"follow-ups ({followup['turns']}) {name} with / without history",
+                          f"{_fmt(followup[f'with_history_{name}'])} / "
+                          f"{_fmt(followup[f'without_history_{name}'])}")
     console.print(table)
 
 
@@ -169,6 +175,36 @@ def _fmt(value: float | None, signed: bool = False) -> str:
     if value is None:
         return "–"
     return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+@eval_app.command(name="export-feedback")
+def export_feedback(
+    out: Annotated[Path, typer.Option(help="The JSONL suite to write.")] = Path(
+        "feedback.jsonl"),
+    rating: Annotated[str, typer.Option(help="all, up or down.")] = "all",
+    data_dir: Annotated[Path | None, typer.Option(
+        help="Data directory of the service (default: RAG_DATA_DIR).")] = None,
+) -> None:
+    """Write rated answers (POST /v1/feedback) as a JSONL suite for `rag eval run`."""
+    from eval.feedback import counts, export
+    from rag.conversations import build_conversations
+
+    if rating not in ("all", "up", "down"):
+        raise typer.BadParameter("use all, up or down.", param_hint="--rating")
+    settings = load_settings({"data_dir": str(data_dir)} if data_dir else {})
+    store = build_conversations(settings.redis_url, settings.conversations_path,
+                                settings.conversation_ttl_s)
+    store.open()
+    try:
+        feedback = store.feedback()
+    finally:
+        store.close()
+    written = export(feedback, out, rating)  # type: ignore[arg-type]
+    tally = counts(feedback)
+    console.print(f"wrote {written} rated answers to {out} ({tally['up']} up, "
+                  f"{tally['down']} down in the store); score them over the service's "
+                  f"documents with `rag eval run {out} --data-dir <its data dir>` "
+                  "or `--url <its URL>`")
 
 
 @eval_app.command(name="compare")

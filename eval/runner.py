@@ -20,6 +20,7 @@ RETRIEVAL_DEPTH = 10
 SNIPPET_CHARS = 300
 EVIDENCE_K = (1, 3)
 MODES = ("generated", "quote", "abstained")
+FOLLOWUP_SCORES = ("hit@1", "hit@3", "mrr")
 
 OnItem = Callable[["ItemResult"], None]
 
@@ -84,6 +85,8 @@ class ItemResult:
     completion_tokens: int = 0
     cached: bool = False
     error: str | None = None
+    conversation: str = ""
+    turn: int = 1
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ def run_suite(
         "git_commit": git_commit(),
         "started_at": started.isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - clock, 3),
-        "aggregates": aggregate(rows),
+        "aggregates": aggregate(rows) | _followups(rows),
         "items": [asdict(r) for r in rows],
     }
 
@@ -157,18 +160,35 @@ def evaluate_item(item: SuiteItem, target: Target, corpus: Corpus, options: RunO
                   ) -> ItemResult:
     """Ask one question and score it; an error is recorded on the item, not raised."""
     base = ItemResult(item.id, item.question, item.answerable, item.answers,
-                      corpus.grades(item.relevant))
+                      corpus.grades(item.relevant), conversation=item.conversation,
+                      turn=item.turn)
+    depth = max(RETRIEVAL_DEPTH, options.top_k or 0)
     try:
         started = time.perf_counter()
-        retrieved = target.retrieve(item.question, max(RETRIEVAL_DEPTH, options.top_k or 0))
+        retrieved = target.retrieve(item.question, depth, item.history)
+        alone = _without_history(item, target, corpus, depth)
         if options.retrieval_only:
             if retrieved is None:
                 raise ValueError(f"{target.name} cannot retrieve without answering.")
-            return score_retrieval(base, retrieved, corpus, time.perf_counter() - started)
-        answer = target.ask(item.question, options.top_k)
+            result = score_retrieval(base, retrieved, corpus, time.perf_counter() - started)
+        else:
+            answer = target.ask(item.question, options.top_k, item.history)
+            result = score_item(base, answer, retrieved, corpus)
     except Exception as exc:  # one failing question must not end a long run
         return replace(base, error=f"{type(exc).__name__}: {exc}")
-    return score_item(base, answer, retrieved, corpus)
+    return replace(result, scores={**result.scores, **alone})
+
+
+def _without_history(item: SuiteItem, target: Target, corpus: Corpus, depth: int
+                     ) -> dict[str, float | None]:
+    """A follow-up turn's retrieval scores when its own words alone are searched."""
+    if not item.followup:
+        return {}
+    alone = target.retrieve(item.question, depth)
+    if alone is None:
+        return {}
+    scores = _retrieval_scores(_chunks(alone, corpus), corpus.grades(item.relevant))
+    return {f"alone_{name}": scores[name] for name in FOLLOWUP_SCORES}
 
 
 def _chunks(retrieved: Sequence[Retrieved], corpus: Corpus) -> tuple[ResultChunk, ...]:
@@ -294,6 +314,24 @@ def aggregate(rows: Sequence[ItemResult]) -> dict[str, Any]:
         "usage": {"prompt_tokens": sum(r.prompt_tokens for r in ok),
                   "completion_tokens": sum(r.completion_tokens for r in ok)},
     }
+
+
+def _followups(rows: Sequence[ItemResult]) -> dict[str, Any]:
+    """Multi-turn suites: per turn number, and on follow-up turns (turn > 1) retrieval with
+    the conversation's history beside the same turns searched alone."""
+    turns = [r for r in rows if r.error is None and r.conversation]
+    if not turns:
+        return {}
+    later = [r for r in turns if r.turn > 1]
+    followup: dict[str, Any] = {"turns": len(later)}
+    for name in FOLLOWUP_SCORES:
+        followup[f"with_history_{name}"] = m.mean(r.scores.get(name) for r in later)
+        followup[f"without_history_{name}"] = m.mean(r.scores.get(f"alone_{name}")
+                                                     for r in later)
+    by_turn = {str(n): {"items": sum(r.turn == n for r in turns),
+                        "hit@3": m.mean(r.scores.get("hit@3") for r in turns if r.turn == n)}
+               for n in sorted({r.turn for r in turns})}
+    return {"followup": followup, "turns": by_turn}
 
 
 def _throughput(generated: Sequence[ItemResult]) -> dict[str, float | None]:

@@ -12,10 +12,12 @@ import csv
 import json
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal
+
+from rag.conversations import Turn
 
 SuiteFormat = Literal["jsonl", "squad", "beir"]
 CORPUS_SUFFIXES = (".md", ".txt", ".rst", ".html", ".htm", ".pdf", ".docx", ".pptx", ".xlsx",
@@ -35,6 +37,14 @@ class SuiteItem:
     answers: tuple[str, ...] = ()
     relevant: Mapping[str, int] = field(default_factory=dict)
     answerable: bool = True
+    # A turn of a conversation: the turns before it (their first reference as the answer).
+    history: tuple[Turn, ...] = ()
+    conversation: str = ""
+    turn: int = 1
+
+    @property
+    def followup(self) -> bool:
+        return bool(self.history)
 
 
 @dataclass(frozen=True)
@@ -145,8 +155,11 @@ def folder_corpus(folder: Path) -> tuple[CorpusDocument, ...]:
 
 
 def load_jsonl(path: Path, corpus: Path | None = None) -> Suite:
-    """One question per line: {id?, question, answers?, relevant?, answerable?}."""
-    items = [_jsonl_item(obj, f"{path}: line {n}", n) for n, obj in _jsonl_lines(path)]
+    """One question per line: {id?, question, answers?, relevant?, answerable?}, or one
+    conversation per line: {id?, turns: [{question, answers?, relevant?, answerable?}, ...]}
+    (its turns become items `<id>.<n>`, each with the turns before it as history)."""
+    items = [item for n, obj in _jsonl_lines(path)
+             for item in _jsonl_items(obj, f"{path}: line {n}", n)]
     _check_unique(items, path)
     if not items:
         raise SuiteError(f"{path}: holds no questions.")
@@ -173,6 +186,24 @@ def _jsonl_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield n, obj
 
 
+def _jsonl_items(obj: Mapping[str, Any], where: str, n: int) -> list[SuiteItem]:
+    if "turns" not in obj:
+        return [_jsonl_item(obj, where, n)]
+    turns = _field(obj, "turns", list, where)
+    if not turns or not all(isinstance(t, dict) for t in turns):
+        raise SuiteError(f"{where}: field 'turns' must be a non-empty list of objects.")
+    conversation = str(obj.get("id", f"line-{n}"))
+    items: list[SuiteItem] = []
+    history: tuple[Turn, ...] = ()
+    for number, turn in enumerate(turns, start=1):
+        item = _jsonl_item({**turn, "id": f"{conversation}.{number}"},
+                           f"{where}: turn {number}", n)
+        items.append(replace(item, history=history, conversation=conversation, turn=number))
+        said = item.answers[0] if item.answers else "The documents do not contain this."
+        history = (*history, Turn(item.question, said))
+    return items
+
+
 def _jsonl_item(obj: Mapping[str, Any], where: str, n: int) -> SuiteItem:
     question = _field(obj, "question", str, where).strip()
     if not question:
@@ -185,7 +216,19 @@ def _jsonl_item(obj: Mapping[str, Any], where: str, n: int) -> SuiteItem:
     relevant = _grades(obj.get("relevant", []), where)
     if not answerable and (answers or relevant):
         raise SuiteError(f"{where}: an unanswerable question has no answers or relevant docs.")
-    return SuiteItem(str(item_id), question, tuple(answers), relevant, answerable)
+    history = _history(obj.get("history", []), where)
+    return SuiteItem(str(item_id), question, tuple(answers), relevant, answerable, history,
+                     str(item_id) if history else "", len(history) + 1)
+
+
+def _history(value: Any, where: str) -> tuple[Turn, ...]:
+    """`history`: earlier turns [{question, answer}], oldest first."""
+    if not isinstance(value, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("question"), str)
+            and isinstance(t.get("answer"), str) for t in value):
+        raise SuiteError(f"{where}: field 'history' must be a list of "
+                         "{\"question\": ..., \"answer\": ...} objects.")
+    return tuple(Turn(t["question"], t["answer"]) for t in value)
 
 
 def _string_list(value: Any, name: str, where: str) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from eval.suites import CorpusDocument
+from rag.conversations import Turn
 from rag.settings import Settings
 from rag.types import Answer
 
@@ -56,9 +57,12 @@ class Target(Protocol):
         """Ingest the corpus; returns corpus key -> the target's document id."""
         ...
 
-    def ask(self, question: str, top_k: int | None) -> Answer: ...
+    def ask(self, question: str, top_k: int | None, history: Sequence[Turn] = ()) -> Answer:
+        """The answer to `question`, asked after the earlier turns `history`."""
+        ...
 
-    def retrieve(self, question: str, depth: int) -> list[Retrieved] | None:
+    def retrieve(self, question: str, depth: int, history: Sequence[Turn] = ()
+                 ) -> list[Retrieved] | None:
         """The top `depth` chunks, or None when the target cannot say (then citations rank)."""
         ...
 
@@ -127,17 +131,22 @@ class LocalTarget:
                 advance(1)
         return keys
 
-    def ask(self, question: str, top_k: int | None) -> Answer:
+    def ask(self, question: str, top_k: int | None, history: Sequence[Turn] = ()) -> Answer:
         from rag.service import AskRequest
 
-        return self.service.ask(AskRequest(question, top_k))
+        return self.service.ask(AskRequest(question, top_k, history=tuple(history)))
 
-    def retrieve(self, question: str, depth: int) -> list[Retrieved] | None:
+    def retrieve(self, question: str, depth: int, history: Sequence[Turn] = ()
+                 ) -> list[Retrieved] | None:
+        """The retriever's top `depth`, for a follow-up with the query the engine would use."""
+        from rag.followup import rewrite
         from rag.retrieval import Query
 
         retriever = self.service.retriever
         if retriever is None:
             return None
+        if history and self.service.settings.followup_rewrite == "terms":
+            question = rewrite(question, history)
         return [Retrieved(r.chunk.document_id, r.filename, r.chunk.id, r.chunk.text, r.score)
                 for r in retriever.retrieve(Query(question, depth))]
 
@@ -221,14 +230,17 @@ class HttpTarget:
         raise EvalError(f"Corpus document {doc.key!r} was not ingested within "
                         f"{self.job_timeout_s:.0f} s.")
 
-    def ask(self, question: str, top_k: int | None) -> Answer:
+    def ask(self, question: str, top_k: int | None, history: Sequence[Turn] = ()) -> Answer:
         body: dict[str, Any] = {"question": question, "top_k": top_k, "collection": None,
                                 "filters": {"document_ids": []}, "stream": False}
+        if history:
+            body["history"] = [{"question": t.question, "answer": t.answer} for t in history]
         answer = answer_from_api(_json(self.client.post("/v1/ask", json=body), (200,)))
         self._answers.append(answer)
         return answer
 
-    def retrieve(self, question: str, depth: int) -> list[Retrieved] | None:
+    def retrieve(self, question: str, depth: int, history: Sequence[Turn] = ()
+                 ) -> list[Retrieved] | None:
         return None
 
     def describe(self) -> dict[str, Any]:

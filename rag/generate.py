@@ -33,7 +33,8 @@ class GenerateStage:
         rule = AnswerStop(self.stop_at_paragraph)
         text = ""
         first: float | None = None
-        stream = self.generator.stream(ctx.prompt, self.max_new_tokens, ctx.stop)
+        limit = ctx.max_new_tokens or self.max_new_tokens
+        stream = self.generator.stream(ctx.prompt, limit, ctx.stop)
         try:
             for piece in stream:
                 first = first or time.perf_counter()
@@ -45,7 +46,7 @@ class GenerateStage:
         finally:
             stream.close()  # stops the generator behind it
         tokens = stream.usage.completion_tokens
-        cut_off = rule.reason is None and tokens >= self.max_new_tokens
+        cut_off = rule.reason is None and tokens >= limit
         return replace(ctx, generated=clean_answer(text, self.stop_at_paragraph, cut_off),
                        completion_tokens=tokens,
                        first_token=first or time.perf_counter(), stop_reason=rule.reason)

@@ -24,6 +24,7 @@ import numpy.typing as npt
 from rag.types import AnswerMode, Quote, ScoredChunk, SentenceCheck
 
 if TYPE_CHECKING:
+    from rag.conversations import Turn
     from rag.evidence import Evidence
     from rag.prompt import Prompt
     from rag.retrieval import Query
@@ -38,9 +39,13 @@ class AskContext:
 
     query: Query
     stop: threading.Event | None = None
+    history: tuple[Turn, ...] = ()  # earlier turns of the conversation, oldest first
+    max_new_tokens: int | None = None  # this ask's cap on the answer (None: the setting's)
+    # follow-up rewrite
+    search: str = ""  # the retrieval query when it is not the question itself
     # retrieve
     chunks: tuple[ScoredChunk, ...] = ()
-    vector: npt.NDArray[np.float32] | None = None  # the question's embedding, (dim,)
+    vector: npt.NDArray[np.float32] | None = None  # the retrieval query's embedding, (dim,)
     # select evidence
     evidence: Evidence | None = None
     # build prompt

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, cast
 
+from rag.conversations import Turn
 from rag.errors import ConfigError, InvalidInput
 from rag.pipeline import AskContext, quiet
 from rag.types import ScoredChunk
@@ -34,6 +35,11 @@ SYSTEM_PROMPT = (
 # Bump when SYSTEM_PROMPT or the layout below changes: it is part of the response cache key.
 PROMPT_TEMPLATE_VERSION = "2"
 
+# Earlier turns may take at most this share of the room left beside the question; the rest
+# is the sources'. Turns are kept newest first; the oldest are dropped first.
+HISTORY_SHARE = 0.5
+_CITATION_MARK = re.compile(r"\s*\[\d+\]")
+
 # A sentence ends at . ! or ? (closing quotes or brackets included) followed by space or the end.
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")
 
@@ -50,6 +56,8 @@ class Prompt:
     budget: int
     # Per source, the evidence sentences the prompt shows (empty: the chunk's whole text).
     evidence: tuple[tuple[ScoredSentence, ...], ...] = ()
+    turns: tuple[Turn, ...] = ()  # the earlier turns the prompt holds, oldest first
+    dropped_turns: int = 0  # older turns left out for want of room
 
 
 @dataclass(frozen=True)
@@ -77,14 +85,17 @@ def build_prompt(
     tokenizer: PreTrainedTokenizerBase,
     context_window: int,
     max_new_tokens: int,
+    turns: Sequence[Turn] = (),
 ) -> Prompt:
     """Fit the best-ranked chunks beside `question` into `context_window - max_new_tokens` tokens.
 
     Chunks are taken in rank order while they fit; the first one that does not is cut to its
     longest sentence prefix that fits (or dropped if no sentence does), and the rest are dropped.
+    Earlier `turns` (oldest first) come before the question, the newest that fit in
+    `HISTORY_SHARE` of the room; the question itself is never dropped.
     """
     return _build(question, [_Block(c) for c in chunks], tokenizer, context_window,
-                  max_new_tokens)
+                  max_new_tokens, turns)
 
 
 def build_evidence_prompt(
@@ -93,10 +104,11 @@ def build_evidence_prompt(
     tokenizer: PreTrainedTokenizerBase,
     context_window: int,
     max_new_tokens: int,
+    turns: Sequence[Turn] = (),
 ) -> Prompt:
     """Like `build_prompt`, with each chunk shown as its evidence sentences (best chunk first)."""
     blocks = [_Block(scored, sentences) for scored, sentences in evidence.groups]
-    return _build(question, blocks, tokenizer, context_window, max_new_tokens)
+    return _build(question, blocks, tokenizer, context_window, max_new_tokens, turns)
 
 
 def _build(
@@ -105,6 +117,7 @@ def _build(
     tokenizer: PreTrainedTokenizerBase,
     context_window: int,
     max_new_tokens: int,
+    turns: Sequence[Turn] = (),
 ) -> Prompt:
     if tokenizer.chat_template is None:
         raise ConfigError(
@@ -115,22 +128,47 @@ def _build(
     base = _render(tokenizer, question, ())
     if len(base) > limit:
         raise _question_too_long(question, tokenizer, limit)
-    used, dropped = _fit_sources(tokenizer, question, blocks, limit)
-    input_ids = _render(tokenizer, question, used)
+    room = len(base) + int(HISTORY_SHARE * (limit - len(base)))
+    kept = _fit_turns(tokenizer, question, turns, room)
+    asked = _Asked(question, kept)
+    used, dropped = _fit_sources(tokenizer, asked, blocks, limit)
+    input_ids = _render(tokenizer, asked, used)
     return Prompt(
-        messages=_messages(question, used),
+        messages=_messages(asked, used),
         input_ids=input_ids,
         sources=tuple(b.scored for b in used),
         dropped=tuple(b.scored for b in dropped),
         prompt_tokens=len(input_ids),
         budget=limit - len(base),
         evidence=tuple(b.sentences for b in used),
+        turns=kept,
+        dropped_turns=len(turns) - len(kept),
     )
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """The question and the earlier turns shown before it."""
+
+    question: str
+    turns: tuple[Turn, ...] = ()
+
+
+def _fit_turns(
+    tokenizer: PreTrainedTokenizerBase, question: str, turns: Sequence[Turn], limit: int
+) -> tuple[Turn, ...]:
+    """The newest turns (kept oldest first) whose prompt, without sources, fits `limit`."""
+    kept: tuple[Turn, ...] = ()
+    for turn in reversed(turns):
+        if len(_render(tokenizer, _Asked(question, (turn, *kept)), ())) > limit:
+            break
+        kept = (turn, *kept)
+    return kept
 
 
 def _fit_sources(
     tokenizer: PreTrainedTokenizerBase,
-    question: str,
+    question: _Asked,
     blocks: Sequence[_Block],
     limit: int,
 ) -> tuple[tuple[_Block, ...], tuple[_Block, ...]]:
@@ -149,7 +187,7 @@ def _fit_sources(
 
 def _cut_to_fit(
     tokenizer: PreTrainedTokenizerBase,
-    question: str,
+    question: _Asked,
     used: tuple[_Block, ...],
     block: _Block,
     limit: int,
@@ -183,7 +221,7 @@ def _truncated(scored: ScoredChunk, length: int) -> ScoredChunk:
 
 
 def _render(
-    tokenizer: PreTrainedTokenizerBase, question: str, sources: tuple[_Block, ...]
+    tokenizer: PreTrainedTokenizerBase, question: str | _Asked, sources: tuple[_Block, ...]
 ) -> tuple[int, ...]:
     """Token ids of the chat template with the assistant turn opened."""
     ids = tokenizer.apply_chat_template(
@@ -197,11 +235,23 @@ def _render(
     return tuple(cast("list[int]", ids))
 
 
-def _messages(question: str, sources: tuple[_Block, ...]) -> tuple[dict[str, str], ...]:
-    """System prompt first, then one user message: numbered sources, then the question."""
+def _messages(
+    question: str | _Asked, sources: tuple[_Block, ...]
+) -> tuple[dict[str, str], ...]:
+    """System prompt first, then one user message: numbered sources, the earlier turns, then
+    the question."""
+    asked = question if isinstance(question, _Asked) else _Asked(question)
     blocks = [_source_block(number, block) for number, block in enumerate(sources, start=1)]
-    user = "".join(blocks) + f"Question: {question}"
+    user = "".join(blocks) + _turns_block(asked.turns) + f"Question: {asked.question}"
     return ({"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user})
+
+
+def _turns_block(turns: tuple[Turn, ...]) -> str:
+    """Earlier turns as plain lines; their `[n]` marks cited other sources, so they go."""
+    if not turns:
+        return ""
+    lines = [f"Q: {t.question}\nA: {_CITATION_MARK.sub('', t.answer).strip()}\n" for t in turns]
+    return "Earlier in this conversation:\n" + "".join(lines) + "\n"
 
 
 def _source_block(number: int, block: _Block) -> str:
@@ -240,11 +290,11 @@ class PromptStage:
 
     @quiet
     def run(self, ctx: AskContext) -> AskContext:
-        g = self.generator
+        g, limit = self.generator, ctx.max_new_tokens or self.max_new_tokens
         if self.context == "evidence" and ctx.evidence is not None:
             prompt = build_evidence_prompt(ctx.question, ctx.evidence, g.tokenizer,
-                                           g.context_window, self.max_new_tokens)
+                                           g.context_window, limit, ctx.history)
         else:
             prompt = build_prompt(ctx.question, ctx.chunks, g.tokenizer, g.context_window,
-                                  self.max_new_tokens)
+                                  limit, ctx.history)
         return dataclasses.replace(ctx, prompt=prompt)

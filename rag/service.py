@@ -18,9 +18,11 @@ from rag import parsing
 from rag.cache import ResponseCache, build_cache, cache_key
 from rag.check import CheckStage
 from rag.chunking import ChunkDraft, Chunker, check_window, element_offsets
+from rag.conversations import AnswerRecord, Conversations, Thread, Turn, build_conversations, new_id
 from rag.embedding import Embedder, build_embedder
 from rag.errors import EmptyDocument, InvalidInput, NotReady, RagError
 from rag.evidence import EvidenceSelector, EvidenceStage
+from rag.followup import FollowupStage
 from rag.generate import GenerateStage
 from rag.generation import Generator, build_generator
 from rag.index import FaissIndex, read_manifest
@@ -52,6 +54,12 @@ class AskRequest:
     top_k: int | None = None
     collection: str | None = None
     document_ids: tuple[str, ...] = ()
+    conversation_id: str | None = None  # continue this stored conversation
+    history: tuple[Turn, ...] = ()  # or these earlier turns, sent by the client
+    keep: bool = False  # without an id, start a stored conversation with this ask
+    owner: str = ""  # whose conversation it is (a key id; "" in open mode)
+    max_new_tokens: int | None = None  # a lower cap on the answer than the setting's
+    answer_id: str | None = None  # the id to give the answer (default: a new one)
 
 
 class RagService:
@@ -72,6 +80,10 @@ class RagService:
         self.cache: ResponseCache = build_cache(
             settings.redis_url, settings.cache_size, settings.cache_ttl_s
         )
+        self.conversations = Conversations(
+            build_conversations(settings.redis_url, settings.conversations_path,
+                                settings.conversation_ttl_s),
+            settings.max_history_turns)
         self.index: FaissIndex | None = None
         self.retriever: Retriever | None = None
         self.pipeline: AskPipeline | None = None
@@ -88,6 +100,7 @@ class RagService:
         """
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store.open()
+        self.conversations.store.open()
         self.embedder.load()
         check_window(self.settings.chunk_size, self.settings.chunk_overlap,
                      self.embedder.max_tokens)
@@ -356,27 +369,48 @@ class RagService:
         if not 1 <= top_k <= 50:
             raise InvalidInput(f"top_k {top_k} is out of range.", "Use 1 to 50.")
         self._check_collection(request.collection)
+        thread = self.conversations.thread(request.conversation_id, request.history,
+                                           request.keep, request.owner)
         self.refresh_index()
-        key = self._cache_key(question, top_k, request)
+        key = self._cache_key(question, top_k, request, thread.history)
         cached = self.cache.get(key)
         if cached is not None:
             total = (time.perf_counter() - started) * 1000
             yield cached.text
-            yield _replace_answer(cached, cached=True, timings=Timings(total_ms=total))
+            yield self._given(_replace_answer(cached, cached=True,
+                                              timings=Timings(total_ms=total)), request, thread)
             return
-        answer = yield from self._answer(question, top_k, request, started, stop)
+        answer = yield from self._answer(question, top_k, request, started, stop,
+                                         thread.history)
         if stop is None or not stop.is_set():
             self.cache.put(key, answer)
+            answer = self._given(answer, request, thread)
         yield answer
+
+    def _given(self, answer: Answer, request: AskRequest, thread: Thread) -> Answer:
+        """The answer with its own id and conversation, kept for that conversation and for
+        feedback."""
+        answer = replace(answer, id=request.answer_id or new_id("ans"),
+                         conversation_id=thread.conversation_id,
+                         note=thread.note)
+        kept = self.conversations.keep(AnswerRecord(
+            answer.id, answer.question, answer.text, thread.conversation_id, thread.history,
+            tuple(dict.fromkeys(c.filename for c in answer.citations)), answer.mode,
+            request.owner))
+        if not kept and thread.conversation_id is not None:
+            return replace(answer, conversation_id=None, note="The conversation could not be "
+                           "kept (its store is unreachable); the next question starts anew.")
+        return answer
 
     def _answer(
         self, question: str, top_k: int, request: AskRequest, started: float,
-        stop: threading.Event | None,
+        stop: threading.Event | None, history: tuple[Turn, ...] = (),
     ) -> collections.abc.Generator[str, None, Answer]:
         if self.pipeline is None:
             raise NotReady("The service is still loading.", "Wait for /ready, then retry.")
         query = Query(question, top_k, request.collection, request.document_ids)
-        ctx = yield from self.pipeline.run(AskContext(query, stop))
+        limit = self._max_new_tokens(request)
+        ctx = yield from self.pipeline.run(AskContext(query, stop, history, limit))
         return self._finish(ctx, started)
 
     def _pipeline(self, retriever: Retriever) -> AskPipeline:
@@ -384,6 +418,7 @@ class RagService:
         s, generator = self.settings, self.generator
         selector = EvidenceSelector(self.store, self.embedder, s.evidence_sentences, s.rrf_k)
         return AskPipeline([
+            *([FollowupStage()] if s.followup_rewrite == "terms" else []),
             RetrieveStage(retriever),
             EvidenceStage(selector, s.min_relevance, s.min_evidence),
             PromptStage(generator, s.answer_context, s.max_new_tokens),
@@ -424,7 +459,19 @@ class RagService:
             dropped_chunk_ids=tuple(s.chunk.id for s in prompt.dropped) if prompt else (),
             model=self.generator.name,
             index_version=self._index().version,
+            history_turns=len(prompt.turns) if prompt else 0,
+            search=ctx.search,
         )
+
+    def _max_new_tokens(self, request: AskRequest) -> int:
+        """The request's cap on the answer, never above the setting (the budget's reserve)."""
+        limit = self.settings.max_new_tokens
+        if request.max_new_tokens is not None:
+            if request.max_new_tokens < 1:
+                raise InvalidInput(f"max_tokens {request.max_new_tokens} is below 1.",
+                                   "Ask for at least one token, or leave it out.")
+            limit = min(limit, request.max_new_tokens)
+        return limit
 
     def _check_question(self, question: str) -> str:
         question = (question or "").strip()
@@ -445,14 +492,17 @@ class RagService:
                 "Leave it out to search everything, or upload documents into it first.",
             )
 
-    def _cache_key(self, question: str, top_k: int, request: AskRequest) -> str:
+    def _cache_key(self, question: str, top_k: int, request: AskRequest,
+                   history: Sequence[Turn]) -> str:
         s = self.settings
         return cache_key(question, {
+            "history": [[t.question, t.answer] for t in history],
+            "followup_rewrite": s.followup_rewrite,
             "top_k": top_k, "collection": request.collection,
             "documents": sorted(request.document_ids), "index": self._index().version,
             "index_id": self._index().index_id,
             "model": self.generator.name, "embedder": s.embedding_model,
-            "max_new_tokens": s.max_new_tokens, "temperature": s.temperature,
+            "max_new_tokens": self._max_new_tokens(request), "temperature": s.temperature,
             "context": s.context_window, "template": PROMPT_TEMPLATE_VERSION,
             "hybrid": s.hybrid, "min_relevance": s.min_relevance,
             "answer_context": s.answer_context, "evidence_sentences": s.evidence_sentences,

@@ -150,6 +150,21 @@ class Settings(BaseSettings):
     cache_size: int = Field(1024, ge=0, description="Answers kept by the in-process LRU cache.")
     cache_ttl_s: int = Field(86_400, gt=0, description="Seconds a cached answer lives in Redis.")
 
+    # Conversations
+    conversation_ttl_s: int = Field(
+        7 * 86_400, gt=0,
+        description="Seconds a conversation (and its answers, for feedback) lives after its "
+        "last turn; the next turn of an expired one starts it afresh.",
+    )
+    max_history_turns: int = Field(
+        6, ge=0, description="Most earlier turns of a conversation an ask considers (the "
+        "prompt holds the newest that fit its budget).")
+    followup_rewrite: Literal["terms", "none"] = Field(
+        "terms",
+        description="Retrieval query of a follow-up: terms (carry the earlier turns' key terms "
+        "into it) or none (the question alone).",
+    )
+
     # Ingestion jobs
     max_request_bytes: int = Field(
         512 * 1024 * 1024, gt=0, description="Largest upload request (all files together)."
@@ -212,6 +227,10 @@ class Settings(BaseSettings):
     @property
     def store_path(self) -> Path:
         return self.data_dir / "chunks.sqlite3"
+
+    @property
+    def conversations_path(self) -> Path:
+        return self.data_dir / "conversations.sqlite3"
 
     @property
     def index_dir(self) -> Path:

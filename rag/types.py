@@ -168,6 +168,11 @@ class Answer:
     dropped_chunk_ids: tuple[int, ...] = ()
     model: str = ""
     index_version: int = 0
+    id: str = ""  # this response's answer id (feedback names it)
+    conversation_id: str | None = None  # the conversation it was given in, if one is kept
+    note: str = ""  # said about the conversation, e.g. an expired one started afresh
+    history_turns: int = 0  # earlier turns the prompt held
+    search: str = ""  # the retrieval query, when a follow-up was rewritten
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,6 +195,11 @@ class Answer:
             dropped_chunk_ids=tuple(data.get("dropped_chunk_ids", ())),
             model=data.get("model", ""),
             index_version=data.get("index_version", 0),
+            id=data.get("id", ""),
+            conversation_id=data.get("conversation_id"),
+            note=data.get("note", ""),
+            history_turns=data.get("history_turns", 0),
+            search=data.get("search", ""),
         )
 
 

@@ -11,6 +11,11 @@
  * The box lives in a shadow DOM, so its styles and the page's do not mix. Answers stream in
  * over fetch + ReadableStream (EventSource cannot POST); the host element's data-state says
  * idle, asking, streaming, done or error.
+ *
+ * Questions in one box are one conversation: follow-ups are answered with the earlier turns.
+ * The thread (conversation id and turns) is kept in sessionStorage, so it survives a reload of
+ * the page and ends with the tab; "New conversation" starts over. Each answer can be rated
+ * up or down (POST /v1/feedback).
  */
 (function () {
   "use strict";
@@ -56,6 +61,19 @@
     .evidence cite { display: block; font-style: normal; color: #5b6478; font-size: .8rem; }
     .unverified { color: #8a5a00; }
     mark { background: #fff1a8; }
+    .thread { margin: 0 0 .6rem; padding: 0; list-style: none; }
+    .thread:empty { display: none; }
+    .turn { border-bottom: 1px solid #e6e9f0; padding: .35rem 0; }
+    .turn .q { font-weight: 600; margin: 0; }
+    .turn .a { margin: .15rem 0 0; white-space: pre-wrap; color: #34405a; }
+    .asked { font-weight: 600; margin: .6rem 0 0; }
+    .asked:empty { display: none; }
+    .rate { display: inline-flex; gap: .25rem; margin-left: .5rem; vertical-align: middle; }
+    .rate button { background: #eef1f7; color: #1d2330; padding: .1rem .45rem; font-size: .85rem; }
+    .rate button[aria-pressed="true"] { background: #2d5bd7; color: #fff; }
+    .bar { display: flex; justify-content: space-between; align-items: baseline; }
+    .bar button.new { background: none; color: #2d5bd7; padding: 0; font-size: .85rem; }
+    .bar button.new[hidden] { display: none; }
   `;
 
   const host = document.createElement("div");
@@ -64,7 +82,9 @@
   const root = host.attachShadow({ mode: "open" });
   root.innerHTML = `<style>${STYLE}</style>
     <section class="box" part="box">
-      <h2></h2>
+      <div class="bar"><h2></h2>
+        <button type="button" class="new" hidden>New conversation</button></div>
+      <ol class="thread" aria-label="Earlier questions"></ol>
       <form>
         <textarea name="question" rows="1" aria-label="Your question"
                   placeholder="Type a question and press Enter"></textarea>
@@ -75,13 +95,102 @@
       <div class="answer" aria-live="polite"></div>
       <div class="evidence" aria-label="Evidence"></div>
       <ol class="citations" aria-label="Sources"></ol>
-      <div class="meta"></div>
+      <div class="meta"><span class="took"></span><span class="feedback"></span></div>
     </section>`;
   const $ = (selector) => root.querySelector(selector);
   const box = $(".box"), form = $("form"), input = $("textarea"), button = $("button");
   const statusLine = $(".status"), errorLine = $(".error"), answerBox = $(".answer");
-  const list = $(".citations"), meta = $(".meta"), evidenceBox = $(".evidence");
+  const list = $(".citations"), meta = $(".took"), evidenceBox = $(".evidence");
+  const threadList = $(".thread"), newButton = $("button.new"), feedbackBox = $(".feedback");
+  const askedLine = document.createElement("p");
+  askedLine.className = "asked";
+  statusLine.insertAdjacentElement("beforebegin", askedLine);
   $("h2").textContent = title;
+
+  // The conversation: {conversation: id or null, turns: [{question, answer, id, rating}]}.
+  const STORE = "rag-widget:" + api;
+  let thread = load();
+  let shown = null; // id of the turn the answer area shows (not repeated in the thread list)
+
+  function load() {
+    try {
+      const saved = JSON.parse(sessionStorage.getItem(STORE) || "null");
+      if (saved && Array.isArray(saved.turns)) return saved;
+    } catch (_) { /* storage off or corrupt: start empty */ }
+    return { conversation: null, turns: [] };
+  }
+
+  function save() {
+    try { sessionStorage.setItem(STORE, JSON.stringify(thread)); } catch (_) { /* full or off */ }
+  }
+
+  function rateButtons(turn) {
+    const group = document.createElement("span");
+    group.className = "rate";
+    for (const [rating, label, name] of [["up", "\u25B2 good", "Helpful"],
+                                         ["down", "\u25BC bad", "Not helpful"]]) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = rating;
+      button.textContent = label;
+      button.title = name;
+      button.setAttribute("aria-label", name);
+      button.setAttribute("aria-pressed", String(turn.rating === rating));
+      button.addEventListener("click", () => rate(turn, rating));
+      group.append(button);
+    }
+    return group;
+  }
+
+  async function rate(turn, rating) {
+    const headers = { "Content-Type": "application/json" };
+    if (key) headers["Authorization"] = "Bearer " + key;
+    try {
+      const response = await fetch(api + "/v1/feedback", {
+        method: "POST", headers, body: JSON.stringify({ answer_id: turn.id, rating }),
+      });
+      if (!response.ok) return fail(await explain(response));
+    } catch (_) {
+      return fail("Could not reach the service to send the rating. Please try again.");
+    }
+    turn.rating = rating;
+    save();
+    render();
+  }
+
+  function render() {
+    threadList.textContent = "";
+    for (const turn of thread.turns) {
+      if (turn.id === shown) continue;
+      const item = document.createElement("li");
+      item.className = "turn";
+      const q = document.createElement("p");
+      q.className = "q";
+      q.textContent = turn.question;
+      const a = document.createElement("p");
+      a.className = "a";
+      a.textContent = turn.answer;
+      if (turn.id) a.append(rateButtons(turn));
+      item.append(q, a);
+      threadList.append(item);
+    }
+    feedbackBox.textContent = "";
+    const current = thread.turns.find((t) => t.id === shown);
+    if (current && current.id) feedbackBox.append(rateButtons(current));
+    newButton.hidden = thread.turns.length === 0;
+  }
+
+  newButton.addEventListener("click", () => {
+    if (current) current.abort();
+    thread = { conversation: null, turns: [] };
+    shown = null;
+    try { sessionStorage.removeItem(STORE); } catch (_) { /* storage off */ }
+    reset();
+    askedLine.textContent = "";
+    render();
+    setState("idle", "");
+    input.focus();
+  });
 
   let current = null; // AbortController of the question being answered
 
@@ -93,6 +202,7 @@
   }
 
   function reset() {
+    feedbackBox.textContent = "";
     errorLine.textContent = "";
     answerBox.textContent = "";
     evidenceBox.textContent = "";
@@ -242,21 +352,32 @@
                    document.createTextNode(text.slice(to)));
   }
 
-  function finish(info, cited) {
+  function finish(info, cited, question) {
     answerBox.textContent = info.answer;  // a quote may replace what was streamed
     linkMarkers(cited.length);
     showEvidence(info, cited);
     const seconds = (info.timings.total_ms / 1000).toFixed(1);
     meta.textContent = info.cached ? "Answered from cache in " + seconds + " s"
                                    : "Answered in " + seconds + " s";
-    setState("done", "");
+    if (info.conversation) {
+      thread.conversation = info.conversation;
+      if (info.note) thread.turns = [];  // it had expired: the server started it afresh
+      thread.turns.push({ question, answer: info.answer, id: info.answer_id, rating: null });
+      shown = info.answer_id;
+      save();
+    }
+    render();
+    setState("done", info.note || "");
   }
 
-  async function ask(question) {
+  async function ask(question, retried) {
     if (current) current.abort();
     const controller = new AbortController();
     current = controller;
+    shown = null;
+    render();
     reset();
+    askedLine.textContent = question;
     setState("asking", "Looking through the documents\u2026");
     const headers = { "Content-Type": "application/json", "Accept": "text/event-stream" };
     if (key) headers["Authorization"] = "Bearer " + key;
@@ -264,11 +385,17 @@
     try {
       response = await fetch(api + "/v1/ask", {
         method: "POST", headers, signal: controller.signal,
-        body: JSON.stringify({ question, stream: true }),
+        body: JSON.stringify({ question, stream: true, conversation: thread.conversation }),
       });
     } catch (error) {
       if (controller.signal.aborted) return;
       return fail("Could not reach the service. Check your connection and try again.");
+    }
+    if (response.status === 404 && thread.conversation && !retried) {
+      // The service no longer knows this conversation (deleted): start a new one.
+      thread = { conversation: null, turns: [] };
+      save();
+      return ask(question, true);
     }
     if (!response.ok) return fail(await explain(response));
     let citations = [];
@@ -284,7 +411,7 @@
           showCitations(citations);
         } else if (event === "done") {
           ended = true;
-          finish(JSON.parse(data), citations);
+          finish(JSON.parse(data), citations, question);
         } else if (event === "error") {
           ended = true;
           const body = JSON.parse(data);
@@ -313,5 +440,6 @@
       form.requestSubmit();
     }
   });
+  render();
   setState("idle", "");
 })();

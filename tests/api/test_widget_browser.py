@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from api.app import create_app
+from api.auth import key_id
 from rag.service import RagService
 from rag.settings import Settings
 from tests.api.helpers import app_settings, free_port, live_server
@@ -181,3 +182,68 @@ def test_widget_streams_an_answer_with_citations_and_explains_errors(
             host.close()
             elsewhere.close()
     print(f"browser test body: {time.perf_counter() - started:.1f} s")
+
+
+def done_count(page: Any, count: int) -> None:
+    """Wait until the widget has finished `count` answers in its stored thread."""
+    page.wait_for_function(
+        """n => { const s = JSON.parse(sessionStorage.getItem(Object.keys(sessionStorage)
+                    .find(k => k.startsWith('rag-widget:')) || 'null'));
+                  return s && s.turns.length === n &&
+                         document.querySelector('.rag-widget').dataset.state === 'done'; }""",
+        arg=count, timeout=180_000)
+
+
+def stored_thread(page: Any) -> Any:
+    return page.evaluate("""() => JSON.parse(sessionStorage.getItem(Object.keys(sessionStorage)
+                              .find(k => k.startsWith('rag-widget:'))))""")
+
+
+def test_widget_keeps_a_thread_across_reloads_with_ratings(
+    sample_service: RagService, browser: Any
+) -> None:
+    port = free_port()
+    settings = app_settings(sample_service, api_keys={WIDGET_KEY: ["ask"]},
+                            cors_origins=[f"http://127.0.0.1:{port}"])
+    with live_server(create_app(settings, service=sample_service)) as api:
+        host = HostPages({"/": HOST_PAGE.format(api=api, key=WIDGET_KEY)}, port)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 1200})
+            page.goto(host.origin + "/")
+            assert not widget(page, "button.new").is_visible()
+            ask(page, "What is the default chunk size?")
+            done_count(page, 1)
+            ask(page, "How many tokens do consecutive ones share?")
+            done_count(page, 2)
+
+            thread = stored_thread(page)
+            conversation = thread["conversation"]
+            assert conversation.startswith("conv_")
+            turns = sample_service.conversations.get(conversation, key_id(WIDGET_KEY)).turns
+            assert [t.question for t in turns] == [
+                "What is the default chunk size?", "How many tokens do consecutive ones share?"]
+            assert len(turns[1].history) == 1, "the follow-up was answered with its history"
+            assert "ingestion.md" in turns[1].documents
+            # The earlier turn moved into the thread; the latest is the answer shown.
+            assert widget(page, ".turn .q").all_inner_texts() == [turns[0].question]
+            assert widget(page, ".asked").inner_text() == turns[1].question
+
+            widget(page, ".feedback button.down").click()
+            page.wait_for_selector('.rag-widget .feedback button.down[aria-pressed="true"]')
+            ratings = sample_service.conversations.store.feedback()
+            assert ratings[-1].answer_id == turns[1].id and ratings[-1].rating == "down"
+
+            page.reload()
+            assert widget(page, ".turn .q").all_inner_texts() == [t.question for t in turns]
+            assert widget(page, '.turn button.down[aria-pressed="true"]').count() == 1
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "widget-thread.png"), full_page=True)
+
+            widget(page, "button.new").click()
+            assert widget(page, ".turn").count() == 0 and stored_thread(page) is None
+            ask(page, "Which embedding model is used by default?")
+            done_count(page, 1)
+            assert stored_thread(page)["conversation"] != conversation
+            page.close()
+        finally:
+            host.close()

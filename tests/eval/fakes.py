@@ -9,6 +9,7 @@ from typing import Any
 from eval.metrics import NO_ANSWER
 from eval.suites import CorpusDocument, Suite, SuiteItem
 from eval.targets import Advance, Retrieved
+from rag.conversations import Turn
 from rag.types import Answer, AnswerMode, Citation, Quote, SentenceCheck, Timings, Usage
 
 
@@ -27,6 +28,7 @@ class Script:
     checked: Sequence[bool] = ()  # the service's check of each answer sentence: supported?
     generated_text: str = ""
     prompt_tokens: int = 50
+    with_history: Sequence[str] | None = None  # retrieved when asked after earlier turns
 
 
 @dataclass
@@ -41,7 +43,7 @@ class FakeTarget:
         advance(len(docs))
         return {d.key: "id-" + self.same_bytes.get(d.key, d.key) for d in docs}
 
-    def ask(self, question: str, top_k: int | None) -> Answer:
+    def ask(self, question: str, top_k: int | None, history: Sequence[Turn] = ()) -> Answer:
         script = self.scripts[question]
         if script.fail:
             raise RuntimeError("the service went away")
@@ -60,8 +62,10 @@ class FakeTarget:
                       usage=Usage(script.prompt_tokens, tokens), timings=timings,
                       model="fake-model", index_version=3)
 
-    def retrieve(self, question: str, depth: int) -> list[Retrieved] | None:
-        keys = self.scripts[question].retrieved
+    def retrieve(self, question: str, depth: int, history: Sequence[Turn] = ()
+                 ) -> list[Retrieved] | None:
+        script = self.scripts[question]
+        keys = script.with_history if history and script.with_history else script.retrieved
         if keys is None:
             return None
         return [Retrieved("id-" + k, k, n, f"text of {k}", 1.0 / (n + 1))

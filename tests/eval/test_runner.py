@@ -165,3 +165,25 @@ def test_the_service_mode_counts_as_abstention() -> None:
     scripts = {Q2.question: Script("Sorry, nothing found.", mode="abstained")}
     row = _run(FakeTarget(scripts), Q2)["items"][0]
     assert row["abstained"] and row["mode"] == "abstained"
+
+
+def test_follow_up_turns_are_scored_with_and_without_history() -> None:
+    from rag.conversations import Turn
+
+    first = SuiteItem("c1.1", "Which index?", ("FAISS",), {"b.md": 1}, conversation="c1")
+    later = SuiteItem("c1.2", "How big is it?", ("50,000",), {"b.md": 1},
+                      history=(Turn("Which index?", "FAISS"),), conversation="c1", turn=2)
+    scripts = {
+        first.question: Script("FAISS [1].", retrieved=["b.md", "a.md"]),
+        later.question: Script("Big.", retrieved=["a.md", "a.md", "a.md", "b.md"],
+                               with_history=["b.md", "a.md"]),
+    }
+    result = _run(FakeTarget(scripts), first, later, options=RunOptions(retrieval_only=True))
+    rows = {row["id"]: row for row in result["items"]}
+    assert rows["c1.2"]["scores"]["hit@1"] == 1.0 and rows["c1.2"]["scores"]["alone_hit@1"] == 0.0
+    assert rows["c1.2"]["scores"]["alone_mrr"] == 0.5  # documents: a.md, b.md
+    assert "alone_hit@1" not in rows["c1.1"]["scores"]
+    followup = result["aggregates"]["followup"]
+    assert followup["turns"] == 1
+    assert (followup["with_history_hit@1"], followup["without_history_hit@1"]) == (1.0, 0.0)
+    assert result["aggregates"]["turns"]["2"] == {"items": 1, "hit@3": 1.0}

@@ -189,3 +189,44 @@ def test_beir_corpus_errors(tmp_path: Path) -> None:
 def test_limit_keeps_the_first_items() -> None:
     suite = load_suite(SAMPLE).limited(3)
     assert [i.id for i in suite.items] == ["q01", "q02", "q03"]
+
+
+def test_shipped_followups_suite() -> None:
+    suite = load_suite(SUITES / "followups")
+    conversations = {i.conversation for i in suite.items}
+    assert len(conversations) >= 20 and all(conversations)
+    later = [i for i in suite.items if i.turn > 1]
+    assert len(later) >= 30 and all(i.followup and len(i.history) == i.turn - 1 for i in later)
+    assert all(i.answers and i.relevant for i in suite.items)
+    assert {k for i in suite.items for k in i.relevant} <= {d.key for d in suite.corpus}
+    # Later turns lean on the earlier ones: each says "it", "that", "and ..." or the like.
+    from rag.followup import refers_back
+
+    assert all(refers_back(i.question) for i in later), [
+        i.question for i in later if not refers_back(i.question)]
+    first = next(i for i in suite.items if i.id == "c01.3")
+    assert [t.question for t in first.history][0].startswith("Which embedding model")
+    assert first.history[1].answer == "384"  # the first reference is what was said
+
+
+def test_conversation_lines_and_history(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "c.jsonl",
+                  {"id": "c1", "turns": [{"question": "What is X?", "answers": ["x"]},
+                                         {"question": "And its size?", "answerable": False}]},
+                  {"id": "h1", "question": "Why?",
+                   "history": [{"question": "What is X?", "answer": "x"}]})
+    items = {i.id: i for i in load_jsonl(path).items}
+    assert set(items) == {"c1.1", "c1.2", "h1"}
+    assert items["c1.2"].history[0].answer == "x" and items["c1.2"].turn == 2
+    assert items["h1"].followup and items["h1"].turn == 2 and items["h1"].conversation == "h1"
+    assert not items["c1.1"].followup
+
+
+@pytest.mark.parametrize(("obj", "message"), [
+    ({"id": "c", "turns": []}, "non-empty list"),
+    ({"id": "c", "turns": [{"answers": ["x"]}]}, "turn 1: field 'question' is missing"),
+    ({"question": "Why?", "history": [{"question": "q"}]}, "field 'history'"),
+])
+def test_conversation_errors_name_the_turn(tmp_path: Path, obj: object, message: str) -> None:
+    with pytest.raises(SuiteError, match=message):
+        load_jsonl(_jsonl(tmp_path / "bad.jsonl", obj))

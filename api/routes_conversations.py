@@ -1,0 +1,104 @@
+"""Conversations: GET /v1/conversations, GET and DELETE /v1/conversations/{id}.
+
+A conversation belongs to the key that started it (in open mode, to everyone); other keys see
+a 404. Asking with its id continues it (POST /v1/ask `conversation`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio.to_thread
+from litestar import Request, delete, get
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+from pydantic import BaseModel, Field
+
+from api.auth import owner_of, require_scope
+from api.schemas import ErrorOut
+from rag.conversations import AnswerRecord, Conversation
+from rag.service import RagService
+
+
+class TurnOut(BaseModel):
+    """One answered question of a conversation."""
+
+    answer_id: str = Field(description="The answer's id (rate it with POST /v1/feedback).")
+    question: str
+    answer: str
+    mode: str = Field(description="generated, quote or abstained.")
+    documents: list[str] = Field(description="Filenames of the cited documents.")
+    created_at: float = Field(description="Unix time of the answer.")
+
+    @classmethod
+    def of(cls, record: AnswerRecord) -> TurnOut:
+        return cls(answer_id=record.id, question=record.question, answer=record.answer,
+                   mode=record.mode, documents=list(record.documents),
+                   created_at=record.created_at)
+
+
+class ConversationOut(BaseModel):
+    """A conversation; `turns` only when one conversation is asked for."""
+
+    id: str
+    title: str = Field(description="Its first question.")
+    created_at: float
+    updated_at: float = Field(description="Unix time of its last turn.")
+    expires_at: float = Field(description="When it expires unless continued.")
+    turns: list[TurnOut] | None = None
+
+    @classmethod
+    def of(cls, conversation: Conversation, turns: bool = False) -> ConversationOut:
+        return cls(id=conversation.id, title=conversation.title,
+                   created_at=conversation.created_at, updated_at=conversation.updated_at,
+                   expires_at=conversation.expires_at,
+                   turns=[TurnOut.of(t) for t in conversation.turns] if turns else None)
+
+
+class ConversationsOut(BaseModel):
+    conversations: list[ConversationOut]
+
+
+ERRORS = {
+    401: ResponseSpec(ErrorOut, description="No API key, or one that is not valid."),
+    403: ResponseSpec(ErrorOut, description="The key lacks the `ask` scope."),
+    429: ResponseSpec(ErrorOut, description="Too many requests for this key; see Retry-After."),
+    503: ResponseSpec(ErrorOut, description="Not loaded yet; see /ready."),
+}
+NOT_FOUND = {404: ResponseSpec(ErrorOut, description="Unknown, expired or not yours.")}
+LIMIT = Parameter(ge=1, le=500, description="Most conversations to list.")
+
+
+@get("/v1/conversations", tags=["conversations"], guards=[require_scope("ask")],
+     responses=ERRORS)
+async def list_conversations(
+    service: RagService, request: Request[Any, Any, Any], limit: Annotated[int, LIMIT] = 50
+) -> ConversationsOut:
+    """This key's live conversations, most recently continued first."""
+    found = await anyio.to_thread.run_sync(service.conversations.recent, owner_of(request),
+                                           limit)
+    return ConversationsOut(conversations=[ConversationOut.of(c) for c in found])
+
+
+@get("/v1/conversations/{conversation_id:str}", tags=["conversations"],
+     guards=[require_scope("ask")], responses={**ERRORS, **NOT_FOUND})
+async def get_conversation(
+    conversation_id: str, service: RagService, request: Request[Any, Any, Any]
+) -> ConversationOut:
+    """One conversation with its turns, oldest first."""
+    found = await anyio.to_thread.run_sync(service.conversations.get, conversation_id,
+                                           owner_of(request))
+    return ConversationOut.of(found, turns=True)
+
+
+@delete("/v1/conversations/{conversation_id:str}", tags=["conversations"],
+        guards=[require_scope("ask")], responses={**ERRORS, **NOT_FOUND})
+async def delete_conversation(
+    conversation_id: str, service: RagService, request: Request[Any, Any, Any]
+) -> None:
+    """Forget a conversation and its answers (feedback already given is kept)."""
+    await anyio.to_thread.run_sync(service.conversations.delete, conversation_id,
+                                   owner_of(request))
+
+
+ROUTES = [list_conversations, get_conversation, delete_conversation]

@@ -1,0 +1,116 @@
+"""Conversations over /v1/ask, their routes, feedback and its export as a suite that runs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from eval.cli import eval_app
+from eval.runner import RunOptions, ingest_corpus, run_suite
+from eval.suites import load_suite
+from eval.targets import LocalTarget
+from rag.service import RagService
+from tests.api.helpers import ADMIN_KEY, ASK_KEY, CORPUS, KEYS, serving
+from tests.api.helpers import ingest_corpus as ingest
+
+pytestmark = pytest.mark.slow
+
+BEES = "Who is the beekeeper of the Larkspur apiary?"
+FOLLOW_UP = "How much honey do they produce per hive?"
+ASKER = {"Authorization": f"Bearer {ASK_KEY}"}
+OTHER = {"X-API-Key": ADMIN_KEY}
+
+
+def test_a_conversation_over_ask_is_listed_continued_and_deleted(
+    corpus_service: RagService,
+) -> None:
+    with serving(corpus_service, api_keys=KEYS) as client:
+        first = client.post("/v1/ask", json={"question": BEES}, headers=ASKER).json()
+        conversation = first["conversation"]
+        assert conversation.startswith("conv_") and first["answer_id"].startswith("ans_")
+        assert first["history_turns"] == 0 and first["note"] == ""
+
+        follow = client.post("/v1/ask", json={"question": FOLLOW_UP, "stream": True,
+                                              "conversation": conversation}, headers=ASKER)
+        done = [line for line in follow.text.splitlines() if line.startswith("data: {")][-1]
+        assert json.loads(done[6:])["history_turns"] == 1
+        assert json.loads(done[6:])["conversation"] == conversation
+
+        listed = client.get("/v1/conversations", headers=ASKER).json()["conversations"]
+        assert listed[0]["id"] == conversation and listed[0]["title"] == BEES
+        assert conversation not in [c["id"] for c in
+                                    client.get("/v1/conversations", headers=OTHER).json()[
+                                        "conversations"]]
+        shown = client.get(f"/v1/conversations/{conversation}", headers=ASKER).json()
+        assert [t["question"] for t in shown["turns"]] == [BEES, FOLLOW_UP]
+        assert shown["turns"][0]["documents"][0] == "bees.txt"
+        assert client.get(f"/v1/conversations/{conversation}", headers=OTHER).status_code == 404
+
+        assert client.delete(f"/v1/conversations/{conversation}", headers=ASKER).status_code \
+            == 204
+        gone = client.post("/v1/ask", json={"question": FOLLOW_UP,
+                                            "conversation": conversation}, headers=ASKER)
+        assert gone.status_code == 404, gone.text
+        assert "GET /v1/conversations" in gone.json()["hint"]
+        both = client.post("/v1/ask", headers=ASKER, json={
+            "question": FOLLOW_UP, "conversation": conversation,
+            "history": [{"question": BEES, "answer": "Miriam Oduya."}]})
+        assert both.status_code == 422, both.text
+
+
+def test_an_expired_conversation_starts_afresh_and_says_so(
+    make_service: Any, tmp_path: Path
+) -> None:
+    service: RagService = make_service(max_new_tokens=16, conversation_ttl_s=1)
+    ingest(service, tmp_path / "corpus")
+    with serving(service) as client:
+        first = client.post("/v1/ask", json={"question": BEES}).json()
+        time.sleep(1.2)
+        later = client.post("/v1/ask", json={"question": FOLLOW_UP,
+                                             "conversation": first["conversation"]})
+        assert later.status_code == 200, later.text
+        assert later.json()["history_turns"] == 0 and "expired" in later.json()["note"]
+        assert later.json()["conversation"] == first["conversation"]
+
+
+def test_feedback_becomes_a_suite_that_runs(corpus_service: RagService, tmp_path: Path) -> None:
+    with serving(corpus_service) as client:
+        first = client.post("/v1/ask", json={"question": BEES}).json()
+        follow = client.post("/v1/ask", json={"question": FOLLOW_UP,
+                                              "conversation": first["conversation"]}).json()
+        up = client.post("/v1/feedback", json={"answer_id": first["answer_id"],
+                                               "rating": "up"})
+        assert up.status_code == 201, up.text
+        down = client.post("/v1/feedback", json={
+            "answer_id": follow["answer_id"], "rating": "down", "comment": "no number",
+            "expected_answer": "31 kilograms"})
+        assert down.status_code == 201 and down.json()["rating"] == "down"
+        assert client.post("/v1/feedback", json={"answer_id": "ans_nope", "rating": "up"}
+                           ).status_code == 404
+        assert client.post("/v1/feedback", json={"answer_id": first["answer_id"],
+                                                 "rating": "meh"}).status_code == 400
+
+    out = tmp_path / "feedback.jsonl"
+    result = CliRunner().invoke(eval_app, ["export-feedback", "--out", str(out), "--data-dir",
+                                           str(corpus_service.settings.data_dir)])
+    assert result.exit_code == 0, result.output
+    suite = load_suite(out)
+    by_answer = {json.loads(line)["feedback"]["answer_id"]: json.loads(line)
+                 for line in out.read_text().splitlines()}
+    rated_down = by_answer[follow["answer_id"]]
+    assert rated_down["answers"] == ["31 kilograms"] and rated_down["history"][0]["question"] \
+        == BEES
+    assert by_answer[first["answer_id"]]["relevant"][0] == "bees.txt"
+    item = next(i for i in suite.items if i.question == FOLLOW_UP and i.answers)
+    assert item.followup and item.turn == 2
+
+    target = LocalTarget(corpus_service)
+    corpus = ingest_corpus(suite, target, lambda _: None)
+    run = run_suite(suite, target, corpus, RunOptions(retrieval_only=True))
+    assert run["aggregates"]["errors"] == 0 and run["aggregates"]["followup"]["turns"] >= 1
+    assert len(CORPUS) == 3  # the documents the suite is scored over
