@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -24,7 +25,10 @@ from multipart import (
 
 from ingest.intake import Intake, StagedFile, sanitize_filename
 from rag.errors import InvalidInput, RagError, TooLarge, UnsupportedType
+from rag.files import disk_full, is_disk_full
 from rag.settings import Settings
+
+log = logging.getLogger(__name__)
 
 FIELDS = ("collection", "metadata")
 MAX_FIELD_BYTES = 64 * 1024
@@ -86,6 +90,12 @@ async def read_upload(request: Request[Any, Any, Any], intake: Intake) -> Upload
     except ParserError as exc:
         reader.abandon()
         raise InvalidInput(f"The multipart body is malformed: {exc}.", USAGE) from exc
+    except OSError as exc:
+        reader.abandon()
+        if is_disk_full(exc):
+            log.error("upload refused, the data disk is full: %s", exc)
+            raise disk_full("the upload") from exc
+        raise
     except BaseException:
         reader.abandon()
         raise
@@ -159,7 +169,7 @@ class _FormReader:
                            "files.", "Split the upload over several requests, or raise "
                            "RAG_MAX_FILES_PER_REQUEST.")
         name = sanitize_filename(segment.filename)
-        path = self.intake.staging_dir() / name
+        path = self.intake.staging_dir() / "upload"  # the name may be too long for the disk
         self._staged = (name, path)
         self._file = open(path, "wb")  # noqa: SIM115 - closed in _end or abandon
         self._hash = hashlib.sha256()

@@ -49,6 +49,12 @@ class RateLimited(RagError):
     status = 429
 
 
+class DiskFull(RagError):
+    """The data directory's disk (or quota) is full: nothing was stored."""
+
+    status = 507
+
+
 class Unauthorized(RagError):
     status = 401
 
@@ -65,3 +71,11 @@ class ConfigError(RagError):
 
 class IndexMismatch(ConfigError):
     """The saved index was built with another embedding model or dimension."""
+
+
+class IndexUnreadable(ConfigError):
+    """The saved index or its manifest is corrupt or truncated (it can be rebuilt)."""
+
+
+class StoreUnreadable(ConfigError):
+    """A SQLite file of the data directory is not a readable database."""
