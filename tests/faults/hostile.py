@@ -137,8 +137,8 @@ FONT = "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
 def pdf_with_javascript() -> bytes:
     js = "app.alert('pwned'); this.exportDataObject({cName: 'x', nLaunch: 2});"
     return pdf([
-        f"<< /Type /Catalog /Pages 2 0 R /OpenAction 6 0 R /Names << /JavaScript << /Names "
-        f"[(x) 6 0 R] >> >> >>",
+        "<< /Type /Catalog /Pages 2 0 R /OpenAction 6 0 R /Names << /JavaScript << /Names "
+        "[(x) 6 0 R] >> >> >>",
         "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
         _page(2, 4, 5),
         _stream("The Corran ferry crosses the narrows every 20 minutes."),
