@@ -8,10 +8,12 @@ a file passing RAG_MAX_FILE_BYTES, or one file too many, stops the read at that 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -24,7 +26,7 @@ from multipart import (
 )
 
 from ingest.intake import Intake, StagedFile, sanitize_filename
-from rag.errors import InvalidInput, RagError, TooLarge, UnsupportedType
+from rag.errors import InvalidInput, RagError, SlowRequest, TooLarge, UnsupportedType
 from rag.files import disk_full, is_disk_full
 from rag.settings import Settings
 
@@ -77,7 +79,7 @@ async def read_upload(request: Request[Any, Any, Any], intake: Intake) -> Upload
         parser = PushMultipartParser(boundary, max_segment_count=settings.max_files_per_request
                                      + len(FIELDS) + 1)
         with parser:
-            async for chunk in request.stream():
+            async for chunk in _stream(request, settings.upload_idle_timeout_s):
                 reader.count(len(chunk))
                 for event in parser.parse(chunk):
                     reader.feed(event)
@@ -108,6 +110,21 @@ async def read_upload(request: Request[Any, Any, Any], intake: Intake) -> Upload
         reader.abandon()
         raise
     return form
+
+
+async def _stream(request: Request[Any, Any, Any], idle_s: float) -> AsyncIterator[bytes]:
+    """The body's chunks; a client that sends nothing for `idle_s` (slowloris) is refused."""
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), idle_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise SlowRequest(f"The upload stalled: nothing arrived for {idle_s:g} s.",
+                              "Send the body without pauses, or raise "
+                              "RAG_UPLOAD_IDLE_TIMEOUT_S.") from exc
+        yield chunk
 
 
 def _boundary(request: Request[Any, Any, Any], settings: Settings) -> str:

@@ -23,6 +23,12 @@ class InvalidInput(RagError):
     status = 422
 
 
+class SlowRequest(RagError):
+    """The client stopped sending the request body."""
+
+    status = 408
+
+
 class NotFound(RagError):
     status = 404
 
