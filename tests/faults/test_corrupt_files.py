@@ -4,6 +4,7 @@ from the chunk store with a warning; a damaged chunk store is a clear error nami
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from rag.errors import StoreUnreadable
 from rag.index import MANIFEST, read_manifest
 from rag.retrieval import Query
 from rag.service import RagService
+from rag.settings import Settings
 from tests.api.helpers import ingest_corpus
 
 pytestmark = pytest.mark.slow
@@ -60,11 +62,26 @@ DAMAGE: dict[str, Callable[[Path], None]] = {
 }
 
 
-def _indexed(make_service: Any, tmp_path: Path) -> RagService:
-    service: RagService = make_service()
-    ingest_corpus(service, tmp_path / "corpus")
+@pytest.fixture(scope="module")
+def indexed_dir(tmp_path_factory: pytest.TempPathFactory, embedder: Any, generator: Any,
+                models_dir: Path) -> Path:
+    """A data directory with the corpus indexed, made once; each test damages a copy."""
+    root = tmp_path_factory.mktemp("corrupt-template")
+    settings = Settings(data_dir=root / "data", converted_models_dir=models_dir)
+    service = RagService(settings, embedder=embedder, generator=generator)
+    service.load()
+    ingest_corpus(service, root / "corpus")
     service.store.close()
-    return service
+    return settings.data_dir
+
+
+@pytest.fixture()
+def damaged_copy(indexed_dir: Path, tmp_path: Path, embedder: Any, generator: Any,
+             models_dir: Path) -> RagService:
+    data = tmp_path / "data"
+    shutil.copytree(indexed_dir, data)
+    settings = Settings(data_dir=data, converted_models_dir=models_dir)
+    return RagService(settings, embedder=embedder, generator=generator)
 
 
 def _reopen(service: RagService) -> RagService:
@@ -75,10 +92,11 @@ def _reopen(service: RagService) -> RagService:
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_a_damaged_index_is_rebuilt_from_the_chunk_store_with_a_warning(
-    make_service: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+    damaged_copy: RagService, caplog: pytest.LogCaptureFixture, damage: str
 ) -> None:
-    service = _indexed(make_service, tmp_path)
+    service = damaged_copy
     searchable = service.store.searchable_count()
+    service.store.close()
     DAMAGE[damage](service.settings.index_dir)
     caplog.set_level(logging.WARNING, logger="rag.service")
     started = time.perf_counter()
@@ -115,9 +133,9 @@ def _truncate_store(path: Path) -> None:
 @pytest.mark.parametrize("damage", [_garble_header, _truncate_store],
                          ids=["garbled header", "truncated"])
 def test_a_damaged_chunk_store_is_an_error_naming_the_file_and_the_fix(
-    make_service: Any, tmp_path: Path, damage: Callable[[Path], None]
+    damaged_copy: RagService, damage: Callable[[Path], None]
 ) -> None:
-    service = _indexed(make_service, tmp_path)
+    service = damaged_copy
     path = service.settings.store_path
     damage(path)
     for leftover in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):

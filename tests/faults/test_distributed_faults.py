@@ -23,7 +23,7 @@ from rag.chunking import ChunkDraft
 from rag.service import WRITER_LOCK, RagService
 from rag.settings import Settings
 from rag.types import Document
-from tests.api.helpers import PrivateRedis, ingest_corpus, private_redis
+from tests.api.helpers import ingest_corpus, private_redis
 from tests.faults.conftest import Served
 from tests.ingest.helpers import (
     Workers,
@@ -211,39 +211,39 @@ def kill_at(service: RagService, pool: Workers, job_id: str, stage: str) -> tupl
     raise AssertionError(f"the job never reached {stage}\n{pool.logs()}")
 
 
-@pytest.mark.parametrize("stage", ["parse", "index"])
-def test_a_worker_sigkilled_mid_stage_leaves_the_document_indexed_once(
-    tmp_path: Path, embedder: Any, generator: Any, models_dir: Path, stage: str
+def test_workers_sigkilled_at_parse_and_in_the_index_writer_leave_documents_indexed_once(
+    tmp_path: Path, embedder: Any, generator: Any, models_dir: Path
 ) -> None:
+    """Three workers; one is killed at parse, another inside the index writer (its lease still
+    held); the survivors take each job over. Recovery times are printed."""
     with private_redis() as redis:
         service = distributed(tmp_path, redis.url, models_dir, embedder, generator)
-        if stage == "index":
-            pad_index(service, 30_000)  # a 46 MB index: its save is the window for the kill
-        html = "".join(f"<p>{s}.</p>" for s in long_text(60).split(". "))
+        pad_index(service, 30_000)  # a 46 MB index: its save is the window for the index kill
         pool = Workers(service.settings, tmp_path)
-        with started(pool, 2), Served(service, redis_url=redis.url) as server, \
+        with started(pool, 3), Served(service, redis_url=redis.url) as server, \
                 httpx.Client(base_url=server.base, timeout=60) as client:
-            doc = upload(client, "annals.html", f"<html><body>{html}</body></html>".encode())
-            killed, killed_at = kill_at(service, pool, doc["job_id"], stage)
             lock = redis_lib.Redis.from_url(redis.url)
-            held = lock.exists(WRITER_LOCK) == 1
-            freed = wait_for(lambda: lock.exists(WRITER_LOCK) == 0 or None, 30, 0.01,
-                             "the dead holder's lease to expire") and time.monotonic()
-            [job] = wait_jobs(client, [doc["job_id"]], pool)
-            recovered = time.monotonic()
+            for n, stage in enumerate(["parse", "index"]):
+                html = "".join(f"<p>Annal {n}: {s}.</p>" for s in long_text(60).split(". "))
+                doc = upload(client, f"annals-{n}.html",
+                             f"<html><body>{html}</body></html>".encode())
+                killed, killed_at = kill_at(service, pool, doc["job_id"], stage)
+                held = lock.exists(WRITER_LOCK) == 1
+                wait_for(lambda: lock.exists(WRITER_LOCK) == 0 or None, 30, 0.01,
+                         "the dead holder's lease to expire")
+                freed = time.monotonic()
+                [job] = wait_jobs(client, [doc["job_id"]], pool)
+                recovered = time.monotonic()
+                assert job["state"] == "done" and job["attempts"] == 2, job
+                assert not job["worker"].endswith(f"-{killed}")
+                assert held == (stage == "index")  # killed inside the writer: lease outlived it
+                assert freed - killed_at <= LEASE_S + 0.5
+                stored = service.store.get_document(doc["document_id"])
+                assert stored is not None and stored.state == "indexed" and stored.chunk_count
+                check_exactly_once(service)
+                print(f"\nSIGKILL at {stage}: writer lease {'held' if held else 'not held'}, "
+                      f"free {freed - killed_at:.2f} s after the kill; another worker finished "
+                      f"attempt 2 {recovered - killed_at:.1f} s after it, {stored.chunk_count} "
+                      f"chunks, once")
             lock.close()
-        assert job["state"] == "done" and job["attempts"] == 2, job
-        assert not job["worker"].endswith(f"-{killed}")
-        if stage == "index":
-            assert held  # killed inside the index writer: its lease outlived it
-            assert freed - killed_at <= LEASE_S + 0.5
-        stored = service.store.get_document(doc["document_id"])
-        assert stored is not None and stored.state == "indexed" and stored.chunk_count > 0
-        check_exactly_once(service)
-        print(f"\nSIGKILL at {stage}: writer lease {'held' if held else 'not held'}, free "
-              f"{freed - killed_at:.2f} s after the kill; the other worker finished attempt 2 "
-              f"{recovered - killed_at:.1f} s after it, {stored.chunk_count} chunks, once")
         service.store.close()
-
-
-__all__ = ["PrivateRedis"]
