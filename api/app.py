@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
@@ -29,6 +30,9 @@ from ingest.service import IngestService
 from rag.errors import NotReady, RagError
 from rag.service import AskRequest, RagService
 from rag.settings import Settings
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,18 @@ def _cors(settings: Settings) -> CORSConfig | None:
                         "RateLimit-Reset", "RateLimit-Policy"],
         max_age=600,
     )
+
+
+def server_config(app: Litestar, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """How `rag serve` runs the app: bounded connections, short keep-alive."""
+    import uvicorn
+
+    values: dict[str, Any] = {
+        "host": settings.host, "port": settings.port, "log_level": "info",
+        "limit_concurrency": settings.max_connections,
+        "timeout_keep_alive": settings.keep_alive_s, "timeout_graceful_shutdown": 10,
+    }
+    return uvicorn.Config(app, **{**values, **overrides})
 
 
 def create_app(

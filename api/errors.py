@@ -41,6 +41,9 @@ def describe(exc: Exception) -> tuple[int, dict[str, object]]:
     if isinstance(exc, HTTPException) and isinstance(exc.__cause__, SerializationException):
         return 400, error_body("MalformedJSON", f"The body is not valid JSON: {exc.detail}.",
                                "Send a JSON object, e.g. {\"question\": \"...\"} (see /schema).")
+    if isinstance(exc, RecursionError) and "deserializ" in str(exc):  # msgspec, body too deep
+        return 400, error_body("MalformedJSON", "The JSON body nests too deeply to be read.",
+                               "Send a flat JSON object, e.g. {\"question\": \"...\"}.")
     if isinstance(exc, HTTPException):
         fallback = (HTTPStatus(exc.status_code).phrase.replace(" ", ""), "")
         name, hint = HTTP_ERRORS.get(exc.status_code, fallback)
@@ -77,7 +80,9 @@ def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Respons
 
 
 def internal_error_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[object]:
-    log.exception("unhandled error", exc_info=exc)
+    status, _body = describe(exc)
+    if status >= 500:
+        log.exception("unhandled error", exc_info=exc)
     return _respond(exc)
 
 

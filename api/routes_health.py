@@ -8,6 +8,7 @@ from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 
 from api.schemas import ReadyOut
+from rag.errors import IndexUnreadable
 from rag.index import read_manifest
 from rag.service import RagService
 
@@ -25,7 +26,7 @@ def _index_readable(service: RagService) -> tuple[bool, str | None]:
     try:
         if read_manifest(index.directory) is None and index.count > 0:
             return False, f"The index in {index.directory} has no manifest."
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, IndexUnreadable) as exc:
         return False, f"The index in {index.directory} is unreadable: {exc}"
     return True, None
 

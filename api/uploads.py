@@ -8,9 +8,12 @@ a file passing RAG_MAX_FILE_BYTES, or one file too many, stops the read at that 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -23,8 +26,11 @@ from multipart import (
 )
 
 from ingest.intake import Intake, StagedFile, sanitize_filename
-from rag.errors import InvalidInput, RagError, TooLarge, UnsupportedType
+from rag.errors import InvalidInput, RagError, SlowRequest, TooLarge, UnsupportedType
+from rag.files import disk_full, is_disk_full
 from rag.settings import Settings
+
+log = logging.getLogger(__name__)
 
 FIELDS = ("collection", "metadata")
 MAX_FIELD_BYTES = 64 * 1024
@@ -73,7 +79,7 @@ async def read_upload(request: Request[Any, Any, Any], intake: Intake) -> Upload
         parser = PushMultipartParser(boundary, max_segment_count=settings.max_files_per_request
                                      + len(FIELDS) + 1)
         with parser:
-            async for chunk in request.stream():
+            async for chunk in _stream(request, settings.upload_idle_timeout_s):
                 reader.count(len(chunk))
                 for event in parser.parse(chunk):
                     reader.feed(event)
@@ -86,6 +92,12 @@ async def read_upload(request: Request[Any, Any, Any], intake: Intake) -> Upload
     except ParserError as exc:
         reader.abandon()
         raise InvalidInput(f"The multipart body is malformed: {exc}.", USAGE) from exc
+    except OSError as exc:
+        reader.abandon()
+        if is_disk_full(exc):
+            log.error("upload refused, the data disk is full: %s", exc)
+            raise disk_full("the upload") from exc
+        raise
     except BaseException:
         reader.abandon()
         raise
@@ -98,6 +110,21 @@ async def read_upload(request: Request[Any, Any, Any], intake: Intake) -> Upload
         reader.abandon()
         raise
     return form
+
+
+async def _stream(request: Request[Any, Any, Any], idle_s: float) -> AsyncIterator[bytes]:
+    """The body's chunks; a client that sends nothing for `idle_s` (slowloris) is refused."""
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), idle_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise SlowRequest(f"The upload stalled: nothing arrived for {idle_s:g} s.",
+                              "Send the body without pauses, or raise "
+                              "RAG_UPLOAD_IDLE_TIMEOUT_S.") from exc
+        yield chunk
 
 
 def _boundary(request: Request[Any, Any, Any], settings: Settings) -> str:
@@ -159,7 +186,7 @@ class _FormReader:
                            "files.", "Split the upload over several requests, or raise "
                            "RAG_MAX_FILES_PER_REQUEST.")
         name = sanitize_filename(segment.filename)
-        path = self.intake.staging_dir() / name
+        path = self.intake.staging_dir() / "upload"  # the name may be too long for the disk
         self._staged = (name, path)
         self._file = open(path, "wb")  # noqa: SIM115 - closed in _end or abandon
         self._hash = hashlib.sha256()

@@ -9,6 +9,8 @@ When `accept` returns, the bytes, the document row and the job record are all on
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import shutil
@@ -23,11 +25,15 @@ from typing import Any
 
 from ingest.jobs import Job, JobStore
 from rag.detection import SUPPORTED, check_limits, detect_kind
-from rag.files import fsync_dir
+from rag.files import disk_full, fsync_dir, is_disk_full
 from rag.service import RagService
 from rag.types import Document
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
+log = logging.getLogger(__name__)
+
+# control and reserved characters, and the bidi controls that make "evil\u202etxt.exe" read as
+# "evilexe.txt"
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f/\\:*?\"<>|\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
 MAX_FILENAME_CHARS = 200
 
 
@@ -35,7 +41,7 @@ MAX_FILENAME_CHARS = 200
 class StagedFile:
     """An uploaded file written to the staging folder as it arrived."""
 
-    path: Path  # <uploads>/.incoming/<random>/<filename>
+    path: Path  # <uploads>/.incoming/<random>/upload
     filename: str  # sanitized
     size: int
     sha256: str
@@ -104,10 +110,31 @@ class Intake:
         try:
             types = [self.check(staged) for staged in files]
             with self._lock:
-                return [self._accept_one(staged, content_type, collection, metadata)
-                        for staged, content_type in zip(files, types, strict=True)]
+                done: list[Accepted] = []
+                try:
+                    for staged, content_type in zip(files, types, strict=True):
+                        done.append(self._accept_one(staged, content_type, collection, metadata))
+                except BaseException as exc:
+                    self._undo(done)  # the request is taken whole or refused whole
+                    if is_disk_full(exc):
+                        log.error("upload refused, the data disk is full: %s", exc)
+                        raise disk_full("the upload") from exc
+                    raise
+                return done
         finally:
             self.discard(files)
+
+    def _undo(self, accepted: Sequence[Accepted]) -> None:
+        """Remove what this request newly stored (files, documents, jobs) before failing."""
+        for item in accepted:
+            if item.duplicate or not item.new_job or item.job is None:
+                continue
+            try:
+                self.service.uploads.remove(item.document.id)
+                self.jobs.withdraw(item.job.id)
+                self.service.store.delete_document(item.document.id)
+            except Exception as exc:  # the disk may still refuse; the sweep at start retries
+                log.error("could not undo the upload of %s: %s", item.document.id, exc)
 
     def _accept_one(
         self, staged: StagedFile, content_type: str, collection: str, metadata: Mapping[str, Any]
@@ -118,18 +145,28 @@ class Intake:
         if existing is not None and (existing.state == "indexed" or active):
             job = active[0] if active else self.jobs.latest_for(staged.sha256)
             return Accepted(existing, job, duplicate=True, new_job=False)
-        self._keep(staged)
-        document = store.put_document(Document(
-            id=staged.sha256, filename=staged.filename, content_type=content_type,
-            size=staged.size, collection=collection, metadata=dict(metadata), state="queued"))
-        job, created = self.jobs.submit(staged.sha256, staged.filename, content_type,
-                                        staged.size, self.settings.job_attempts)
+        kept = self._keep(staged)
+        try:
+            document = store.put_document(Document(
+                id=staged.sha256, filename=staged.filename, content_type=content_type,
+                size=staged.size, collection=collection, metadata=dict(metadata),
+                state="queued"))
+            job, created = self.jobs.submit(staged.sha256, staged.filename, content_type,
+                                            staged.size, self.settings.job_attempts)
+        except BaseException:
+            if kept:  # first the bytes (frees space), then the row they belonged to
+                self.service.uploads.remove(staged.sha256)
+            if existing is None:
+                with contextlib.suppress(Exception):
+                    store.delete_document(staged.sha256)
+            raise
         return Accepted(document, job, duplicate=existing is not None, new_job=created)
 
-    def _keep(self, staged: StagedFile) -> None:
-        """Move the staged bytes to uploads/<sha256>; the rename is made durable too."""
+    def _keep(self, staged: StagedFile) -> bool:
+        """Move the staged bytes to uploads/<sha256> (durably); False when already there."""
         target = self.service.uploads.path(staged.sha256)
         if target.exists():
-            return
+            return False
         os.replace(staged.path, target)
         fsync_dir(target.parent)
+        return True

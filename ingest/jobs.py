@@ -236,6 +236,10 @@ class JobStore(SqliteDatabase):
         return bool(self._update(f"UPDATE jobs SET {sets} WHERE id = ? AND state IN ({marks})",
                                  [*args, job_id, *allowed]))
 
+    def withdraw(self, job_id: str) -> bool:
+        """Remove a queued job that was never acknowledged (its upload was refused whole)."""
+        return bool(self._update("DELETE FROM jobs WHERE id = ? AND state = 'queued'", (job_id,)))
+
     def cancel(self, job_id: str) -> Job | None:
         """queued/running -> cancelled; the runner notices at its next progress report."""
         self.finish(job_id, "cancelled", "Cancelled on request.")

@@ -151,7 +151,15 @@ class SaqQueue:
         await self.queue.disconnect()
 
     async def enqueue(self, job: Job) -> None:
-        await self.queue.enqueue(JOB_FUNCTION, **saq_job_options(self.settings, job.id))
+        """Queue it in Redis; while Redis is away the record alone keeps it (workers resubmit
+        queued records they do not find in the queue)."""
+        from redis.exceptions import RedisError
+
+        try:
+            await self.queue.enqueue(JOB_FUNCTION, **saq_job_options(self.settings, job.id))
+        except (RedisError, OSError) as exc:
+            log.warning("job %s is recorded but not queued (Redis: %s); it is queued when "
+                        "Redis is back", job.id, exc)
 
     async def cancel(self, job: Job) -> None:
         from saq.job import ACTIVE_STATUSES

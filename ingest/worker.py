@@ -35,7 +35,7 @@ from rag.settings import Settings
 log = logging.getLogger(__name__)
 
 CLEANUP_WAIT_S = 30.0  # how long a cancelled job may take to reach its next stop point
-LOST_AFTER_S = 60.0  # a record older than this with no SAQ job was never queued (or lost)
+LOST_AFTER_S = 60.0  # a running record silent this long with no SAQ job lost its worker
 
 
 class RetryJob(Exception):
@@ -91,12 +91,22 @@ async def reconcile(jobs: JobStore, queue: Queue, settings: Settings) -> int:
     if not records:
         return 0
     for record, queued in zip(records, await queue.jobs(r.id for r in records), strict=True):
-        if queued is None and time.time() - record.updated_at > LOST_AFTER_S:
-            if record.state == "queued":  # accepted, but the API died before queueing it
+        age = time.time() - record.updated_at
+        if queued is None and record.state == "queued" and age > settings.job_heartbeat_s:
+            # accepted while Redis was away, lost in a Redis reset, or the API died before
+            # queueing it; SAQ keys jobs by id, so resubmitting one it holds changes nothing
+            await queue.enqueue(JOB_FUNCTION, **saq_job_options(settings, record.id))
+            changed += 1
+        elif queued is None and record.state == "running" and age > _lost_after(settings):
+            # its queue entry was lost (Redis reset) and its worker is silent: retry it once
+            # more if attempts are left
+            if record.attempts < record.max_attempts and jobs.requeue(
+                    record.id, "Its queue entry was lost (was Redis reset?) while its worker "
+                    "was silent; it runs again."):
                 await queue.enqueue(JOB_FUNCTION, **saq_job_options(settings, record.id))
             else:
-                jobs.finish(record.id, "failed", "Its queue entry was lost (was Redis reset?). "
-                            "Upload the file again.")
+                jobs.finish(record.id, "failed", "Its queue entry was lost (was Redis reset?) "
+                            "and its worker stopped. Upload the file again.")
             changed += 1
         elif queued is not None and queued.status in (Status.ABORTED, Status.FAILED):
             why = ("its worker stopped responding (killed, or stuck past the heartbeat)"
@@ -105,6 +115,11 @@ async def reconcile(jobs: JobStore, queue: Queue, settings: Settings) -> int:
             jobs.finish(record.id, "failed", f"Gave up after {queued.attempts} attempts: {why}.")
             changed += 1
     return changed
+
+
+def _lost_after(settings: Settings) -> float:
+    """A running record silent this long, with no queue entry, has no live worker."""
+    return max(LOST_AFTER_S, 3.0 * settings.job_heartbeat_s)
 
 
 async def _reconcile_every(ctx: WorkerContext, settings: Settings, every_s: float) -> None:

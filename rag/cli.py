@@ -135,14 +135,14 @@ def serve(
     """Run the API (embedded mode runs ingestion in-process too)."""
     import uvicorn
 
-    from api.app import create_app
+    from api.app import create_app, server_config
 
     settings = Settings()
     updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     settings = settings.model_copy(update=updates)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     application = create_app(settings, sample_dir=SAMPLES if sample else None)
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")
+    uvicorn.Server(server_config(application, settings)).run()
 
 
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}

@@ -23,6 +23,12 @@ class InvalidInput(RagError):
     status = 422
 
 
+class SlowRequest(RagError):
+    """The client stopped sending the request body."""
+
+    status = 408
+
+
 class NotFound(RagError):
     status = 404
 
@@ -47,6 +53,12 @@ class NotReady(RagError):
 
 class RateLimited(RagError):
     status = 429
+
+
+class DiskFull(RagError):
+    """The data directory's disk (or quota) is full: nothing was stored."""
+
+    status = 507
 
 
 class Unauthorized(RagError):
@@ -75,3 +87,11 @@ class Overloaded(RagError):
     def __init__(self, message: str, hint: str = "", retry_after_s: int = 2) -> None:
         super().__init__(message, hint)
         self.retry_after_s = retry_after_s
+
+
+class IndexUnreadable(ConfigError):
+    """The saved index or its manifest is corrupt or truncated (it can be rebuilt)."""
+
+
+class StoreUnreadable(ConfigError):
+    """A SQLite file of the data directory is not a readable database."""

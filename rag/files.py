@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import sqlite3
 import threading
 from pathlib import Path
+
+from rag.errors import DiskFull
 
 
 def fsync_dir(path: Path) -> None:
@@ -25,3 +29,18 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError ENOSPC/EDQUOT, or SQLite's SQLITE_FULL."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return (isinstance(exc, sqlite3.OperationalError)
+            and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL)
+
+
+def disk_full(what: str) -> DiskFull:
+    """The error an upload gets when the data directory's disk is full."""
+    return DiskFull(f"The server's data disk is full: {what} was not stored.",
+                    "Retry later: the operator must free space in RAG_DATA_DIR (or delete "
+                    "documents). Nothing of this request was kept.")

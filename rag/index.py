@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from rag.errors import ConfigError, IndexMismatch
+from rag.errors import IndexMismatch, IndexUnreadable
 from rag.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,17 @@ def gpu_count() -> int:
 
 
 def read_manifest(directory: Path) -> Manifest | None:
+    """The saved manifest, None when there is none; IndexUnreadable when it is corrupt."""
     path = directory / MANIFEST
     if not path.exists():
         return None
-    return Manifest(**json.loads(path.read_text()))
+    try:
+        manifest = Manifest(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as exc:  # not JSON, cut short, fields missing
+        raise IndexUnreadable(f"The index manifest {path} cannot be read: {exc}.",
+                              "Run `rag reindex` to rebuild the index from the chunk store "
+                              "(`rag serve` does it by itself at start).") from exc
+    return manifest
 
 
 class FaissIndex:
@@ -218,7 +225,10 @@ class FaissIndex:
             return manifest
 
     def _disk_version(self) -> int:
-        manifest = read_manifest(self.directory)
+        try:
+            manifest = read_manifest(self.directory)
+        except IndexUnreadable:  # a corrupt manifest is being replaced by this save
+            return 0
         return manifest.version if manifest else 0
 
     def _remove_stale(self, keep: str) -> None:
@@ -242,11 +252,18 @@ class FaissIndex:
         try:
             data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
             index = faiss.deserialize_index(data)
-        except (OSError, RuntimeError) as exc:
-            raise ConfigError(
+        except (OSError, RuntimeError) as exc:  # missing, truncated or overwritten
+            raise IndexUnreadable(
                 f"The index file {path} cannot be read: {exc}",
-                "Run `rag reindex` to rebuild it from the chunk store.",
+                "Run `rag reindex` to rebuild it from the chunk store "
+                "(`rag serve` does it by itself at start).",
             ) from exc
+        if index.d != manifest.dimension or index.ntotal != manifest.count:
+            raise IndexUnreadable(
+                f"The index file {path} holds {index.ntotal} vectors of {index.d} dims; its "
+                f"manifest says {manifest.count} of {manifest.dimension}.",
+                "Run `rag reindex` to rebuild it from the chunk store.",
+            )
         with self._lock:
             if isinstance(index, faiss.IndexIVF):
                 index.nprobe = self.nprobe

@@ -38,6 +38,7 @@ __all__ = ["SUPPORTED", "check_file", "detect_kind", "parse"]
 
 _BLOCK_CHARS = 1 << 20  # text is partitioned in blocks of about this many characters
 _TITLE_MAX_WORDS = 12  # unstructured's `is_possible_title` limit
+_TITLE_MAX_CHARS = 500  # a longer line (a word without spaces) skips spaCy's checks too
 _JSON_GROUP_CHARS = 2000
 _ADORNMENT = re.compile(r"([=\-~^\"'`#*+:.])\1{2,}")
 _FENCE = re.compile(r"\s{0,3}(```|~~~)")
@@ -330,7 +331,8 @@ def _paragraph_pieces(text: str) -> Iterator[_Piece]:
     lines = text.splitlines()
     if len(lines) > 1 and all(is_bulleted_text(line) for line in lines):
         yield from (_Piece(clean_bullets(line), "ListItem") for line in lines)
-    elif len(lines) == 1 and len(text.split()) <= _TITLE_MAX_WORDS:
+    elif (len(lines) == 1 and len(text.split()) <= _TITLE_MAX_WORDS
+          and len(text) <= _TITLE_MAX_CHARS):
         element = element_from_text(text)
         yield _Piece(element.text, element.category)
     elif is_bulleted_text(text):

@@ -20,7 +20,7 @@ from rag.check import CheckStage
 from rag.chunking import ChunkDraft, Chunker, check_window, element_offsets
 from rag.conversations import AnswerRecord, Conversations, Thread, Turn, build_conversations, new_id
 from rag.embedding import Embedder, build_embedder
-from rag.errors import EmptyDocument, InvalidInput, NotReady, RagError
+from rag.errors import EmptyDocument, IndexUnreadable, InvalidInput, NotReady, RagError
 from rag.evidence import EvidenceSelector, EvidenceStage
 from rag.followup import FollowupStage
 from rag.generate import GenerateStage
@@ -109,9 +109,10 @@ class RagService:
         s = self.settings
         self.index = FaissIndex(s.index_dir, s.embedding_model, self.embedder.dimension,
                                 s.approximate_index_threshold, s.ivf_nprobe, s.index_device)
-        if not fresh_index:
-            self.index.load()
-        if not fresh_index and self.index.count != self.store.searchable_count():
+        readable = fresh_index or self._load_index(self.index)
+        with self.store.readable():
+            searchable = self.store.searchable_count()
+        if not readable or (not fresh_index and self.index.count != searchable):
             with self.writer():
                 self._rebuild_index()
         self.retriever = Retriever(self.store, self.index, self.embedder, s.hybrid, s.rrf_k,
@@ -119,6 +120,15 @@ class RagService:
         self.pipeline = self._pipeline(self.retriever)
         if generator:
             self.generator.load()
+
+    def _load_index(self, index: FaissIndex) -> bool:
+        """Read the saved index; False when it is corrupt or truncated (to be rebuilt)."""
+        try:
+            index.load()
+        except IndexUnreadable as exc:
+            log.warning("%s; rebuilding the index from the chunk store", exc.message)
+            return False
+        return True
 
     def _rebuild_index(self) -> None:
         index = self._index()

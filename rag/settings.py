@@ -29,6 +29,16 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address `rag serve` binds to.")
     port: int = Field(8000, description="Port `rag serve` listens on.")
+    upload_idle_timeout_s: float = Field(
+        30.0, gt=0, description="An upload whose body stalls this many seconds is refused (408).",
+    )
+    max_connections: int = Field(
+        2048, gt=0, description="Open connections and requests `rag serve` takes at once; "
+        "beyond, requests get 503.",
+    )
+    keep_alive_s: int = Field(
+        5, gt=0, description="Seconds an idle keep-alive connection stays open.",
+    )
 
     # Parsing
     max_file_bytes: int = Field(

@@ -10,6 +10,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from rag.errors import StoreUnreadable
+
 
 class SqliteDatabase:
     """Base of the chunk store and the job store; subclasses set `SCHEMA`."""
@@ -28,11 +30,31 @@ class SqliteDatabase:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, check_same_thread=False, timeout=60,
                                  isolation_level=None)
-            db.execute("PRAGMA busy_timeout=60000")
-            _enable_wal(db)
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(self.SCHEMA)
+            try:
+                with self.readable():
+                    db.execute("PRAGMA busy_timeout=60000")
+                    _enable_wal(db)
+                    db.execute("PRAGMA synchronous=FULL")
+                    db.executescript(self.SCHEMA)
+            except BaseException:
+                db.close()
+                raise
             self._db = db
+
+    @contextlib.contextmanager
+    def readable(self) -> Iterator[None]:
+        """Turn SQLite's "not a database" or "malformed" into an error naming the file."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # locked, full, I/O: not corruption
+                raise
+            raise StoreUnreadable(
+                f"The database {self.path} is corrupt or truncated ({exc}).",
+                f"Stop the service, then restore {self.path.name} from a backup, or move it "
+                f"aside and upload the documents again (the service starts with an empty "
+                f"store; `sqlite3 {self.path} .recover` may save what is left).",
+            ) from exc
 
     def close(self) -> None:
         with self._lock:

@@ -165,6 +165,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "RAG_QUEUE_NAME": settings.queue_name,
         "RAG_JOB_HEARTBEAT_S": str(settings.job_heartbeat_s),
         "RAG_JOB_ATTEMPTS": str(settings.job_attempts),
+        "RAG_WRITER_LEASE_S": str(settings.writer_lease_s),
         "RAG_WORKER_CONCURRENCY": str(settings.worker_concurrency),
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",

@@ -60,3 +60,29 @@ async def test_reconcile_settles_what_saq_gave_up_on_and_resubmits_lost_jobs(
         assert await reconcile(jobs, queue, settings) == 0  # settled once
     finally:
         await queue.disconnect()
+
+
+async def test_a_running_job_whose_queue_entry_was_lost_is_retried_once_then_failed(
+    make_service, redis_client, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """What a Redis reset leaves when the job's worker also died: a silent running record."""
+    service: RagService = make_service(redis_url=REDIS_URL, queue_name=unique_queue(),
+                                       job_attempts=2)
+    settings = service.settings
+    jobs = job_store(settings)
+    job = accept(service, jobs, tmp_path, "orphan.txt")
+    queue = saq_queue(settings)
+    await queue.connect()
+    try:
+        for attempt, expected in ((1, "queued"), (2, "failed")):
+            jobs.begin_attempt(job.id, "host:1", attempt=attempt)
+            jobs._update("UPDATE jobs SET updated_at = ? WHERE id = ?", (time.time() - 3600,
+                                                                        job.id))
+            redis_client.flushdb()  # Redis reset: the retry's queue entry is lost too
+            assert await reconcile(jobs, queue, settings) == 1
+            record = jobs.get(job.id)
+            assert record is not None and record.state == expected, record
+        assert "queue entry was lost" in (record.error or "")
+        assert await reconcile(jobs, queue, settings) == 0
+    finally:
+        await queue.disconnect()
