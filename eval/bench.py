@@ -347,6 +347,9 @@ def _in_thread(call: Callable[[], dict[str, float]]) -> dict[str, float]:
 
 
 def _engine_generation(generator: Generator, prompt: Any, max_new_tokens: int) -> dict[str, float]:
+    prefixes = getattr(generator, "prefix_cache", None)
+    if prefixes is not None:  # a cold prompt each round, as plain generate's is
+        prefixes.clear()
     start = time.perf_counter()
     stream = generator.stream(prompt, max_new_tokens)
     first = None

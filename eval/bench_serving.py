@@ -56,40 +56,56 @@ def timed_stream(generator: Generator, prompt: Prompt, max_new_tokens: int) -> d
 def bench_concurrency(generator: LocalGenerator, prompts: Sequence[Prompt],
                       levels: Sequence[int], max_new_tokens: int, report: Report
                       ) -> dict[str, Any]:
-    """For each level n: n different prompts at once, aggregate tokens/s and first-token
-    percentiles (prefix cache emptied before each level, so no level reuses another's KV)."""
+    """The same prompts (as many as the highest level) answered n at a time for each level n:
+    aggregate tokens/s and first-token percentiles. Every level does the same work, so the
+    ratios to level 1 (one stream) are speed-ups. The prefix cache is emptied before each
+    level, so no level reuses another's KV."""
+    work = [prompts[j % len(prompts)] for j in range(max(levels))]
     out: dict[str, Any] = {}
     for i, n in enumerate(levels):
         report("concurrency", i, len(levels))
         generator.prefix_cache.clear()
-        chosen = [prompts[j % len(prompts)] for j in range(n)]
-        results: list[dict[str, float]] = [{} for _ in chosen]
-
-        def one(j: int, results: list[dict[str, float]] = results,
-                chosen: list[Prompt] = chosen) -> None:
-            results[j] = timed_stream(generator, chosen[j], max_new_tokens)
-
-        threads = [threading.Thread(target=one, args=(j,)) for j in range(n)]
-        start = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - start
-        firsts = [r["first_token_ms"] for r in results]
-        tokens = sum(int(r["tokens"]) for r in results)
-        out[str(n)] = {"requests": n, "wall_s": wall, "tokens": tokens,
-                       "aggregate_tokens_per_s": tokens / wall,
-                       "first_token_p50_ms": float(np.median(firsts)),
-                       "first_token_p95_ms": float(np.percentile(firsts, 95)),
-                       "first_token_max_ms": max(firsts)}
-    one_stream = out[str(levels[0])]
+        out[str(n)] = _answer_all(generator, work, n, max_new_tokens)
+    one = out[str(levels[0])]
     for figures in out.values():
         figures["aggregate_ratio_to_one"] = (figures["aggregate_tokens_per_s"]
-                                             / one_stream["aggregate_tokens_per_s"])
+                                             / one["aggregate_tokens_per_s"])
         figures["slowest_first_token_ratio_to_one"] = (figures["first_token_max_ms"]
-                                                       / one_stream["first_token_p50_ms"])
+                                                       / one["first_token_p50_ms"])
     return out
+
+
+def _answer_all(generator: LocalGenerator, work: Sequence[Prompt], n: int,
+                max_new_tokens: int) -> dict[str, Any]:
+    """Answer every prompt of `work` with `n` client threads, each taking the next one."""
+    results: list[dict[str, float]] = []
+    taken = iter(range(len(work)))
+    lock = threading.Lock()
+
+    def client() -> None:
+        while True:
+            with lock:
+                j = next(taken, None)
+            if j is None:
+                return
+            timing = timed_stream(generator, work[j], max_new_tokens)
+            with lock:
+                results.append(timing)
+
+    threads = [threading.Thread(target=client) for _ in range(n)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    firsts = [r["first_token_ms"] for r in results]
+    tokens = sum(int(r["tokens"]) for r in results)
+    return {"clients": n, "requests": len(results), "wall_s": wall, "tokens": tokens,
+            "aggregate_tokens_per_s": tokens / wall,
+            "first_token_p50_ms": float(np.median(firsts)),
+            "first_token_p95_ms": float(np.percentile(firsts, 95)),
+            "first_token_max_ms": max(firsts)}
 
 
 def bench_prefix(generator: LocalGenerator, prompts: Sequence[Prompt], rounds: int,
