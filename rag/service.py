@@ -19,7 +19,7 @@ from rag.cache import ResponseCache, build_cache, cache_key
 from rag.check import CheckStage
 from rag.chunking import ChunkDraft, Chunker, check_window, element_offsets
 from rag.embedding import Embedder, build_embedder
-from rag.errors import EmptyDocument, InvalidInput, NotReady, RagError
+from rag.errors import EmptyDocument, InvalidInput, NotFound, NotReady, RagError
 from rag.evidence import EvidenceSelector, EvidenceStage
 from rag.generate import GenerateStage
 from rag.generation import Generator, build_generator
@@ -440,7 +440,7 @@ class RagService:
 
     def _check_collection(self, collection: str | None) -> None:
         if collection and collection not in self.store.collections():
-            raise InvalidInput(
+            raise NotFound(
                 f"Collection {collection!r} does not exist.",
                 "Leave it out to search everything, or upload documents into it first.",
             )
