@@ -80,10 +80,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(app: Litestar) -> Iterator[str]:
+def live_server(app: Litestar, log_level: str = "warning") -> Iterator[str]:
     """Serve `app` with uvicorn on a free 127.0.0.1 port in a thread; yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+    # log_config=None: uvicorn leaves logging alone, so its records reach pytest (caplog)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, log_config=None,
                             timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)

@@ -176,6 +176,11 @@ def test_streamed_answer_is_tokens_then_citations_then_done(corpus_service: RagS
         ({"json": {"question": BEES, "top_k": 0}}, 400, "top_k"),
         ({"json": {"question": BEES, "top_k": 51}}, 400, "top_k"),
         ({"json": {"question": BEES, "colour": "red"}}, 400, "colour"),
+        ({"json": {"question": BEES, "stream": 0}}, 400, "stream"),  # strict JSON types
+        ({"json": {"question": BEES, "stream": "true"}}, 400, "stream"),
+        ({"json": {"question": BEES, "top_k": "3"}}, 400, "top_k"),
+        ({"json": {"question": BEES, "top_k": True}}, 400, "top_k"),
+        ({"json": {"question": BEES, "filters": {"owner": "me"}}}, 400, "owner"),
         ({"json": {}}, 400, "question"),
         ({"json": ["a question"]}, 400, ""),
         ({"content": b'{"question": "unterminated', "headers": {
