@@ -104,6 +104,24 @@ def live_server(app: Litestar, log_level: str = "warning") -> Iterator[str]:
         thread.join(timeout=15)
 
 
+@contextmanager
+def live_api(root: Path, embedder: Any, generator: Any, models_dir: Path,
+             **settings: Any) -> Iterator[str]:
+    """A live API (uvicorn, as `rag serve` runs it) over a fresh data dir under `root` holding
+    CORPUS, sharing the session's models; yields its base URL."""
+    values: dict[str, Any] = {"data_dir": root / "data", "converted_models_dir": models_dir,
+                              "max_new_tokens": 8, "top_k": 2}
+    config = Settings(**{**values, **settings})
+    service = RagService(config, embedder=embedder, generator=generator)
+    service.load()
+    ingest_corpus(service, root / "corpus")
+    try:
+        with live_server(create_app(config, service=service)) as base:
+            yield base
+    finally:
+        service.store.close()
+
+
 @dataclass
 class Event:
     event: str

@@ -24,10 +24,7 @@ from schemathesis.engine import events, from_schema
 from schemathesis.engine.statistic import Statistic
 
 import tests.api.contract_hooks  # noqa: F401 - registers what real uploads look like
-from api.app import create_app
-from rag.service import RagService
-from rag.settings import Settings
-from tests.api.helpers import ADMIN_KEY, ingest_corpus, live_server
+from tests.api.helpers import ADMIN_KEY, live_api
 
 pytestmark = pytest.mark.slow
 
@@ -41,20 +38,13 @@ def contract_server(
     tmp_path_factory: pytest.TempPathFactory, embedder: object, generator: object,
     models_dir: Path,
 ) -> Iterator[str]:
-    """A live API with an admin key over its own data dir (the stateful phase deletes)."""
-    root = tmp_path_factory.mktemp("contract")
-    # A rate limit far above what the test sends: the middleware is there, 429 is not hit.
-    settings_ = Settings(data_dir=root / "data", converted_models_dir=models_dir,
-                         api_keys={ADMIN_KEY: ["admin"]}, rate_limit_per_minute=100_000,
-                         max_new_tokens=8, top_k=2)
-    service = RagService(settings_, embedder=embedder, generator=generator)  # type: ignore[arg-type]
-    service.load()
-    ingest_corpus(service, root / "corpus")
-    try:
-        with live_server(create_app(settings_, service=service)) as base:
-            yield base
-    finally:
-        service.store.close()
+    """A live API with an admin key over its own data dir (the stateful phase deletes).
+
+    Its rate limit is far above what the test sends: the middleware is there, 429 is not hit.
+    """
+    with live_api(tmp_path_factory.mktemp("contract"), embedder, generator, models_dir,
+                  api_keys={ADMIN_KEY: ["admin"]}, rate_limit_per_minute=100_000) as base:
+        yield base
 
 
 def contract_config() -> schemathesis.Config:
