@@ -266,6 +266,7 @@ def throwaway_server(port: int, key: str, models_dir: Path | None) -> Iterator[s
         if models_dir is not None:
             env["RAG_CONVERTED_MODELS_DIR"] = str(models_dir.resolve())
         log = open(Path(data) / "serve.log", "wb")  # noqa: SIM115 - closed below
+        print(f"rag serve log: {log.name}", flush=True)
         server = subprocess.Popen([sys.executable, "-m", "rag.cli", "serve", "--sample",
                                    "--host", "127.0.0.1", "--port", str(port)],
                                   env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -275,7 +276,11 @@ def throwaway_server(port: int, key: str, models_dir: Path | None) -> Iterator[s
             yield base
         finally:
             server.terminate()
-            server.wait(timeout=30)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=30)
             log.close()
 
 
