@@ -112,7 +112,8 @@ def api_errors(scope: str, cases: ErrorCases) -> dict[int, ResponseSpec]:
               PermissionDeniedException(f"This key lacks the {scope} scope.")),
         429: ("Too many requests for this key (or address); see Retry-After.",
               TooManyRequestsException("Too Many Requests")),
-        503: ("Models or index not loaded yet, or a dependency is down; see /ready.",
+        503: ("Models or index not loaded yet, a dependency is down (see /ready), or the "
+              "generator's queue is full (Overloaded, with Retry-After).",
               NotReady("The service is not ready: loading models and index",
                        "Wait until GET /ready answers 200, then retry.")),
     }
