@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 REDIS_HOST := 127.0.0.1
 REDIS_PORT := 6379
 
-.PHONY: setup run test lint redis chromium clean
+.PHONY: setup run test lint load redis chromium clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,17 @@ chromium:
 
 test: setup redis chromium
 	$(BIN)/python -m pytest -q
+
+# 50 clients for 60 s against a throw-away `rag serve` on loopback: uncached and cached asks,
+# uploads, lists and deletes; the JSON summary goes to $(LOAD_OUT). Fails on any error other
+# than 429/503 or an upload not indexed exactly once. (The test suite runs a short form.)
+LOAD_CLIENTS ?= 50
+LOAD_SECONDS ?= 60
+LOAD_OUT ?= artifacts/load/summary.json
+LOAD_MODELS ?= data/models
+load: setup
+	$(BIN)/python -m eval.load --serve --clients $(LOAD_CLIENTS) --duration $(LOAD_SECONDS) \
+	  --models-dir $(LOAD_MODELS) --out $(LOAD_OUT)
 
 lint: setup
 	$(BIN)/ruff check rag ingest api eval tests

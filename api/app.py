@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from litestar import Litestar
+from litestar import Litestar, MediaType, Response, route
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
+from litestar.plugins.pydantic import PydanticInitPlugin
 
 from api.auth import check_open_access
 from api.errors import EXCEPTION_HANDLERS
@@ -26,6 +28,7 @@ from api.routes_documents import ROUTES as DOCUMENT_ROUTES
 from api.routes_feedback import give_feedback
 from api.routes_health import health, ready
 from api.routes_widget import demo_page, widget_js
+from api.schemas import StrictModelSchemaPlugin
 from ingest.service import IngestService
 from rag.errors import NotReady, RagError
 from rag.service import AskRequest, RagService
@@ -100,6 +103,30 @@ def server_config(app: Litestar, settings: Settings, **overrides: Any) -> uvicor
     return uvicorn.Config(app, **{**values, **overrides})
 
 
+def with_options(handlers: Sequence[HTTPRouteHandler]) -> list[HTTPRouteHandler]:
+    """`handlers` after an OPTIONS handler per path whose `Allow` lists every method there.
+
+    Litestar makes a path's OPTIONS handler when the first handler of that path is registered
+    and never updates its `Allow`, so `GET` then `DELETE` on one path answered `GET, OPTIONS`.
+    Registered first, these take its place.
+    """
+    methods: dict[str, set[str]] = {}
+    for handler in handlers:
+        for path in handler.paths:
+            methods.setdefault(path, {"OPTIONS"}).update(handler.http_methods)
+
+    def options_for(path: str, allow: str) -> HTTPRouteHandler:
+        def options() -> Response[None]:
+            return Response(None, status_code=204, headers={"Allow": allow},
+                            media_type=MediaType.TEXT)
+
+        return route(path, http_method="OPTIONS", include_in_schema=False,
+                     sync_to_thread=False, name=f"options:{path}")(options)
+
+    return [*(options_for(path, ", ".join(sorted(m))) for path, m in methods.items()),
+            *handlers]
+
+
 def create_app(
     settings: Settings, sample_dir: Path | None = None, service: RagService | None = None
 ) -> Litestar:
@@ -127,14 +154,18 @@ def create_app(
             await ingestion.stop()
 
     return Litestar(
-        route_handlers=[health, ready, metrics, ask, *DOCUMENT_ROUTES, CHAT_ROUTER,
-                        *CONVERSATION_ROUTES, give_feedback, widget_js, demo_page],
+        route_handlers=[*with_options([health, ready, metrics, ask, *DOCUMENT_ROUTES,
+                                       *CONVERSATION_ROUTES, give_feedback, widget_js,
+                                       demo_page]), CHAT_ROUTER],
         dependencies={"service": Provide(provide_service, sync_to_thread=False),
                       "ingestion": Provide(lambda: ingestion, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan, close_rate_limit_store],
         middleware=[HTTP.middleware, *rate_limit_middleware(settings)],
         stores={STORE: rate_limit_store(settings)},
+        # Bodies are validated strictly (`"stream": 0` is not a boolean, `"5"` not an integer),
+        # as the schema says; the schema says which bodies forbid unknown fields.
+        plugins=[PydanticInitPlugin(validate_strict=True), StrictModelSchemaPlugin()],
         cors_config=_cors(settings),
         state=State({"settings": settings, "service": service}),
         openapi_config=OpenAPIConfig(title="RAG service", version="0.1.0", path="/schema",

@@ -1,15 +1,31 @@
-"""The one place where errors become HTTP responses (and the bodies of streamed `error` events)."""
+"""The one place where errors become HTTP responses (and the bodies of streamed `error` events).
+
+`describe` maps every error to a status and an `ErrorOut` body; `error_responses` documents a
+route's error statuses in the OpenAPI document with that one schema, each example being the
+body `describe` makes of an error raised for that status.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    PermissionDeniedException,
+    SerializationException,
+    TooManyRequestsException,
+    ValidationException,
+)
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
+from pydantic import BaseModel, Field
 
-from rag.errors import Overloaded, RagError
+from rag.errors import NotReady, Overloaded, RagError
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +43,22 @@ HTTP_ERRORS = {
 }
 
 
-def error_body(error: str, message: str, hint: str, **extra: object) -> dict[str, object]:
-    return {"error": error, "message": message, "hint": hint, **extra}
+class ErrorOut(BaseModel):
+    """Every error: its kind (`error`), what was wrong (`message`), what to do (`hint`) and, for
+    an invalid request, the problem of each field (`details`)."""
+
+    error: str = Field(description="Kind of error, e.g. NotFound, InvalidInput, RateLimited.")
+    message: str = Field(description="What was wrong.")
+    hint: str = Field(description="What to do about it.")
+    details: list[dict[str, Any]] | None = Field(
+        None, description="Per-field problems of an invalid request (`key`, `message`, "
+        "`source`); absent otherwise.")
+
+
+def error_body(error: str, message: str, hint: str,
+               details: list[dict[str, Any]] | None = None) -> dict[str, object]:
+    body = ErrorOut(error=error, message=message, hint=hint, details=details)
+    return body.model_dump(exclude_none=True)
 
 
 def describe(exc: Exception) -> tuple[int, dict[str, object]]:
@@ -36,8 +66,9 @@ def describe(exc: Exception) -> tuple[int, dict[str, object]]:
     if isinstance(exc, RagError):
         return exc.status, error_body(type(exc).__name__, exc.message, exc.hint)
     if isinstance(exc, ValidationException):
+        details = exc.extra if isinstance(exc.extra, list) else [exc.extra] if exc.extra else []
         return 400, error_body("InvalidRequest", str(exc.detail),
-                               "Fix the fields listed in `details`.", details=exc.extra or [])
+                               "Fix the fields listed in `details`.", details=details)
     if isinstance(exc, HTTPException) and isinstance(exc.__cause__, SerializationException):
         return 400, error_body("MalformedJSON", f"The body is not valid JSON: {exc.detail}.",
                                "Send a JSON object, e.g. {\"question\": \"...\"} (see /schema).")
@@ -50,6 +81,46 @@ def describe(exc: Exception) -> tuple[int, dict[str, object]]:
         return exc.status_code, error_body(name, str(exc.detail), hint)
     return 500, error_body("InternalError", "The server failed to handle this request.",
                            "Retry later; if it keeps failing, check the server log.")
+
+
+# OpenAPI: each status a route can return, what it means there, and an error raised for it.
+ErrorCases = Mapping[int, tuple[str, Exception]]
+
+
+def error_responses(cases: ErrorCases) -> dict[int, ResponseSpec]:
+    """The `responses` of a route for its error `cases`: one schema (`ErrorOut`) for all, each
+    with the body `describe` makes of the case's error as its example."""
+    specs = {}
+    for status, (description, exc) in sorted(cases.items()):
+        got, body = describe(exc)
+        if got != status:
+            raise ValueError(f"{type(exc).__name__} maps to {got}, not {status}")
+        example = Example(summary=str(body["message"]), value=body)
+        specs[status] = ResponseSpec(ErrorOut, description=description, generate_examples=False,
+                                     examples=[example])
+    return specs
+
+
+def api_errors(scope: str, cases: ErrorCases) -> dict[int, ResponseSpec]:
+    """`error_responses` of a /v1 route needing `scope`: `cases` plus what every /v1 route can
+    answer (no or bad key, wrong scope, rate limit, not ready)."""
+    common: dict[int, tuple[str, Exception]] = {
+        400: ("A parameter or body field of the wrong type or out of range, or unknown "
+              "fields; `details` lists them.",
+              ValidationException("Validation failed for GET /v1/documents?limit=0", extra=[
+                  {"message": "Expected `int` >= 1", "key": "limit", "source": "query"}])),
+        401: ("No API key, or one that is not valid (when keys are configured).",
+              NotAuthorizedException("No API key was sent.")),
+        403: (f"The key lacks the `{scope}` scope.",
+              PermissionDeniedException(f"This key lacks the {scope} scope.")),
+        429: ("Too many requests for this key (or address); see Retry-After.",
+              TooManyRequestsException("Too Many Requests")),
+        503: ("Models or index not loaded yet, a dependency is down (see /ready), or the "
+              "generator's queue is full (Overloaded, with Retry-After).",
+              NotReady("The service is not ready: loading models and index",
+                       "Wait until GET /ready answers 200, then retry.")),
+    }
+    return error_responses({**common, **cases})
 
 
 def _respond(exc: Exception, headers: dict[str, str] | None = None) -> Response[object]:

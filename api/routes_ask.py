@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio.to_thread
 from litestar import Request, Response, post
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import Example
+from litestar.openapi.spec import (
+    Example,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Reference,
+    Schema,
+)
 from litestar.params import Body
 
 from api.auth import owner_of, require_scope
+from api.errors import api_errors
 from api.metrics import record_answer
-from api.schemas import AnswerOut, AskIn, ErrorOut
+from api.schemas import AnswerOut, AskIn, DoneOut
 from api.streaming import answer_events
 from rag.conversations import Turn
+from rag.errors import InvalidInput, NotFound
 from rag.service import AskRequest, RagService
 
 ASK_BODY = Body(
@@ -35,19 +46,59 @@ ASK_RESPONSES = {
         description="The answer as JSON; with `stream: true` a `text/event-stream` of `token`, "
         "`citations`, `done` (and on failure `error`) events instead.",
     ),
-    400: ResponseSpec(ErrorOut, description="Malformed JSON, or fields of the wrong type."),
-    401: ResponseSpec(ErrorOut, description="No API key, or one that is not valid."),
-    403: ResponseSpec(ErrorOut, description="The key lacks the `ask` scope."),
-    415: ResponseSpec(ErrorOut, description="The body is not JSON."),
-    422: ResponseSpec(
-        ErrorOut,
-        description="Empty question, question over the length limit, unknown collection, "
-        "top_k out of range, or both `conversation` and `history` sent.",
-    ),
-    404: ResponseSpec(ErrorOut, description="The `conversation` is unknown (or not yours)."),
-    429: ResponseSpec(ErrorOut, description="Too many requests for this key; see Retry-After."),
-    503: ResponseSpec(ErrorOut, description="Models or index not loaded yet; see /ready."),
+    **api_errors("ask", {
+        400: ("Malformed JSON, fields of the wrong type (e.g. `stream: 0`) or unknown fields.",
+              ValidationException("Validation failed for POST /v1/ask", extra=[
+                  {"message": "Input should be a valid boolean", "key": "stream",
+                   "source": "body"}])),
+        404: ("The collection holds no documents, or the `conversation` is unknown (or not "
+              "yours).",
+              NotFound("Collection 'manuals' does not exist.",
+                       "Leave it out to search everything, or upload documents into it first.")),
+        413: ("The body is over the request size limit.",
+              HTTPException(status_code=413, detail="Request Entity Too Large")),
+        415: ("The body is not JSON.",
+              HTTPException(status_code=415, detail="The body is text/plain; this route takes "
+                            "JSON. Send it with Content-Type: application/json.")),
+        422: ("Empty question, or one over the length limit or the model's context window, or "
+              "both `conversation` and `history` sent.",
+              InvalidInput("The question is empty.", "Send a question with some words.")),
+    }),
 }
+
+
+def _event(name: str, description: str, data: Schema | Reference | None = None) -> Schema:
+    """One Server-Sent Event: its name and its data (JSON of `data`'s schema, if given)."""
+    payload = Schema(type=OpenAPIType.STRING, description=description)
+    if data is not None:
+        payload.content_media_type, payload.content_schema = "application/json", data
+    return Schema(type=OpenAPIType.OBJECT, required=["event", "data"],
+                  properties={"event": Schema(const=name), "data": payload})
+
+
+def _ref(name: str) -> Reference:
+    return Reference(ref=f"#/components/schemas/{name}")
+
+
+ASK_EVENTS = Schema(one_of=[
+    _event("token", "A piece of the answer text, as it is generated."),
+    _event("citations", "The numbered sources (JSON list).",
+           Schema(type=OpenAPIType.ARRAY, items=_ref("CitationOut"))),
+    _event("done", "The final answer, its check and evidence, usage and timings (JSON).",
+           Schema(type=OpenAPIType.OBJECT, required=sorted(DoneOut.model_fields))),
+    _event("error", "The answer failed after the stream began (JSON error body).",
+           _ref("ErrorOut")),
+], description="Server-Sent Events: token..., citations, done; or error.")
+
+
+@dataclass
+class _AskOperation(Operation):
+    """The 200 response is JSON or, with `stream: true`, an event stream."""
+
+    def __post_init__(self) -> None:
+        ok = self.responses.get("200") if self.responses else None
+        if isinstance(ok, OpenAPIResponse) and ok.content is not None:
+            ok.content["text/event-stream"] = OpenAPIMediaType(schema=ASK_EVENTS)
 
 
 def require_json(request: Request[Any, Any, Any]) -> None:
@@ -76,6 +127,7 @@ def to_request(data: AskIn, owner: str = "") -> AskRequest:
     guards=[require_scope("ask")],
     before_request=require_json,
     responses=ASK_RESPONSES,
+    operation_class=_AskOperation,
 )
 async def ask(
     data: Annotated[AskIn, ASK_BODY], service: RagService, request: Request[Any, Any, Any]

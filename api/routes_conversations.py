@@ -10,13 +10,13 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 from litestar import Request, delete, get
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from pydantic import BaseModel, Field
 
 from api.auth import owner_of, require_scope
-from api.schemas import ErrorOut
+from api.errors import api_errors
 from rag.conversations import AnswerRecord, Conversation
+from rag.errors import NotFound
 from rag.service import RagService
 
 
@@ -59,13 +59,10 @@ class ConversationsOut(BaseModel):
     conversations: list[ConversationOut]
 
 
-ERRORS = {
-    401: ResponseSpec(ErrorOut, description="No API key, or one that is not valid."),
-    403: ResponseSpec(ErrorOut, description="The key lacks the `ask` scope."),
-    429: ResponseSpec(ErrorOut, description="Too many requests for this key; see Retry-After."),
-    503: ResponseSpec(ErrorOut, description="Not loaded yet; see /ready."),
-}
-NOT_FOUND = {404: ResponseSpec(ErrorOut, description="Unknown, expired or not yours.")}
+ERRORS = api_errors("ask", {})
+NOT_FOUND = api_errors("ask", {404: (
+    "Unknown, expired or not yours.",
+    NotFound("Conversation 'c-1' does not exist.", "Start a new one by asking without it."))})
 LIMIT = Parameter(ge=1, le=500, description="Most conversations to list.")
 
 
@@ -81,7 +78,7 @@ async def list_conversations(
 
 
 @get("/v1/conversations/{conversation_id:str}", tags=["conversations"],
-     guards=[require_scope("ask")], responses={**ERRORS, **NOT_FOUND})
+     guards=[require_scope("ask")], responses=NOT_FOUND)
 async def get_conversation(
     conversation_id: str, service: RagService, request: Request[Any, Any, Any]
 ) -> ConversationOut:
@@ -92,7 +89,7 @@ async def get_conversation(
 
 
 @delete("/v1/conversations/{conversation_id:str}", tags=["conversations"],
-        guards=[require_scope("ask")], responses={**ERRORS, **NOT_FOUND})
+        guards=[require_scope("ask")], responses=NOT_FOUND)
 async def delete_conversation(
     conversation_id: str, service: RagService, request: Request[Any, Any, Any]
 ) -> None:

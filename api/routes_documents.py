@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from litestar import Request, Response, delete, get, post
+from litestar import Request, delete, get, post
 from litestar.openapi.spec import (
+    Encoding,
     OpenAPIFormat,
     OpenAPIMediaType,
     OpenAPIType,
@@ -19,11 +20,12 @@ from litestar.params import Parameter
 from pydantic import BaseModel, Field
 
 from api.auth import require_scope
-from api.uploads import read_upload
+from api.errors import api_errors
+from api.uploads import COLLECTION_PATTERN, read_upload
 from ingest.intake import Accepted
 from ingest.jobs import Job
-from ingest.service import IngestService
-from rag.errors import NotFound
+from ingest.service import IngestService, JobFinished
+from rag.errors import InvalidInput, NotFound, TooLarge, UnsupportedType
 from rag.service import RagService
 from rag.types import Document
 
@@ -80,6 +82,11 @@ class UploadOut(BaseModel):
     documents: list[UploadedOut]
 
 
+class DeletedOut(BaseModel):
+    id: str
+    deleted: bool = Field(description="False when there was no such document.")
+
+
 class ProgressOut(BaseModel):
     done: int = Field(description="Chunks embedded so far.")
     total: int | None = Field(description="Chunks in the document, once known.")
@@ -127,29 +134,63 @@ def _time(epoch: float | None) -> Any:
     return datetime.fromtimestamp(epoch, UTC) if epoch else None
 
 
+DOCUMENT_MEDIA_TYPES = (
+    "text/plain", "text/markdown", "text/x-rst", "text/html", "application/xml", "text/csv",
+    "application/json", "message/rfc822", "application/pdf",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+)
+
+
 @dataclass
 class _UploadOperation(Operation):
     """The multipart body, described by hand: the handler streams it itself."""
 
     def __post_init__(self) -> None:
         text, binary = OpenAPIType.STRING, OpenAPIFormat.BINARY
-        form = Schema(type=OpenAPIType.OBJECT, required=["file"], properties={
+        form = Schema(type=OpenAPIType.OBJECT, required=["file"], additional_properties=False,
+                      properties={
             "file": Schema(type=OpenAPIType.ARRAY, items=Schema(type=text, format=binary),
-                           description="One or more files (repeat the part)."),
-            "collection": Schema(type=text, description="Collection (default: default)."),
-            "metadata": Schema(type=text, description="A JSON object kept with each file."),
+                           min_items=1, description="One or more files (repeat the part): "
+                           "documents with text, judged by content (see `encoding`)."),
+            "collection": Schema(type=text, pattern=COLLECTION_PATTERN,
+                                 description="Collection (empty or absent: default)."),
+            "metadata": Schema(type=OpenAPIType.OBJECT,
+                               description="A JSON object kept with each file."),
         })
-        self.request_body = RequestBody(
-            required=True, content={"multipart/form-data": OpenAPIMediaType(schema=form)})
+        encoding = {"file": Encoding(content_type=", ".join(DOCUMENT_MEDIA_TYPES)),
+                    "metadata": Encoding(content_type="application/json")}
+        self.request_body = RequestBody(required=True, content={
+            "multipart/form-data": OpenAPIMediaType(schema=form, encoding=encoding)})
 
 
 # Handlers
 
 INGEST = [require_scope("ingest")]  # admin keys pass too; open mode lets everyone
+MAX_OFFSET = 10**9
+USAGE = "Send multipart/form-data with one or more `file` parts."
+UNKNOWN_DOCUMENT = (
+    "No document has this id.",
+    NotFound("Document 9f86d081884c7d65 does not exist.", "List documents with GET /v1/documents."))
+UNKNOWN_JOB = (
+    "No job has this id.",
+    NotFound("Job 42 does not exist.", "Use the job_id that POST /v1/documents returned."))
+UPLOAD_ERRORS = api_errors("ingest", {
+    413: ("The request, a file or a form field is over its limit, or it has too many files.",
+          TooLarge("report.pdf is over the limit of 52428800 bytes.",
+                   "Split the document into smaller files, or raise RAG_MAX_FILE_BYTES.")),
+    415: ("The body is not multipart/form-data, or a file is of a type it cannot read "
+          "(judged by its content).",
+          UnsupportedType("Uploads must be multipart/form-data, not application/json.", USAGE)),
+    422: ("No files, an empty or corrupt file, a malformed body, an unknown field, or a bad "
+          "collection name or metadata.",
+          InvalidInput("The request holds no files.", USAGE)),
+})
 
 
 @post("/v1/documents", status_code=202, tags=["documents"], guards=INGEST,
-      request_max_body_size=None, operation_class=_UploadOperation)
+      request_max_body_size=None, operation_class=_UploadOperation, responses=UPLOAD_ERRORS)
 async def upload_documents(
     request: Request[Any, Any, Any], service: RagService, ingestion: IngestService
 ) -> UploadOut:
@@ -168,12 +209,13 @@ def _uploaded(a: Accepted) -> UploadedOut:
                        job_state=a.job.state if a.job else None, duplicate=a.duplicate)
 
 
-@get("/v1/documents", tags=["documents"], guards=INGEST, sync_to_thread=True)
+@get("/v1/documents", tags=["documents"], guards=INGEST, sync_to_thread=True,
+     responses=api_errors("ingest", {}))
 def list_documents(
     service: RagService,
     ingestion: IngestService,
     collection: str | None = None,
-    offset: Annotated[int, Parameter(ge=0)] = 0,
+    offset: Annotated[int, Parameter(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
 ) -> DocumentPage:
     """List documents, oldest first, optionally in one collection."""
@@ -182,7 +224,8 @@ def list_documents(
     return DocumentPage(items=items, total=total, offset=offset, limit=limit)
 
 
-@get("/v1/documents/{document_id:str}", tags=["documents"], guards=INGEST, sync_to_thread=True)
+@get("/v1/documents/{document_id:str}", tags=["documents"], guards=INGEST, sync_to_thread=True,
+     responses=api_errors("ingest", {404: UNKNOWN_DOCUMENT}))
 def get_document(document_id: str, service: RagService, ingestion: IngestService) -> DocumentOut:
     """One document: file, type, size, pages, chunk count, collection, metadata, state."""
     doc = service.store.get_document(document_id)
@@ -192,26 +235,32 @@ def get_document(document_id: str, service: RagService, ingestion: IngestService
     return DocumentOut.of(doc, ingestion.jobs.latest_for(doc.id))
 
 
-@delete("/v1/documents/{document_id:str}", tags=["documents"], guards=INGEST, status_code=200)
+@delete("/v1/documents/{document_id:str}", tags=["documents"], guards=INGEST, status_code=200,
+        responses=api_errors("ingest", {}))
 async def delete_document(
     document_id: str, service: RagService, ingestion: IngestService
-) -> Response[dict[str, Any]]:
+) -> DeletedOut:
     """Delete a document: its vectors, chunks, stored file and every cached answer citing it.
     Idempotent: deleting an absent document answers 200 with `deleted: false`."""
     deleted = await ingestion.delete_document(document_id)
-    return Response({"id": document_id, "deleted": deleted}, status_code=200)
+    return DeletedOut(id=document_id, deleted=deleted)
 
 
-@get("/v1/jobs/{job_id:str}", tags=["jobs"], guards=INGEST, sync_to_thread=True)
+@get("/v1/jobs/{job_id:str}", tags=["jobs"], guards=INGEST, sync_to_thread=True,
+     responses=api_errors("ingest", {404: UNKNOWN_JOB}))
 def get_job(job_id: str, ingestion: IngestService) -> JobOut:
     """An ingestion job: state, stage, progress with ETA, timings, attempts and error."""
     return JobOut.of(ingestion.job(job_id))
 
 
-@delete("/v1/jobs/{job_id:str}", tags=["jobs"], guards=INGEST, status_code=200)
+@post("/v1/jobs/{job_id:str}/cancel", tags=["jobs"], guards=INGEST, status_code=200,
+        responses=api_errors("ingest", {404: UNKNOWN_JOB, 409: (
+            "The job already finished (done or failed).",
+            JobFinished("Job 42 already finished (done).",
+                        "To remove its document, DELETE /v1/documents/{document_id}."))}))
 async def cancel_job(job_id: str, ingestion: IngestService) -> JobOut:
     """Cancel a queued or running job (409 when it already finished); nothing of it stays
-    indexed."""
+    indexed. The job stays readable with state `cancelled`; cancelling it again is fine."""
     return JobOut.of(await ingestion.cancel(job_id))
 
 

@@ -6,12 +6,12 @@ from typing import Literal
 
 import anyio.to_thread
 from litestar import post
-from litestar.openapi.datastructures import ResponseSpec
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import require_scope
+from api.errors import api_errors
 from api.routes_ask import require_json
-from api.schemas import ErrorOut
+from rag.errors import NotFound
 from rag.service import RagService
 
 CHAT_PREFIX = "chatcmpl-"
@@ -36,13 +36,9 @@ class FeedbackOut(BaseModel):
 
 
 @post("/v1/feedback", status_code=201, tags=["feedback"], guards=[require_scope("ask")],
-      before_request=require_json, responses={
-          400: ResponseSpec(ErrorOut, description="Malformed JSON, or fields of the wrong type."),
-          401: ResponseSpec(ErrorOut, description="No API key, or one that is not valid."),
-          403: ResponseSpec(ErrorOut, description="The key lacks the `ask` scope."),
-          404: ResponseSpec(ErrorOut, description="No such answer (or it expired)."),
-          429: ResponseSpec(ErrorOut, description="Too many requests; see Retry-After."),
-      })
+      before_request=require_json, responses=api_errors("ask", {404: (
+          "No such answer (or it expired).",
+          NotFound("Answer 'a-1' is unknown.", "Rate an answer id from a recent response."))}))
 async def give_feedback(data: FeedbackIn, service: RagService) -> FeedbackOut:
     """Rate an answer up or down, with an optional comment and the expected answer; kept
     with the question and answer it rates, for `rag eval export-feedback`."""

@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from litestar.plugins.pydantic import PydanticSchemaPlugin
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from rag.types import Answer
+
+if TYPE_CHECKING:
+    from litestar._openapi.schema_generation import SchemaCreator
+    from litestar.openapi.spec import Schema
+    from litestar.typing import FieldDefinition
+
+
+class StrictModelSchemaPlugin(PydanticSchemaPlugin):
+    """Litestar's pydantic schemas, plus `additionalProperties: false` for models that forbid
+    extra fields (Litestar leaves it out, so the document would promise to accept them)."""
+
+    @classmethod
+    def for_pydantic_model(cls, field_definition: FieldDefinition,
+                           schema_creator: SchemaCreator) -> Schema:
+        schema = super().for_pydantic_model(field_definition, schema_creator)
+        if field_definition.annotation.model_config.get("extra") == "forbid":
+            schema.additional_properties = False
+        return schema
+
+
+def _integral(value: object) -> object:
+    """JSON Schema counts 5.0 as an integer; strict validation would not."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 
 class AskFilters(BaseModel):
@@ -26,13 +53,17 @@ class AskIn(BaseModel):
     """A question to answer from the indexed documents."""
 
     model_config = ConfigDict(extra="forbid")
-    question: str = Field(description="The question, in plain words.")
-    top_k: int | None = Field(None, ge=1, le=50, description="Sources to retrieve (1-50).")
-    collection: str | None = Field(None, description="Search only this collection.")
+    question: str = Field(
+        description="The question, in plain words (at most RAG_MAX_QUESTION_CHARS characters, "
+        "2000 by default, and short enough to fit the model's context window).",
+        # documented here, checked by the engine (one place validates a question)
+        json_schema_extra={"minLength": 1, "pattern": r"\S"})
+    top_k: JsonInt | None = Field(None, ge=1, le=50, description="Sources to retrieve (1-50).")
+    collection: str | None = Field(
+        None, description="Search only this collection (404 when no document is in it).")
     filters: AskFilters = Field(default_factory=AskFilters, description="Extra filters.")
-    stream: bool = Field(
-        False, description="Answer as Server-Sent Events (token, citations, done, error)."
-    )
+    stream: bool = Field(False, description="Answer as Server-Sent Events "
+                         "(token, citations, done, error); a JSON boolean, not 0 or 1.")
     conversation: str | None = Field(
         None, description="Continue this conversation (the `conversation` of an earlier "
         "answer); left out, the answer starts a new one.")
@@ -192,19 +223,6 @@ class DoneOut(BaseModel):
                    usage=UsageOut(**vars(answer.usage)),
                    timings=TimingsOut(**vars(answer.timings)), model=answer.model,
                    index_version=answer.index_version, **conversation_of(answer))
-
-
-class ErrorOut(BaseModel):
-    """Every error: what was wrong (`message`) and what to do about it (`hint`)."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "error": "InvalidInput", "message": "The question is empty.",
-        "hint": "Send a question with some words."}]})
-    error: str = Field(description="Kind of error.")
-    message: str = Field(description="What was wrong.")
-    hint: str = Field(description="What to do about it.")
-    details: list[dict[str, Any]] | None = Field(
-        None, description="Per-field problems of an invalid request.")
 
 
 class ReadyOut(BaseModel):

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 FIELDS = ("collection", "metadata")
 MAX_FIELD_BYTES = 64 * 1024
-COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+COLLECTION_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})?$"  # empty: the default collection
+COLLECTION = re.compile(COLLECTION_PATTERN)
 USAGE = ("Send multipart/form-data with one or more `file` parts, e.g. "
          "`curl -F file=@report.pdf -F collection=docs http://host/v1/documents`.")
 
@@ -48,12 +49,12 @@ class UploadForm:
 
 
 def _collection(fields: dict[str, str]) -> str:
-    name = fields.get("collection", "").strip() or "default"
+    name = fields.get("collection", "")
     if not COLLECTION.fullmatch(name):
         raise InvalidInput(f"Collection name {name[:80]!r} is not allowed.",
                            "Use 1-64 letters, digits, '_', '.' or '-', starting with a letter "
                            "or digit.")
-    return name
+    return name or "default"
 
 
 def _metadata(fields: dict[str, str]) -> dict[str, Any]:
@@ -175,7 +176,7 @@ class _FormReader:
 
     def _begin(self, segment: MultipartSegment) -> None:
         self._segment = segment
-        if segment.filename is None:
+        if segment.filename is None and segment.name != "file":  # a `file` part may lack a name
             if segment.name not in FIELDS:
                 raise InvalidInput(f"Unknown form field {segment.name[:80]!r}.",
                                    f"Send files as file parts; text fields: {', '.join(FIELDS)}.")
@@ -185,7 +186,7 @@ class _FormReader:
             raise TooLarge(f"The request holds more than {self.settings.max_files_per_request} "
                            "files.", "Split the upload over several requests, or raise "
                            "RAG_MAX_FILES_PER_REQUEST.")
-        name = sanitize_filename(segment.filename)
+        name = sanitize_filename(segment.filename or "file")
         path = self.intake.staging_dir() / "upload"  # the name may be too long for the disk
         self._staged = (name, path)
         self._file = open(path, "wb")  # noqa: SIM115 - closed in _end or abandon

@@ -35,7 +35,7 @@ class Stopped(Exception):
 
 
 class JobCancelled(Stopped):
-    """The job was cancelled through the API (DELETE /v1/jobs/{id} or the document)."""
+    """The job was cancelled through the API (POST /v1/jobs/{id}/cancel or the document)."""
 
 
 class JobInterrupted(Stopped):

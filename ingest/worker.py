@@ -61,7 +61,7 @@ async def ingest_document(ctx: WorkerContext, *, job_id: str) -> str:
     try:
         outcome = await asyncio.shield(work)
     except asyncio.CancelledError:
-        # Aborted (DELETE /v1/jobs/{id}), timed out or the worker is stopping: the thread
+        # Aborted (POST /v1/jobs/{id}/cancel), timed out or the worker is stopping: the thread
         # stops at its next batch and records why; wait a little so it can clean up.
         stop.set()
         with contextlib.suppress(Exception, asyncio.CancelledError):

@@ -141,7 +141,11 @@ def serve(
     updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     settings = settings.model_copy(update=updates)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    application = create_app(settings, sample_dir=SAMPLES if sample else None)
+    try:
+        application = create_app(settings, sample_dir=SAMPLES if sample else None)
+    except RagError as exc:  # e.g. open mode on a non-loopback address
+        console.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from exc
     uvicorn.Server(server_config(application, settings)).run()
 
 

@@ -159,6 +159,8 @@ def rank(
 def _bm25(question: str, texts: Sequence[str]) -> npt.NDArray[np.float32]:
     """BM25 score of each text for the question (0 where no query term occurs)."""
     corpus = bm25s.tokenize(list(texts), stopwords="en", show_progress=False)
+    if not corpus.vocab:  # only stopwords and punctuation: bm25s cannot index that
+        return np.zeros(len(texts), dtype=np.float32)
     model = bm25s.BM25()
     model.index(corpus, show_progress=False)
     terms = [t for t in bm25s.tokenize([question], stopwords="en", return_ids=False,

@@ -20,7 +20,14 @@ from rag.check import CheckStage
 from rag.chunking import ChunkDraft, Chunker, check_window, element_offsets
 from rag.conversations import AnswerRecord, Conversations, Thread, Turn, build_conversations, new_id
 from rag.embedding import Embedder, build_embedder
-from rag.errors import EmptyDocument, IndexUnreadable, InvalidInput, NotReady, RagError
+from rag.errors import (
+    EmptyDocument,
+    IndexUnreadable,
+    InvalidInput,
+    NotFound,
+    NotReady,
+    RagError,
+)
 from rag.evidence import EvidenceSelector, EvidenceStage
 from rag.followup import FollowupStage
 from rag.generate import GenerateStage
@@ -497,7 +504,7 @@ class RagService:
 
     def _check_collection(self, collection: str | None) -> None:
         if collection and collection not in self.store.collections():
-            raise InvalidInput(
+            raise NotFound(
                 f"Collection {collection!r} does not exist.",
                 "Leave it out to search everything, or upload documents into it first.",
             )

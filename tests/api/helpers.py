@@ -80,10 +80,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(app: Litestar) -> Iterator[str]:
+def live_server(app: Litestar, log_level: str = "warning") -> Iterator[str]:
     """Serve `app` with uvicorn on a free 127.0.0.1 port in a thread; yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+    # log_config=None: uvicorn leaves logging alone, so its records reach pytest (caplog)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, log_config=None,
                             timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
@@ -101,6 +102,24 @@ def live_server(app: Litestar) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+@contextmanager
+def live_api(root: Path, embedder: Any, generator: Any, models_dir: Path,
+             **settings: Any) -> Iterator[str]:
+    """A live API (uvicorn, as `rag serve` runs it) over a fresh data dir under `root` holding
+    CORPUS, sharing the session's models; yields its base URL."""
+    values: dict[str, Any] = {"data_dir": root / "data", "converted_models_dir": models_dir,
+                              "max_new_tokens": 8, "top_k": 2}
+    config = Settings(**{**values, **settings})
+    service = RagService(config, embedder=embedder, generator=generator)
+    service.load()
+    ingest_corpus(service, root / "corpus")
+    try:
+        with live_server(create_app(config, service=service)) as base:
+            yield base
+    finally:
+        service.store.close()
 
 
 @dataclass

@@ -172,10 +172,15 @@ def test_streamed_answer_is_tokens_then_citations_then_done(corpus_service: RagS
         ({"json": {"question": ""}}, 422, "The question is empty"),
         ({"json": {"question": "   ", "stream": True}}, 422, "The question is empty"),
         ({"json": {"question": "why " * 600}}, 422, "the limit is 2000"),
-        ({"json": {"question": BEES, "collection": "nope"}}, 422, "Collection 'nope'"),
+        ({"json": {"question": BEES, "collection": "nope"}}, 404, "Collection 'nope'"),
         ({"json": {"question": BEES, "top_k": 0}}, 400, "top_k"),
         ({"json": {"question": BEES, "top_k": 51}}, 400, "top_k"),
         ({"json": {"question": BEES, "colour": "red"}}, 400, "colour"),
+        ({"json": {"question": BEES, "stream": 0}}, 400, "stream"),  # strict JSON types
+        ({"json": {"question": BEES, "stream": "true"}}, 400, "stream"),
+        ({"json": {"question": BEES, "top_k": "3"}}, 400, "top_k"),
+        ({"json": {"question": BEES, "top_k": True}}, 400, "top_k"),
+        ({"json": {"question": BEES, "filters": {"owner": "me"}}}, 400, "owner"),
         ({"json": {}}, 400, "question"),
         ({"json": ["a question"]}, 400, ""),
         ({"content": b'{"question": "unterminated', "headers": {

@@ -205,3 +205,134 @@ def test_no_cors_without_origins(corpus_service: RagService) -> None:
     with serving(corpus_service) as client:
         response = client.get("/health", headers={"Origin": "http://elsewhere.example"})
         assert "access-control-allow-origin" not in response.headers
+
+
+# Each scope reaches only its routes
+
+
+ANY_VALID = {"ask": {ASK_KEY, ADMIN_KEY}, "ingest": {INGEST_KEY, ADMIN_KEY}}
+# Requests that stop right after the guard (an error or a no-op), so nothing changes.
+SCOPED_ROUTES: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
+    ("POST", "/v1/ask"): ("ask", {"json": BAD}),
+    ("POST", "/v1/documents"): ("ingest", {}),
+    ("GET", "/v1/documents"): ("ingest", {}),
+    ("GET", "/v1/documents/{document_id}"): ("ingest", {}),
+    ("DELETE", "/v1/documents/{document_id}"): ("ingest", {}),
+    ("GET", "/v1/jobs/{job_id}"): ("ingest", {}),
+    ("POST", "/v1/jobs/{job_id}/cancel"): ("ingest", {}),
+}
+OPEN_ROUTES = ["/health", "/ready", "/metrics", "/widget.js", "/", "/schema/openapi.json"]
+
+
+def concrete(path: str) -> str:
+    return path.replace("{document_id}", "0" * 64).replace("{job_id}", "no-such-job")
+
+
+def test_each_scope_reaches_only_its_routes(corpus_service: RagService) -> None:
+    with serving(corpus_service, api_keys=KEYS) as client:
+        document = client.get("/schema/openapi.json").json()
+        v1 = {(m.upper(), p) for p, ops in document["paths"].items() for m in ops
+              if p.startswith("/v1/")}
+        for method, path in sorted(v1):
+            url = concrete(path)
+            # Every /v1 route needs a key, whatever it is (a new route without a guard fails).
+            assert client.request(method, url, json={}).status_code == 401, (method, path)
+            assert client.request(method, url, json={}, headers=bearer("not-a-key")
+                                  ).status_code == 401, (method, path)
+            if (method, path) not in SCOPED_ROUTES:
+                continue
+            scope, kwargs = SCOPED_ROUTES[method, path]
+            for key in KEYS:
+                status = client.request(method, url, headers=bearer(key), **kwargs).status_code
+                if key in ANY_VALID[scope]:
+                    assert status not in (401, 403), (method, path, KEYS[key], status)
+                else:
+                    assert status == 403, (method, path, KEYS[key], status)
+        assert SCOPED_ROUTES.keys() <= v1  # the table names real routes
+        for path in OPEN_ROUTES:  # probes, scrapers and the widget need no key
+            assert client.get(path).status_code == 200, path
+
+
+# Keys stay secret
+
+
+def test_a_key_never_appears_in_logs_or_metrics(
+    corpus_service: RagService, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Valid, wrong-scope and invalid keys, by both headers, over real HTTP with uvicorn's
+    access log on: no log record and no metric carries one."""
+    import httpx
+
+    from tests.api.helpers import app_settings, live_server
+
+    wrong = "sk-not-configured-0d9e8c7b6a"
+    app = create_app(app_settings(corpus_service, api_keys=KEYS, rate_limit_per_minute=1000),
+                     service=corpus_service)
+    with caplog.at_level(logging.DEBUG), live_server(app, log_level="debug") as base, \
+            httpx.Client(base_url=base, timeout=120) as client:
+        # Litestar configures the root logger at start-up; listen to it again from here on.
+        logging.getLogger().addHandler(caplog.handler)
+        for key in [*KEYS, wrong]:
+            for headers in (bearer(key), {"X-API-Key": key}):
+                client.post("/v1/ask", json=QUESTION, headers=headers)
+                client.post("/v1/ask", json=BAD, headers=headers)
+                client.get("/v1/documents", headers=headers)
+                client.get(f"/v1/jobs/{key}", headers=headers)  # even as a path parameter
+        metrics = client.get("/metrics").text
+    logging.getLogger().removeHandler(caplog.handler)
+    logged = "\n".join(f"{r.name} {r.getMessage()} {r.args!r}" for r in caplog.records)
+    assert "uvicorn.access" in logged and "/v1/ask" in logged  # the access log was on
+    for key in [*KEYS, wrong]:
+        assert key not in metrics
+        assert key not in logged.replace(f"/v1/jobs/{key}", "/v1/jobs/<path>"), key
+    assert "rag_http_requests_total" in metrics and "/v1/jobs/{job_id" in metrics
+
+
+# Open mode stays on this machine
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20"])
+def test_rag_serve_refuses_an_open_non_local_bind(host: str, tmp_path: Any) -> None:
+    """`rag serve` itself: it exits with the reason before loading anything or listening."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
+    env.update({"RAG_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"})
+    done = subprocess.run([sys.executable, "-m", "rag.cli", "serve", "--host", host],
+                          env=env, text=True, capture_output=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "refuses to run open" in done.stdout and "RAG_API_KEYS" in done.stdout
+    assert not (tmp_path / "data").exists()  # nothing was loaded or written
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_open_mode_is_allowed_on_loopback(host: str) -> None:
+    create_app(Settings(host=host))
+
+
+# Rate limits are per key
+
+
+def test_rate_limits_are_per_key_across_routes_and_not_drained_by_bad_keys(
+    corpus_service: RagService,
+) -> None:
+    with serving(corpus_service, api_keys=KEYS, rate_limit_per_minute=2) as client:
+        # One key's budget covers all its routes.
+        assert client.get("/v1/documents", headers=bearer(INGEST_KEY)).status_code == 200
+        assert client.get("/v1/jobs/x", headers=bearer(INGEST_KEY)).status_code == 404
+        assert client.get("/v1/documents", headers=bearer(INGEST_KEY)).status_code == 429
+        # Sending it by the other header is the same key, the same budget.
+        assert client.get("/v1/documents", headers={"X-API-Key": INGEST_KEY}).status_code == 429
+        # Invalid keys count against the client address, not against any key.
+        for n in range(2):
+            assert client.post("/v1/ask", json=BAD, headers=bearer(f"guess-{n}")
+                               ).status_code == 401
+        assert client.post("/v1/ask", json=BAD, headers=bearer("guess-3")).status_code == 429
+        assert client.post("/v1/ask", json=BAD).status_code == 429  # no key: the same address
+        # The other keys still have their whole budget.
+        for key in (ASK_KEY, ADMIN_KEY):
+            assert client.post("/v1/ask", json=BAD, headers=bearer(key)).status_code == 422
+            assert client.post("/v1/ask", json=BAD, headers=bearer(key)).status_code == 422
+            assert client.post("/v1/ask", json=BAD, headers=bearer(key)).status_code == 429

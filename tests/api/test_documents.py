@@ -182,7 +182,7 @@ def test_unknown_ids_are_404_with_a_json_reason(client: Client) -> None:
         response = client.get(path)
         assert response.status_code == 404
         assert response.json()["message"] and response.json()["hint"]
-    assert client.delete("/v1/jobs/abc").status_code == 404
+    assert client.post("/v1/jobs/abc/cancel").status_code == 404
 
 
 def test_cancel_a_running_job(client: Client) -> None:
@@ -192,16 +192,16 @@ def test_cancel_a_running_job(client: Client) -> None:
     running = wait_for(lambda: (lambda j: j if j["progress"]["done"] >= 64 else None)(
         client.get(f"/v1/jobs/{job_id}").json()), 300, 0.05, "64 chunks embedded")
     assert running["state"] == "running" and running["eta_s"] is not None
-    response = client.delete(f"/v1/jobs/{job_id}")
+    response = client.post(f"/v1/jobs/{job_id}/cancel")
     assert response.status_code == 200 and response.json()["state"] == "cancelled"
     wait_for(lambda: client.get(f"/v1/documents/{doc['document_id']}").json()["state"]
              == "cancelled", 120, 0.1, "the job to stop")
     assert service.store.chunk_ids(doc["document_id"]) == []
-    assert client.delete(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"  # idempotent
+    assert client.post(f"/v1/jobs/{job_id}/cancel").json()["state"] == "cancelled"  # idempotent
     check_exactly_once(service)
     [small] = accepted(client, [("small.txt", b"The kiln is fired on Tuesdays.")])
     wait_jobs(client, [small["job_id"]])
-    finished = client.delete(f"/v1/jobs/{small['job_id']}")
+    finished = client.post(f"/v1/jobs/{small['job_id']}/cancel")
     assert finished.status_code == 409 and "already finished" in finished.json()["message"]
 
 
@@ -269,7 +269,8 @@ def test_routes_are_in_the_openapi_schema(client: Client) -> None:
     assert "multipart/form-data" in upload_op["requestBody"]["content"]
     assert "202" in upload_op["responses"] and "Upload one or more files" in upload_op[
         "description"]
-    assert {"get", "delete"} <= set(schema["paths"]["/v1/jobs/{job_id}"])
+    assert "get" in schema["paths"]["/v1/jobs/{job_id}"]
+    assert "post" in schema["paths"]["/v1/jobs/{job_id}/cancel"]
 
 
 def test_ingest_routes_need_the_ingest_scope(open_client: Callable[..., Client]) -> None:

@@ -198,3 +198,41 @@ def test_widget_script_and_demo_page(corpus_service: RagService) -> None:
     assert "attachShadow" in script.text and "getReader" in script.text
     assert page.headers["content-type"].startswith("text/html")
     assert f'<script src="/widget.js" data-key="{ASK_KEY}"></script>' in page.text
+
+
+def test_every_error_status_of_every_route_uses_the_one_error_schema(
+    corpus_service: RagService,
+) -> None:
+    """Each documented error has ErrorOut's schema and an example that is what the mapper
+    sends; OPTIONS answers the methods the document lists for its path."""
+    from api.errors import ErrorOut
+
+    with serving(corpus_service, api_keys=KEYS) as client:
+        schema = client.get("/schema/openapi.json").json()
+        allow = {path: client.options(path.replace("{document_id}", "d").replace(
+            "{job_id}", "j")).headers["allow"] for path in schema["paths"]}
+    fields = set(ErrorOut.model_fields)
+    assert set(schema["components"]["schemas"]["ErrorOut"]["properties"]) == fields
+    for path, operations in schema["paths"].items():
+        documented = {m.upper() for m in operations} | {"OPTIONS"}
+        assert set(allow[path].split(", ")) == documented, path
+        for method, operation in operations.items():
+            statuses = {int(s) for s in operation["responses"]}
+            if path.startswith("/v1/"):
+                assert {400, 401, 403, 429, 503} <= statuses, (method, path)
+            for status, response in operation["responses"].items():
+                if int(status) < 400 or path == "/ready":
+                    continue
+                content = response["content"]["application/json"]
+                assert content["schema"]["$ref"] == "#/components/schemas/ErrorOut"
+                [example] = content["examples"].values()
+                body = example["value"]
+                assert {"error", "message", "hint"} <= set(body) <= fields, body
+                ErrorOut.model_validate(body)
+    documents = schema["paths"]["/v1/documents/{document_id}"]
+    assert "404" in documents["get"]["responses"]
+    upload = schema["paths"]["/v1/documents"]["post"]["responses"]
+    assert {"413", "415", "422"} <= set(upload)
+    assert "404" in schema["paths"]["/v1/ask"]["post"]["responses"]  # unknown collection
+    streamed = schema["paths"]["/v1/ask"]["post"]["responses"]["200"]["content"]
+    assert {"application/json", "text/event-stream"} <= set(streamed)

@@ -153,3 +153,13 @@ def test_a_stage_is_added_with_one_line(make_service: Any, tmp_path: Path) -> No
 def test_stage_names_are_unique() -> None:
     with pytest.raises(ValueError, match="unique"):
         AskPipeline([_Reverse(), _Reverse()])
+
+
+def test_bm25_of_sentences_with_only_stopwords_is_zero_not_an_error() -> None:
+    """Found by the contract test: the question "0" over sentences bm25s keeps no term of
+    (only stopwords and punctuation) raised from inside bm25s, a 500 on POST /v1/ask."""
+    from rag.evidence import _bm25
+
+    assert _bm25("0", ["The.", "a an the", "..."]).tolist() == [0.0, 0.0, 0.0]
+    scores = _bm25("bees", ["Bees fly.", "The."])
+    assert scores[0] > 0 and scores[1] == 0
