@@ -46,11 +46,11 @@ def fill(disk: Path, leave_bytes: int = 0) -> Path:
     """Write a filler file until the disk refuses, then give back `leave_bytes`."""
     filler = disk / "filler"
     block = b"\xff" * (64 << 10)
-    with open(filler, "wb") as out:
+    # unbuffered: a buffered file would try to write its refused rest again on close
+    with open(filler, "wb", buffering=0) as out:
         try:
             while True:
                 out.write(block)
-                out.flush()
         except OSError as exc:
             assert exc.errno == 28  # ENOSPC
     if leave_bytes:
