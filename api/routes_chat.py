@@ -48,7 +48,8 @@ class ChatMessageIn(BaseModel):
     """A message: `content` is text, or a list of `{"type": "text", "text": ...}` parts."""
 
     model_config = ConfigDict(extra="allow")
-    role: str
+    role: str = Field(description="system, developer, user or assistant; system and "
+                      "developer messages are read past, other roles are refused (400).")
     content: str | list[dict[str, Any]] | None = None
 
 
@@ -58,8 +59,8 @@ class ChatCompletionIn(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     model: str = Field(description="The id GET /v1/models lists.")
-    messages: list[ChatMessageIn] = Field(description="The conversation; the last is the "
-                                          "question and must be the user's.")
+    messages: list[ChatMessageIn] = Field(min_length=1, description="The conversation; the "
+                                          "last is the question and must be the user's.")
     stream: bool = Field(False, description="Answer as `chat.completion.chunk` events.")
     max_tokens: int | None = Field(None, ge=1, description="Cap on the answer's tokens (never "
                                    "above the service's RAG_MAX_NEW_TOKENS).")
