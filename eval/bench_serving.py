@@ -1,6 +1,6 @@
-"""`rag bench` serving figures: many streams at once, cold vs warm prompt prefixes, our decode
-loop beside plain `model.generate`, and float32 vs bfloat16 answers, on the ask path's own
-prompts (evidence-first), all in one run."""
+"""`rag bench` serving figures: many streams at once, cold vs warm prompt prefixes, and
+float32 vs bfloat16 answers, on the ask path's own prompts (evidence-first), in one run.
+(One stream beside plain `model.generate` is `eval.bench.bench_generation`.)"""
 
 from __future__ import annotations
 
@@ -127,58 +127,6 @@ def bench_prefix(generator: LocalGenerator, prompts: Sequence[Prompt], rounds: i
     return figures | {"stats": generator.stats()}
 
 
-def bench_decode(generator: LocalGenerator, plain: Any, prompt: Prompt, max_new_tokens: int,
-                 rounds: int, report: Report) -> dict[str, Any]:
-    """Our scheduler's single stream beside plain greedy `model.generate` of `plain` (a
-    float32 copy) on the same prompt: prefill and decode tokens/s, and whether the texts match."""
-    import torch
-
-    ours, raw, lookup, plain_ms = [], [], [], []
-    same = lookup_same = True
-    ids = torch.tensor([list(prompt.input_ids)])  # (1, prompt_tokens)
-    kwargs = {"attention_mask": torch.ones_like(ids), "do_sample": False, "temperature": None,
-              "top_p": None, "top_k": None,
-              "pad_token_id": plain.generation_config.eos_token_id}
-    for r in range(rounds):
-        report("decode", r, rounds)
-        generator.prefix_cache.clear()
-        start = time.perf_counter()
-        stream = generator.stream(prompt, max_new_tokens)
-        first, text = None, ""
-        for piece in stream:
-            first = first or time.perf_counter()
-            text += piece
-        ours.append(_speeds(len(ids[0]), stream.usage.completion_tokens, start, first,
-                            time.perf_counter()))
-        with torch.inference_mode():
-            start = time.perf_counter()
-            plain.generate(ids, max_new_tokens=1, **kwargs)
-            first = time.perf_counter()
-            out = plain.generate(ids, max_new_tokens=max_new_tokens, **kwargs)
-            end = time.perf_counter()
-        new = out[0, len(ids[0]):]
-        # the prefill is the one-token call; the whole answer is the second call
-        raw.append(_speeds(len(ids[0]), len(new), 0.0, first - start, end - first))
-        plain_text = generator.tokenizer.decode(new, skip_special_tokens=True)
-        same = same and plain_text == text
-        with torch.inference_mode():  # prompt-lookup decoding: lossless under greedy
-            start = time.perf_counter()
-            looked = plain.generate(ids, max_new_tokens=max_new_tokens,
-                                    prompt_lookup_num_tokens=10, **kwargs)
-            lookup.append((time.perf_counter() - start) * 1000)
-        lookup_same = lookup_same and torch.equal(looked, out)
-        plain_ms.append((end - first) * 1000)
-    ours_m, raw_m = _medians(ours), _medians(raw)
-    return {"prompt_tokens": len(ids[0]), "ours": ours_m, "plain_generate_fp32": raw_m,
-            "prompt_lookup": {"total_ms": float(np.median(lookup)),
-                              "plain_total_ms": float(np.median(plain_ms)),
-                              "speedup": float(np.median(plain_ms)) / float(np.median(lookup)),
-                              "same_tokens": lookup_same},
-            "decode_ratio": ours_m["decode_tokens_per_s"] / raw_m["decode_tokens_per_s"],
-            "prefill_ratio": ours_m["prefill_tokens_per_s"] / raw_m["prefill_tokens_per_s"],
-            "same_greedy_text": same}
-
-
 def bench_serving(service: RagService, questions: Sequence[str], levels: Sequence[int],
                   max_new_tokens: int, rounds: int, report: Report) -> dict[str, Any]:
     """Every serving figure on the ask path's prompts for `questions`."""
@@ -188,13 +136,11 @@ def bench_serving(service: RagService, questions: Sequence[str], levels: Sequenc
     if not isinstance(generator, LocalGenerator):
         return {"skipped": "the generator is not local"}
     prompts = ask_prompts(service, questions)
-    plain = generator.model if generator.model.dtype == torch_float32() else _fp32_copy(generator)
     figures = {
         "prompts": len(prompts),
         "prompt_tokens_p50": float(np.median([len(p.input_ids) for p in prompts])),
         "concurrency": bench_concurrency(generator, prompts, levels, max_new_tokens, report),
         "prefix": bench_prefix(generator, prompts, rounds, report),
-        "decode": bench_decode(generator, plain, prompts[0], max_new_tokens, rounds, report),
     }
     generator.prefix_cache.clear()
     return figures
@@ -227,14 +173,6 @@ def torch_float32() -> Any:
     return torch.float32
 
 
-def _fp32_copy(generator: LocalGenerator) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    assert generator.model_dir is not None
-    model = AutoModelForCausalLM.from_pretrained(generator.model_dir, dtype=torch_float32())
-    return model.eval()  # type: ignore[no-untyped-call]
-
-
 def bench_dtypes(reference: Generator, other: Generator, prompts: Sequence[Prompt],
                  max_new_tokens: int, report: Report) -> dict[str, Any]:
     """How many greedy answers `other` (e.g. bfloat16) gives exactly as `reference` does, and
@@ -256,15 +194,3 @@ def _answer(generator: Generator, prompt: Prompt, max_new_tokens: int) -> tuple[
     start = time.perf_counter()
     text = "".join(generator.stream(prompt, max_new_tokens))
     return text, (time.perf_counter() - start) * 1000
-
-
-def _speeds(prompt_tokens: int, new_tokens: int, start: float, first: float | None,
-            end: float) -> dict[str, float]:
-    first = end if first is None else first
-    return {"new_tokens": new_tokens, "first_token_ms": (first - start) * 1000,
-            "prefill_tokens_per_s": prompt_tokens / max(first - start, 1e-9),
-            "decode_tokens_per_s": max(new_tokens - 1, 0) / max(end - first, 1e-9)}
-
-
-def _medians(rounds: Sequence[dict[str, float]]) -> dict[str, float]:
-    return {key: float(np.median([r[key] for r in rounds])) for key in rounds[0]}

@@ -66,21 +66,22 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
 
     def set(self, keys: torch.Tensor, values: torch.Tensor, room: int = 64) -> None:
         """Replace the contents (copied into a fresh buffer with `room` spare columns)."""
-        shape = (*keys.shape[:2], keys.shape[2] + room, keys.shape[3])
-        self._k = keys.new_empty(shape)
-        self._v = values.new_empty(shape)
-        self._k[:, :, : keys.shape[2]] = keys
-        self._v[:, :, : keys.shape[2]] = values
-        self._length = keys.shape[2]
-        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        buffer_k, buffer_v = _buffers(keys, keys.shape[2] + room)
+        buffer_k[:, :, : keys.shape[2]] = keys
+        buffer_v[:, :, : keys.shape[2]] = values
+        self.adopt(buffer_k, buffer_v, keys.shape[2])
+
+    def adopt(self, buffer_k: torch.Tensor, buffer_v: torch.Tensor, length: int) -> None:
+        """Take these buffers (not copied) as the contents; their first `length` columns hold."""
+        self._k, self._v, self._length = buffer_k, buffer_v, length
+        self.dtype, self.device, self.is_initialized = buffer_k.dtype, buffer_k.device, True
         self.keys, self.values = self._view()
 
     def _reserve(self, like: torch.Tensor, length: int) -> None:
         if self._k is not None and self._k.shape[2] >= length:
             return
         capacity = max(64, length, 2 * (0 if self._k is None else self._k.shape[2]))
-        shape = (like.shape[0], like.shape[1], capacity, like.shape[3])
-        grown_k, grown_v = like.new_empty(shape), like.new_empty(shape)
+        grown_k, grown_v = _buffers(like, capacity)
         if self._k is not None and self._v is not None and self._length:
             grown_k[:, :, : self._length] = self._k[:, :, : self._length]
             grown_v[:, :, : self._length] = self._v[:, :, : self._length]
@@ -91,6 +92,13 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
         self.keys = self._k[:, :, : self._length]
         self.values = self._v[:, :, : self._length]
         return self.keys, self.values
+
+
+def _buffers(like: torch.Tensor, columns: int, rows: int | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty key and value buffers shaped as `like` but (rows, kv_heads, columns, head_dim)."""
+    shape = (like.shape[0] if rows is None else rows, like.shape[1], columns, like.shape[3])
+    return like.new_empty(shape), like.new_empty(shape)
 
 
 def new_cache(config: Any) -> DynamicCache:
@@ -106,7 +114,10 @@ def layers(cache: DynamicCache) -> list[GrowingLayer]:
     return found
 
 
-def cache_from(config: Any, kv: Sequence[KV], room: int = 64) -> DynamicCache:
+ROOM = 64  # spare columns in a new buffer: a batch grows that far before it reallocates
+
+
+def cache_from(config: Any, kv: Sequence[KV], room: int = ROOM) -> DynamicCache:
     """A cache holding copies of `kv` (one (keys, values) pair per layer)."""
     cache = new_cache(config)
     for layer, (keys, values) in zip(layers(cache), kv, strict=True):
@@ -130,20 +141,20 @@ def join_rows(config: Any, batch: DynamicCache | None, batch_mask: torch.Tensor 
     if batch is None or batch_mask is None:
         mask = torch.ones((1, row_len), dtype=torch.long, device=row_kv[0][0].device)
         return cache_from(config, row_kv), mask
-    batch_kv = [layer.kv() for layer in layers(batch)]
     batch_len = batch_mask.shape[1]
     width = max(batch_len, row_len)
-    joined = []
-    for (bk, bv), (rk, rv) in zip(batch_kv, row_kv, strict=True):
-        keys = bk.new_zeros((bk.shape[0] + 1, bk.shape[1], width, bk.shape[3]))
-        values = torch.zeros_like(keys)
-        keys[:-1, :, width - batch_len :], values[:-1, :, width - batch_len :] = bk, bv
-        keys[-1:, :, width - row_len :], values[-1:, :, width - row_len :] = rk, rv
-        joined.append((keys, values))
+    cache = new_cache(config)
+    for layer, old, (rk, rv) in zip(layers(cache), layers(batch), row_kv, strict=True):
+        bk, bv = old.kv()
+        # zeros: a row's padding columns are masked out, but must hold finite numbers
+        keys, values = (t.zero_() for t in _buffers(bk, width + ROOM, rows=bk.shape[0] + 1))
+        keys[:-1, :, width - batch_len : width], values[:-1, :, width - batch_len : width] = bk, bv
+        keys[-1:, :, width - row_len : width], values[-1:, :, width - row_len : width] = rk, rv
+        layer.adopt(keys, values, width)
     mask = batch_mask.new_zeros((batch_mask.shape[0] + 1, width))
     mask[:-1, width - batch_len :] = batch_mask
     mask[-1, width - row_len :] = 1
-    return cache_from(config, joined), mask
+    return cache, mask
 
 
 def keep_rows(config: Any, batch: DynamicCache, mask: torch.Tensor,
@@ -208,12 +219,14 @@ class PrefixCache:
             for key, (held, _) in list(self._entries.items()):
                 if len(held) <= len(tokens) and _common_prefix(held, tokens) == len(held):
                     del self._entries[key]  # the new entry covers it
+                    self.stats.tokens -= len(held)
             self._entries[self._next_key] = (tokens, kv)
             self._next_key += 1
-            while sum(len(t) for t, _ in self._entries.values()) > self.max_tokens:
-                self._entries.popitem(last=False)
+            self.stats.tokens += len(tokens)
+            while self.stats.tokens > self.max_tokens:
+                evicted, _ = self._entries.popitem(last=False)[1]
+                self.stats.tokens -= len(evicted)
             self.stats.entries = len(self._entries)
-            self.stats.tokens = sum(len(t) for t, _ in self._entries.values())
 
     def clear(self) -> None:
         with self._lock:

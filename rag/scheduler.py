@@ -135,7 +135,8 @@ class StepScheduler:
             with torch.inference_mode():
                 self._admit()
                 self._step()
-        for request in [*self._rows, *self._waiting]:
+        prefilling = [self._prefilling.request] if self._prefilling is not None else []
+        for request in [*prefilling, *self._rows, *self._waiting]:
             request.finish(None)
 
     def _admit(self) -> None:
