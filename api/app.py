@@ -132,6 +132,7 @@ def create_app(
 ) -> Litestar:
     """The API over one engine instance (tests pass a service sharing loaded models)."""
     check_open_access(settings)
+    owned = service is None
     service = service or RagService(settings)
     ingestion = IngestService(service)
 
@@ -152,6 +153,8 @@ def create_app(
             task.cancel()
             jobs.cancel()
             await ingestion.stop()
+            if owned:  # stop following the index log, saving the index for the next start
+                await asyncio.to_thread(service.close)
 
     return Litestar(
         route_handlers=[*with_options([health, ready, metrics, ask, *DOCUMENT_ROUTES,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import anyio.to_thread
 from litestar import MediaType, Response, get
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 
-from api.schemas import ReadyOut
+from api.schemas import IndexLogOut, ReadyOut
 from rag.errors import IndexUnreadable
 from rag.index import read_manifest
 from rag.service import RagService
@@ -38,13 +40,24 @@ def readiness(service: RagService, loading: str | None) -> ReadyOut:
     checks["index"], problem = _index_readable(service)
     if problem and not loading:
         reasons.append(problem)
+    log_out = None
+    if service.follower is not None:
+        follower = service.follower
+        checked = follower.checked_at
+        log_out = IndexLogOut(applied=follower.applied, latest=follower.latest,
+                              behind=follower.behind(), error=follower.error,
+                              checked_s_ago=round(time.time() - checked, 3) if checked else None)
+        # Asks go on from the index in memory while the database is away: say so, stay ready.
+        if follower.error:
+            reasons.append(f"The database is unreachable ({follower.error}): answers come "
+                           "from this process's index as it was; uploads get 503.")
     if service.settings.redis_url:
         ping = getattr(service.cache, "ping", None)
         checks["redis"] = bool(ping and ping())
         if not checks["redis"]:
             reasons.append("Redis is unreachable: answers are not cached and ingestion jobs "
                            "cannot be queued until it is back.")
-    return ReadyOut(ready=all(checks.values()), reasons=reasons, checks=checks)
+    return ReadyOut(ready=all(checks.values()), reasons=reasons, checks=checks, index_log=log_out)
 
 
 @get(

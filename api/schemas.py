@@ -225,10 +225,26 @@ class DoneOut(BaseModel):
                    index_version=answer.index_version, **conversation_of(answer))
 
 
+class IndexLogOut(BaseModel):
+    """Where this process's index stands in the store's change log."""
+
+    applied: int = Field(description="The last change applied to this process's index.")
+    latest: int = Field(description="The newest change this process has seen in the log.")
+    behind: int = Field(description="Changes seen and not applied yet.")
+    checked_s_ago: float | None = Field(
+        description="Seconds since the log was last read (it is read at least every "
+        "RAG_INDEX_CATCHUP_S while the database answers).")
+    error: str | None = Field(None, description="Why the last read failed, if it did.")
+
+
 class ReadyOut(BaseModel):
     """Readiness: every check and, when not ready, the reasons."""
 
     ready: bool
     reasons: list[str] = Field(default_factory=list, description="Why it is not ready.")
     checks: dict[str, bool] = Field(
-        default_factory=dict, description="models, index, redis (distributed mode only).")
+        default_factory=dict, description="models, index, redis and database (distributed "
+        "mode only).")
+    index_log: IndexLogOut | None = Field(
+        None, description="With PostgreSQL: how far this process's index follows the change "
+        "log.")

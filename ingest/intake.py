@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import shutil
 import threading
@@ -25,7 +24,7 @@ from typing import Any
 
 from ingest.jobs import Job, JobStore
 from rag.detection import SUPPORTED, check_limits, detect_kind
-from rag.files import disk_full, fsync_dir, is_disk_full
+from rag.files import disk_full, is_disk_full
 from rag.service import RagService
 from rag.types import Document
 
@@ -163,10 +162,5 @@ class Intake:
         return Accepted(document, job, duplicate=existing is not None, new_job=created)
 
     def _keep(self, staged: StagedFile) -> bool:
-        """Move the staged bytes to uploads/<sha256> (durably); False when already there."""
-        target = self.service.uploads.path(staged.sha256)
-        if target.exists():
-            return False
-        os.replace(staged.path, target)
-        fsync_dir(target.parent)
-        return True
+        """Keep the staged bytes durably by their hash; False when already there."""
+        return self.service.uploads.adopt(staged.path, staged.sha256)

@@ -1,8 +1,9 @@
-"""Ingestion job records in SQLite under the data directory (`jobs.sqlite3`).
+"""Ingestion job records: SQLite under the data directory (`jobs.sqlite3`), or PostgreSQL
+when `RAG_DATABASE_URL` is set (the same SQL, `PgJobStore`).
 
-Both modes keep their job records here, so `GET /v1/jobs/{id}` reads the same table whether
-the job runs in-process or on a `rag worker` elsewhere. A record is committed (synchronous,
-WAL) before the API answers 202, so an acknowledged job survives a crash of the API process.
+Every process of a deployment reads the same records, so `GET /v1/jobs/{id}` reads the same
+table whether the job runs in-process or on a `rag worker` elsewhere. A record is committed
+(synchronous) before the API answers 202, so an acknowledged job survives a crash of the API.
 
 States: queued -> running -> done | failed | cancelled; running -> queued when an attempt
 fails with an error worth retrying or its worker is interrupted.
@@ -109,8 +110,7 @@ class JobStore(SqliteDatabase):
 
     def _update(self, sql: str, args: Sequence[Any]) -> int:
         """One statement in its own transaction; returns the rows changed."""
-        with self._lock:
-            return self.db.execute(sql, args).rowcount
+        return self.execute(sql, args)
 
     # Creating and reading
 
@@ -120,6 +120,7 @@ class JobStore(SqliteDatabase):
         """The document's active job, or a new queued one: (job, created), atomically."""
         now = time.time()
         with self.transaction() as db:  # BEGIN IMMEDIATE serializes submitters across processes
+            self.serialize(db, f"job:{document_id}")  # (PostgreSQL: per document)
             row = db.execute(
                 f"SELECT {COLUMNS} FROM jobs WHERE document_id = ? AND state IN (?, ?) "
                 "ORDER BY created_at DESC LIMIT 1", (document_id, *ACTIVE)).fetchone()
@@ -164,7 +165,7 @@ class JobStore(SqliteDatabase):
         """Chunks per upload byte of recently finished jobs of this type (for estimates)."""
         rows = self._rows(
             "SELECT SUM(total), SUM(size) FROM (SELECT total, size FROM jobs WHERE state = 'done' "
-            "AND content_type = ? AND total > 0 ORDER BY finished_at DESC LIMIT 50)",
+            "AND content_type = ? AND total > 0 ORDER BY finished_at DESC LIMIT 50) AS recent",
             (content_type,))
         chunks, size = rows[0]
         if chunks and size:
@@ -260,5 +261,9 @@ def _job(row: tuple[Any, ...]) -> Job:
 
 
 def job_store(settings: Settings) -> JobStore:
-    """The job records of this data directory."""
+    """The job records: PostgreSQL when configured, else this data directory's SQLite."""
+    if settings.database_url:
+        from ingest.pg_jobs import PgJobStore
+
+        return PgJobStore(settings.database_url)
     return JobStore(settings.data_dir / "jobs.sqlite3")

@@ -1,6 +1,8 @@
 """`rag worker`: a SAQ worker that runs ingestion jobs from Redis.
 
-Any number of workers may run on any machines that share Redis and the data directory. Each
+Any number of workers may run on any machines that share Redis and PostgreSQL
+(`RAG_DATABASE_URL`: they write chunks and vectors there, and every API process follows),
+or, without PostgreSQL, Redis and one data directory on one machine. Each
 loads the embedding model once and runs up to `concurrency` jobs at a time; their embedding
 calls are merged into shared batches (ingest.batching). A running job beats a heartbeat into
 SAQ; when a worker dies (even by SIGKILL) its job stops beating, another worker's sweep takes
@@ -151,7 +153,7 @@ def build_worker(settings: Settings, concurrency: int, burst: bool = False) -> W
 
     async def startup(ctx: WorkerContext) -> None:
         service = RagService(settings, embedder=BatchingEmbedder(build_embedder(settings)))
-        await asyncio.to_thread(service.load, False)
+        await asyncio.to_thread(service.load, False, False, False)  # no models, no index
         jobs = job_store(settings)
         jobs.open()
         ctx["runner"] = JobRunner(service, jobs)

@@ -24,7 +24,7 @@ def _service(generator: bool = True):  # type: ignore[no-untyped-def]
 
     service = RagService(Settings())
     with console.status("loading models and index..."):
-        service.load(generator=generator)
+        service.load(generator=generator, follow=generator)  # `rag ingest` only writes
     return service
 
 

@@ -194,7 +194,10 @@ class SqliteConversations(SqliteDatabase):
         with self.transaction() as db:
             if record.conversation_id is not None:
                 self._touch(db, record, now, expires)
-            db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO answers VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE "
+                       "SET conversation_id = excluded.conversation_id, created_at = "
+                       "excluded.created_at, expires_at = excluded.expires_at, "
+                       "record = excluded.record",
                        (record.id, record.conversation_id, record.created_at, expires,
                         _record_json(record)))
             # Forget what expired long ago (tombstones included).
@@ -214,7 +217,10 @@ class SqliteConversations(SqliteDatabase):
                        (expires, record.conversation_id))
             return
         db.execute("DELETE FROM answers WHERE conversation_id = ?", (record.conversation_id,))
-        db.execute("INSERT OR REPLACE INTO conversations VALUES (?, ?, ?, ?, ?, ?)",
+        db.execute("INSERT INTO conversations VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO "
+                   "UPDATE SET owner = excluded.owner, title = excluded.title, created_at = "
+                   "excluded.created_at, updated_at = excluded.updated_at, "
+                   "expires_at = excluded.expires_at",
                    (record.conversation_id, record.owner, record.question[:200], now, now,
                     expires))
 
@@ -383,8 +389,15 @@ def _redis_conversation(
                         owner=data.get("owner", ""))
 
 
-def build_conversations(redis_url: str | None, path: Path, ttl_s: int) -> ConversationStore:
-    """Redis in distributed mode, SQLite at `path` (in the data directory) otherwise."""
+def build_conversations(
+    redis_url: str | None, path: Path, ttl_s: int, database_url: str | None = None
+) -> ConversationStore:
+    """PostgreSQL when configured, else Redis in distributed mode, else SQLite at `path` (in
+    the data directory)."""
+    if database_url:
+        from rag.pg_store import PgConversations
+
+        return PgConversations(database_url, ttl_s)
     if redis_url:
         return RedisConversations(redis_url, ttl_s)
     return SqliteConversations(path, ttl_s)

@@ -94,4 +94,12 @@ class IndexUnreadable(ConfigError):
 
 
 class StoreUnreadable(ConfigError):
-    """A SQLite file of the data directory is not a readable database."""
+    """A SQLite file of the data directory is not a readable database, or PostgreSQL holds a
+    schema newer than this code."""
+
+
+class StoreUnavailable(Overloaded):
+    """The database server (PostgreSQL) does not answer; retry after `retry_after_s`."""
+
+    def __init__(self, message: str, hint: str = "", retry_after_s: int = 5) -> None:
+        super().__init__(message, hint, retry_after_s)

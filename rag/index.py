@@ -40,6 +40,8 @@ class Manifest:
     file: str
     # Random per data dir, so two deployments sharing one Redis never share cached answers.
     index_id: str = ""
+    # With PostgreSQL: the last change-log entry this saved index holds (0: none followed).
+    log_seq: int = 0
 
 
 class VectorIndex(Protocol):
@@ -98,6 +100,7 @@ class FaissIndex:
             log.warning("RAG_INDEX_DEVICE=cuda but faiss sees no GPU; searching on the CPU")
         self.version = 0
         self.index_id = uuid.uuid4().hex
+        self.log_seq = 0
         self._lock = threading.RLock()
         self._cpu: Any = self._flat()
         self._gpu: Any = None
@@ -160,6 +163,11 @@ class FaissIndex:
                 fresh.add_with_ids(vectors, ids)
             self._cpu, self._gpu = fresh, None
 
+    def mark_changed(self) -> None:
+        """A new version in memory (cache keys and BM25 follow it) without saving it yet."""
+        with self._lock:
+            self.version += 1
+
     def needs_approximate(self) -> bool:
         return self.kind == "flat" and self.count > self.approximate_threshold
 
@@ -218,7 +226,7 @@ class FaissIndex:
             name = f"index-{version}.faiss"
             write_atomic(self.directory / name, faiss.serialize_index(self._cpu).tobytes())
             manifest = Manifest(self.embedding_model, self.dimension, version, self.count,
-                                self.kind, name, self.index_id)
+                                self.kind, name, self.index_id, self.log_seq)
             write_atomic(self.directory / MANIFEST, json.dumps(asdict(manifest)).encode())
             self.version = version
             self._remove_stale(name)
@@ -268,5 +276,6 @@ class FaissIndex:
             if isinstance(index, faiss.IndexIVF):
                 index.nprobe = self.nprobe
             self._cpu, self._gpu, self.version = index, None, manifest.version
+            self.log_seq = manifest.log_seq
             self.index_id = manifest.index_id or str(self.directory.resolve())
         return manifest

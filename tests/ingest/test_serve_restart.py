@@ -3,11 +3,6 @@ survive `kill -9` of the process and finish after a restart, each document index
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,43 +13,9 @@ import pytest
 from ingest.jobs import job_store
 from rag.service import RagService
 from rag.settings import Settings
-from tests.ingest.helpers import ROOT, check_exactly_once, long_text, wait_for
+from tests.ingest.helpers import Server, check_exactly_once, long_text, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """`rag serve` as a subprocess over one data directory."""
-
-    def __init__(self, data_dir: Path, models_dir: Path, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
-        env.update(RAG_DATA_DIR=str(data_dir), RAG_CONVERTED_MODELS_DIR=str(models_dir),
-                   RAG_RATE_LIMIT_PER_MINUTE="0", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from rag.cli import app; app()", "serve", "--port",
-             str(self.port)], env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
-        wait_for(self.ready, 240, 0.3, "rag serve to be ready", lambda: log.read_text()[-4000:])
-
-    def ready(self) -> bool:
-        assert self.proc.poll() is None, self.log.read_text()[-4000:]
-        try:
-            return httpx.get(f"{self.url}/ready", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
 
 
 @pytest.fixture()

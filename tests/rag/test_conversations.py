@@ -1,5 +1,5 @@
-"""The conversation store: one contract both backends pass (SQLite, real Redis), expiry told
-apart from an unknown id, and the policy the service follows."""
+"""The conversation store: one contract every backend passes (SQLite, PostgreSQL, real Redis),
+expiry told apart from an unknown id, and the policy the service follows."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from rag.conversations import (
     new_id,
 )
 from rag.errors import InvalidInput, NotFound
+from rag.pg_store import PgConversations
 from tests.conftest import REDIS_URL
 
 
@@ -26,6 +27,8 @@ def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest,
                ttl_s: int = 60) -> ConversationStore:
     if kind == "sqlite":
         store: ConversationStore = SqliteConversations(tmp_path / "c.sqlite3", ttl_s)
+    elif kind == "postgres":
+        store = PgConversations(request.getfixturevalue("pg_url"), ttl_s)
     else:
         request.getfixturevalue("redis_client")  # a clean database
         store = RedisConversations(REDIS_URL, ttl_s)
@@ -33,7 +36,7 @@ def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest,
     return store
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "postgres", "redis"])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

@@ -1,0 +1,13 @@
+"""The job records on PostgreSQL: `JobStore`'s SQL over the shared connection pool."""
+
+from __future__ import annotations
+
+from ingest.jobs import JobStore
+from rag.postgres import PostgresDatabase
+
+
+class PgJobStore(PostgresDatabase, JobStore):
+    """Jobs in the `jobs` table of `RAG_DATABASE_URL` (migrated with the rest at start)."""
+
+    def __init__(self, url: str) -> None:
+        PostgresDatabase.__init__(self, url)

@@ -1,0 +1,122 @@
+"""The chunk store and the upload store on PostgreSQL (`RAG_DATABASE_URL`).
+
+`PgChunkStore` runs `ChunkStore`'s SQL on PostgreSQL and adds the index change log: every
+transaction that makes chunks searchable or removes them appends their ids to `index_log`,
+under one advisory lock so that sequence numbers commit in order (a follower that has read
+up to N never misses a smaller one committed later), and NOTIFYs the API processes.
+`PgUploadStore` keeps the original bytes in the database, so any worker can parse them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rag.conversations import SqliteConversations
+from rag.errors import NotFound
+from rag.postgres import PostgresDatabase
+from rag.store import ChunkStore
+from rag.uploads import BLOCK
+
+CHANNEL = "rag_index"
+LOG_LOCK = "rag:index-log"
+
+
+class PgChunkStore(PostgresDatabase, ChunkStore):
+    """Documents, chunks, sentences and the index change log in PostgreSQL."""
+
+    def __init__(self, url: str) -> None:
+        PostgresDatabase.__init__(self, url)
+
+    def _log(self, db: Any, op: str, doc_id: str) -> None:
+        self.serialize(db, LOG_LOCK)
+        db.execute("INSERT INTO index_log (op, chunk_id, at) SELECT ?, id, ? FROM chunks "
+                   "WHERE document_id = ? ORDER BY id", (op, time.time(), doc_id))
+        db.execute(f"NOTIFY {CHANNEL}")  # delivered at commit, to every listening process
+
+    def log_position(self) -> int:
+        """The newest sequence number in the change log (0 when it is empty)."""
+        return int(self._query("SELECT COALESCE(MAX(seq), 0) FROM index_log")[0][0])
+
+    def log_start(self) -> int:
+        """The oldest sequence number still kept (0 when the log is empty)."""
+        return int(self._query("SELECT COALESCE(MIN(seq), 0) FROM index_log")[0][0])
+
+    def changes_since(self, seq: int, limit: int = 20_000) -> list[tuple[int, str, int]]:
+        """(seq, op, chunk id) after `seq`, oldest first."""
+        rows = self._query("SELECT seq, op, chunk_id FROM index_log WHERE seq > ? "
+                           "ORDER BY seq LIMIT ?", (seq, limit))
+        return [(int(r[0]), r[1], int(r[2])) for r in rows]
+
+    def prune_log(self, older_than_s: float) -> int:
+        """Forget changes older than this, never the newest (it tells where the log is); a
+        process further behind rebuilds its index."""
+        return self.execute("DELETE FROM index_log WHERE at < ? AND seq < "
+                            "(SELECT MAX(seq) FROM index_log)", (time.time() - older_than_s,))
+
+
+class PgUploadStore(PostgresDatabase):
+    """Original uploads in `upload_parts`, in parts of 1 MiB (bounded memory both ways)."""
+
+    def __init__(self, url: str, scratch: Path) -> None:
+        super().__init__(url)
+        self.scratch = scratch  # where a worker writes a copy to parse
+
+    def has(self, doc_id: str) -> bool:
+        return bool(self._query("SELECT 1 FROM upload_parts WHERE document_id = ? AND part = 0",
+                                (doc_id,)))
+
+    def keep(self, source: Path, doc_id: str) -> bool:
+        """Store the file's bytes in one transaction unless they are there; True when stored."""
+        with self.transaction() as db:
+            self.serialize(db, f"upload:{doc_id}")
+            if db.execute("SELECT 1 FROM upload_parts WHERE document_id = ? AND part = 0",
+                          (doc_id,)).fetchone():
+                return False
+            with open(source, "rb") as f:
+                part = 0
+                while block := f.read(BLOCK):
+                    db.execute("INSERT INTO upload_parts (document_id, part, data) "
+                               "VALUES (?, ?, ?)", (doc_id, part, block))
+                    part += 1
+        return True
+
+    def adopt(self, source: Path, doc_id: str) -> bool:
+        """Take a staged upload (its file is removed by the caller); True when stored."""
+        return self.keep(source, doc_id)
+
+    @contextlib.contextmanager
+    def local(self, doc_id: str) -> Iterator[Path]:
+        """A local copy of the upload for the parser, removed afterwards."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{doc_id[:16]}.", dir=self.scratch)
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                parts = 0
+                while rows := self._query("SELECT data FROM upload_parts WHERE document_id = ? "
+                                          "AND part = ?", (doc_id, parts)):
+                    out.write(rows[0][0])
+                    parts += 1
+            if parts == 0:
+                raise NotFound(f"The upload of document {doc_id} is not in the database.",
+                               "Upload the file again.")
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+
+    def remove(self, doc_id: str) -> None:
+        self.execute("DELETE FROM upload_parts WHERE document_id = ?", (doc_id,))
+
+
+class PgConversations(PostgresDatabase, SqliteConversations):
+    """Conversations, answers and feedback in PostgreSQL (the same SQL as on SQLite)."""
+
+    def __init__(self, url: str, ttl_s: int) -> None:
+        PostgresDatabase.__init__(self, url)
+        self.ttl_s = ttl_s

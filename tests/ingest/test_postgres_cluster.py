@@ -1,0 +1,78 @@
+"""Distributed mode with no shared disk, for real: PostgreSQL holds the store, two `rag serve`
+processes each build their own index in their own empty data directory and follow the change
+log, and one `rag worker` (its own data directory too) writes to the store only. Upload to one
+API, ask the other, delete through the second: neither cites the document any more."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from rag.settings import Settings
+from tests.conftest import REDIS_URL
+from tests.ingest.helpers import FACTS, Server, unique_queue, wait_for, workers
+
+pytestmark = pytest.mark.slow
+
+
+def ask(server: Server, question: str) -> dict[str, Any]:
+    response = httpx.post(f"{server.url}/v1/ask", json={"question": question, "top_k": 3},
+                          timeout=120)
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def cites(server: Server, question: str, filename: str) -> bool:
+    return any(c["filename"] == filename for c in ask(server, question)["citations"])
+
+
+def kept_files(data_dir: Path) -> list[Path]:
+    """Uploads kept on this process's disk (none should be: the bytes live in PostgreSQL)."""
+    uploads = data_dir / "uploads"
+    return [p for p in uploads.rglob("*") if p.is_file()] if uploads.exists() else []
+
+
+def test_upload_to_one_api_ask_the_other_delete_through_it(
+    tmp_path: Path, pg_url: str, models_dir: Path, generator: object, redis_client: object
+) -> None:
+    queue = unique_queue()
+    common = {"database_url": pg_url, "redis_url": REDIS_URL, "queue_name": queue,
+              "max_new_tokens": "24"}
+    worker_settings = Settings(data_dir=tmp_path / "worker", converted_models_dir=models_dir,
+                               database_url=pg_url, redis_url=REDIS_URL, queue_name=queue)
+    with workers(worker_settings, tmp_path, 1) as pool:
+        first = Server(tmp_path / "first", models_dir, tmp_path / "first.log", **common)
+        second = Server(tmp_path / "second", models_dir, tmp_path / "second.log", **common)
+        try:
+            name = "harbour.md"
+            text, question, _ = FACTS[name]
+            response = httpx.post(f"{first.url}/v1/documents",
+                                  files=[("file", (name, text.encode()))], timeout=60)
+            assert response.status_code == 202, response.text
+            accepted = response.json()["documents"][0]
+            job_url = f"{first.url}/v1/jobs/{accepted['job_id']}"
+            wait_for(lambda: httpx.get(job_url).json()["state"] == "done", 180, 0.1,
+                     "the job", pool.logs)
+            done = time.monotonic()
+            wait_for(lambda: cites(second, question, name), 10, 0.1, "the other API to cite it")
+            print(f"searchable on the other API {time.monotonic() - done:.2f} s after the job")
+            log = httpx.get(f"{second.url}/ready").json()["index_log"]
+            assert log["applied"] > 0 and log["behind"] == 0 and log["error"] is None
+
+            deleted = httpx.delete(f"{second.url}/v1/documents/{accepted['document_id']}")
+            assert deleted.status_code == 200 and deleted.json()["deleted"] is True
+            gone = time.monotonic()
+            for server in (second, first):
+                wait_for(lambda s=server: not cites(s, question, name), 2.5, 0.1,  # type: ignore[misc]
+                         "the document to leave every API's answers")
+            assert time.monotonic() - gone < 3.0
+            for data_dir in (tmp_path / "first", tmp_path / "second", tmp_path / "worker"):
+                assert kept_files(data_dir) == []
+            assert not (tmp_path / "worker" / "index").exists()  # workers keep no index
+        finally:
+            first.kill()
+            second.kill()
