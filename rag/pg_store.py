@@ -13,14 +13,18 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
+from rag.chunking import ChunkDraft
 from rag.conversations import SqliteConversations
 from rag.errors import NotFound
-from rag.postgres import PostgresDatabase
-from rag.store import ChunkStore
+from rag.postgres import PostgresDatabase, placeholders
+from rag.store import INSERT_CHUNK, ChunkStore, chunk_row
 from rag.uploads import BLOCK
 
 CHANNEL = "rag_index"
@@ -38,6 +42,23 @@ class PgChunkStore(PostgresDatabase, ChunkStore):
         db.execute("INSERT INTO index_log (op, chunk_id, at) SELECT ?, id, ? FROM chunks "
                    "WHERE document_id = ? ORDER BY id", (op, time.time(), doc_id))
         db.execute(f"NOTIFY {CHANNEL}")  # delivered at commit, to every listening process
+
+    def add_chunks(
+        self, doc_id: str, drafts: Sequence[ChunkDraft], vectors: npt.NDArray[np.float32]
+    ) -> list[int]:
+        """`ChunkStore.add_chunks` in one round trip per batch (psycopg's executemany)."""
+        if len(drafts) != len(vectors):
+            raise ValueError("one vector per chunk")
+        rows = [chunk_row(doc_id, d, v) for d, v in zip(drafts, vectors, strict=True)]
+        ids: list[int] = []
+        with self.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.executemany(placeholders(INSERT_CHUNK), rows, returning=True)
+            while True:
+                row = cur.fetchone()
+                assert row is not None
+                ids.append(int(row[0]))
+                if not cur.nextset():
+                    return ids
 
     def log_position(self) -> int:
         """The newest sequence number in the change log (0 when it is empty)."""

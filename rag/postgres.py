@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -54,7 +55,7 @@ def unavailable(url: str, exc: BaseException) -> StoreUnavailable:
 
 
 @functools.lru_cache(maxsize=256)
-def _pg(sql: str) -> str:
+def placeholders(sql: str) -> str:
     """`?` placeholders -> `%s` (the stores' SQL holds no other `?` or `%`)."""
     return sql.replace("%", "%%").replace("?", "%s")
 
@@ -66,11 +67,11 @@ class Transaction:
         self.conn = conn
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
-        return self.conn.execute(_pg(sql), tuple(args))
+        return self.conn.execute(placeholders(sql), tuple(args))
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with self.conn.cursor() as cur:
-            cur.executemany(_pg(sql), rows)
+            cur.executemany(placeholders(sql), rows)
 
 
 class PostgresDatabase:
@@ -116,12 +117,12 @@ class PostgresDatabase:
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self.connection() as conn:
-            return conn.execute(_pg(sql), tuple(args)).fetchall()
+            return conn.execute(placeholders(sql), tuple(args)).fetchall()
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         """One statement in its own transaction; returns the rows changed."""
         with self.connection() as conn:
-            return conn.execute(_pg(sql), tuple(args)).rowcount
+            return conn.execute(placeholders(sql), tuple(args)).rowcount
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -187,6 +188,28 @@ _POOLS = _Pools()
 
 def discard_pool(url: str) -> None:
     _POOLS.discard(url)
+
+
+@contextlib.contextmanager
+def scratch_database(server_url: str, prefix: str = "rag_scratch") -> Iterator[str]:
+    """A new, empty database on the server of `server_url` (for tests and benchmarks); its
+    URL. Dropped afterwards, connections and all."""
+    import uuid
+
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = psycopg.connect(conninfo(server_url), autocommit=True,
+                                connect_timeout=CONNECT_TIMEOUT_S)
+    except psycopg.OperationalError as exc:
+        raise unavailable(server_url, exc) from exc
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield url
+        finally:
+            discard_pool(url)
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def migrate(url: str) -> None:

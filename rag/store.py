@@ -337,18 +337,21 @@ class ChunkStore(SqliteDatabase):
         return np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
 
 
+INSERT_CHUNK = (
+    'INSERT INTO chunks (document_id, ordinal, text, start, "end", page, title_path, '
+    "token_count, vector) VALUES (?,?,?,?,?,?,?,?,?) RETURNING id"
+)
+
+
+def chunk_row(doc_id: str, d: ChunkDraft, vector: npt.NDArray[np.float32]) -> tuple[Any, ...]:
+    return (doc_id, d.ordinal, d.text, d.start, d.end, d.page, json.dumps(list(d.title_path)),
+            d.token_count, np.asarray(vector, dtype=np.float32).tobytes())
+
+
 def _insert_chunk(
     db: Any, doc_id: str, d: ChunkDraft, vector: npt.NDArray[np.float32]
 ) -> int:
-    row = db.execute(
-        "INSERT INTO chunks (document_id, ordinal, text, start, \"end\", page, title_path, "
-        "token_count, vector) VALUES (?,?,?,?,?,?,?,?,?) RETURNING id",
-        (
-            doc_id, d.ordinal, d.text, d.start, d.end, d.page, json.dumps(list(d.title_path)),
-            d.token_count, np.asarray(vector, dtype=np.float32).tobytes(),
-        ),
-    ).fetchone()
-    return int(row[0])
+    return int(db.execute(INSERT_CHUNK, chunk_row(doc_id, d, vector)).fetchone()[0])
 
 
 def _document(row: tuple[Any, ...]) -> Document:

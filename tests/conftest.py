@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,24 +58,15 @@ def generator(models_dir: Path):  # type: ignore[no-untyped-def]
 @contextlib.contextmanager
 def throwaway_database() -> Iterator[str]:
     """A new, empty PostgreSQL database; its URL. Dropped afterwards, connections and all."""
-    import psycopg
-    from sqlalchemy.engine import make_url
+    from rag.errors import StoreUnavailable
+    from rag.postgres import scratch_database
 
-    from rag.postgres import discard_pool
-
-    name = f"rag_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {PG_URL} ({exc}): start it (make test does)")
-    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+    with contextlib.ExitStack() as stack:
         try:
-            yield url
-        finally:
-            discard_pool(url)
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            url = stack.enter_context(scratch_database(PG_URL, "rag_test"))
+        except StoreUnavailable as exc:
+            pytest.fail(f"{exc.message} Start it (make test does).")
+        yield url
 
 
 @pytest.fixture()

@@ -48,7 +48,8 @@ def test_not_ready_while_models_cannot_load(tmp_path: Path, generator: Any) -> N
 def test_ready_when_the_index_is_unreadable(corpus_service: RagService, tmp_path: Path) -> None:
     with serving(corpus_service) as client:
         assert client.get("/ready").json() == {
-            "ready": True, "reasons": [], "checks": {"models": True, "index": True}}
+            "ready": True, "reasons": [], "checks": {"models": True, "index": True},
+            "index_log": None}
         index = corpus_service.index
         assert index is not None
         directory = index.directory

@@ -1,5 +1,6 @@
 """A worker killed with SIGKILL in the middle of embedding: nothing half-indexed meanwhile,
-another worker takes the job over, and the document ends up indexed exactly once."""
+another worker takes the job over, and the document ends up indexed exactly once (with the
+SQLite store on one machine, and with PostgreSQL, where the worker shares no disk)."""
 
 from __future__ import annotations
 
@@ -27,18 +28,22 @@ from tests.ingest.helpers import (
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
 def test_sigkill_mid_embed_then_another_worker_indexes_exactly_once(
-    make_service, redis_client, tmp_path: Path  # type: ignore[no-untyped-def]
+    store: str, make_service, redis_client, tmp_path: Path,  # type: ignore[no-untyped-def]
+    request: pytest.FixtureRequest,
 ) -> None:
+    database = {"database_url": request.getfixturevalue("pg_url")} if store == "postgres" else {}
     service: RagService = make_service(redis_url=REDIS_URL, queue_name=unique_queue(),
                                        job_heartbeat_s=2, job_attempts=3,
-                                       rate_limit_per_minute=0)
+                                       rate_limit_per_minute=0, **database)
     path = tmp_path / "chronicle.txt"
     path.write_text(long_text(300))
     assert service.chunker is not None
     expected = [(d.ordinal, d.start, d.end) for d in
                 service.chunker.chunk(parsing.parse(path, path.name, service.settings))]
-    pool = Workers(service.settings, tmp_path)
+    own = {"data_dir": tmp_path / "worker-data"} if store == "postgres" else {}  # no shared disk
+    pool = Workers(service.settings.model_copy(update=own), tmp_path)
     try:
         first = pool.start()
         pool.wait_ready()
@@ -78,9 +83,9 @@ def test_sigkill_mid_embed_then_another_worker_indexes_exactly_once(
         assert "Sweeping job" in pool.log(1)
         doc = service.store.get_document(doc_id)
         assert doc is not None and doc.state == "indexed" and doc.chunk_count == len(expected)
-        rows = service.store.db.execute(
+        rows = service.store._query(
             'SELECT ordinal, start, "end" FROM chunks WHERE document_id = ? ORDER BY ordinal',
-            (doc_id,)).fetchall()
+            (doc_id,))
         assert [tuple(r) for r in rows] == expected
         check_exactly_once(service)
         print(f"\nkill test: worker {first.pid} killed at {seen['progress']['done']} of "
