@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ingest.jobs import Job, JobStore
-from rag.detection import SUPPORTED, check_limits, detect_kind
+from rag.detection import SUPPORTED, inspect_file
 from rag.files import disk_full, is_disk_full
 from rag.service import RagService
 from rag.types import Document
@@ -99,8 +99,7 @@ class Intake:
 
     def check(self, staged: StagedFile) -> str:
         """The file's content type; raises EmptyDocument, TooLarge or UnsupportedType."""
-        check_limits(staged.path, staged.filename, self.settings)  # size, empty, zip bombs
-        return SUPPORTED[detect_kind(staged.path, staged.filename)]
+        return SUPPORTED[inspect_file(staged.path, staged.filename, self.settings)]
 
     def accept(
         self, files: Sequence[StagedFile], collection: str, metadata: Mapping[str, Any]

@@ -16,7 +16,7 @@ import re
 import zipfile
 from pathlib import Path
 
-from rag.errors import EmptyDocument, InvalidInput, TooLarge, UnsupportedType
+from rag.errors import EmptyDocument, InvalidInput, NotFound, TooLarge, UnsupportedType
 from rag.settings import Settings
 
 SUPPORTED: dict[str, str] = {
@@ -97,6 +97,19 @@ def check_file(path: Path, settings: Settings) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Size and decompression limits
+
+
+# content type -> kind, for a stored document whose kind was detected when it arrived
+KINDS: dict[str, str] = {content_type: kind for kind, content_type in SUPPORTED.items()}
+
+
+def inspect_file(path: Path, filename: str, settings: Settings) -> str:
+    """The one check of an incoming file, for the API and the CLI alike: it exists, its size
+    (and a zip's expansion) is within the limits, its kind is supported; returns the kind."""
+    if not path.is_file():
+        raise NotFound(f"File {filename!r} does not exist.", "Check the path.")
+    check_limits(path, filename, settings)
+    return detect_kind(path, filename)
 
 
 def check_limits(path: Path, filename: str, settings: Settings) -> None:

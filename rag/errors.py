@@ -98,8 +98,9 @@ class StoreUnreadable(ConfigError):
     schema newer than this code."""
 
 
-class StoreUnavailable(Overloaded):
+class StoreUnavailable(NotReady):
     """The database server (PostgreSQL) does not answer; retry after `retry_after_s`."""
 
     def __init__(self, message: str, hint: str = "", retry_after_s: int = 5) -> None:
-        super().__init__(message, hint, retry_after_s)
+        super().__init__(message, hint)
+        self.retry_after_s = retry_after_s

@@ -58,16 +58,21 @@ class _Piece(NamedTuple):
 # Public API
 
 
-def parse(path: Path, filename: str, settings: Settings) -> Iterator[Element]:
+def parse(
+    path: Path, filename: str, settings: Settings, kind: str | None = None
+) -> Iterator[Element]:
     """Check and detect the file now, then return its Elements lazily, in document order.
 
+    `kind`, when given, is what intake detected (`rag.detection.inspect_file`) when the file
+    arrived: it is neither checked nor sniffed again.
     Each Element has stripped non-empty text, unstructured's category, a 1-based page where the
     format has pages (pdf page, pptx slide, xlsx sheet, docx rendered page) and the texts of the
     enclosing Titles. Raises EmptyDocument (while iterating) when no text comes out and
     InvalidInput when the file is corrupt.
     """
-    check_limits(path, filename, settings)
-    kind = detect_kind(path, filename)
+    if kind is None:
+        check_limits(path, filename, settings)
+        kind = detect_kind(path, filename)
     _use_packaged_spacy_model()
     return _elements(kind, path, filename)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,12 +20,14 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from cachetools import LRUCache
 
 from rag.chunking import ChunkDraft
 from rag.conversations import SqliteConversations
 from rag.errors import NotFound
 from rag.postgres import PostgresDatabase, placeholders
 from rag.store import INSERT_CHUNK, ChunkStore, chunk_row
+from rag.types import Chunk, Sentence
 from rag.uploads import BLOCK
 
 CHANNEL = "rag_index"
@@ -32,10 +35,63 @@ LOG_LOCK = "rag:index-log"
 
 
 class PgChunkStore(PostgresDatabase, ChunkStore):
-    """Documents, chunks, sentences and the index change log in PostgreSQL."""
+    """Documents, chunks, sentences and the index change log in PostgreSQL.
 
-    def __init__(self, url: str) -> None:
+    What asks read (chunks by id, their sentences, file names) is kept in a bounded LRU as
+    well: chunk ids are never reused, so it never goes stale, it saves round trips on popular
+    sources, and while the database is away asks over recently read sources still answer.
+    """
+
+    def __init__(self, url: str, read_cache: int = 20_000) -> None:
         PostgresDatabase.__init__(self, url)
+        self._chunks: LRUCache[int, Chunk] = LRUCache(read_cache)
+        self._sentences: LRUCache[tuple[str, int, int], list[Any]] = LRUCache(read_cache)
+        self._names: LRUCache[str, str] = LRUCache(read_cache)
+        self._cache_lock = threading.Lock()
+
+    def get_chunks(self, ids: Sequence[int]) -> dict[int, Chunk]:
+        with self._cache_lock:
+            found = {i: self._chunks[i] for i in ids if i in self._chunks}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            read = super().get_chunks(missing)
+            with self._cache_lock:
+                self._chunks.update(read)
+            found.update(read)
+        return found
+
+    def filenames(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        with self._cache_lock:
+            found = {d: self._names[d] for d in doc_ids if d in self._names}
+        missing = [d for d in doc_ids if d not in found]
+        if missing:
+            read = super().filenames(missing)
+            with self._cache_lock:
+                self._names.update(read)
+            found.update(read)
+        return found
+
+    def sentences_within(
+        self, spans: Sequence[tuple[str, int, int]]
+    ) -> list[tuple[Sentence, npt.NDArray[np.float32]]]:
+        found: dict[int, tuple[Sentence, npt.NDArray[np.float32]]] = {}
+        for span in spans:
+            with self._cache_lock:
+                rows = self._sentences.get(span)
+            if rows is None:
+                rows = super().sentences_within([span])
+                with self._cache_lock:
+                    self._sentences[span] = rows
+            found.update((sentence.id, (sentence, vector)) for sentence, vector in rows)
+        return sorted(found.values(), key=lambda item: (item[0].document_id, item[0].start))
+
+    def delete_document(self, doc_id: str) -> list[int]:
+        ids = super().delete_document(doc_id)
+        with self._cache_lock:
+            for key in [k for k in self._sentences if k[0] == doc_id]:
+                del self._sentences[key]
+            self._names.pop(doc_id, None)
+        return ids
 
     def _log(self, db: Any, op: str, doc_id: str) -> None:
         self.serialize(db, LOG_LOCK)

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from rag.errors import StoreUnavailable
 MIGRATIONS = Path(__file__).with_name("migrations")
 MIGRATION_LOCK = 72_177_001  # pg_advisory_lock key: one process migrates at a time
 CONNECT_TIMEOUT_S = 5
+FAIL_FAST_S = 2.0  # after a failed connection, requests fail at once for this long
 POOL_SIZE = 8  # connections per process (API threads, ingest threads, the log follower)
 
 
@@ -108,12 +110,18 @@ class PostgresDatabase:
         try:
             yield
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            _FAILED_AT[self.url] = (time.monotonic(), str(exc))
             raise unavailable(self.url, exc) from exc
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        failed = _FAILED_AT.get(self.url)
+        if failed is not None and time.monotonic() - failed[0] < FAIL_FAST_S:
+            # It just failed: answer at once rather than make every request wait for the pool.
+            raise unavailable(self.url, RuntimeError(failed[1]))
         with self.readable(), self.pool.connection() as conn:
             yield conn
+        _FAILED_AT.pop(self.url, None)
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self.connection() as conn:
@@ -153,7 +161,8 @@ class _Pools:
             pool = psycopg_pool.ConnectionPool(
                 conninfo(url), min_size=1, max_size=POOL_SIZE, open=False,
                 kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
-                check=psycopg_pool.ConnectionPool.check_connection, timeout=10)
+                check=psycopg_pool.ConnectionPool.check_connection,
+                timeout=CONNECT_TIMEOUT_S)  # how long a request waits for a connection
             try:
                 pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
             except psycopg_pool.PoolTimeout as exc:
@@ -184,6 +193,7 @@ class _Pools:
 
 
 _POOLS = _Pools()
+_FAILED_AT: dict[str, tuple[float, str]] = {}  # url -> (time.monotonic(), error) of a failure
 
 
 def discard_pool(url: str) -> None:

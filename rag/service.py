@@ -19,6 +19,7 @@ from rag.cache import ResponseCache, build_cache, cache_key
 from rag.check import CheckStage
 from rag.chunking import ChunkDraft, Chunker, check_window, element_offsets
 from rag.conversations import AnswerRecord, Conversations, Thread, Turn, build_conversations, new_id
+from rag.detection import KINDS, inspect_file
 from rag.embedding import Embedder, build_embedder
 from rag.errors import (
     EmptyDocument,
@@ -40,7 +41,7 @@ from rag.sentences import SentenceDraft, sentence_spans
 from rag.settings import Settings
 from rag.store import ChunkStore, build_store
 from rag.types import Answer, Citation, Document, Element, ScoredChunk, Timings, Usage
-from rag.uploads import Uploads, build_uploads, check_size, sha256_file
+from rag.uploads import Uploads, build_uploads, sha256_file
 
 if TYPE_CHECKING:
     from rag.follow import IndexFollower
@@ -279,8 +280,8 @@ class RagService:
     ) -> Document:
         """Parse, chunk, embed and index one file; the same bytes twice are one document."""
         name = filename or path.name
-        size = check_size(path, name, self.settings.max_file_bytes)
-        kind = parsing.detect_kind(path, name)
+        kind = inspect_file(path, name, self.settings)  # as intake checks an API upload
+        size = path.stat().st_size
         doc_id = sha256_file(path)
         existing = self.store.get_document(doc_id)
         if existing is not None and existing.state == "indexed":
@@ -352,7 +353,8 @@ class RagService:
         sentences: list[SentenceDraft] = []
         done = 0
         progress("parse", 0, None)
-        parsed = _note_pages(parsing.parse(path, doc.filename, self.settings), pages)
+        kind = KINDS.get(doc.content_type)  # detected at intake (None: an older document)
+        parsed = _note_pages(parsing.parse(path, doc.filename, self.settings, kind), pages)
         elements = _with_sentences(_timed(parsed, clock, "parse"), sentences)
         for draft in _timed(self.chunker.chunk(elements), clock, "chunk"):
             batch.append(draft)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from rag.errors import EmptyDocument, NotFound, TooLarge
+from rag.errors import NotFound
 from rag.files import fsync_dir
 from rag.settings import Settings
 
@@ -23,22 +23,6 @@ def sha256_file(path: Path) -> str:
         while block := f.read(BLOCK):
             digest.update(block)
     return digest.hexdigest()
-
-
-def check_size(path: Path, filename: str, max_bytes: int) -> int:
-    """Refuse empty or oversized files by their size alone, before reading them."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError as exc:
-        raise NotFound(f"File {filename!r} does not exist.", "Check the path.") from exc
-    if size == 0:
-        raise EmptyDocument(f"File {filename!r} is empty.", "Upload a file with content.")
-    if size > max_bytes:
-        raise TooLarge(
-            f"File {filename!r} is {size} bytes, over the limit of {max_bytes} bytes.",
-            "Split it, or raise RAG_MAX_FILE_BYTES.",
-        )
-    return size
 
 
 class Uploads(Protocol):
