@@ -1,4 +1,5 @@
-"""Where accepted ingestion jobs go: in-process (embedded) or a SAQ queue on Redis.
+"""Where accepted ingestion jobs go: in-process (embedded) or a SAQ queue (Redis, or
+PostgreSQL with RAG_QUEUE=postgres).
 
 Either way the job record in the JobStore is written first and is the truth that
 `GET /v1/jobs/{id}` reads; the queue only decides who runs the job and when.
@@ -6,9 +7,9 @@ Either way the job record in the JobStore is written first and is the truth that
 - `EmbeddedQueue` (no `RAG_REDIS_URL`): consumer threads in the API process run jobs with the
   already-loaded engine. Unfinished records are resumed at start, so a job acknowledged with 202
   survives a crash or restart of the process.
-- `SaqQueue` (`RAG_REDIS_URL` set): jobs go to SAQ; `rag worker` processes run them. At start the
-  API resubmits records still `queued` (SAQ ignores keys it already holds), so a job accepted
-  just before a crash is not lost either.
+- `SaqQueue` (`RAG_REDIS_URL` set, or RAG_QUEUE=postgres): jobs go to SAQ; `rag worker`
+  processes run them. At start the API resubmits records still `queued` (SAQ ignores keys it
+  already holds), so a job accepted just before a crash is not lost either.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ import queue
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
+import psycopg
+from redis.exceptions import RedisError
+
 from ingest.jobs import Job, JobStore
 from ingest.runner import JobRunner, Outcome
 from rag.errors import ConfigError
+from rag.postgres import conninfo
 from rag.service import RagService
 from rag.settings import Settings
 
@@ -32,6 +37,7 @@ log = logging.getLogger(__name__)
 
 JOB_FUNCTION = "ingest_document"  # the name `rag worker` registers (ingest.worker)
 RETRY_DELAY_S = 1.0
+QUEUE_ERRORS = (RedisError, psycopg.Error, OSError)  # the queue's server is away
 
 
 class JobQueue(Protocol):
@@ -48,13 +54,30 @@ class JobQueue(Protocol):
         """Stop a job the JobStore already marks cancelled (drop it if it has not started)."""
 
 
-def build_queue(settings: Settings, service: RagService, jobs: JobStore) -> JobQueue:
-    """SAQ on Redis in distributed mode, threads in this process otherwise."""
-    match settings.redis_url:
-        case str(url) if url:
-            return SaqQueue(settings, jobs)
+def queue_url(settings: Settings) -> str | None:
+    """Where SAQ keeps the jobs (Redis or PostgreSQL); None: threads in `rag serve`."""
+    match settings.queue:
+        case "embedded":
+            return None
+        case "postgres":
+            if not settings.database_url:
+                raise ConfigError("RAG_QUEUE=postgres needs RAG_DATABASE_URL.",
+                                  "Set it, or leave RAG_QUEUE at auto.")
+            return conninfo(settings.database_url)
+        case "redis":
+            if not settings.redis_url:
+                raise ConfigError("RAG_QUEUE=redis needs RAG_REDIS_URL.",
+                                  "Set it (e.g. redis://localhost:6379/0).")
+            return settings.redis_url
         case _:
-            return EmbeddedQueue(service, jobs, settings.worker_concurrency)
+            return settings.redis_url or None
+
+
+def build_queue(settings: Settings, service: RagService, jobs: JobStore) -> JobQueue:
+    """SAQ (on Redis or PostgreSQL) in distributed mode, threads in this process otherwise."""
+    if queue_url(settings):
+        return SaqQueue(settings, jobs)
+    return EmbeddedQueue(service, jobs, settings.worker_concurrency)
 
 
 class EmbeddedQueue:
@@ -151,15 +174,13 @@ class SaqQueue:
         await self.queue.disconnect()
 
     async def enqueue(self, job: Job) -> None:
-        """Queue it in Redis; while Redis is away the record alone keeps it (workers resubmit
-        queued records they do not find in the queue)."""
-        from redis.exceptions import RedisError
-
+        """Queue it; while the queue's server is away the record alone keeps it (workers
+        resubmit queued records they do not find in the queue)."""
         try:
             await self.queue.enqueue(JOB_FUNCTION, **saq_job_options(self.settings, job.id))
-        except (RedisError, OSError) as exc:
-            log.warning("job %s is recorded but not queued (Redis: %s); it is queued when "
-                        "Redis is back", job.id, exc)
+        except QUEUE_ERRORS as exc:
+            log.warning("job %s is recorded but not queued (%s); it is queued when the queue "
+                        "is back", job.id, exc)
 
     async def cancel(self, job: Job) -> None:
         from saq.job import ACTIVE_STATUSES
@@ -172,10 +193,12 @@ class SaqQueue:
 def saq_queue(settings: Settings) -> Queue:
     from saq import Queue
 
-    if not settings.redis_url:
-        raise ConfigError("The ingestion queue needs Redis.",
-                          "Set RAG_REDIS_URL (e.g. redis://localhost:6379/0).")
-    return Queue.from_url(settings.redis_url, name=settings.queue_name)
+    url = queue_url(settings)
+    if not url:
+        raise ConfigError("The ingestion queue needs Redis or PostgreSQL.",
+                          "Set RAG_REDIS_URL (e.g. redis://localhost:6379/0), or "
+                          "RAG_DATABASE_URL with RAG_QUEUE=postgres.")
+    return Queue.from_url(url, name=settings.queue_name)
 
 
 def saq_job_options(settings: Settings, job_id: str) -> dict[str, Any]:

@@ -21,13 +21,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from redis.exceptions import RedisError
 from saq import Queue, Worker
 from saq.types import Context
 
 from ingest.batching import BatchingEmbedder
 from ingest.jobs import JobStore, job_store
-from ingest.queue import JOB_FUNCTION, saq_job_options, saq_queue
+from ingest.queue import JOB_FUNCTION, QUEUE_ERRORS, queue_url, saq_job_options, saq_queue
 from ingest.runner import JobRunner, Outcome, worker_name
 from rag.embedding import build_embedder
 from rag.errors import ConfigError
@@ -144,10 +143,11 @@ async def _heartbeat(ctx: WorkerContext, every_s: float) -> None:
 
 def build_worker(settings: Settings, concurrency: int, burst: bool = False) -> Worker[Any]:
     """A SAQ worker over the configured queue, loading the engine at start-up."""
-    if not settings.redis_url:
-        raise ConfigError("`rag worker` needs Redis.",
-                          "Set RAG_REDIS_URL (e.g. redis://localhost:6379/0), or run `rag serve` "
-                          "alone: without Redis it ingests in-process.")
+    if not queue_url(settings):
+        raise ConfigError("`rag worker` needs a queue: Redis, or PostgreSQL.",
+                          "Set RAG_REDIS_URL (e.g. redis://localhost:6379/0), or RAG_DATABASE_URL "
+                          "with RAG_QUEUE=postgres; or run `rag serve` alone: without a queue it "
+                          "ingests in-process.")
 
     sweep_s = max(1, min(60, settings.job_heartbeat_s))
 
@@ -206,8 +206,8 @@ async def healthy(settings: Settings) -> bool:
     await queue.connect()
     try:
         workers = (await queue.info())["workers"]
-    except (RedisError, OSError) as exc:
-        log.warning("health check: Redis is not reachable: %s", exc)
+    except QUEUE_ERRORS as exc:
+        log.warning("health check: the queue is not reachable: %s", exc)
         return False
     finally:
         await queue.disconnect()

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
         7 * 86400.0, gt=0, description="With PostgreSQL: index changes older than this are "
         "pruned; a process stopped for longer rebuilds its index from the store at start.",
     )
+    queue: Literal["auto", "embedded", "redis", "postgres"] = Field(
+        "auto", description="Where ingestion jobs wait: `auto` is SAQ on Redis when "
+        "RAG_REDIS_URL is set, else threads in `rag serve` (embedded); `postgres` is SAQ's "
+        "PostgreSQL queue on RAG_DATABASE_URL, for `rag worker`s without Redis.",
+    )
     host: str = Field("127.0.0.1", description="Address `rag serve` binds to.")
     port: int = Field(8000, description="Port `rag serve` listens on.")
     upload_idle_timeout_s: float = Field(

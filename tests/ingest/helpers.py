@@ -165,6 +165,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "RAG_DATA_DIR": str(settings.data_dir),
         "RAG_REDIS_URL": settings.redis_url or "",
         "RAG_DATABASE_URL": settings.database_url or "",
+        "RAG_QUEUE": settings.queue,
         "RAG_QUEUE_NAME": settings.queue_name,
         "RAG_JOB_HEARTBEAT_S": str(settings.job_heartbeat_s),
         "RAG_JOB_ATTEMPTS": str(settings.job_attempts),

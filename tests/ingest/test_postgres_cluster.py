@@ -76,3 +76,31 @@ def test_upload_to_one_api_ask_the_other_delete_through_it(
         finally:
             first.kill()
             second.kill()
+
+
+def test_postgresql_alone_queues_the_jobs_for_a_worker_without_redis(
+    make_service: Any, pg_url: str, tmp_path: Path
+) -> None:
+    """RAG_QUEUE=postgres: SAQ's PostgreSQL queue; no Redis anywhere."""
+    from litestar.testing import TestClient
+
+    from api.app import create_app
+
+    service = make_service(database_url=pg_url, queue="postgres", queue_name=unique_queue(),
+                           max_new_tokens=16, rate_limit_per_minute=0)
+    assert service.settings.redis_url is None
+    own = service.settings.model_copy(update={"data_dir": tmp_path / "worker"})
+    with workers(own, tmp_path, 1) as pool, \
+            TestClient(create_app(service.settings, service=service)) as client:
+        wait_for(lambda: client.get("/ready").status_code == 200, 60, what="the API")
+        name = "orchard.txt"
+        text, question, _ = FACTS[name]
+        response = client.post("/v1/documents", files=[("file", (name, text.encode()))])
+        assert response.status_code == 202, response.text
+        job_id = response.json()["documents"][0]["job_id"]
+        job = wait_for(lambda: (j := client.get(f"/v1/jobs/{job_id}").json())["state"]
+                       in ("done", "failed") and j, 120, 0.1, "the job", pool.logs)
+        assert job["state"] == "done" and job["worker"] is not None, job
+        assert "ready: queue" in pool.log(0) and "redis" not in pool.log(0).lower()
+        answer = client.post("/v1/ask", json={"question": question}).json()
+        assert any(c["filename"] == name for c in answer["citations"])
