@@ -53,6 +53,8 @@ class BenchOptions:
     corpus: Path = SAMPLES
     concurrency: tuple[int, ...] = (1, 2, 4, 8)
     dtypes: bool = True
+    database_url: str | None = None  # a PostgreSQL server to compare stores on (scratch dbs)
+    store_rows: int = 100_000
 
 
 def run_bench(
@@ -84,6 +86,8 @@ def run_bench(
             "bfloat16": bench_bfloat16(service, questions, options.max_new_tokens, report)
             if options.dtypes else None,
             "startup": bench_startup(settings, Path(tmp), report) if options.starts else None,
+            "store": _bench_stores(base, options, questions, service, report)
+            if options.database_url else None,
         }
         service.store.close()
     return {
@@ -98,6 +102,21 @@ def run_bench(
         **results,
         "memory": {"bench_peak_rss_mb": peak_rss_mb()},
     }
+
+
+def _bench_stores(settings: Settings, options: BenchOptions, questions: Sequence[str],
+                  service: RagService, report: Report) -> dict[str, Any]:
+    from eval.bench_store import bench_queues, bench_store
+    from rag.postgres import scratch_database
+
+    assert options.database_url is not None
+    result = bench_store(settings, options.database_url, options.corpus,
+                         questions[: options.asks], service.embedder, service.generator,
+                         options.store_rows, report=report)
+    with scratch_database(options.database_url, "rag_bench") as url:
+        queues = {"postgres": url} | ({"redis": settings.redis_url} if settings.redis_url else {})
+        result["queues"] = bench_queues(queues)
+    return result
 
 
 def machine() -> dict[str, Any]:

@@ -55,8 +55,7 @@ def bench_store(
             return made
 
         lite, pg = service("sqlite"), service("postgres", database_url=url)
-        result = {"ingest": {"sqlite": _ingest(lite, files, report),
-                             "postgres": _ingest(pg, files, report)}}
+        result = {"ingest": _ingest(lite, pg, files, report)}
         result["ask"] = _asks(lite, pg, questions, report)
         result["follow"] = _follow(pg, settings, Path(tmp), url, embedder, generator, follows,
                                    report)
@@ -68,15 +67,24 @@ def bench_store(
     return result
 
 
-def _ingest(service: RagService, files: Sequence[Path], report: Report) -> dict[str, Any]:
-    started, chunks = time.perf_counter(), 0
+def _ingest(lite: RagService, pg: RagService, files: Sequence[Path],
+            report: Report) -> dict[str, Any]:
+    """Each file into both stores, alternating which goes first (warm-up and noise shared)."""
+    seconds = {"sqlite": 0.0, "postgres": 0.0}
+    chunks = {"sqlite": 0, "postgres": 0}
     for n, path in enumerate(files):
-        report(f"store ingest ({'postgres' if service.settings.database_url else 'sqlite'})",
-               n, len(files))
-        chunks += service.ingest_file(path).chunk_count
-    seconds = time.perf_counter() - started
-    return {"files": len(files), "chunks": chunks, "seconds": round(seconds, 3),
-            "chunks_per_s": round(chunks / seconds, 1)}
+        report("store ingest", n, len(files))
+        pair = [("sqlite", lite), ("postgres", pg)]
+        for name, service in pair if n % 2 == 0 else pair[::-1]:
+            began = time.perf_counter()
+            chunks[name] += service.ingest_file(path).chunk_count
+            seconds[name] += time.perf_counter() - began
+    out: dict[str, Any] = {
+        name: {"files": len(files), "chunks": chunks[name], "seconds": round(seconds[name], 3),
+               "chunks_per_s": round(chunks[name] / seconds[name], 1)} for name in seconds}
+    out["postgres_over_sqlite_throughput"] = round(
+        out["postgres"]["chunks_per_s"] / out["sqlite"]["chunks_per_s"], 3)
+    return out
 
 
 def _asks(lite: RagService, pg: RagService, questions: Sequence[str],
@@ -87,7 +95,8 @@ def _asks(lite: RagService, pg: RagService, questions: Sequence[str],
         k: {"total_ms": [], "store_stages_ms": []} for k in ("sqlite", "postgres")}
     for n, question in enumerate(questions):
         report("store asks", n, len(questions))
-        for name, service in (("sqlite", lite), ("postgres", pg)):
+        pair = [("sqlite", lite), ("postgres", pg)]
+        for name, service in pair if n % 2 == 0 else pair[::-1]:
             t = service.ask(AskRequest(question)).timings
             times[name]["total_ms"].append(t.total_ms)
             times[name]["store_stages_ms"].append(t.retrieve_ms + t.evidence_ms)
@@ -164,3 +173,41 @@ def _build(settings: Settings, tmp: Path, url: str, embedder: Embedder, generato
             "insert_chunks_per_s": round(rows / insert_s, 1), "index_kind": kind,
             "cold_start_build_s": timings["cold"], "warm_start_resume_s": timings["warm"]}
 
+
+
+def bench_queues(urls: dict[str, str], jobs: int = 200) -> dict[str, Any]:
+    """SAQ on each backend ({name: url}, Redis or PostgreSQL) with an in-process worker and a
+    job that does nothing: one job at a time (enqueue -> result) and `jobs` at once."""
+    import asyncio
+
+    return {name: asyncio.run(_queue_round_trips(url, jobs)) for name, url in urls.items()}
+
+
+async def _queue_round_trips(url: str, jobs: int) -> dict[str, Any]:
+    import asyncio
+    import uuid
+
+    from saq import Queue, Worker
+
+    async def noop(ctx: Any, *, n: int) -> int:
+        return n
+
+    queue = Queue.from_url(url, name=f"rag-bench-{uuid.uuid4().hex[:8]}")
+    worker = Worker(queue, functions=[("noop", noop)], concurrency=8, dequeue_timeout=1.0)
+    await queue.connect()
+    running = asyncio.create_task(worker.start())
+    try:
+        waits = []
+        for n in range(jobs):
+            began = time.perf_counter()
+            await queue.apply("noop", n=n, timeout=30, poll_interval=0.05)
+            waits.append((time.perf_counter() - began) * 1000)
+        began = time.perf_counter()
+        await queue.map("noop", [{"n": n} for n in range(jobs)], timeout=60, poll_interval=0.05)
+        at_once = time.perf_counter() - began
+    finally:
+        await worker.stop()
+        running.cancel()
+        await queue.disconnect()
+    return {"jobs": jobs, "round_trip_p50_ms": _p(waits, 50), "round_trip_p95_ms": _p(waits, 95),
+            "jobs_per_s_at_once": round(jobs / at_once, 1)}

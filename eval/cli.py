@@ -291,6 +291,11 @@ def bench(
         help="Concurrent streams to measure generation at, comma-separated.")] = "1,2,4,8",
     dtypes: Annotated[bool, typer.Option(
         help="Compare float32 and bfloat16 answers on the sample questions.")] = True,
+    database_url: Annotated[str | None, typer.Option(
+        help="A PostgreSQL server on which to compare the SQLite and PostgreSQL stores, the "
+        "index change log and the SAQ queues (it makes and drops scratch databases).")] = None,
+    store_rows: Annotated[int, typer.Option(
+        min=1, help="Chunks to build an index from at start (with --database-url).")] = 100_000,
 ) -> None:
     """Ingest, retrieval, ask, decode, memory and start-up figures beside the raw libraries."""
     from eval.bench import BenchOptions, run_bench
@@ -307,7 +312,7 @@ def bench(
     if not levels or min(levels) < 1:
         raise typer.BadParameter("--concurrency needs levels of 1 or more, e.g. 1,2,4,8.")
     options = BenchOptions(chunk_counts, asks, repeats, max_new_tokens, starts, rounds, corpus,
-                           levels, dtypes)
+                           levels, dtypes, database_url, store_rows)
     with Progress(*_columns(), console=console) as bar:
         result = run_bench(load_settings({}), options, _stage_reporter(bar))
     write_json(result, out)

@@ -70,3 +70,31 @@ def test_bench_cli_rejects_bad_sizes() -> None:
     outcome = CliRunner().invoke(bench_app, ["--sizes", "10k"])
     assert outcome.exit_code == 2
     assert "expected numbers like 10000,100000" in " ".join(outcome.output.split())
+
+
+@pytest.mark.slow
+def test_store_bench_compares_both_stores_on_the_same_corpus(
+    embedder: Any, generator: Any, tmp_path: Path
+) -> None:
+    from eval.bench_store import bench_queues, bench_store
+    from rag.postgres import scratch_database
+    from rag.settings import Settings
+    from tests.conftest import PG_URL, REDIS_URL
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for n in range(3):
+        (corpus / f"f{n}.txt").write_text(f"File {n} says the beacon {n} burns green. " * 20)
+    settings = Settings(data_dir=tmp_path / "data", max_new_tokens=6)
+    result = bench_store(settings, PG_URL, corpus, ["Which beacon burns green?"], embedder,
+                         generator, rows=1500, follows=3)
+    ingest = result["ingest"]
+    assert ingest["sqlite"]["chunks"] == ingest["postgres"]["chunks"] > 0
+    assert ingest["postgres_over_sqlite_throughput"] > 0
+    assert result["ask"]["count"] == 1 and result["ask"]["postgres"]["total_ms"]["p50"] > 0
+    assert result["follow"]["count"] == 3 and result["follow"]["p95_ms"] >= 0
+    build = result["build"]
+    assert build["chunks"] == 1500 and build["cold_start_build_s"] > 0
+    with scratch_database(PG_URL, "rag_test") as url:
+        queues = bench_queues({"postgres": url, "redis": REDIS_URL}, jobs=4)
+    assert {q["jobs"] for q in queues.values()} == {4}
