@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,7 +31,7 @@ from api.routes_health import health, ready
 from api.routes_widget import demo_page, widget_js
 from api.schemas import StrictModelSchemaPlugin
 from ingest.service import IngestService
-from rag.errors import NotReady, RagError
+from rag.errors import NotReady, RagError, StoreUnavailable
 from rag.service import AskRequest, RagService
 from rag.settings import Settings
 
@@ -44,7 +45,7 @@ def _start(service: RagService, state: State, sample_dir: Path | None) -> None:
     """Load models and index (in a thread, so /health answers meanwhile)."""
     try:
         if service.retriever is None:  # tests hand in a service that is loaded already
-            service.load()
+            _load_when_the_store_answers(service, state)
         if sample_dir is not None:
             _ingest_samples(service, sample_dir)
         state["not_ready"] = None
@@ -52,6 +53,21 @@ def _start(service: RagService, state: State, sample_dir: Path | None) -> None:
     except RagError as exc:
         state["not_ready"] = str(exc)
         log.error("not ready: %s", exc)
+
+
+def _load_when_the_store_answers(service: RagService, state: State) -> None:
+    """`service.load()`, again every few seconds while the database does not answer (unready
+    meanwhile, saying why), so the API comes up by itself once PostgreSQL does."""
+    while True:
+        try:
+            service.load()
+            return
+        except StoreUnavailable as exc:
+            state["not_ready"] = str(exc)
+            log.error("not ready, retrying in %d s: %s", exc.retry_after_s, exc)
+            if state.get("stopping"):
+                raise
+            time.sleep(exc.retry_after_s)
 
 
 def _ingest_samples(service: RagService, sample_dir: Path) -> None:
@@ -150,6 +166,7 @@ def create_app(
         try:
             yield
         finally:
+            app.state["stopping"] = True
             task.cancel()
             jobs.cancel()
             await ingestion.stop()

@@ -193,6 +193,9 @@ def build_worker(settings: Settings, concurrency: int, burst: bool = False) -> W
 async def run(settings: Settings, concurrency: int, burst: bool = False) -> None:
     """Consume jobs until SIGINT/SIGTERM (or, with `burst`, until the queue is empty)."""
     worker = build_worker(settings, concurrency, burst)
+    jobs = job_store(settings)  # fail here, clearly, when the database does not answer
+    await asyncio.to_thread(jobs.open)
+    jobs.close()
     await worker.queue.connect()
     try:
         await worker.start()

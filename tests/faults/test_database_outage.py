@@ -127,3 +127,35 @@ def test_asks_go_on_and_uploads_wait_while_postgres_is_away(
         ready = client.get("/ready").json()
         assert ready["index_log"]["error"] is None and ready["index_log"]["behind"] == 0
         assert ask(client, "What colour are the harbour buoys?").json()["citations"]
+
+
+def test_serve_waits_for_postgres_at_start_and_comes_up_by_itself(
+    proxied: tuple[Proxy, str], tmp_path: Path, embedder: Any, generator: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from litestar.testing import TestClient
+
+    from api.app import create_app
+    from rag.settings import Settings
+
+    proxy, url = proxied
+    proxy.cut()  # down before the API starts
+    settings = Settings(data_dir=tmp_path / "data", database_url=url, rate_limit_per_minute=0)
+    service = RagService(settings, embedder=embedder, generator=generator)
+    # the session's generator is loaded already; everything else loads for real
+    monkeypatch.setattr(service, "load", lambda: RagService.load(service, generator=False))
+    with TestClient(create_app(settings, service=service)) as client:
+        deadline = time.monotonic() + 30
+        while not (ready := client.get("/ready").json())["reasons"] or \
+                "does not answer" not in ready["reasons"][0]:
+            assert time.monotonic() < deadline, ready
+            time.sleep(0.2)
+        assert ready["ready"] is False and f"127.0.0.1:{proxy.port}" in ready["reasons"][0]
+        assert "RAG_DATABASE_URL" in ready["reasons"][0]
+        proxy.restore()
+        deadline = time.monotonic() + 30
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/ready").json()
+            time.sleep(0.2)
+        assert client.get("/ready").json()["index_log"]["error"] is None
+    service.close()

@@ -1,6 +1,9 @@
-"""`rag worker` from the command line: it needs Redis, and `--check` reports registration."""
+"""`rag worker` from the command line: it needs a queue and a store that answers, and
+`--check` reports registration."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -11,7 +14,17 @@ from tests.ingest.helpers import REDIS_URL, unique_queue
 def test_worker_without_redis_says_what_to_set() -> None:
     result = CliRunner().invoke(app, ["worker", "--burst"], env={"RAG_REDIS_URL": ""})
     assert result.exit_code == 2
-    assert "needs Redis" in result.output and "RAG_REDIS_URL" in result.output
+    assert "needs a queue" in result.output and "RAG_REDIS_URL" in result.output
+    assert "RAG_QUEUE=postgres" in result.output
+
+
+def test_worker_names_an_unreachable_database_without_its_password(tmp_path: Path) -> None:
+    env = {"RAG_DATABASE_URL": "postgresql://rag:s3cret@127.0.0.1:9/rag", "RAG_QUEUE": "postgres",
+           "RAG_REDIS_URL": "", "RAG_DATA_DIR": str(tmp_path)}
+    result = CliRunner().invoke(app, ["worker", "--burst"], env=env)
+    assert result.exit_code == 2
+    assert "PostgreSQL at postgresql://rag:***@127.0.0.1:9/rag does not answer" in result.output
+    assert "s3cret" not in result.output
 
 
 def test_health_check_fails_when_no_worker_of_this_host_is_registered() -> None:
