@@ -42,7 +42,7 @@ class PgChunkStore(PostgresDatabase, ChunkStore):
     sources, and while the database is away asks over recently read sources still answer.
     """
 
-    def __init__(self, url: str, read_cache: int = 20_000) -> None:
+    def __init__(self, url: str, read_cache: int = 5_000) -> None:
         PostgresDatabase.__init__(self, url)
         self._chunks: LRUCache[int, Chunk] = LRUCache(read_cache)
         self._sentences: LRUCache[tuple[str, int, int], list[Any]] = LRUCache(read_cache)

@@ -17,6 +17,9 @@ class SqliteDatabase:
     """Base of the chunk store and the job store; subclasses set `SCHEMA`."""
 
     SCHEMA = ""
+    # The schema's version, kept in SQLite's user_version: the code refuses a newer file (a
+    # later release wrote it) rather than misread it. A new version adds its statements here.
+    SCHEMA_VERSION = 1
     dialect = "sqlite"
 
     def __init__(self, path: Path) -> None:
@@ -36,11 +39,22 @@ class SqliteDatabase:
                     db.execute("PRAGMA busy_timeout=60000")
                     _enable_wal(db)
                     db.execute("PRAGMA synchronous=FULL")
+                    self._check_version(db)
                     db.executescript(self.SCHEMA)
+                    db.execute(f"PRAGMA user_version={self.SCHEMA_VERSION}")
             except BaseException:
                 db.close()
                 raise
             self._db = db
+
+    def _check_version(self, db: sqlite3.Connection) -> None:
+        found = db.execute("PRAGMA user_version").fetchone()[0]
+        if found > self.SCHEMA_VERSION:
+            raise StoreUnreadable(
+                f"{self.path} has schema version {found}, newer than this version of the "
+                f"service knows (up to {self.SCHEMA_VERSION}).",
+                "Upgrade the service to the release that wrote it, or point RAG_DATA_DIR "
+                "elsewhere.")
 
     @contextlib.contextmanager
     def readable(self) -> Iterator[None]:

@@ -181,6 +181,16 @@ def test_a_schema_newer_than_the_code_is_refused(pg_url: str) -> None:
         PgChunkStore(pg_url).open()
 
 
+def test_a_sqlite_file_newer_than_the_code_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    ChunkStore(tmp_path / "s.sqlite3").open()
+    with sqlite3.connect(tmp_path / "s.sqlite3") as db:
+        db.execute("PRAGMA user_version=7")
+    with pytest.raises(StoreUnreadable, match="schema version 7, newer"):
+        ChunkStore(tmp_path / "s.sqlite3").open()
+
+
 def test_an_unreachable_server_is_named_without_its_password() -> None:
     url = "postgresql://rag:s3cret@127.0.0.1:9/rag"  # port 9 (discard): nothing listens
     with pytest.raises(StoreUnavailable) as caught:
