@@ -39,22 +39,26 @@ class SqliteDatabase:
                     db.execute("PRAGMA busy_timeout=60000")
                     _enable_wal(db)
                     db.execute("PRAGMA synchronous=FULL")
-                    self._check_version(db)
+                    found = self._check_version(db)
                     db.executescript(self.SCHEMA)
-                    db.execute(f"PRAGMA user_version={self.SCHEMA_VERSION}")
+                    if found < self.SCHEMA_VERSION:  # written once: opening must not write
+                        with contextlib.suppress(sqlite3.OperationalError):  # full: next time
+                            db.execute(f"PRAGMA user_version={self.SCHEMA_VERSION}")
             except BaseException:
                 db.close()
                 raise
             self._db = db
 
-    def _check_version(self, db: sqlite3.Connection) -> None:
-        found = db.execute("PRAGMA user_version").fetchone()[0]
+    def _check_version(self, db: sqlite3.Connection) -> int:
+        """The file's schema version; StoreUnreadable when it is newer than the code's."""
+        found = int(db.execute("PRAGMA user_version").fetchone()[0])
         if found > self.SCHEMA_VERSION:
             raise StoreUnreadable(
                 f"{self.path} has schema version {found}, newer than this version of the "
                 f"service knows (up to {self.SCHEMA_VERSION}).",
                 "Upgrade the service to the release that wrote it, or point RAG_DATA_DIR "
                 "elsewhere.")
+        return found
 
     @contextlib.contextmanager
     def readable(self) -> Iterator[None]:
