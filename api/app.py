@@ -64,10 +64,11 @@ def _load_when_the_store_answers(service: RagService, state: State) -> None:
             return
         except StoreUnavailable as exc:
             state["not_ready"] = str(exc)
-            log.error("not ready, retrying in %d s: %s", exc.retry_after_s, exc)
+            delay = exc.retry_after_s or 5
+            log.error("not ready, retrying in %d s: %s", delay, exc)
             if state.get("stopping"):
                 raise
-            time.sleep(exc.retry_after_s)
+            time.sleep(delay)
 
 
 def _ingest_samples(service: RagService, sample_dir: Path) -> None:

@@ -25,7 +25,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from pydantic import BaseModel, Field
 
-from rag.errors import NotReady, Overloaded, RagError, StoreUnavailable
+from rag.errors import NotReady, RagError
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def _respond(exc: Exception, headers: dict[str, str] | None = None) -> Response[
 def rag_error_handler(_: Request[Any, Any, Any], exc: RagError) -> Response[object]:
     if exc.status >= 500 and exc.status != 503:
         log.error("engine error: %s", exc)
-    if isinstance(exc, Overloaded | StoreUnavailable):
+    if exc.retry_after_s is not None:  # busy, or a dependency away: say when to retry
         return _respond(exc, {"Retry-After": str(exc.retry_after_s)})
     return _respond(exc)
 

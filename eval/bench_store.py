@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from eval.metrics import latency
 from rag.chunking import ChunkDraft
 from rag.postgres import scratch_database
 from rag.settings import Settings
@@ -32,8 +33,11 @@ if TYPE_CHECKING:
 Report = Callable[[str, int, int], None]
 
 
-def _p(values: Sequence[float], q: float) -> float:
-    return round(float(np.percentile(values, q)), 2)
+def _p(values: Sequence[float], q: int) -> float:
+    """The p50 or p95 of `values` (eval.metrics' percentiles), rounded."""
+    summary = latency(values)
+    assert summary is not None and q in (50, 95)
+    return round(summary.p50 if q == 50 else summary.p95, 2)
 
 
 def bench_store(
@@ -51,7 +55,7 @@ def bench_store(
             made = RagService(settings.model_copy(update={"data_dir": Path(tmp) / name,
                                                           **more}),
                               embedder=embedder, generator=generator)
-            made.load()
+            made.load(generator=False)  # the generator handed in is loaded already
             return made
 
         lite, pg = service("sqlite"), service("postgres", database_url=url)

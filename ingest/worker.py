@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -153,7 +154,8 @@ def build_worker(settings: Settings, concurrency: int, burst: bool = False) -> W
 
     async def startup(ctx: WorkerContext) -> None:
         service = RagService(settings, embedder=BatchingEmbedder(build_embedder(settings)))
-        await asyncio.to_thread(service.load, False, False, False)  # no models, no index
+        # the embedder only: no generator, and no index (workers write to the store)
+        await asyncio.to_thread(functools.partial(service.load, generator=False, follow=False))
         jobs = job_store(settings)
         jobs.open()
         ctx["runner"] = JobRunner(service, jobs)

@@ -7,6 +7,7 @@ class RagError(Exception):
     """Base error: `message` says what was wrong, `hint` what to do about it."""
 
     status = 400
+    retry_after_s: int | None = None  # set: the client may retry after this many seconds
 
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)

@@ -14,9 +14,9 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +29,10 @@ from rag.postgres import PostgresDatabase, placeholders
 from rag.store import INSERT_CHUNK, ChunkStore, chunk_row
 from rag.types import Chunk, Sentence
 from rag.uploads import BLOCK
+
+K = TypeVar("K")
+V = TypeVar("V")
+Span = tuple[str, int, int]  # (document id, start, end)
 
 CHANNEL = "rag_index"
 LOG_LOCK = "rag:index-log"
@@ -45,44 +49,38 @@ class PgChunkStore(PostgresDatabase, ChunkStore):
     def __init__(self, url: str, read_cache: int = 5_000) -> None:
         PostgresDatabase.__init__(self, url)
         self._chunks: LRUCache[int, Chunk] = LRUCache(read_cache)
-        self._sentences: LRUCache[tuple[str, int, int], list[Any]] = LRUCache(read_cache)
+        self._sentences: LRUCache[Span, list[Any]] = LRUCache(read_cache)
         self._names: LRUCache[str, str] = LRUCache(read_cache)
         self._cache_lock = threading.Lock()
 
-    def get_chunks(self, ids: Sequence[int]) -> dict[int, Chunk]:
+    def _read_through(
+        self, cache: LRUCache[K, V], keys: Sequence[K], read: Callable[[list[K]], dict[K, V]]
+    ) -> dict[K, V]:
+        """The cached values of `keys`, reading (and keeping) the missing ones in one call."""
         with self._cache_lock:
-            found = {i: self._chunks[i] for i in ids if i in self._chunks}
-        missing = [i for i in ids if i not in found]
+            found = {k: cache[k] for k in keys if k in cache}
+        missing = [k for k in keys if k not in found]
         if missing:
-            read = super().get_chunks(missing)
+            fresh = read(missing)
             with self._cache_lock:
-                self._chunks.update(read)
-            found.update(read)
+                cache.update(fresh)
+            found.update(fresh)
         return found
 
+    def get_chunks(self, ids: Sequence[int]) -> dict[int, Chunk]:
+        return self._read_through(self._chunks, ids, super().get_chunks)
+
     def filenames(self, doc_ids: Sequence[str]) -> dict[str, str]:
-        with self._cache_lock:
-            found = {d: self._names[d] for d in doc_ids if d in self._names}
-        missing = [d for d in doc_ids if d not in found]
-        if missing:
-            read = super().filenames(missing)
-            with self._cache_lock:
-                self._names.update(read)
-            found.update(read)
-        return found
+        return self._read_through(self._names, doc_ids, super().filenames)
 
     def sentences_within(
         self, spans: Sequence[tuple[str, int, int]]
     ) -> list[tuple[Sentence, npt.NDArray[np.float32]]]:
-        found: dict[int, tuple[Sentence, npt.NDArray[np.float32]]] = {}
-        for span in spans:
-            with self._cache_lock:
-                rows = self._sentences.get(span)
-            if rows is None:
-                rows = super().sentences_within([span])
-                with self._cache_lock:
-                    self._sentences[span] = rows
-            found.update((sentence.id, (sentence, vector)) for sentence, vector in rows)
+        base = super().sentences_within
+        per_span = self._read_through(
+            self._sentences, spans, lambda missing: {s: base([s]) for s in missing})
+        found = {sentence.id: (sentence, vector)
+                 for rows in per_span.values() for sentence, vector in rows}
         return sorted(found.values(), key=lambda item: (item[0].document_id, item[0].start))
 
     def delete_document(self, doc_id: str) -> list[int]:

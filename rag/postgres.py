@@ -58,7 +58,7 @@ def unavailable(url: str, exc: BaseException) -> StoreUnavailable:
 
 @functools.lru_cache(maxsize=256)
 def placeholders(sql: str) -> str:
-    """`?` placeholders -> `%s` (the stores' SQL holds no other `?` or `%`)."""
+    """`?` placeholders -> `%s`, and a literal `%` escaped (the stores' SQL has no other `?`)."""
     return sql.replace("%", "%%").replace("?", "%s")
 
 
@@ -125,12 +125,12 @@ class PostgresDatabase:
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self.connection() as conn:
-            return conn.execute(placeholders(sql), tuple(args)).fetchall()
+            return Transaction(conn).execute(sql, args).fetchall()
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        """One statement in its own transaction; returns the rows changed."""
+        """One statement in its own transaction (autocommit); returns the rows changed."""
         with self.connection() as conn:
-            return conn.execute(placeholders(sql), tuple(args)).rowcount
+            return Transaction(conn).execute(sql, args).rowcount
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -179,10 +179,8 @@ class _Pools:
             if users > 1:
                 self._pools[url] = (pool, users - 1)
                 return
-            if self._pools.get(url, (None, 0))[0] is pool:
-                del self._pools[url]
+            del self._pools[url]
         pool.close()
-
 
     def discard(self, url: str) -> None:
         """Close the URL's pool whoever still uses it (a test dropping its database)."""
