@@ -329,7 +329,8 @@ def bench_ask(service: RagService, questions: Sequence[str], report: Report) -> 
 def bench_generation(
     service: RagService, question: str, options: BenchOptions, report: Report
 ) -> dict[str, Any]:
-    """Prefill and decode speed of the engine's stream beside plain `model.generate`."""
+    """Prefill and decode speed of the engine's stream beside plain `model.generate` on a stock
+    copy of the same model (loaded from the same files, none of the engine's changes)."""
     from rag.prompt import build_prompt
     from rag.retrieval import Query
 
@@ -338,6 +339,9 @@ def bench_generation(
     results = service.retriever.retrieve(Query(question, service.settings.top_k))
     prompt = build_prompt(question, results, generator.tokenizer, generator.context_window,
                           options.max_new_tokens)
+    stock = _stock_model(generator)
+    plain = partial(_raw_generation, stock, generator.tokenizer, prompt.input_ids,
+                    options.max_new_tokens)
     engine: list[dict[str, float]] = []
     raw: list[dict[str, float]] = []
     lookup: list[dict[str, float]] = []
@@ -350,19 +354,25 @@ def bench_generation(
                 figures, ids = _engine_generation(generator, prompt, options.max_new_tokens)
                 engine.append(figures)
             else:
-                figures, ids = _in_thread(partial(_raw_generation, generator, prompt.input_ids,
-                                                  options.max_new_tokens))
+                figures, ids = _in_thread(plain)
                 raw.append(figures)
             texts.add(ids)
         # prompt-lookup decoding: lossless under greedy decoding, so the same tokens again
-        figures, ids = _in_thread(partial(_raw_generation, generator, prompt.input_ids,
-                                          options.max_new_tokens, lookup=10))
+        figures, ids = _in_thread(partial(plain, lookup=10))
         lookup.append(figures)
         texts.add(ids)
     return {"prompt_tokens": len(prompt.input_ids), "engine": _medians(engine),
             "raw_generate": _medians(raw), "prompt_lookup_generate": _medians(lookup),
             "same_greedy_tokens": len(texts) == 1,
             "engine_rounds": engine, "raw_generate_rounds": raw}
+
+
+def _stock_model(generator: Generator) -> Any:
+    """A fresh, unmodified transformers model from the generator's files, dtype and device."""
+    from rag.model_files import load_causal_lm
+
+    info = generator.engine.info  # type: ignore[attr-defined]
+    return load_causal_lm(generator.model_dir, info["device"], info["dtype"])  # type: ignore[attr-defined]
 
 
 Timed = tuple[dict[str, float], tuple[int, ...]]  # speeds, and the generated token ids
@@ -381,9 +391,9 @@ def _in_thread(call: Callable[[], Timed]) -> Timed:
 
 
 def _engine_generation(generator: Generator, prompt: Any, max_new_tokens: int) -> Timed:
-    prefixes = getattr(generator, "prefix_cache", None)
-    if prefixes is not None:  # a cold prompt each round, as plain generate's is
-        prefixes.clear()
+    clear = getattr(generator, "clear_prefix_cache", None)
+    if clear is not None:  # a cold prompt each round, as plain generate's is
+        clear()
     start = time.perf_counter()
     stream = generator.stream(prompt, max_new_tokens)
     first, text = None, ""
@@ -397,13 +407,12 @@ def _engine_generation(generator: Generator, prompt: Any, max_new_tokens: int) -
 
 
 def _raw_generation(
-    generator: Generator, input_ids: Sequence[int], max_new_tokens: int, lookup: int = 0
+    model: Any, tokenizer: Any, input_ids: Sequence[int], max_new_tokens: int, lookup: int = 0
 ) -> Timed:
     """Plain greedy `model.generate` (with `lookup`: prompt-lookup decoding of that many
     tokens): one new token (prefill), then the whole answer."""
     import torch
 
-    model = generator.model  # type: ignore[attr-defined]
     ids = torch.tensor([list(input_ids)], device=model.device)  # (1, prompt_tokens)
     config = model.generation_config
     kwargs = {"attention_mask": torch.ones_like(ids), "do_sample": False, "use_cache": True,
@@ -418,8 +427,8 @@ def _raw_generation(
         total = time.perf_counter() - start
     new = out[0, len(input_ids):]
     # the same text as the engine's, compared as the tokens its decoded text encodes to
-    text = generator.tokenizer.decode(new, skip_special_tokens=True)
-    encoded = tuple(generator.tokenizer.encode(text, add_special_tokens=False))
+    text = tokenizer.decode(new, skip_special_tokens=True)
+    encoded = tuple(tokenizer.encode(text, add_special_tokens=False))
     return _speeds(len(input_ids), len(new), prefill, total), encoded
 
 

@@ -64,7 +64,7 @@ def bench_concurrency(generator: LocalGenerator, prompts: Sequence[Prompt],
     out: dict[str, Any] = {}
     for i, n in enumerate(levels):
         report("concurrency", i, len(levels))
-        generator.prefix_cache.clear()
+        generator.clear_prefix_cache()
         out[str(n)] = _answer_all(generator, work, n, max_new_tokens)
     one = out[str(levels[0])]
     for figures in out.values():
@@ -116,7 +116,7 @@ def bench_prefix(generator: LocalGenerator, prompts: Sequence[Prompt], rounds: i
     for r in range(rounds):
         report("prefix cache", r, rounds)
         a, b = prompts[r % len(prompts)], prompts[(r + 1) % len(prompts)]
-        generator.prefix_cache.clear()
+        generator.clear_prefix_cache()
         cold.append(timed_stream(generator, a, 1)["first_token_ms"])
         warm.append(timed_stream(generator, a, 1)["first_token_ms"])
         other.append(timed_stream(generator, b, 1)["first_token_ms"])
@@ -142,7 +142,7 @@ def bench_serving(service: RagService, questions: Sequence[str], levels: Sequenc
         "concurrency": bench_concurrency(generator, prompts, levels, max_new_tokens, report),
         "prefix": bench_prefix(generator, prompts, rounds, report),
     }
-    generator.prefix_cache.clear()
+    generator.clear_prefix_cache()
     return figures
 
 
@@ -155,22 +155,16 @@ def bench_bfloat16(service: RagService, questions: Sequence[str], max_new_tokens
     if not isinstance(generator, LocalGenerator):
         return {"skipped": "the generator is not local"}
     other = LocalGenerator(service.settings.model_copy(update={
-        "generator_dtype": "bfloat16" if generator.model.dtype == torch_float32()
+        "generator_dtype": "bfloat16" if generator.engine.info["dtype"] == "float32"
         else "float32", "prefix_cache_tokens": 0}))
     other.load()
     try:
         prompts = ask_prompts(service, questions)
-        return {"reference_dtype": str(generator.model.dtype), "other_dtype":
-                str(other.model.dtype)} | bench_dtypes(generator, other, prompts,
-                                                        max_new_tokens, report)
+        return {"reference_dtype": generator.engine.info["dtype"], "other_dtype":
+                other.engine.info["dtype"]} | bench_dtypes(generator, other, prompts,
+                                                           max_new_tokens, report)
     finally:
         other.close()
-
-
-def torch_float32() -> Any:
-    import torch
-
-    return torch.float32
 
 
 def bench_dtypes(reference: Generator, other: Generator, prompts: Sequence[Prompt],

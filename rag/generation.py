@@ -13,18 +13,13 @@ from collections.abc import Generator as PieceGenerator
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, assert_never
+from typing import Any, Protocol, assert_never
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    TextIteratorStreamer,
-)
+from transformers import AutoConfig, PreTrainedTokenizerBase, TextIteratorStreamer
 
+from rag.engine import Engine, EngineOptions, build_engine
 from rag.errors import ConfigError, InvalidInput, NotReady
-from rag.kv import PrefixCache
 from rag.model_files import (
     MODEL_HINT,
     load_tokenizer,
@@ -33,7 +28,7 @@ from rag.model_files import (
     resolve_model,
 )
 from rag.prompt import Prompt
-from rag.scheduler import Request, StepScheduler
+from rag.scheduler import Request
 from rag.settings import Settings
 from rag.types import Usage
 
@@ -166,35 +161,10 @@ def build_generator(settings: Settings) -> Generator:
 # --- local generation ----------------------------------------------------------------------
 
 
-def _device(choice: str) -> torch.device:
-    """auto: cuda when torch sees a GPU, else cpu."""
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "RAG_GENERATOR_DEVICE is cuda but torch sees no CUDA device.",
-            "Set it to auto or cpu, or install a CUDA build of torch.",
-        )
-    return torch.device(choice)
-
-
-def _dtype(device: torch.device, choice: str) -> torch.dtype:
-    """The weights' precision: `choice`, or for auto bfloat16 on a GPU that has it, float16 on
-    other GPUs, float32 on a CPU."""
-    if choice != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                "float16": torch.float16}[choice]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    # On a CPU, bfloat16 is twice as fast to prefill where the CPU has it natively, but its
-    # greedy answers differ from float32's on some questions: it is a choice, not the default.
-    return torch.float32
-
-
-def _max_positions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int | None:
+def _max_positions(config: Any, tokenizer: PreTrainedTokenizerBase) -> int | None:
     """The longest sequence the model takes, if its config or tokenizer says."""
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(model.config, key, None)
+        value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:
             return value
     limit = tokenizer.model_max_length
@@ -221,18 +191,17 @@ class _CountingStreamer(TextIteratorStreamer):
 
 
 class LocalGenerator:
-    """A transformers causal LM in this process, KV cache on, shared by every request through a
+    """A transformers causal LM on this machine, KV cache on, shared by every request through a
     step scheduler (`rag.scheduler`): concurrent requests are decoded together, one batched
-    forward per step, and prompts reuse the KV of cached prefixes (`rag.kv.PrefixCache`)."""
+    forward per step, and prompts reuse the KV of cached prefixes (`rag.kv.PrefixCache`). The
+    model runs in a process of its own unless `generator_in_process` (`rag.engine` says why)."""
 
     def __init__(self, settings: Settings) -> None:
         self.name = settings.generator_model
         self._settings = settings
-        self._model: PreTrainedModel | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
-        self._scheduler: StepScheduler | None = None
+        self._engine: Engine | None = None
         self._context_window = settings.context_window
-        self.prefix_cache = PrefixCache(settings.prefix_cache_tokens)
         self.model_dir: Path | None = None
 
     @property
@@ -240,15 +209,9 @@ class LocalGenerator:
         return self._loaded()[1]
 
     @property
-    def model(self) -> PreTrainedModel:
-        """The loaded transformers model (for benchmarks that call `generate` directly)."""
+    def engine(self) -> Engine:
+        """Where the model runs (`rag.engine`): its `info` says on what device and dtype."""
         return self._loaded()[0]
-
-    @property
-    def scheduler(self) -> StepScheduler:
-        self._loaded()
-        assert self._scheduler is not None
-        return self._scheduler
 
     @property
     def context_window(self) -> int:
@@ -258,49 +221,41 @@ class LocalGenerator:
     def load(self) -> None:
         """Load (converting the packaged GGUF on first use) onto the configured device."""
         s = self._settings
-        device = _device(s.generator_device)
-        dtype = _dtype(device, s.generator_dtype)
         model_dir = prepare_model(s)
         tokenizer = load_tokenizer_from(model_dir)
         try:
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+            config = AutoConfig.from_pretrained(model_dir)
         except (OSError, ValueError, KeyError) as error:
             raise ConfigError(
                 f"Could not load the generator from {model_dir}: {error}", MODEL_HINT
             ) from error
-        model.to(device)  # type: ignore[arg-type]
-        model.eval()  # type: ignore[no-untyped-call]
-        limit = _max_positions(model, tokenizer)
+        limit = _max_positions(config, tokenizer)
+        self.close()
+        engine = build_engine(EngineOptions.from_settings(s, model_dir), s.generator_in_process)
+        engine.start()
         self._context_window = min(s.context_window, limit or 10**9)
-        if self._scheduler is not None:
-            self._scheduler.close()
-        self.prefix_cache.clear()
-        self._scheduler = StepScheduler(
-            model, _eos_ids(model), max_batch=s.generator_max_batch,
-            max_waiting=s.generator_queue_size, prefill_chunk=s.generator_prefill_chunk,
-            temperature=s.temperature, prefix_cache=self.prefix_cache)
-        self._model, self._tokenizer, self.model_dir = model, tokenizer, model_dir
-        logger.info("Generator %s loaded from %s on %s (%s)", self.name, model_dir, device,
-                    str(dtype).removeprefix("torch."))
+        self._engine, self._tokenizer, self.model_dir = engine, tokenizer, model_dir
+        logger.info("Generator %s loaded from %s: %s", self.name, model_dir,
+                    ", ".join(f"{k} {v}" for k, v in engine.info.items()))
 
     def stats(self) -> dict[str, float]:
-        figures: dict[str, float] = {}
-        if self._scheduler is not None:
-            figures.update(vars(self._scheduler.stats))
-        figures.update({f"prefix_{k}": v for k, v in vars(self.prefix_cache.stats).items()})
-        return figures
+        return {} if self._engine is None else self._engine.figures()
+
+    def clear_prefix_cache(self) -> None:
+        """Forget every cached prompt prefix (benchmarks start cold with it)."""
+        self.engine.clear_prefix_cache()
 
     def close(self) -> None:
-        """Stop the scheduler thread; requests still running end where they are."""
-        if self._scheduler is not None:
-            self._scheduler.close()
-            self._scheduler = None
+        """Stop the engine; requests still running end where they are."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
     def stream(
         self, prompt: Prompt, max_new_tokens: int, stop: threading.Event | None = None
     ) -> TokenStream:
         """Queue the prompt on the scheduler and stream its text as the steps produce it."""
-        _, tokenizer = self._loaded()
+        engine, tokenizer = self._loaded()
         self._check_room(prompt, max_new_tokens)
         counts = _Counts(prompt_tokens=len(prompt.input_ids))
         if stop is not None and stop.is_set():
@@ -316,13 +271,13 @@ class LocalGenerator:
         request = Request(
             ids=list(prompt.input_ids), max_new_tokens=max_new_tokens,
             emit=lambda token: streamer.put(torch.tensor([token])), finish=finish, stop=stop)
-        self.scheduler.submit(request)
+        engine.submit(request)
         return TokenStream(_local_pieces(streamer, request, errors), counts)
 
-    def _loaded(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        if self._model is None or self._tokenizer is None:
+    def _loaded(self) -> tuple[Engine, PreTrainedTokenizerBase]:
+        if self._engine is None or self._tokenizer is None:
             raise NotReady("The generator is not loaded yet.", "Call load() first.")
-        return self._model, self._tokenizer
+        return self._engine, self._tokenizer
 
     def _check_room(self, prompt: Prompt, max_new_tokens: int) -> None:
         """Refuse, before it joins the batch, a prompt that leaves no room for its answer."""
@@ -333,13 +288,6 @@ class LocalGenerator:
                 f"{max_new_tokens} more; the context window is {self._context_window}.",
                 "Build the prompt with this generator's context_window and max_new_tokens.",
             )
-
-
-def _eos_ids(model: PreTrainedModel) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    if eos is None:
-        return set()
-    return {eos} if isinstance(eos, int) else set(eos)
 
 
 def _no_pieces() -> PieceGenerator[str, None, None]:

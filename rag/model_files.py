@@ -15,9 +15,15 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from rag.errors import ConfigError
 from rag.files import fsync_dir
@@ -88,6 +94,50 @@ def load_tokenizer_from(path: Path, gguf_file: str | None = None) -> PreTrainedT
     except (OSError, ValueError, KeyError) as error:
         raise ConfigError(f"Could not load a tokenizer from {path}: {error}", MODEL_HINT) from error
     return tokenizer
+
+
+def load_causal_lm(model_dir: Path, device: str, dtype: str,
+                   skinny: Literal["auto", "on", "off"] = "off") -> PreTrainedModel:
+    """The model in `model_dir`, in eval mode on `device` (auto: cuda when present) in `dtype`
+    (auto: see `pick_dtype`), with `rag.linear`'s skinny layers where `skinny` says so."""
+    from rag.linear import use_skinny_linears
+
+    where = pick_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=pick_dtype(where, dtype))
+    except (OSError, ValueError, KeyError) as error:
+        raise ConfigError(
+            f"Could not load the generator from {model_dir}: {error}", MODEL_HINT
+        ) from error
+    model.to(where)  # type: ignore[arg-type]
+    model.eval()  # type: ignore[no-untyped-call]
+    use_skinny_linears(model, skinny)
+    return model
+
+
+def pick_device(choice: str) -> torch.device:
+    """auto: cuda when torch sees a GPU, else cpu."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "RAG_GENERATOR_DEVICE is cuda but torch sees no CUDA device.",
+            "Set it to auto or cpu, or install a CUDA build of torch.",
+        )
+    return torch.device(choice)
+
+
+def pick_dtype(device: torch.device, choice: str) -> torch.dtype:
+    """The weights' precision: `choice`, or for auto bfloat16 on a GPU that has it, float16 on
+    other GPUs, float32 on a CPU."""
+    if choice != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                "float16": torch.float16}[choice]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # On a CPU, bfloat16 is twice as fast to prefill where the CPU has it natively, but its
+    # greedy answers differ from float32's on some questions: it is a choice, not the default.
+    return torch.float32
 
 
 def _packaged_gguf() -> Path:

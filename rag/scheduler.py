@@ -40,6 +40,12 @@ def _close_all() -> None:
         scheduler.close()
 
 
+def overloaded(waiting: int, retry_after_s: int) -> Overloaded:
+    """The error for a full queue: the API answers it 503 with Retry-After."""
+    return Overloaded(f"The generator is busy: {waiting} requests are waiting.",
+                      f"Retry in {retry_after_s} s.", retry_after_s=retry_after_s)
+
+
 @dataclass(eq=False)
 class Request:
     """One generation: the prompt ids in, tokens out through `emit`, then `finish` once."""
@@ -80,7 +86,9 @@ class StepScheduler:
 
     def __init__(self, model: PreTrainedModel, eos_ids: set[int], *, max_batch: int = 8,
                  max_waiting: int = 32, prefill_chunk: int = 128, temperature: float = 0.0,
-                 prefix_cache: PrefixCache | None = None, retry_after_s: int = 2) -> None:
+                 prefix_cache: PrefixCache | None = None, retry_after_s: int = 2,
+                 start: bool = True) -> None:
+        """With `start` False no thread is started: the caller runs `run()` in its own."""
         self.model = model
         self.eos_ids = eos_ids
         self.max_batch = max_batch
@@ -99,8 +107,10 @@ class StepScheduler:
         self._positions: torch.Tensor | None = None  # (rows, 1): its position id
         self._wake = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="rag-scheduler", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self.run, name="rag-scheduler", daemon=True)
+            self._thread.start()
         _RUNNING.add(self)
 
     def submit(self, request: Request) -> None:
@@ -108,9 +118,7 @@ class StepScheduler:
         with self._wake:
             if len(self._waiting) >= self.max_waiting:
                 self.stats.rejected += 1
-                raise Overloaded(
-                    f"The generator is busy: {len(self._waiting)} requests are waiting.",
-                    f"Retry in {self.retry_after_s} s.", retry_after_s=self.retry_after_s)
+                raise overloaded(len(self._waiting), self.retry_after_s)
             self._waiting.append(request)
             self.stats.waiting = len(self._waiting)
             self._wake.notify()
@@ -119,13 +127,26 @@ class StepScheduler:
         with self._wake:
             self._closed = True
             self._wake.notify()
-        if self._thread is not threading.current_thread():
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
         _RUNNING.discard(self)
 
+    def figures(self) -> dict[str, float]:
+        """Scheduling and prefix-cache figures for /metrics."""
+        figures: dict[str, float] = dict(vars(self.stats))
+        if self.prefix_cache is not None:
+            figures.update({f"prefix_{k}": v for k, v in vars(self.prefix_cache.stats).items()})
+        return figures
+
+    def clear_prefix_cache(self) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+
     # --- the scheduler thread ---------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def run(self) -> None:
+        """The scheduling loop, until `close`: the scheduler's own thread runs it, or the
+        caller's (`start=False`)."""
         while True:
             with self._wake:
                 while not (self._closed or self._waiting or self._rows or self._prefilling):

@@ -153,6 +153,16 @@ class Settings(BaseSettings):
         description="Weights' precision: auto is bfloat16 on a GPU that has it (else float16) "
         "and float32 on a CPU (bfloat16 prefills faster where the CPU has AVX-512 BF16).",
     )
+    generator_in_process: bool = Field(
+        False,
+        description="Run the local model in a thread of the serving process instead of a "
+        "process of its own (slower on a CPU: rag/engine.py says why; one process to debug).",
+    )
+    generator_skinny_linears: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="On a CPU in float32, multiply a decode step's few rows as W @ xT "
+        "(rag.linear): auto where it is measured faster at load, on, or off (stock nn.Linear).",
+    )
     generator_max_batch: int = Field(
         8, gt=0, description="Most requests decoded together in one step (continuous batching)."
     )
@@ -160,8 +170,9 @@ class Settings(BaseSettings):
         32, ge=0, description="Requests that may wait for a batch slot; past it, 503 + Retry-After."
     )
     generator_prefill_chunk: int = Field(
-        128, gt=0,
-        description="Prompt tokens prefilled between two decode steps of the running batch.",
+        256, gt=0,
+        description="Prompt tokens prefilled between two decode steps of the running batch "
+        "(larger prefills faster; smaller stalls the running streams less).",
     )
     prefix_cache_tokens: int = Field(
         16384, ge=0,
@@ -171,6 +182,8 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8080/v1", description="Base URL of the OpenAI-compatible server."
     )
     openai_api_key: str = Field("", description="Key for the OpenAI-compatible server.")
+    openai_timeout_s: float = Field(
+        120.0, gt=0, description="Seconds to wait for the OpenAI-compatible server's next byte.")
     context_window: int = Field(
         2048, gt=128, description="Prompt + answer tokens; capped by the model's own limit."
     )

@@ -55,6 +55,15 @@ def generator(models_dir: Path):  # type: ignore[no-untyped-def]
     return g
 
 
+@pytest.fixture(scope="session")
+def plain_model(generator):  # type: ignore[no-untyped-def]
+    """The generator's model loaded in this process with stock layers (the engine runs its own
+    copy in a child process): for plain `model.generate` and the scheduler's own tests."""
+    from rag.model_files import load_causal_lm
+
+    return load_causal_lm(generator.model_dir, "auto", "auto")
+
+
 @contextlib.contextmanager
 def throwaway_database() -> Iterator[str]:
     """A new, empty PostgreSQL database; its URL. Dropped afterwards, connections and all."""

@@ -140,8 +140,9 @@ def test_metrics_count_requests_tokens_cache_queue_and_index(
 def test_a_full_generator_queue_answers_503_with_retry_after(
     corpus_service: RagService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    scheduler = corpus_service.generator.scheduler  # type: ignore[attr-defined]
-    monkeypatch.setattr(scheduler, "max_waiting", 0)  # every ask finds the queue full
+    engine = corpus_service.generator.engine  # type: ignore[attr-defined]
+    monkeypatch.setattr(engine, "max_batch", 0)  # every ask finds the queue full
+    monkeypatch.setattr(engine, "max_waiting", 0)
     with serving(corpus_service) as client:
         refused = client.post("/v1/ask", json={"question": "Who keeps the bees in winter?"})
         streamed = client.post("/v1/ask", json={"question": "Who keeps bees in winter?",
@@ -149,7 +150,7 @@ def test_a_full_generator_queue_answers_503_with_retry_after(
         text = client.get("/metrics").text
     for response in (refused, streamed):
         assert response.status_code == 503, response.text
-        assert response.headers["retry-after"] == str(scheduler.retry_after_s)
+        assert response.headers["retry-after"] == str(engine.retry_after_s)
         assert response.json()["error"] == "Overloaded"
     assert metric(text, "rag_generator_rejected_total") >= 2
 

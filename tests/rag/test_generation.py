@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 import rag.model_files as model_files
 from rag.errors import ConfigError, NotReady, Overloaded
@@ -57,9 +57,9 @@ def story_prompt(generator: Generator) -> Prompt:
 def slot_freed(generator: LocalGenerator, within_s: float = 30.0) -> bool:
     """The scheduler's batch is empty again (the request left it) within `within_s`."""
     deadline = time.monotonic() + within_s
-    while generator.scheduler.stats.running and time.monotonic() < deadline:
+    while generator.stats()["running"] and time.monotonic() < deadline:
         time.sleep(0.01)
-    return generator.scheduler.stats.running == 0
+    return generator.stats()["running"] == 0
 
 
 # --- fixtures ------------------------------------------------------------------------------
@@ -182,10 +182,13 @@ def test_second_load_reads_the_converted_copy_not_the_gguf(
 
     monkeypatch.setattr(model_files, "_convert_gguf", no_conversion)
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
-    again = LocalGenerator(settings)
+    # in this process, where the spy sees the load
+    again = LocalGenerator(settings.model_copy(update={"generator_in_process": True}))
     again.load()
+    runs_in = again.engine.info["runs_in"]
+    again.close()
     converted = settings.models_dir / PACKAGED_GENERATOR
-    assert again.model.name_or_path == str(converted)
+    assert again.model_dir == converted and runs_in == "thread"
     assert [call["args"][0] for call in loads] == [converted]
     assert all("gguf_file" not in call for call in loads)
     assert load_tokenizer(settings).name_or_path == str(converted)
@@ -245,13 +248,19 @@ def test_build_generator_follows_the_backend(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_context_window_is_capped_by_the_model(generator: LocalGenerator) -> None:
-    assert generator.context_window == min(2048, generator.model.config.max_position_embeddings)
-    assert generator.model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+def test_context_window_is_capped_by_the_model(
+    generator: LocalGenerator, plain_model: PreTrainedModel
+) -> None:
+    assert generator.context_window == min(2048, plain_model.config.max_position_embeddings)
+    device = generator.engine.info["device"]
+    assert device.startswith("cuda" if torch.cuda.is_available() else "cpu")
+    assert generator.engine.info["runs_in"] == "process"
 
 
 @pytest.mark.slow
-def test_stream_matches_generate_and_plain_model_generate(generator: LocalGenerator) -> None:
+def test_stream_matches_generate_and_plain_model_generate(
+    generator: LocalGenerator, plain_model: PreTrainedModel
+) -> None:
     prompt = make_prompt(generator, "How long does the battery last?", 24)
     stream = generator.stream(prompt, 24)
     pieces = list(stream)
@@ -262,9 +271,9 @@ def test_stream_matches_generate_and_plain_model_generate(generator: LocalGenera
     assert result.prompt_tokens == len(prompt.input_ids)
     assert 0 < result.first_token_s <= result.total_s
     # the same greedy ids as a plain generate call, counted exactly
-    input_ids = torch.tensor([prompt.input_ids], device=generator.model.device)
+    input_ids = torch.tensor([prompt.input_ids], device=plain_model.device)
     with torch.inference_mode():
-        output = generator.model.generate(  # type: ignore[operator]
+        output = plain_model.generate(  # type: ignore[operator]
             input_ids, max_new_tokens=24, do_sample=False
         )
     new_ids = output[0, len(prompt.input_ids) :]
@@ -295,7 +304,7 @@ def test_stop_event_ends_generation_early(generator: LocalGenerator) -> None:
 def test_closing_the_stream_frees_its_batch_slot(generator: LocalGenerator) -> None:
     stream = generator.stream(story_prompt(generator), 256)
     assert next(stream)
-    assert generator.scheduler.stats.running == 1
+    assert generator.stats()["running"] == 1
     stream.close()
     assert slot_freed(generator)
     assert stream.usage.completion_tokens < 60
@@ -325,8 +334,8 @@ def test_gpu_generation_runs_in_half_precision(
 ) -> None:
     on_gpu = LocalGenerator(settings.model_copy(update={"generator_device": "cuda"}))
     on_gpu.load()
-    assert on_gpu.model.device.type == "cuda"
-    assert on_gpu.model.dtype in (torch.float16, torch.bfloat16)
+    assert on_gpu.engine.info["device"].startswith("cuda")
+    assert on_gpu.engine.info["dtype"] in ("float16", "bfloat16")
     result = generate(on_gpu, make_prompt(on_gpu, "How long does the battery last?", 16), 16)
     assert result.text and 0 < result.completion_tokens <= 16
 

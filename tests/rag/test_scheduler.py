@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from transformers import PreTrainedModel
 
 from rag.errors import InvalidInput, Overloaded
 from rag.generation import LocalGenerator
@@ -58,10 +59,10 @@ def prompts(generator: LocalGenerator) -> tuple[Prompt, Prompt]:
 
 
 @pytest.fixture()
-def scheduler(generator: LocalGenerator) -> Iterator[StepScheduler]:
+def scheduler(plain_model: PreTrainedModel) -> Iterator[StepScheduler]:
     """A scheduler of its own over the session's model (no prefix cache unless a test adds)."""
-    eos = generator.model.generation_config.eos_token_id
-    made = StepScheduler(generator.model, {eos} if isinstance(eos, int) else set(eos or []),
+    eos = plain_model.generation_config.eos_token_id
+    made = StepScheduler(plain_model, {eos} if isinstance(eos, int) else set(eos or []),
                          max_batch=4, max_waiting=2, prefill_chunk=32)
     yield made
     made.close()
@@ -123,10 +124,10 @@ def test_a_cancelled_request_leaves_within_one_step(
 
 
 def test_a_failing_request_fails_alone(
-    scheduler: StepScheduler, prompts: tuple[Prompt, Prompt], generator: LocalGenerator
+    scheduler: StepScheduler, prompts: tuple[Prompt, Prompt], plain_model: PreTrainedModel
 ) -> None:
     ids = list(prompts[0].input_ids)
-    vocab = generator.model.config.vocab_size
+    vocab = plain_model.config.vocab_size
     healthy, bad_prompt, bad_consumer = Outcome(), Outcome(), Outcome()
 
     def broken(token: int) -> None:
@@ -148,10 +149,10 @@ def test_a_failing_request_fails_alone(
 
 
 def test_a_full_queue_refuses_with_a_retry_hint(
-    generator: LocalGenerator, prompts: tuple[Prompt, Prompt]
+    plain_model: PreTrainedModel, prompts: tuple[Prompt, Prompt]
 ) -> None:
-    eos = generator.model.generation_config.eos_token_id
-    busy = StepScheduler(generator.model, {eos} if isinstance(eos, int) else set(),
+    eos = plain_model.generation_config.eos_token_id
+    busy = StepScheduler(plain_model, {eos} if isinstance(eos, int) else set(),
                          max_batch=1, max_waiting=1)
     stop = threading.Event()
     try:
