@@ -66,7 +66,7 @@ class OpenAIGenerator:
         self._client = httpx.Client(
             base_url=self._settings.openai_base_url.rstrip("/") + "/",
             headers=headers,
-            timeout=httpx.Timeout(10.0, read=120.0),
+            timeout=httpx.Timeout(10.0, read=self._settings.openai_timeout_s),
         )
         self._tokenizer = tokenizer
 
