@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from eval.bench_serving import bench_bfloat16, bench_serving
+from eval.bench_serving import bench_bfloat16, bench_engines, bench_serving
 from eval.metrics import latency
 from eval.suites import load_suite
 from eval.targets import git_commit, public_settings
-from rag.settings import Settings
+from rag.settings import PACKAGED_GENERATOR, Settings
 
 if TYPE_CHECKING:
     from rag.embedding import Embedder
@@ -80,6 +80,7 @@ def run_bench(
             "retrieval": {str(n): bench_retrieval(service, n, questions, options, Path(tmp),
                                                   report) for n in options.sizes},
             "ask": bench_ask(service, questions[: options.asks], report),
+            "engines": bench_engines(service, questions[: options.asks], report),
             "generation": bench_generation(service, questions[0], options, report),
             "serving": bench_serving(service, questions, options.concurrency,
                                      options.max_new_tokens, options.rounds, report),
@@ -132,9 +133,19 @@ def machine() -> dict[str, Any]:
     }
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux reports KiB)."""
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """Peak resident memory of a process (VmHWM; `ru_maxrss` would count, after fork and exec,
+    the parent's memory at the fork)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def engine_peak_rss_mb(generator: Generator) -> float:
+    """Peak resident memory of the generator's engine process (0 when it runs in this one)."""
+    pid = getattr(getattr(generator, "engine", None), "pid", None)
+    return 0.0 if pid is None else peak_rss_mb(pid)
 
 
 def percentiles(values_ms: Sequence[float]) -> dict[str, float] | None:
@@ -364,7 +375,36 @@ def bench_generation(
     return {"prompt_tokens": len(prompt.input_ids), "engine": _medians(engine),
             "raw_generate": _medians(raw), "prompt_lookup_generate": _medians(lookup),
             "same_greedy_tokens": len(texts) == 1,
+            "llama_cpp": _llama_cpp_peer(service.settings, prompt.input_ids, options),
             "engine_rounds": engine, "raw_generate_rounds": raw}
+
+
+def _llama_cpp_peer(settings: Settings, input_ids: Sequence[int], options: BenchOptions
+                    ) -> dict[str, Any]:
+    """The same prompt through llama.cpp on the packaged GGUF (Q4_1 weights, so its text may
+    differ), where llama-cpp-python is installed: a peer's prefill and decode speed."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return {"skipped": "llama-cpp-python is not installed"}
+    from llama_cpp import Llama
+
+    from rag.model_files import resolve_model
+
+    gguf = resolve_model(settings.model_copy(update={"generator_model": PACKAGED_GENERATOR}))
+    llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=os.cpu_count() or 1, verbose=False)
+    rounds = []
+    for _ in range(options.rounds):
+        llm.reset()  # type: ignore[no-untyped-call,unused-ignore]
+        start = time.perf_counter()
+        first, tokens = None, 0
+        for _ in llm.create_completion(list(input_ids), max_tokens=options.max_new_tokens,
+                                       temperature=0.0, stream=True):
+            first = first or time.perf_counter()
+            tokens += 1
+        end = time.perf_counter()
+        rounds.append(_speeds(len(input_ids), tokens, (first or end) - start, end - start))
+    return {"model": gguf.name, **_medians(rounds)}
 
 
 def _stock_model(generator: Generator) -> Any:
@@ -489,9 +529,11 @@ def serve_once() -> None:
     start = time.perf_counter()
     service.ingest_file(SAMPLES / "ingestion.md")
     answer = service.ask(AskRequest("What is the default chunk size?"))
+    api_mb, engine_mb = peak_rss_mb(), engine_peak_rss_mb(service.generator)
     print(json.dumps({"ingest_and_ask_s": time.perf_counter() - start,
                       "answer_tokens": answer.usage.completion_tokens,
-                      "peak_rss_mb": peak_rss_mb()}), flush=True)
+                      "api_peak_rss_mb": api_mb, "engine_peak_rss_mb": engine_mb,
+                      "peak_rss_mb": api_mb + engine_mb}), flush=True)
 
 
 # --- headline figures ---------------------------------------------------------------------
@@ -522,8 +564,11 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             "first_token_ms": engine["first_token_ms"],
             "same_greedy_text_as_plain_generate": gen["same_greedy_tokens"],
             "prompt_lookup_speedup": _ratio(raw["total_ms"],
-                                            gen["prompt_lookup_generate"]["total_ms"])},
+                                            gen["prompt_lookup_generate"]["total_ms"]),
+            "llama_cpp_decode_tokens_per_s": gen["llama_cpp"].get("decode_tokens_per_s")},
         "serving": _serving_figures(results.get("serving") or {}),
+        "engines": {k: v for k, v in (results.get("engines") or {}).items()
+                    if k in ("process_to_thread_ratio", "same_answers", "skipped")},
         "bfloat16": {k: v for k, v in (results.get("bfloat16") or {}).items()
                      if k in ("prompts", "same_greedy_answers", "speed_ratio")},
         "memory": {"serving_peak_rss_mb": (starts.get("second") or {}).get("peak_rss_mb")},

@@ -146,6 +146,50 @@ def bench_serving(service: RagService, questions: Sequence[str], levels: Sequenc
     return figures
 
 
+def bench_engines(service: RagService, questions: Sequence[str], report: Report
+                  ) -> dict[str, Any]:
+    """Uncached asks over `questions` with the model in a process of its own (the default) and
+    in a thread of this process (the earlier design, `generator_in_process`), alternating which
+    goes first question by question: answer time percentiles, their ratio, same answers."""
+    from rag.generate import GenerateStage
+    from rag.generation import LocalGenerator
+    from rag.service import AskRequest
+
+    generator, pipeline = service.generator, service.pipeline
+    if not isinstance(generator, LocalGenerator) or pipeline is None:
+        return {"skipped": "the generator is not local"}
+    mine = generator.engine.info["runs_in"]
+    other = LocalGenerator(service.settings.model_copy(update={
+        "generator_in_process": mine == "process"}))
+    other.load()
+    swapped = AskPipeline([GenerateStage(other, service.settings.max_new_tokens,
+                                         service.settings.stop_at_paragraph)
+                           if stage.name == "generate" else stage for stage in pipeline.stages])
+    runs: dict[str, list[Any]] = {mine: [], other.engine.info["runs_in"]: []}
+    pipelines = {mine: pipeline, other.engine.info["runs_in"]: swapped}
+    try:
+        for n, question in enumerate(questions):
+            report("ask: process vs thread engine", n, len(questions))
+            for name in (list(runs) if n % 2 == 0 else list(runs)[::-1]):
+                service.pipeline = pipelines[name]
+                service.cache.clear()
+                runs[name].append(service.ask(AskRequest(question)))
+    finally:
+        service.pipeline = pipeline
+        service.cache.clear()
+        other.close()
+    figures: dict[str, Any] = {name: {
+        "uncached_p50_ms": float(np.median([a.timings.total_ms for a in answers])),
+        "uncached_p95_ms": float(np.percentile([a.timings.total_ms for a in answers], 95)),
+        "first_token_p50_ms": float(np.median([a.timings.first_token_ms for a in answers])),
+    } for name, answers in runs.items()}
+    figures["process_to_thread_ratio"] = (figures["process"]["uncached_p50_ms"]
+                                          / figures["thread"]["uncached_p50_ms"])
+    figures["same_answers"] = sum(a.text == b.text for a, b in zip(*runs.values(), strict=True))
+    figures["questions"] = len(questions)
+    return figures
+
+
 def bench_bfloat16(service: RagService, questions: Sequence[str], max_new_tokens: int,
                    report: Report) -> dict[str, Any]:
     """float32 (the CPU default) beside bfloat16 on the same prompts: same greedy answers?"""

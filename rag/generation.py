@@ -194,7 +194,8 @@ class LocalGenerator:
     """A transformers causal LM on this machine, KV cache on, shared by every request through a
     step scheduler (`rag.scheduler`): concurrent requests are decoded together, one batched
     forward per step, and prompts reuse the KV of cached prefixes (`rag.kv.PrefixCache`). The
-    model runs in a process of its own unless `generator_in_process` (`rag.engine` says why)."""
+    model runs in a process of its own unless `generator_in_process` (`rag.engine_process`
+    says why)."""
 
     def __init__(self, settings: Settings) -> None:
         self.name = settings.generator_model

@@ -42,6 +42,8 @@ def test_tiny_bench_has_every_figure(
         "serving.slowest_first_token_ratio_at_most_concurrent",
         "serving.warm_prefix_first_token_ratio",
         "generation.same_greedy_text_as_plain_generate", "generation.prompt_lookup_speedup",
+        "generation.llama_cpp_decode_tokens_per_s", "engines.process_to_thread_ratio",
+        "engines.same_answers",
         *(f"retrieval.300.{name}" for name in (
             "dense_p50_ms", "dense_p95_ms", "hybrid_p50_ms", "hybrid_p95_ms",
             "raw_faiss_search_p50_ms", "raw_encode_and_search_p50_ms", "dense_ratio_to_raw",
@@ -51,6 +53,10 @@ def test_tiny_bench_has_every_figure(
     # our loop and plain `model.generate` give the same greedy text (both float32 here)
     # (and prompt-lookup decoding gives the same tokens as plain greedy decoding)
     assert figures.pop("generation.same_greedy_text_as_plain_generate") is True
+    # the engine process (skinny layers) answers as the thread engine (stock layers) does
+    assert figures.pop("engines.same_answers") == result["engines"]["questions"] == TINY.asks
+    peer = figures.pop("generation.llama_cpp_decode_tokens_per_s")  # None: not installed
+    assert peer is None or peer > 0
     bad = {k: v for k, v in figures.items()
            if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0}
     assert not bad, bad
@@ -64,6 +70,9 @@ def test_tiny_bench_has_every_figure(
     assert serving["prefix"]["stats"]["prefix_hits"] >= 1  # the warm runs reused the KV
     # The first start converts the model, the second finds it converted.
     assert result["startup"]["first"]["peak_rss_mb"] > 0
+    second = result["startup"]["second"]  # the API process and its engine process, together
+    assert second["engine_peak_rss_mb"] > 0
+    assert second["peak_rss_mb"] == second["api_peak_rss_mb"] + second["engine_peak_rss_mb"]
 
 
 def test_bench_cli_rejects_bad_sizes() -> None:
