@@ -220,7 +220,10 @@ class LocalGenerator:
         return self._context_window
 
     def load(self) -> None:
-        """Load (converting the packaged GGUF on first use) onto the configured device."""
+        """Load (converting the packaged GGUF on first use) onto the configured device; once:
+        a service handed a loaded generator shares it."""
+        if self._engine is not None:
+            return
         s = self._settings
         model_dir = prepare_model(s)
         tokenizer = load_tokenizer_from(model_dir)
@@ -231,7 +234,6 @@ class LocalGenerator:
                 f"Could not load the generator from {model_dir}: {error}", MODEL_HINT
             ) from error
         limit = _max_positions(config, tokenizer)
-        self.close()
         engine = build_engine(EngineOptions.from_settings(s, model_dir), s.generator_in_process)
         engine.start()
         self._context_window = min(s.context_window, limit or 10**9)
