@@ -58,6 +58,11 @@ class GeneratorCollector:
                                      labels=["result"])
         prefix.add_metric(["hit"], s.get("prefix_hits", 0))
         prefix.add_metric(["miss"], s.get("prefix_misses", 0))
+        drafts = CounterMetricFamily(
+            "rag_generator_lookup_drafts", "Prompt-lookup draft tokens checked, by result.",
+            labels=["result"])
+        drafts.add_metric(["accepted"], s.get("accepted", 0))
+        drafts.add_metric(["rejected"], s.get("drafted", 0) - s.get("accepted", 0))
         return [
             GaugeMetricFamily("rag_generator_queue_depth", "Requests waiting for a batch slot.",
                               value=s.get("waiting", 0)),
@@ -68,6 +73,7 @@ class GeneratorCollector:
             CounterMetricFamily("rag_generator_rejected",
                                 "Requests refused because the queue was full (503).",
                                 value=s.get("rejected", 0)),
+            drafts,
             prefix,
             CounterMetricFamily("rag_prefix_cache_reused_tokens",
                                 "Prompt tokens whose KV came from the prefix cache.",

@@ -26,6 +26,7 @@ class EngineOptions:
     prefill_chunk: int
     temperature: float
     prefix_cache_tokens: int
+    prompt_lookup: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings, model_dir: Path) -> EngineOptions:
@@ -34,7 +35,8 @@ class EngineOptions:
             dtype=settings.generator_dtype, skinny=settings.generator_skinny_linears,
             max_batch=settings.generator_max_batch, max_waiting=settings.generator_queue_size,
             prefill_chunk=settings.generator_prefill_chunk, temperature=settings.temperature,
-            prefix_cache_tokens=settings.prefix_cache_tokens)
+            prefix_cache_tokens=settings.prefix_cache_tokens,
+            prompt_lookup=settings.generator_prompt_lookup)
 
 
 class Engine(Protocol):
@@ -80,7 +82,8 @@ def make_scheduler(options: EngineOptions, *, start: bool, skinny: bool) -> Step
     return StepScheduler(
         model, eos_ids, max_batch=options.max_batch, max_waiting=options.max_waiting,
         prefill_chunk=options.prefill_chunk, temperature=options.temperature,
-        prefix_cache=PrefixCache(options.prefix_cache_tokens), start=start)
+        prefix_cache=PrefixCache(options.prefix_cache_tokens),
+        prompt_lookup=options.prompt_lookup, start=start)
 
 
 def describe(scheduler: StepScheduler, where: str) -> dict[str, str]:

@@ -60,6 +60,12 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
             self._k, self._v = self._k[indices], self._v[indices]
             self.keys, self.values = self._view()
 
+    def truncate(self, length: int) -> None:
+        """Forget every column from `length` on (they are overwritten by the next update)."""
+        self._length = min(self._length, length)
+        if self._k is not None:
+            self._view()
+
     def kv(self) -> KV:
         """Keys and values so far: (batch, kv_heads, tokens, head_dim) views."""
         return self._view()
@@ -112,6 +118,12 @@ def layers(cache: DynamicCache) -> list[GrowingLayer]:
     found = [layer for layer in cache.layers if isinstance(layer, GrowingLayer)]
     assert len(found) == len(cache.layers), "a cache made by new_cache"
     return found
+
+
+def truncate(cache: DynamicCache, columns: int) -> None:
+    """Keep only the first `columns` columns of every layer (a rejected draft's are dropped)."""
+    for layer in layers(cache):
+        layer.truncate(columns)
 
 
 ROOM = 64  # spare columns in a new buffer: a batch grows that far before it reallocates

@@ -163,6 +163,12 @@ class Settings(BaseSettings):
         description="On a CPU in float32, multiply a decode step's few rows as W @ xT "
         "(rag.linear): auto where it is measured faster at load, on, or off (stock nn.Linear).",
     )
+    generator_prompt_lookup: bool = Field(
+        True,
+        description="A lone greedy stream feeds a drafted next token (what followed its last "
+        "tokens where they appeared before, e.g. in the sources) and checks it in the same "
+        "step: prompt-lookup decoding, the same tokens in fewer steps.",
+    )
     generator_max_batch: int = Field(
         8, gt=0, description="Most requests decoded together in one step (continuous batching)."
     )

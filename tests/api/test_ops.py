@@ -133,6 +133,10 @@ def test_metrics_count_requests_tokens_cache_queue_and_index(
     assert lookups > sum(metric(before, "rag_prefix_cache_total", result=r)
                          for r in ("hit", "miss"))
     assert metric(text, "rag_generator_batch_size") == 0  # nothing is generating now
+    drafts = sum(metric(text, "rag_generator_lookup_drafts_total", result=r)
+                 for r in ("accepted", "rejected"))
+    assert drafts > sum(metric(before, "rag_generator_lookup_drafts_total", result=r)
+                        for r in ("accepted", "rejected"))  # a lone answer drafts tokens
     assert corpus_service.index is not None
     assert metric(text, "rag_index_vectors") == corpus_service.index.count > 0
 

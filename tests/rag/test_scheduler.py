@@ -16,7 +16,7 @@ from rag.errors import InvalidInput, Overloaded
 from rag.generation import LocalGenerator
 from rag.kv import PrefixCache
 from rag.prompt import Prompt
-from rag.scheduler import Request, StepScheduler
+from rag.scheduler import Request, StepScheduler, lookup_draft
 from tests.rag.test_generation import make_prompt
 
 pytestmark = pytest.mark.slow
@@ -193,6 +193,37 @@ def test_a_repeated_prompt_reuses_its_cached_prefix(
     scheduler.submit(again)
     wait(again_outcome)
     assert again.reused == shared and again_outcome.error is None
+
+
+def test_prompt_lookup_gives_the_same_tokens_in_fewer_steps(
+    plain_model: PreTrainedModel, generator: LocalGenerator
+) -> None:
+    """A lone greedy answer that copies its source: drafts checked in the same step give
+    exactly the tokens plain one-token steps give."""
+    text = ("The warranty covers the battery for two years and the motor for five years, "
+            "as long as the cleaner is registered online within thirty days.")
+    ids = list(make_prompt(generator, f"Repeat this sentence exactly: {text}", 48).input_ids)
+    eos = plain_model.generation_config.eos_token_id
+    runs = {}
+    for lookup in (False, True):
+        made = StepScheduler(plain_model, {eos} if isinstance(eos, int) else set(eos or []),
+                             prompt_lookup=lookup)
+        try:
+            runs[lookup] = (alone(made, ids, 40), made.stats)
+        finally:
+            made.close()
+    (plain, plain_stats), (drafted, stats) = runs[False], runs[True]
+    assert drafted == plain and len(plain) > 10
+    assert plain_stats.drafted == 0 and stats.accepted >= 5
+    assert stats.steps < plain_stats.steps
+
+
+def test_lookup_drafts_what_followed_the_latest_earlier_occurrence() -> None:
+    assert lookup_draft([5, 6, 7, 9, 5, 6, 8, 1, 5, 6]) == 8  # the latest "5 6" came before 8
+    assert lookup_draft([1, 2, 3, 4, 2, 3]) == 4
+    assert lookup_draft([1, 2, 3, 4]) is None  # its last tokens never appeared before
+    assert lookup_draft([7, 3, 9, 3]) is None  # one token alone is too weak a match
+    assert lookup_draft([4, 4]) is None
 
 
 def test_prefix_cache_is_bounded_by_tokens() -> None:
