@@ -70,20 +70,27 @@ def build_engine(options: EngineOptions, in_process: bool) -> Engine:
     return EngineProcess(options)
 
 
-def make_scheduler(options: EngineOptions, *, start: bool, skinny: bool) -> StepScheduler:
-    """Load the model and put a scheduler (not started with `start` False) over it."""
+def make_scheduler(options: EngineOptions, *, start: bool, tuned: bool) -> StepScheduler:
+    """Load the model and put a scheduler (not started with `start` False) over it; `tuned`
+    (the engine process): skinny layers as options say, thread counts chosen by measuring."""
+    import torch
+
     from rag.kv import PrefixCache
     from rag.model_files import load_causal_lm
+    from rag.threads import ThreadChooser
 
     model = load_causal_lm(Path(options.model_dir), options.device, options.dtype,
-                           options.skinny if skinny else "off")
+                           options.skinny if tuned else "off")
+    # in its own process the team spins: measure when one thread does better (rag.threads)
+    threads = ThreadChooser(torch.get_num_threads()) if (
+        tuned and model.device.type == "cpu") else None
     eos = model.generation_config.eos_token_id
     eos_ids = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
     return StepScheduler(
         model, eos_ids, max_batch=options.max_batch, max_waiting=options.max_waiting,
         prefill_chunk=options.prefill_chunk, temperature=options.temperature,
         prefix_cache=PrefixCache(options.prefix_cache_tokens),
-        prompt_lookup=options.prompt_lookup, start=start)
+        prompt_lookup=options.prompt_lookup, threads=threads, start=start)
 
 
 def describe(scheduler: StepScheduler, where: str) -> dict[str, str]:
@@ -105,7 +112,7 @@ class ThreadEngine:
         self.scheduler: StepScheduler | None = None
 
     def start(self) -> None:
-        self.scheduler = make_scheduler(self.options, start=True, skinny=False)
+        self.scheduler = make_scheduler(self.options, start=True, tuned=False)
         self.info = describe(self.scheduler, "thread")
 
     def submit(self, request: Request) -> None:

@@ -9,7 +9,8 @@ spinning anyway once a process has more OpenMP threads than cores. Waking a slee
 fp32, one row): 57-63 ms a step on two sleeping threads, 42 ms on one thread, 29 ms on two
 spinning ones. Here the model is loaded and run from one thread, the process's only OpenMP
 team, and that team spins briefly between products (`GOMP_SPINCOUNT`); the decode loop is off
-the API's GIL as well.
+the API's GIL as well. While other processes keep the cores busy, a spinning team is the
+slowest way instead, so the steps then run on one thread (`rag.threads`).
 
 Parent and child exchange pickled tuples over a socket pair:
   parent -> child: ("submit", id, ids, max_new_tokens), ("cancel", id), ("clear", ack),
@@ -298,7 +299,7 @@ class _Child:
 
     def _own_model(self) -> None:
         try:
-            self.scheduler = make_scheduler(self.options, start=False, skinny=True)
+            self.scheduler = make_scheduler(self.options, start=False, tuned=True)
         except Exception as error:
             self._send(("failed", _portable(error)))
             self.loaded.set()

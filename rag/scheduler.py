@@ -35,6 +35,7 @@ from rag.kv import (
     truncate,
 )
 from rag.stopping import token_loop
+from rag.threads import ThreadChooser
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,8 @@ class StepScheduler:
     def __init__(self, model: PreTrainedModel, eos_ids: set[int], *, max_batch: int = 8,
                  max_waiting: int = 32, prefill_chunk: int = 128, temperature: float = 0.0,
                  prefix_cache: PrefixCache | None = None, retry_after_s: int = 2,
-                 prompt_lookup: bool = False, start: bool = True) -> None:
+                 prompt_lookup: bool = False, threads: ThreadChooser | None = None,
+                 start: bool = True) -> None:
         """With `start` False no thread is started: the caller runs `run()` in its own."""
         self.model = model
         self.eos_ids = eos_ids
@@ -124,6 +126,7 @@ class StepScheduler:
         self.prefix_cache = prefix_cache
         self.retry_after_s = retry_after_s
         self.prompt_lookup = prompt_lookup
+        self.threads = threads  # picks the OpenMP thread count as the machine's load changes
         self.stats = SchedulerStats()
         self._waiting: deque[Request] = deque()
         self._prefilling: _Prefill | None = None
@@ -228,6 +231,8 @@ class StepScheduler:
         end = min(len(ids), job.done + self.prefill_chunk)
         device = self.model.device
         chunk = torch.tensor([ids[job.done:end]], device=device)  # (1, chunk)
+        if self.threads is not None:
+            self.threads.pick()
         out = self.model(
             input_ids=chunk,
             attention_mask=torch.ones((1, end), dtype=torch.long, device=device),
@@ -267,6 +272,8 @@ class StepScheduler:
             fed = torch.cat([fed, fed.new_tensor([[draft]])], dim=1)
             positions = torch.cat([positions, positions + 1], dim=1)
         self._mask = torch.cat([self._mask, self._mask.new_ones(fed.shape)], dim=1)
+        if self.threads is not None:
+            self.threads.pick()
         try:
             out = self.model(input_ids=fed, attention_mask=self._mask, position_ids=positions,
                              past_key_values=self._cache, use_cache=True)

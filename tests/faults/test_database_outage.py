@@ -32,6 +32,7 @@ class Proxy:
         self.port = free_port()
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._cuts = 0
         self.restore()
 
     def restore(self) -> None:
@@ -41,6 +42,7 @@ class Proxy:
     def cut(self) -> None:
         self._listener.close()
         with self._lock:
+            self._cuts += 1  # a connection still being accepted now is dropped, not kept
             for conn in self._conns:
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
@@ -53,8 +55,13 @@ class Proxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            cuts = self._cuts
             server = socket.create_connection(self.target)
             with self._lock:
+                if cuts != self._cuts or listener.fileno() == -1:
+                    for s in (client, server):
+                        s.close()
+                    continue
                 self._conns += [client, server]
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
