@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from rag.errors import NotReady
 from rag.scheduler import Request, StepScheduler
 from rag.settings import Settings
 
@@ -94,6 +93,7 @@ def make_scheduler(options: EngineOptions, *, start: bool, tuned: bool) -> StepS
 
 
 def describe(scheduler: StepScheduler, where: str) -> dict[str, str]:
+    """The engine's `info`: device, dtype, where it runs, whether its layers are skinny."""
     from rag.linear import SkinnyLinear
 
     model = scheduler.model
@@ -129,6 +129,5 @@ class ThreadEngine:
             self.scheduler.close()
 
     def _running(self) -> StepScheduler:
-        if self.scheduler is None:
-            raise NotReady("The generator is not loaded yet.", "Call load() first.")
+        assert self.scheduler is not None, "start() first (LocalGenerator.load does)"
         return self.scheduler

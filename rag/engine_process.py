@@ -289,11 +289,9 @@ class _Child:
         self.loaded.wait()
         if self.scheduler is None:
             return
-        try:
+        with contextlib.suppress(EOFError):  # EOF: the parent is gone
             while self._handle(self.conn.recv()):
                 pass
-        except EOFError:  # the parent is gone
-            pass
         self.scheduler.close()
         owner.join(timeout=10)  # let the step in flight end before the interpreter does
 
@@ -341,11 +339,9 @@ class _Child:
         self._send(("finish", key, None if error is None else _portable(error)))
 
     def _send(self, message: tuple[Any, ...]) -> None:
-        try:
-            with self.send_lock:
-                self.conn.send(message)
-        except OSError:  # the parent is gone; the main thread ends on its EOF
-            pass
+        # OSError: the parent is gone; the main thread ends on its EOF
+        with contextlib.suppress(OSError), self.send_lock:
+            self.conn.send(message)
 
 
 def _portable(error: BaseException) -> BaseException:

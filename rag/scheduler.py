@@ -59,8 +59,8 @@ def overloaded(waiting: int, retry_after_s: int) -> Overloaded:
 def lookup_draft(context: Sequence[int], longest: int = 3, shortest: int = 2) -> int | None:
     """The token that followed the latest earlier occurrence of the context's last n tokens
     (n from `longest` down to `shortest`), or None: prompt-lookup decoding's draft. Answers
-    copy from their sources, so the draft is often right; measured on the shipped suite's
-    greedy answers, one draft a step cuts decode time from 31 to about 25 ms a token."""
+    copy from their sources, so the draft is often right: on the shipped suite's 30 answerable
+    prompts 72% of drafts were, and a token took 26.0 ms instead of 34.5."""
     tokens = np.asarray(context, dtype=np.int64)
     ends = np.flatnonzero(tokens[:-1] == tokens[-1])[::-1]  # earlier places of the last token
     for n in range(longest, shortest - 1, -1):
@@ -183,6 +183,8 @@ class StepScheduler:
                     self._wake.wait()
                 if self._closed:
                     break
+            if self.threads is not None:
+                self.threads.pick()
             with torch.inference_mode():
                 self._admit()
                 self._step()
@@ -231,8 +233,6 @@ class StepScheduler:
         end = min(len(ids), job.done + self.prefill_chunk)
         device = self.model.device
         chunk = torch.tensor([ids[job.done:end]], device=device)  # (1, chunk)
-        if self.threads is not None:
-            self.threads.pick()
         out = self.model(
             input_ids=chunk,
             attention_mask=torch.ones((1, end), dtype=torch.long, device=device),
@@ -272,8 +272,6 @@ class StepScheduler:
             fed = torch.cat([fed, fed.new_tensor([[draft]])], dim=1)
             positions = torch.cat([positions, positions + 1], dim=1)
         self._mask = torch.cat([self._mask, self._mask.new_ones(fed.shape)], dim=1)
-        if self.threads is not None:
-            self.threads.pick()
         try:
             out = self.model(input_ids=fed, attention_mask=self._mask, position_ids=positions,
                              past_key_values=self._cache, use_cache=True)
