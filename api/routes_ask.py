@@ -25,9 +25,9 @@ from api.errors import api_errors
 from api.metrics import record_answer
 from api.schemas import AnswerOut, AskIn, DoneOut
 from api.streaming import answer_events
-from rag.conversations import Turn
 from rag.errors import InvalidInput, NotFound
 from rag.service import AskRequest, RagService
+from rag.stores.conversations import Turn
 
 ASK_BODY = Body(
     description="The question, and optionally how many sources, where to look and whether "

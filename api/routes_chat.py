@@ -27,9 +27,9 @@ from api.errors import describe
 from api.metrics import record_answer, record_stream_error
 from api.routes_ask import require_json
 from api.schemas import CitationOut, QuoteOut, citations_of
-from rag.conversations import Turn, new_id
 from rag.errors import NotFound, RagError
 from rag.service import AskRequest, RagService
+from rag.stores.conversations import Turn, new_id
 from rag.types import Answer
 
 CREATED = int(time.time())  # when this process started: the model's `created`

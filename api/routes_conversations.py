@@ -15,9 +15,9 @@ from pydantic import BaseModel, Field
 
 from api.auth import owner_of, require_scope
 from api.errors import api_errors
-from rag.conversations import AnswerRecord, Conversation
 from rag.errors import NotFound
 from rag.service import RagService
+from rag.stores.conversations import AnswerRecord, Conversation
 
 
 class TurnOut(BaseModel):

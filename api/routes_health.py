@@ -11,7 +11,7 @@ from litestar.openapi.datastructures import ResponseSpec
 
 from api.schemas import IndexLogOut, ReadyOut
 from rag.errors import IndexUnreadable
-from rag.index import read_manifest
+from rag.index.vectors import read_manifest
 from rag.service import RagService
 
 

@@ -32,7 +32,7 @@ from rag.settings import PACKAGED_GENERATOR, Settings
 
 if TYPE_CHECKING:
     from rag.embedding import Embedder
-    from rag.generation import Generator
+    from rag.generation.base import Generator
     from rag.service import RagService
 
 SAMPLES = Path(__file__).parents[1] / "rag" / "samples"
@@ -108,7 +108,7 @@ def run_bench(
 def _bench_stores(settings: Settings, options: BenchOptions, questions: Sequence[str],
                   service: RagService, report: Report) -> dict[str, Any]:
     from eval.bench_store import bench_queues, bench_store
-    from rag.postgres import scratch_database
+    from rag.stores.postgres import scratch_database
 
     assert options.database_url is not None
     result = bench_store(settings, options.database_url, options.corpus,
@@ -230,7 +230,7 @@ def bench_retrieval(
 ) -> dict[str, Any]:
     """Retriever latency over `size` generated chunks (query embedding included), dense-only and
     hybrid, beside raw faiss (exact inner product) on the same vectors."""
-    from rag.retrieval import Query, Retriever
+    from rag.ask.retrieve import Query, Retriever
 
     report(f"retrieval {size}: generating", 0, 1)
     store, index, vectors = _generated_index(service, size, tmp / f"retrieval-{size}")
@@ -254,9 +254,9 @@ def bench_retrieval(
 
 def _generated_index(service: RagService, size: int, folder: Path) -> tuple[Any, Any, Any]:
     """A store and index of `size` chunks: random unit vectors, texts of corpus words."""
-    from rag.chunking import ChunkDraft
-    from rag.index import FaissIndex
-    from rag.store import ChunkStore
+    from rag.documents.chunking import ChunkDraft
+    from rag.index.vectors import FaissIndex
+    from rag.stores.chunks import ChunkStore
     from rag.types import Document
 
     s, dim = service.settings, service.embedder.dimension
@@ -342,8 +342,8 @@ def bench_generation(
 ) -> dict[str, Any]:
     """Prefill and decode speed of the engine's stream beside plain `model.generate` on a stock
     copy of the same model (loaded from the same files, none of the engine's changes)."""
-    from rag.prompt import build_prompt
-    from rag.retrieval import Query
+    from rag.ask.prompt import build_prompt
+    from rag.ask.retrieve import Query
 
     assert service.retriever is not None
     generator = service.generator
@@ -389,7 +389,7 @@ def _llama_cpp_peer(settings: Settings, input_ids: Sequence[int], options: Bench
         return {"skipped": "llama-cpp-python is not installed"}
     from llama_cpp import Llama
 
-    from rag.model_files import resolve_model
+    from rag.generation.model_files import resolve_model
 
     gguf = resolve_model(settings.model_copy(update={"generator_model": PACKAGED_GENERATOR}))
     llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=os.cpu_count() or 1, verbose=False)
@@ -409,7 +409,7 @@ def _llama_cpp_peer(settings: Settings, input_ids: Sequence[int], options: Bench
 
 def _stock_model(generator: Generator) -> Any:
     """A fresh, unmodified transformers model from the generator's files, dtype and device."""
-    from rag.model_files import load_causal_lm
+    from rag.generation.model_files import load_causal_lm
 
     info = generator.engine.info  # type: ignore[attr-defined]
     return load_causal_lm(generator.model_dir, info["device"], info["dtype"])  # type: ignore[attr-defined]

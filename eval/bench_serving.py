@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rag.pipeline import AskContext, AskPipeline
-from rag.prompt import Prompt
-from rag.retrieval import Query
+from rag.ask.pipeline import AskContext, AskPipeline
+from rag.ask.prompt import Prompt
+from rag.ask.retrieve import Query
 
 if TYPE_CHECKING:
-    from rag.generation import Generator, LocalGenerator
+    from rag.generation.base import Generator, LocalGenerator
     from rag.service import RagService
 
 Report = Callable[[str, int, int], None]
@@ -130,7 +130,7 @@ def bench_prefix(generator: LocalGenerator, prompts: Sequence[Prompt], rounds: i
 def bench_serving(service: RagService, questions: Sequence[str], levels: Sequence[int],
                   max_new_tokens: int, rounds: int, report: Report) -> dict[str, Any]:
     """Every serving figure on the ask path's prompts for `questions`."""
-    from rag.generation import LocalGenerator
+    from rag.generation.base import LocalGenerator
 
     generator = service.generator
     if not isinstance(generator, LocalGenerator):
@@ -151,8 +151,8 @@ def bench_engines(service: RagService, questions: Sequence[str], report: Report
     """Uncached asks over `questions` with the model in a process of its own (the default) and
     in a thread of this process (the earlier design, `generator_in_process`), alternating which
     goes first question by question: answer time percentiles, their ratio, same answers."""
-    from rag.generate import GenerateStage
-    from rag.generation import LocalGenerator
+    from rag.ask.generate import GenerateStage
+    from rag.generation.base import LocalGenerator
     from rag.service import AskRequest
 
     generator, pipeline = service.generator, service.pipeline
@@ -193,7 +193,7 @@ def bench_engines(service: RagService, questions: Sequence[str], report: Report
 def bench_bfloat16(service: RagService, questions: Sequence[str], max_new_tokens: int,
                    report: Report) -> dict[str, Any]:
     """float32 (the CPU default) beside bfloat16 on the same prompts: same greedy answers?"""
-    from rag.generation import LocalGenerator
+    from rag.generation.base import LocalGenerator
 
     generator = service.generator
     if not isinstance(generator, LocalGenerator):

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from eval.metrics import latency
-from rag.chunking import ChunkDraft
-from rag.postgres import scratch_database
+from rag.documents.chunking import ChunkDraft
 from rag.settings import Settings
+from rag.stores.postgres import scratch_database
 from rag.types import Document
 
 if TYPE_CHECKING:
     from rag.embedding import Embedder
-    from rag.generation import Generator
+    from rag.generation.base import Generator
     from rag.service import RagService
 
 Report = Callable[[str, int, int], None]
@@ -140,8 +140,8 @@ def _follow(reader: RagService, settings: Settings, tmp: Path, url: str, embedde
 
 def _build(settings: Settings, tmp: Path, url: str, embedder: Embedder, generator: Generator,
            rows: int, report: Report) -> dict[str, Any]:
-    from rag.pg_store import PgChunkStore
     from rag.service import RagService
+    from rag.stores.pg_store import PgChunkStore
 
     store = PgChunkStore(url)
     per_doc, dim = 1000, embedder.dimension

@@ -187,7 +187,7 @@ def export_feedback(
 ) -> None:
     """Write rated answers (POST /v1/feedback) as a JSONL suite for `rag eval run`."""
     from eval.feedback import counts, export
-    from rag.conversations import build_conversations
+    from rag.stores.conversations import build_conversations
 
     if rating not in ("all", "up", "down"):
         raise typer.BadParameter("use all, up or down.", param_hint="--rating")

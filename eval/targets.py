@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from eval.suites import CorpusDocument
-from rag.conversations import Turn
 from rag.settings import Settings
+from rag.stores.conversations import Turn
 from rag.types import Answer
 
 if TYPE_CHECKING:
@@ -139,8 +139,8 @@ class LocalTarget:
     def retrieve(self, question: str, depth: int, history: Sequence[Turn] = ()
                  ) -> list[Retrieved] | None:
         """The retriever's top `depth`, for a follow-up with the query the engine would use."""
-        from rag.followup import rewrite
-        from rag.retrieval import Query
+        from rag.ask.retrieve import Query
+        from rag.ask.rewrite import rewrite
 
         retriever = self.service.retriever
         if retriever is None:

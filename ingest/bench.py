@@ -33,7 +33,7 @@ from ingest.queue import SaqQueue
 from rag.embedding import build_embedder
 from rag.service import EMBED_BATCH, RagService
 from rag.settings import Settings
-from rag.uploads import sha256_file
+from rag.stores.uploads import sha256_file
 
 WORDS = ["river", "valley", "lantern", "copper", "harvest", "signal", "market", "garden", "ferry",
          "orchard", "bridge", "station", "meadow", "quarry", "mill", "tower", "harbour", "beacon",

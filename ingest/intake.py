@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ingest.jobs import Job, JobStore
-from rag.detection import SUPPORTED, inspect_file
+from rag.documents.detection import SUPPORTED, inspect_file
 from rag.files import disk_full, is_disk_full
 from rag.service import RagService
 from rag.types import Document

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rag.settings import Settings
-from rag.sqlite import SqliteDatabase
+from rag.stores.sqlite import SqliteDatabase
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 ACTIVE: tuple[JobState, ...] = ("queued", "running")

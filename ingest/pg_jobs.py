@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ingest.jobs import JobStore
-from rag.postgres import PostgresDatabase
+from rag.stores.postgres import PostgresDatabase
 
 
 class PgJobStore(PostgresDatabase, JobStore):

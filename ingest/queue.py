@@ -26,9 +26,9 @@ from redis.exceptions import RedisError
 from ingest.jobs import Job, JobStore
 from ingest.runner import JobRunner, Outcome
 from rag.errors import ConfigError
-from rag.postgres import conninfo
 from rag.service import RagService
 from rag.settings import Settings
+from rag.stores.postgres import conninfo
 
 if TYPE_CHECKING:
     from saq import Queue

@@ -14,12 +14,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from rag import parsing
-from rag.cache import ResponseCache, build_cache, cache_key
-from rag.check import CheckStage
-from rag.chunking import ChunkDraft, Chunker, check_window, element_offsets
-from rag.conversations import AnswerRecord, Conversations, Thread, Turn, build_conversations, new_id
-from rag.detection import KINDS, inspect_file
+from rag.ask.check import CheckStage
+from rag.ask.evidence import EvidenceSelector, EvidenceStage
+from rag.ask.generate import GenerateStage
+from rag.ask.pipeline import AskContext, AskPipeline
+from rag.ask.prompt import PROMPT_TEMPLATE_VERSION, PromptStage
+from rag.ask.retrieve import Query, Retriever, RetrieveStage
+from rag.ask.rewrite import FollowupStage
+from rag.documents import parsing
+from rag.documents.chunking import ChunkDraft, Chunker, check_window, element_offsets
+from rag.documents.detection import KINDS, inspect_file
+from rag.documents.sentences import SentenceDraft, sentence_spans
 from rag.embedding import Embedder, build_embedder
 from rag.errors import (
     EmptyDocument,
@@ -29,22 +34,24 @@ from rag.errors import (
     NotReady,
     RagError,
 )
-from rag.evidence import EvidenceSelector, EvidenceStage
-from rag.followup import FollowupStage
-from rag.generate import GenerateStage
-from rag.generation import Generator, build_generator
-from rag.index import FaissIndex, read_manifest
-from rag.pipeline import AskContext, AskPipeline
-from rag.prompt import PROMPT_TEMPLATE_VERSION, PromptStage
-from rag.retrieval import Query, Retriever, RetrieveStage
-from rag.sentences import SentenceDraft, sentence_spans
+from rag.generation.base import Generator, build_generator
+from rag.index.vectors import FaissIndex, read_manifest
 from rag.settings import Settings
-from rag.store import ChunkStore, build_store
+from rag.stores.chunks import ChunkStore, build_store
+from rag.stores.conversations import (
+    AnswerRecord,
+    Conversations,
+    Thread,
+    Turn,
+    build_conversations,
+    new_id,
+)
+from rag.stores.response_cache import ResponseCache, build_cache, cache_key
+from rag.stores.uploads import Uploads, build_uploads, sha256_file
 from rag.types import Answer, Citation, Document, Element, ScoredChunk, Timings, Usage
-from rag.uploads import Uploads, build_uploads, sha256_file
 
 if TYPE_CHECKING:
-    from rag.follow import IndexFollower
+    from rag.index.log_follower import IndexFollower
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +150,8 @@ class RagService:
     def _follow(self, index: FaissIndex, fresh: bool) -> None:
         """Resume the saved index from the change log, or build it from the store; then
         follow the log in a thread."""
-        from rag.follow import IndexFollower
-        from rag.pg_store import PgChunkStore
+        from rag.index.log_follower import IndexFollower
+        from rag.stores.pg_store import PgChunkStore
 
         assert isinstance(self.store, PgChunkStore)
         s = self.settings

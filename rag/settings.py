@@ -156,12 +156,13 @@ class Settings(BaseSettings):
     generator_in_process: bool = Field(
         False,
         description="Run the local model in a thread of the serving process instead of a "
-        "process of its own (slower on a CPU: rag/engine.py says why; one process to debug).",
+        "process of its own (slower on a CPU: runtime/engine.py says why; one process to debug).",
     )
     generator_skinny_linears: Literal["auto", "on", "off"] = Field(
         "auto",
         description="On a CPU in float32, multiply a decode step's few rows as W @ xT "
-        "(rag.linear): auto where it is measured faster at load, on, or off (stock nn.Linear).",
+        "(runtime/linear.py): auto where it is measured faster at load, on, or off "
+        "(stock nn.Linear).",
     )
     generator_prompt_lookup: bool = Field(
         True,

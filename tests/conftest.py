@@ -47,7 +47,7 @@ def embedder():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def generator(models_dir: Path):  # type: ignore[no-untyped-def]
     """The packaged generator, converted once per session into `models_dir`."""
-    from rag.generation import build_generator
+    from rag.generation.base import build_generator
     from rag.settings import Settings
 
     g = build_generator(Settings(data_dir=models_dir.parent, converted_models_dir=models_dir))
@@ -59,7 +59,7 @@ def generator(models_dir: Path):  # type: ignore[no-untyped-def]
 def plain_model(generator):  # type: ignore[no-untyped-def]
     """The generator's model loaded in this process with stock layers (the engine runs its own
     copy in a child process): for plain `model.generate` and the scheduler's own tests."""
-    from rag.model_files import load_causal_lm
+    from rag.generation.model_files import load_causal_lm
 
     return load_causal_lm(generator.model_dir, "auto", "auto")
 
@@ -68,7 +68,7 @@ def plain_model(generator):  # type: ignore[no-untyped-def]
 def throwaway_database() -> Iterator[str]:
     """A new, empty PostgreSQL database; its URL. Dropped afterwards, connections and all."""
     from rag.errors import StoreUnavailable
-    from rag.postgres import scratch_database
+    from rag.stores.postgres import scratch_database
 
     with contextlib.ExitStack() as stack:
         try:

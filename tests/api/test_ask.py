@@ -14,12 +14,12 @@ import httpx
 import pytest
 
 from api.app import create_app
+from rag.ask.prompt import Prompt
 from rag.errors import NotReady
-from rag.generation import Generator, TokenStream
-from rag.prompt import Prompt
+from rag.generation.base import Generator, TokenStream
+from rag.generation.stopping import clean_answer
 from rag.service import AskRequest, RagService
 from rag.settings import Settings
-from rag.stopping import clean_answer
 from rag.types import Usage
 from tests.api.helpers import app_settings, ingest_corpus, live_server, parse_sse, serving
 

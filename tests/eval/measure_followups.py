@@ -4,7 +4,7 @@
 
 Over the shipped sample corpus and eval/suites/followups (gold history: earlier questions and
 their first reference answer), each follow-up turn is retrieved with: its own words alone; the
-deterministic terms rewrite (rag.followup, what the service does); a standalone question the
+deterministic terms rewrite (rag.ask.rewrite, what the service does); a standalone question the
 packaged generator condenses from the history; and the last two fused by reciprocal rank.
 Prints JSON: document-level hit@1, hit@3 and MRR of each, and the condense time per turn.
 """
@@ -21,12 +21,12 @@ from typing import Any
 
 from eval import metrics as m
 from eval.suites import SuiteItem, load_suite
-from rag.conversations import Turn
-from rag.followup import rewrite
-from rag.prompt import Prompt
-from rag.retrieval import Query, fuse
+from rag.ask.prompt import Prompt
+from rag.ask.retrieve import Query, fuse
+from rag.ask.rewrite import rewrite
 from rag.service import RagService
 from rag.settings import Settings
+from rag.stores.conversations import Turn
 from rag.types import ScoredChunk
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -86,8 +86,8 @@ def test_store_bench_compares_both_stores_on_the_same_corpus(
     embedder: Any, generator: Any, tmp_path: Path
 ) -> None:
     from eval.bench_store import bench_queues, bench_store
-    from rag.postgres import scratch_database
     from rag.settings import Settings
+    from rag.stores.postgres import scratch_database
     from tests.conftest import PG_URL, REDIS_URL
 
     corpus = tmp_path / "corpus"

@@ -200,7 +200,7 @@ def test_shipped_followups_suite() -> None:
     assert all(i.answers and i.relevant for i in suite.items)
     assert {k for i in suite.items for k in i.relevant} <= {d.key for d in suite.corpus}
     # Later turns lean on the earlier ones: each says "it", "that", "and ..." or the like.
-    from rag.followup import refers_back
+    from rag.ask.rewrite import refers_back
 
     assert all(refers_back(i.question) for i in later), [
         i.question for i in later if not refers_back(i.question)]

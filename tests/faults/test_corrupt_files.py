@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from rag.ask.retrieve import Query
 from rag.errors import StoreUnreadable
-from rag.index import MANIFEST, read_manifest
-from rag.retrieval import Query
+from rag.index.vectors import MANIFEST, read_manifest
 from rag.service import RagService
 from rag.settings import Settings
 from tests.api.helpers import ingest_corpus

@@ -19,7 +19,7 @@ import pytest
 import redis as redis_lib
 
 from ingest.jobs import job_store
-from rag.chunking import ChunkDraft
+from rag.documents.chunking import ChunkDraft
 from rag.service import WRITER_LOCK, RagService
 from rag.settings import Settings
 from rag.types import Document
@@ -130,7 +130,7 @@ class Recorded(logging.Handler):
 
 def test_redis_restarted_under_load(tmp_path: Path, embedder: Any, generator: Any,
                                     models_dir: Path) -> None:
-    logged = Recorded("rag.cache", "ingest.queue")
+    logged = Recorded("rag.stores.response_cache", "ingest.queue")
     with private_redis() as redis:
         service = distributed(tmp_path, redis.url, models_dir, embedder, generator)
         ingest_corpus(service, tmp_path / "corpus")

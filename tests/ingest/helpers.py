@@ -21,10 +21,10 @@ import faiss
 import httpx
 
 from ingest.intake import Intake, StagedFile
-from rag.index import read_manifest
+from rag.index.vectors import read_manifest
 from rag.service import RagService
 from rag.settings import Settings
-from rag.uploads import sha256_file
+from rag.stores.uploads import sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("RAG_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -14,7 +14,7 @@ import pytest
 from litestar.testing import TestClient
 
 from api.app import create_app
-from rag import parsing
+from rag.documents import parsing
 from rag.service import RagService
 from tests.ingest.helpers import (
     REDIS_URL,

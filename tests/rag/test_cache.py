@@ -6,7 +6,13 @@ import logging
 
 import pytest
 
-from rag.cache import MemoryCache, RedisCache, ResponseCache, cache_key, normalize_question
+from rag.stores.response_cache import (
+    MemoryCache,
+    RedisCache,
+    ResponseCache,
+    cache_key,
+    normalize_question,
+)
 from rag.types import Answer, Citation
 from tests.conftest import REDIS_URL
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from rag.check import Candidate, CheckStage, check_sentence, content_words, facts
-from rag.evidence import Evidence, ScoredSentence
-from rag.pipeline import AskContext
-from rag.prompt import Prompt
-from rag.retrieval import Query
+from rag.ask.check import Candidate, CheckStage, check_sentence, content_words, facts
+from rag.ask.evidence import Evidence, ScoredSentence
+from rag.ask.pipeline import AskContext
+from rag.ask.prompt import Prompt
+from rag.ask.retrieve import Query
 from rag.types import NO_ANSWER, Chunk, ScoredChunk, Sentence
 
 SOURCE = ("Super Bowl 50 was played on February 7, 2016, at Levi's Stadium. "

@@ -6,7 +6,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from rag.chunking import Chunker, check_window, parsed_text
+from rag.documents.chunking import Chunker, check_window, parsed_text
 from rag.errors import ConfigError
 from rag.types import Element
 

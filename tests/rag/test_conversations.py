@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rag.conversations import (
+from rag.errors import InvalidInput, NotFound
+from rag.stores.conversations import (
     AnswerRecord,
     Conversations,
     ConversationStore,
@@ -18,8 +19,7 @@ from rag.conversations import (
     Turn,
     new_id,
 )
-from rag.errors import InvalidInput, NotFound
-from rag.pg_store import PgConversations
+from rag.stores.pg_store import PgConversations
 from tests.conftest import REDIS_URL
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from rag.engine import EngineOptions
-from rag.engine_process import EngineProcess
 from rag.errors import ConfigError, NotReady
-from rag.generation import LocalGenerator, generate
-from rag.scheduler import Request
+from rag.generation.base import LocalGenerator, generate
+from rag.generation.runtime.engine import EngineOptions
+from rag.generation.runtime.process import EngineProcess
+from rag.generation.runtime.scheduler import Request
 from rag.settings import Settings
 from tests.rag.test_generation import make_prompt, slot_freed, story_prompt
 

@@ -13,10 +13,10 @@ import openpyxl
 import pptx
 import pytest
 
-from rag.chunking import parsed_text
-from rag.parsing import SUPPORTED, parse
-from rag.pipeline import AskContext, AskPipeline, quiet
-from rag.sentences import sentence_spans
+from rag.ask.pipeline import AskContext, AskPipeline, quiet
+from rag.documents.chunking import parsed_text
+from rag.documents.parsing import SUPPORTED, parse
+from rag.documents.sentences import sentence_spans
 from rag.service import AskRequest
 from rag.types import NO_ANSWER
 from tests.rag.test_parsing import make_docx, make_html, make_pdf
@@ -158,7 +158,7 @@ def test_stage_names_are_unique() -> None:
 def test_bm25_of_sentences_with_only_stopwords_is_zero_not_an_error() -> None:
     """Found by the contract test: the question "0" over sentences bm25s keeps no term of
     (only stopwords and punctuation) raised from inside bm25s, a 500 on POST /v1/ask."""
-    from rag.evidence import _bm25
+    from rag.ask.evidence import _bm25
 
     assert _bm25("0", ["The.", "a an the", "..."]).tolist() == [0.0, 0.0, 0.0]
     scores = _bm25("bees", ["Bees fly.", "The."])

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from transformers import PreTrainedTokenizerBase
 
-from rag.conversations import Turn
-from rag.followup import refers_back, rewrite, terms
-from rag.generation import load_tokenizer
-from rag.prompt import build_prompt
+from rag.ask.prompt import build_prompt
+from rag.ask.rewrite import refers_back, rewrite, terms
+from rag.generation.base import load_tokenizer
 from rag.settings import Settings
+from rag.stores.conversations import Turn
 from rag.types import Chunk, ScoredChunk
 
 MODEL_TURN = Turn("Which embedding model does the service use by default?",

@@ -16,9 +16,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-import rag.model_files as model_files
+import rag.generation.model_files as model_files
+from rag.ask.prompt import Prompt, build_prompt
 from rag.errors import ConfigError, NotReady, Overloaded
-from rag.generation import (
+from rag.generation.base import (
     Generator,
     LocalGenerator,
     build_generator,
@@ -26,8 +27,7 @@ from rag.generation import (
     load_tokenizer,
     resolve_model,
 )
-from rag.openai_generator import OpenAIGenerator
-from rag.prompt import Prompt, build_prompt
+from rag.generation.openai import OpenAIGenerator
 from rag.settings import PACKAGED_GENERATOR, Settings
 from rag.types import Chunk, ScoredChunk
 
@@ -452,6 +452,6 @@ def test_generator_contract(any_generator: Generator, fake: type[FakeOpenAI]) ->
     ],
 )
 def test_loop_detection(generated: list[int], looping: bool) -> None:
-    from rag.stopping import token_loop
+    from rag.generation.stopping import token_loop
 
     assert token_loop(generated) is looping

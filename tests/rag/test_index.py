@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rag.errors import IndexMismatch
-from rag.index import FaissIndex, read_manifest
+from rag.index.vectors import FaissIndex, read_manifest
 
 
 def unit(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:
@@ -105,7 +105,7 @@ def test_switches_to_ivf_above_threshold_and_still_finds(tmp_path: Path) -> None
 
 
 def test_crash_while_saving_keeps_previous_version(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import rag.index as module
+    import rag.index.vectors as module
 
     index = make(tmp_path)
     index.add(np.arange(5, dtype=np.int64), unit(np.random.default_rng(5), 5))

@@ -7,8 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-import rag.linear as linear
-from rag.linear import SKINNY_ROWS, SkinnyLinear, use_skinny_linears, use_stock_linears
+import rag.generation.runtime.linear as linear
+from rag.generation.runtime.linear import (
+    SKINNY_ROWS,
+    SkinnyLinear,
+    use_skinny_linears,
+    use_stock_linears,
+)
 
 
 def small_model(dtype: torch.dtype = torch.float32) -> nn.Sequential:

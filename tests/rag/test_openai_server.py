@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from rag.errors import ConfigError, NotReady
-from rag.generation import LocalGenerator, generate
-from rag.model_files import resolve_model
-from rag.openai_generator import OpenAIGenerator
+from rag.generation.base import LocalGenerator, generate
+from rag.generation.model_files import resolve_model
+from rag.generation.openai import OpenAIGenerator
 from rag.settings import Settings
 from tests.rag.test_generation import make_prompt, story_prompt
 

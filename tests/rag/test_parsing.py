@@ -22,8 +22,8 @@ import pptx
 import pytest
 from fpdf import FPDF
 
+from rag.documents.parsing import SUPPORTED, check_file, detect_kind, parse
 from rag.errors import EmptyDocument, InvalidInput, TooLarge, UnsupportedType
-from rag.parsing import SUPPORTED, check_file, detect_kind, parse
 from rag.settings import Settings
 from rag.types import Element
 from tests.ingest.helpers import make_bomb
@@ -129,7 +129,7 @@ def test_md(tmp_path: Path) -> None:
 
 
 def test_md_is_streamed_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("rag.parsing._BLOCK_CHARS", 64)
+    monkeypatch.setattr("rag.documents.parsing._BLOCK_CHARS", 64)
     paragraph = "A paragraph about pumps and valves that keeps going for a while.\n\n"
     text = (
         "# Top\n\n## Sub\n\n" + paragraph * 3
@@ -456,7 +456,7 @@ OFFLINE_SCRIPT = textwrap.dedent(
     socket.getaddrinfo = refuse
 
     from unstructured.nlp import tokenize
-    from rag.parsing import parse
+    from rag.documents.parsing import parse
     from rag.settings import Settings
 
     for name in sys.argv[1:]:

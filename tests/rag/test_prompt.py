@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedTokenizerBase
 
+from rag.ask.prompt import SYSTEM_PROMPT, Prompt, build_prompt
 from rag.errors import ConfigError, InvalidInput
-from rag.generation import load_tokenizer
-from rag.prompt import SYSTEM_PROMPT, Prompt, build_prompt
+from rag.generation.base import load_tokenizer
 from rag.settings import Settings
 from rag.types import Chunk, ScoredChunk
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag.chunking import ChunkDraft
-from rag.index import FaissIndex
-from rag.retrieval import Query, Retriever, fuse, merge_overlaps
-from rag.store import ChunkStore
+from rag.ask.retrieve import Query, Retriever, fuse, merge_overlaps
+from rag.documents.chunking import ChunkDraft
+from rag.index.vectors import FaissIndex
+from rag.stores.chunks import ChunkStore
 from rag.types import Chunk, Document, ScoredChunk
 
 

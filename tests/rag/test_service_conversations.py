@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from rag.conversations import Turn
+from rag.ask.retrieve import Query
 from rag.errors import NotFound
-from rag.retrieval import Query
 from rag.service import AskRequest, RagService
+from rag.stores.conversations import Turn
 from tests.rag.test_service import write_corpus
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import faiss
 import pytest
 
 from rag.service import AskRequest, RagService
-from rag.uploads import sha256_file
+from rag.stores.uploads import sha256_file
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rag.stopping import AnswerStop, clean_answer, near_repeat, sentence_key, tail_repeat
+from rag.generation.stopping import AnswerStop, clean_answer, near_repeat, sentence_key, tail_repeat
 
 
 def _feed(text: str, step: int = 3, paragraph: bool = True) -> tuple[str, str | None]:

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rag.chunking import ChunkDraft
+from rag.documents.chunking import ChunkDraft
 from rag.errors import NotFound, StoreUnavailable, StoreUnreadable
-from rag.pg_store import PgChunkStore, PgUploadStore
-from rag.store import ChunkStore
+from rag.stores.chunks import ChunkStore
+from rag.stores.pg_store import PgChunkStore, PgUploadStore
+from rag.stores.uploads import BLOCK, Uploads, UploadStore
 from rag.types import Document
-from rag.uploads import BLOCK, Uploads, UploadStore
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -104,7 +104,7 @@ def test_states_change_only_along_the_lifecycle(store: ChunkStore) -> None:
 
 
 def test_sentences_within_spans_in_document_order(store: ChunkStore) -> None:
-    from rag.sentences import SentenceDraft
+    from rag.documents.sentences import SentenceDraft
 
     store.put_document(Document("d1", "a.txt", "text/plain", 10))
     sentences = [SentenceDraft(i * 10, i * 10 + 9, f"Sentence {i}.", None, ("T",))
@@ -171,7 +171,7 @@ def test_change_log_records_adds_and_removes_in_commit_order(pg_url: str) -> Non
 def test_a_schema_newer_than_the_code_is_refused(pg_url: str) -> None:
     import psycopg
 
-    from rag.postgres import discard_pool
+    from rag.stores.postgres import discard_pool
 
     PgChunkStore(pg_url).open()
     discard_pool(pg_url)

@@ -8,8 +8,8 @@ import threading
 import pytest
 import torch
 
-import rag.threads as threads
-from rag.threads import ThreadChooser, set_own_threads
+import rag.generation.runtime.threads as threads
+from rag.generation.runtime.threads import ThreadChooser, set_own_threads
 
 
 def test_the_callers_thread_count_changes_alone() -> None:

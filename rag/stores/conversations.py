@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from rag.errors import InvalidInput, NotFound, NotReady
-from rag.sqlite import SqliteDatabase
+from rag.stores.sqlite import SqliteDatabase
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +395,7 @@ def build_conversations(
     """PostgreSQL when configured, else Redis in distributed mode, else SQLite at `path` (in
     the data directory)."""
     if database_url:
-        from rag.pg_store import PgConversations
+        from rag.stores.pg_store import PgConversations
 
         return PgConversations(database_url, ttl_s)
     if redis_url:

@@ -4,7 +4,7 @@ It is the source of truth: the FAISS index and the BM25 index are rebuilt from i
 chunks of documents in state `indexed` are searchable, so a document becomes visible in
 one transaction (`mark_indexed`) and a crash mid-ingest leaves nothing half-searchable.
 The SQL is portable: `ChunkStore` runs it on SQLite in the data directory, `PgChunkStore`
-(rag.pg_store) on PostgreSQL, where it also writes the index change log.
+(rag.stores.pg_store) on PostgreSQL, where it also writes the index change log.
 
 A document's state changes only through `set_state` (guarded by TRANSITIONS) and
 `mark_indexed`; `put_document` creates it (queued, or processing for `rag ingest`).
@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from rag.chunking import ChunkDraft
-from rag.sentences import SentenceDraft
+from rag.documents.chunking import ChunkDraft
+from rag.documents.sentences import SentenceDraft
 from rag.settings import Settings
-from rag.sqlite import SqliteDatabase
+from rag.stores.sqlite import SqliteDatabase
 from rag.types import Chunk, Document, Sentence
 
 log = logging.getLogger(__name__)
@@ -366,7 +366,7 @@ def _document(row: tuple[Any, ...]) -> Document:
 def build_store(settings: Settings) -> ChunkStore:
     """PostgreSQL when `RAG_DATABASE_URL` is set, else SQLite in the data directory."""
     if settings.database_url:
-        from rag.pg_store import PgChunkStore
+        from rag.stores.pg_store import PgChunkStore
 
         return PgChunkStore(settings.database_url)
     return ChunkStore(settings.store_path)

@@ -17,9 +17,9 @@ import numpy as np
 import psycopg
 
 from rag.errors import RagError
-from rag.index import FaissIndex
-from rag.pg_store import CHANNEL, PgChunkStore
-from rag.postgres import conninfo, hidden
+from rag.index.vectors import FaissIndex
+from rag.stores.pg_store import CHANNEL, PgChunkStore
+from rag.stores.postgres import conninfo, hidden
 
 log = logging.getLogger(__name__)
 

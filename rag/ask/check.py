@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Literal
 
 import Stemmer
 
-from rag.pipeline import AskContext, quiet
-from rag.stopping import split_sentences
+from rag.ask.pipeline import AskContext, quiet
+from rag.generation.stopping import split_sentences
 from rag.types import NO_ANSWER, AnswerMode, Quote, SentenceCheck
 
 if TYPE_CHECKING:
-    from rag.evidence import ScoredSentence
+    from rag.ask.evidence import ScoredSentence
 
 # English function words: they carry no claim, so they count neither for nor against support.
 STOPWORDS = frozenset([

@@ -24,10 +24,10 @@ import numpy.typing as npt
 from rag.types import AnswerMode, Quote, ScoredChunk, SentenceCheck
 
 if TYPE_CHECKING:
-    from rag.conversations import Turn
-    from rag.evidence import Evidence
-    from rag.prompt import Prompt
-    from rag.retrieval import Query
+    from rag.ask.evidence import Evidence
+    from rag.ask.prompt import Prompt
+    from rag.ask.retrieve import Query
+    from rag.stores.conversations import Turn
 
 Pieces = Generator[str, None, "AskContext"]
 S = TypeVar("S")

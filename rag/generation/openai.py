@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedTokenizerBase
 
+from rag.ask.prompt import Prompt
 from rag.errors import ConfigError, NotReady, Overloaded
-from rag.generation import TokenStream, _Counts, _no_pieces
-from rag.model_files import load_tokenizer
-from rag.prompt import Prompt
+from rag.generation.base import TokenStream, _Counts, _no_pieces
+from rag.generation.model_files import load_tokenizer
 from rag.settings import Settings
 
 if TYPE_CHECKING:

@@ -22,13 +22,13 @@ import numpy as np
 import numpy.typing as npt
 from cachetools import LRUCache
 
-from rag.chunking import ChunkDraft
-from rag.conversations import SqliteConversations
+from rag.documents.chunking import ChunkDraft
 from rag.errors import NotFound
-from rag.postgres import PostgresDatabase, placeholders
-from rag.store import INSERT_CHUNK, ChunkStore, chunk_row
+from rag.stores.chunks import INSERT_CHUNK, ChunkStore, chunk_row
+from rag.stores.conversations import SqliteConversations
+from rag.stores.postgres import PostgresDatabase, placeholders
+from rag.stores.uploads import BLOCK
 from rag.types import Chunk, Sentence
-from rag.uploads import BLOCK
 
 K = TypeVar("K")
 V = TypeVar("V")

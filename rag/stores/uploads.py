@@ -99,7 +99,7 @@ class UploadStore:
 def build_uploads(settings: Settings) -> Uploads:
     """In PostgreSQL with `RAG_DATABASE_URL` (no shared disk), else `uploads/` on disk."""
     if settings.database_url:
-        from rag.pg_store import PgUploadStore
+        from rag.stores.pg_store import PgUploadStore
 
         return PgUploadStore(settings.database_url, settings.data_dir / "tmp")
     return UploadStore(settings.uploads_dir)

@@ -99,8 +99,8 @@ def load_tokenizer_from(path: Path, gguf_file: str | None = None) -> PreTrainedT
 def load_causal_lm(model_dir: Path, device: str, dtype: str,
                    skinny: Literal["auto", "on", "off"] = "off") -> PreTrainedModel:
     """The model in `model_dir`, in eval mode on `device` (auto: cuda when present) in `dtype`
-    (auto: see `pick_dtype`), with `rag.linear`'s skinny layers where `skinny` says so."""
-    from rag.linear import use_skinny_linears
+    (auto: see `pick_dtype`), with `runtime.linear`'s skinny layers where `skinny` says so."""
+    from rag.generation.runtime.linear import use_skinny_linears
 
     where = pick_device(device)
     try:

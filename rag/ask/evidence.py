@@ -18,11 +18,11 @@ import bm25s
 import numpy as np
 import numpy.typing as npt
 
+from rag.ask.pipeline import AskContext, Pieces, settle
+from rag.ask.retrieve import fuse
+from rag.documents.sentences import sentence_spans
 from rag.embedding import Embedder
-from rag.pipeline import AskContext, Pieces, settle
-from rag.retrieval import fuse
-from rag.sentences import sentence_spans
-from rag.store import ChunkStore
+from rag.stores.chunks import ChunkStore
 from rag.types import NO_ANSWER, ScoredChunk, Sentence
 
 log = logging.getLogger(__name__)

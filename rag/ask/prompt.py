@@ -1,7 +1,7 @@
 """Prompt assembly: a stable system prompt, numbered sources that fit the budget, the question.
 
 A source is a retrieved chunk: either its whole text (`chunks` context) or the evidence
-sentences chosen from it (`evidence` context, see rag.evidence).
+sentences chosen from it (`evidence` context, see rag.ask.evidence).
 
 The budget is counted with the generator's own tokenizer on the fully rendered chat template,
 so `len(prompt.input_ids) + max_new_tokens <= context_window` holds for any input.
@@ -15,16 +15,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, cast
 
-from rag.conversations import Turn
+from rag.ask.pipeline import AskContext, quiet
 from rag.errors import ConfigError, InvalidInput
-from rag.pipeline import AskContext, quiet
+from rag.stores.conversations import Turn
 from rag.types import ScoredChunk
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from rag.evidence import Evidence, ScoredSentence
-    from rag.generation import Generator
+    from rag.ask.evidence import Evidence, ScoredSentence
+    from rag.generation.base import Generator
 
 # Kept short for a 135M model, and never formatted: the KV cache of this prefix can be reused.
 SYSTEM_PROMPT = (

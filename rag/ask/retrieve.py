@@ -12,10 +12,10 @@ import bm25s
 import numpy as np
 import numpy.typing as npt
 
+from rag.ask.pipeline import AskContext, quiet
 from rag.embedding import Embedder
-from rag.index import FaissIndex
-from rag.pipeline import AskContext, quiet
-from rag.store import ChunkStore
+from rag.index.vectors import FaissIndex
+from rag.stores.chunks import ChunkStore
 from rag.types import Chunk, ScoredChunk
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The local model in a process of its own (the default; `rag.engine`).
+"""The local model in a process of its own (the default; `rag.generation.runtime.engine`).
 
 Why a process: a decode step is ~200 small matrix products, each run on torch's OpenMP threads.
 In the API process those threads sleep between products: several threads there run torch
@@ -10,14 +10,14 @@ fp32, one row): 57-63 ms a step on two sleeping threads, 42 ms on one thread, 29
 spinning ones. Here the model is loaded and run from one thread, the process's only OpenMP
 team, and that team spins briefly between products (`GOMP_SPINCOUNT`); the decode loop is off
 the API's GIL as well. While other processes keep the cores busy, a spinning team is the
-slowest way instead, so the steps then run on one thread (`rag.threads`).
+slowest way instead, so the steps then run on one thread (`rag.generation.runtime.threads`).
 
 Parent and child exchange pickled tuples over a socket pair:
   parent -> child: ("submit", id, ids, max_new_tokens), ("cancel", id), ("clear", ack),
                    ("figures", ack), ("close",)
   child -> parent: ("ready", info), ("failed", error), ("token", id, token),
                    ("finish", id, error or None), ("ack", ack, payload)
-Run as `python -m rag.engine_process FD`, it is that child.
+Run as `python -m rag.generation.runtime.process FD`, it is that child.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from rag.engine import EngineOptions, describe, make_scheduler
 from rag.errors import ConfigError, NotReady
-from rag.scheduler import Request, StepScheduler, overloaded
+from rag.generation.runtime.engine import EngineOptions, describe, make_scheduler
+from rag.generation.runtime.scheduler import Request, StepScheduler, overloaded
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class EngineProcess:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
                                                         os.environ.get("PYTHONPATH")]))}
         process = subprocess.Popen(
-            [sys.executable, "-m", "rag.engine_process", str(theirs.fileno())], env=env,
+            [sys.executable, "-m", "rag.generation.runtime.process", str(theirs.fileno())], env=env,
             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         theirs.close()
         try:

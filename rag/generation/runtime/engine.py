@@ -1,4 +1,4 @@
-"""Where the local model runs: a process of its own (`rag.engine_process`, the default) or a
+"""Where the local model runs: a process of its own (`process.py`, the default) or a
 thread of this one (`ThreadEngine`). Both run the same `StepScheduler` on the same `Request`s.
 """
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from rag.scheduler import Request, StepScheduler
+from rag.generation.runtime.scheduler import Request, StepScheduler
 from rag.settings import Settings
 
 
@@ -64,7 +64,7 @@ def build_engine(options: EngineOptions, in_process: bool) -> Engine:
     """The engine the settings ask for (not started)."""
     if in_process:
         return ThreadEngine(options)
-    from rag.engine_process import EngineProcess
+    from rag.generation.runtime.process import EngineProcess
 
     return EngineProcess(options)
 
@@ -74,13 +74,13 @@ def make_scheduler(options: EngineOptions, *, start: bool, tuned: bool) -> StepS
     (the engine process): skinny layers as options say, thread counts chosen by measuring."""
     import torch
 
-    from rag.kv import PrefixCache
-    from rag.model_files import load_causal_lm
-    from rag.threads import ThreadChooser
+    from rag.generation.model_files import load_causal_lm
+    from rag.generation.runtime.kv_cache import PrefixCache
+    from rag.generation.runtime.threads import ThreadChooser
 
     model = load_causal_lm(Path(options.model_dir), options.device, options.dtype,
                            options.skinny if tuned else "off")
-    # in its own process the team spins: measure when one thread does better (rag.threads)
+    # in its own process the team spins: measure when one thread does better (threads.py)
     threads = ThreadChooser(torch.get_num_threads()) if (
         tuned and model.device.type == "cpu") else None
     eos = model.generation_config.eos_token_id
@@ -94,7 +94,7 @@ def make_scheduler(options: EngineOptions, *, start: bool, tuned: bool) -> StepS
 
 def describe(scheduler: StepScheduler, where: str) -> dict[str, str]:
     """The engine's `info`: device, dtype, where it runs, whether its layers are skinny."""
-    from rag.linear import SkinnyLinear
+    from rag.generation.runtime.linear import SkinnyLinear
 
     model = scheduler.model
     skinny = any(isinstance(m, SkinnyLinear) for m in model.modules())

@@ -1,6 +1,6 @@
 """Turn an uploaded file into Elements, partitioned with unstructured, fully offline.
 
-The file is checked and its kind told from its content first (rag.detection, whose `SUPPORTED`,
+The file is checked and its kind told from its content first (`detection`, whose `SUPPORTED`,
 `detect_kind` and `check_file` this module re-exports). Per kind: html, xml, docx, pptx, xlsx, csv,
 eml and md go through unstructured's partitioners (md in blocks of about 1 MB so a huge file parses
 in bounded memory). pdf reads the text layer with pdfminer and classifies each text box with
@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from rag.detection import (
+from rag.documents.detection import (
     SUPPORTED,
     SUPPORTED_HINT,
     check_file,
@@ -63,7 +63,7 @@ def parse(
 ) -> Iterator[Element]:
     """Check and detect the file now, then return its Elements lazily, in document order.
 
-    `kind`, when given, is what intake detected (`rag.detection.inspect_file`) when the file
+    `kind`, when given, is what intake detected (`detection.inspect_file`) when the file
     arrived: it is neither checked nor sniffed again.
     Each Element has stripped non-empty text, unstructured's category, a 1-based page where the
     format has pages (pdf page, pptx slide, xlsx sheet, docx rendered page) and the texts of the
@@ -97,7 +97,7 @@ def _use_packaged_spacy_model() -> None:
         raise ConfigError(
             "unstructured no longer has tokenize._load_spacy_model; the offline spaCy model "
             "cannot be wired in.",
-            hint="Pin unstructured==0.27.35 or update rag.parsing._use_packaged_spacy_model.",
+            hint="Pin unstructured==0.27.35 or update parsing._use_packaged_spacy_model.",
         )
     exclude = list(getattr(tokenize, "_SPACY_EXCLUDE", ["ner", "lemmatizer", "attribute_ruler"]))
 

@@ -1,7 +1,7 @@
 """Answer generation: a transformers model in this process (default) or an OpenAI-compatible server.
 
-Where the weights come from (and the one-time GGUF conversion) is `rag.model_files`; the
-server backend is `rag.openai_generator`, imported only when `generator_backend` is `openai`.
+Where the weights come from (and the one-time GGUF conversion) is `rag.generation.model_files`; the
+server backend is `rag.generation.openai`, imported only when `generator_backend` is `openai`.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ from typing import Any, Protocol, assert_never
 import torch
 from transformers import AutoConfig, PreTrainedTokenizerBase, TextIteratorStreamer
 
-from rag.engine import Engine, EngineOptions, build_engine
+from rag.ask.prompt import Prompt
 from rag.errors import ConfigError, InvalidInput, NotReady
-from rag.model_files import (
+from rag.generation.model_files import (
     MODEL_HINT,
     load_tokenizer,
     load_tokenizer_from,
     prepare_model,
     resolve_model,
 )
-from rag.prompt import Prompt
-from rag.scheduler import Request
+from rag.generation.runtime.engine import Engine, EngineOptions, build_engine
+from rag.generation.runtime.scheduler import Request
 from rag.settings import Settings
 from rag.types import Usage
 
@@ -151,7 +151,7 @@ def build_generator(settings: Settings) -> Generator:
         case "local":
             return LocalGenerator(settings)
         case "openai":
-            from rag.openai_generator import OpenAIGenerator  # needs httpx-sse
+            from rag.generation.openai import OpenAIGenerator  # needs httpx-sse
 
             return OpenAIGenerator(settings)
         case other:
@@ -192,10 +192,10 @@ class _CountingStreamer(TextIteratorStreamer):
 
 class LocalGenerator:
     """A transformers causal LM on this machine, KV cache on, shared by every request through a
-    step scheduler (`rag.scheduler`): concurrent requests are decoded together, one batched
-    forward per step, and prompts reuse the KV of cached prefixes (`rag.kv.PrefixCache`). The
-    model runs in a process of its own unless `generator_in_process` (`rag.engine_process`
-    says why)."""
+    step scheduler (`runtime.scheduler`): concurrent requests are decoded together, one batched
+    forward per step, and prompts reuse the KV of cached prefixes
+    (`runtime.kv_cache.PrefixCache`). The model runs in a process of its own unless
+    `generator_in_process` (`runtime.process` says why)."""
 
     def __init__(self, settings: Settings) -> None:
         self.name = settings.generator_model
@@ -211,7 +211,7 @@ class LocalGenerator:
 
     @property
     def engine(self) -> Engine:
-        """Where the model runs (`rag.engine`): its `info` says on what device and dtype."""
+        """Where the model runs (`runtime.engine`): its `info` says on what device and dtype."""
         return self._loaded()[0]
 
     @property

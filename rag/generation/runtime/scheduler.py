@@ -25,7 +25,7 @@ import torch
 from transformers import PreTrainedModel
 
 from rag.errors import Overloaded
-from rag.kv import (
+from rag.generation.runtime.kv_cache import (
     PrefixCache,
     cache_from,
     join_rows,
@@ -34,8 +34,8 @@ from rag.kv import (
     snapshot,
     truncate,
 )
-from rag.stopping import token_loop
-from rag.threads import ThreadChooser
+from rag.generation.runtime.threads import ThreadChooser
+from rag.generation.stopping import token_loop
 
 log = logging.getLogger(__name__)
 

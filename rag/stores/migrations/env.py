@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection `rag.postgres.migrate` hands over."""
+"""Alembic environment: runs on the connection `rag.stores.postgres.migrate` hands over."""
 
 from alembic import context
 

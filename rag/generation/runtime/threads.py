@@ -2,7 +2,7 @@
 the cores busy.
 
 In the engine process the model's OpenMP team spins between the ~200 small products of a step
-(`rag.engine_process`), the fastest way on an otherwise idle machine. When other processes keep
+(`process.py`), the fastest way on an otherwise idle machine. When other processes keep
 the cores busy (an ingestion worker embedding, another service), a team whose second thread is
 descheduled waits at every one of those barriers. Measured on 2 cores with another process busy
 on both: 230-283 ms a token on two spinning threads (single steps of 1-2 s) against 69 ms on

@@ -3,7 +3,7 @@
 Generation stops at the first repeat (a sentence, a near-repeat of one, or any stretch of text
 said twice in a row) and at the end of the answer's first paragraph; the text kept is the
 cleaned answer (first paragraph, each sentence once). Token-level loops are caught inside the
-local generator too (`rag.generation`).
+local generator too (`rag.generation.base`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import logging
 import time
 from dataclasses import replace
 
-from rag.generation import Generator
-from rag.pipeline import AskContext, Pieces
-from rag.stopping import AnswerStop, clean_answer
+from rag.ask.pipeline import AskContext, Pieces
+from rag.generation.base import Generator
+from rag.generation.stopping import AnswerStop, clean_answer
 
 log = logging.getLogger(__name__)
 
