@@ -31,8 +31,9 @@ from api.routes_health import health, ready
 from api.routes_widget import demo_page, widget_js
 from api.schemas import StrictModelSchemaPlugin
 from ingest.service import IngestService
-from rag.errors import NotReady, RagError, StoreUnavailable
-from rag.service import AskRequest, RagService
+from rag.ask.service import AskRequest
+from rag.errors import RagError, StoreUnavailable
+from rag.service import RagService
 from rag.settings import Settings
 
 if TYPE_CHECKING:
@@ -44,12 +45,12 @@ log = logging.getLogger(__name__)
 def _start(service: RagService, state: State, sample_dir: Path | None) -> None:
     """Load models and index (in a thread, so /health answers meanwhile)."""
     try:
-        if service.retriever is None:  # tests hand in a service that is loaded already
+        if not service.loaded:  # tests hand in a service that is loaded already
             _load_when_the_store_answers(service, state)
         if sample_dir is not None:
             _ingest_samples(service, sample_dir)
         state["not_ready"] = None
-        log.info("ready: %d chunks searchable", service.store.searchable_count())
+        log.info("ready: %d chunks searchable", service.documents.searchable_count())
     except RagError as exc:
         state["not_ready"] = str(exc)
         log.error("not ready: %s", exc)
@@ -74,8 +75,8 @@ def _load_when_the_store_answers(service: RagService, state: State) -> None:
 def _ingest_samples(service: RagService, sample_dir: Path) -> None:
     for path in sorted(sample_dir.iterdir()):
         if path.is_file():
-            service.ingest_file(path, collection="sample")
-    answer = service.ask(AskRequest("What is the default chunk size?"))
+            service.documents.ingest_file(path, collection="sample")
+    answer = service.asking.ask(AskRequest("What is the default chunk size?"))
     quote = next((q for q in answer.evidence if q.supports is not None), None)
     if answer.mode == "quote" and answer.evidence:
         quote = answer.evidence[0]
@@ -151,13 +152,7 @@ def create_app(
     check_open_access(settings)
     owned = service is None
     service = service or RagService(settings)
-    ingestion = IngestService(service)
-
-    def provide_service(state: State) -> RagService:
-        if state.get("not_ready"):
-            raise NotReady(f"The service is not ready: {state['not_ready']}",
-                           "Wait until GET /ready answers 200, then retry.")
-        return service
+    ingestion = IngestService(service.settings, service.documents)  # the engine's limits
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -178,9 +173,14 @@ def create_app(
         route_handlers=[*with_options([health, ready, metrics, ask, *DOCUMENT_ROUTES,
                                        *CONVERSATION_ROUTES, give_feedback, widget_js,
                                        demo_page]), CHAT_ROUTER],
-        dependencies={"service": Provide(provide_service, sync_to_thread=False),
+        # Each route takes the narrow part it uses; those that need the loaded engine carry
+        # the `engine_ready` guard (api.readiness).
+        dependencies={"asking": Provide(lambda: service.asking, sync_to_thread=False),
+                      "documents": Provide(lambda: service.documents, sync_to_thread=False),
+                      "conversations": Provide(lambda: service.conversations,
+                                               sync_to_thread=False),
                       "ingestion": Provide(lambda: ingestion, sync_to_thread=False)},
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan, close_rate_limit_store],
         middleware=[HTTP.middleware, *rate_limit_middleware(settings)],
         stores={STORE: rate_limit_store(settings)},

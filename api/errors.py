@@ -1,14 +1,16 @@
 """The one place where errors become HTTP responses (and the bodies of streamed `error` events).
 
-`describe` maps every error to a status and an `ErrorOut` body; `error_responses` documents a
-route's error statuses in the OpenAPI document with that one schema, each example being the
-body `describe` makes of an error raised for that status.
+`RAG_STATUSES` gives each engine error kind (`rag.errors`, plus ingest's `JobFinished`) its HTTP
+status; a kind not listed takes its nearest listed parent's (`rag_status`). `describe` maps
+every error to a status and an `ErrorOut` body; `error_responses` documents a route's error
+statuses in the OpenAPI document with that one schema, each example being the body `describe`
+makes of an error raised for that status.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -23,9 +25,25 @@ from litestar.exceptions import (
 )
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
+from litestar.types import ExceptionHandlersMap
 from pydantic import BaseModel, Field
 
-from rag.errors import NotReady, RagError
+from ingest.service import JobFinished
+from rag.errors import (
+    ConfigError,
+    DiskFull,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    NotReady,
+    Overloaded,
+    RagError,
+    RateLimited,
+    SlowRequest,
+    TooLarge,
+    Unauthorized,
+    UnsupportedType,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +59,34 @@ HTTP_ERRORS = {
     415: ("UnsupportedMediaType", "Send a supported content type (see /schema)."),
     429: ("RateLimited", "Wait for the seconds given in Retry-After, then retry."),
 }
+
+# HTTP status of each engine error kind; subclasses not listed map like their parent (e.g.
+# EmptyDocument as InvalidInput, StoreUnavailable as NotReady, IndexMismatch as ConfigError).
+RAG_STATUSES: dict[type[RagError], int] = {
+    RagError: 400,
+    InvalidInput: 422,
+    SlowRequest: 408,
+    NotFound: 404,
+    JobFinished: 409,
+    TooLarge: 413,
+    UnsupportedType: 415,
+    RateLimited: 429,
+    Unauthorized: 401,
+    Forbidden: 403,
+    ConfigError: 500,
+    NotReady: 503,
+    Overloaded: 503,
+    DiskFull: 507,
+}
+
+
+def rag_status(exc: RagError) -> int:
+    """HTTP status of an engine error: its class's entry in `RAG_STATUSES`, or its nearest
+    listed ancestor's (along the MRO)."""
+    for kind in type(exc).__mro__:
+        if issubclass(kind, RagError) and kind in RAG_STATUSES:
+            return RAG_STATUSES[kind]
+    return RAG_STATUSES[RagError]  # not reached: RagError itself is listed
 
 
 class ErrorOut(BaseModel):
@@ -64,7 +110,7 @@ def error_body(error: str, message: str, hint: str,
 def describe(exc: Exception) -> tuple[int, dict[str, object]]:
     """Status and body for any error (used by the handlers below and by streamed answers)."""
     if isinstance(exc, RagError):
-        return exc.status, error_body(type(exc).__name__, exc.message, exc.hint)
+        return rag_status(exc), error_body(type(exc).__name__, exc.message, exc.hint)
     if isinstance(exc, ValidationException):
         details = exc.extra if isinstance(exc.extra, list) else [exc.extra] if exc.extra else []
         return 400, error_body("InvalidRequest", str(exc.detail),
@@ -123,43 +169,50 @@ def api_errors(scope: str, cases: ErrorCases) -> dict[int, ResponseSpec]:
     return error_responses({**common, **cases})
 
 
-def _respond(exc: Exception, headers: dict[str, str] | None = None) -> Response[object]:
-    status, body = describe(exc)
-    return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
-
-
-def rag_error_handler(_: Request[Any, Any, Any], exc: RagError) -> Response[object]:
-    if exc.status >= 500 and exc.status != 503:
-        log.error("engine error: %s", exc)
-    if exc.retry_after_s is not None:  # busy, or a dependency away: say when to retry
-        return _respond(exc, {"Retry-After": str(exc.retry_after_s)})
-    return _respond(exc)
-
-
-def validation_handler(
-    _: Request[Any, Any, Any], exc: ValidationException
-) -> Response[object]:
-    return _respond(exc)
-
-
-def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[object]:
+def error_headers(exc: Exception) -> dict[str, str]:
+    """The headers an error's response carries: an HTTP error's own, and Retry-After wherever
+    the client should wait (rate limited, busy, a dependency away)."""
+    if isinstance(exc, RagError):
+        return {} if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
+    if not isinstance(exc, HTTPException):
+        return {}
     headers = dict(exc.headers or {})
     if exc.status_code == 429 and "Retry-After" not in headers:
         # Litestar's rate limiter says when the window resets; clients read Retry-After.
         headers["Retry-After"] = str(max(1, int(headers.get("RateLimit-Reset", "60"))))
-    return _respond(exc, headers)
+    return headers
 
 
-def internal_error_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[object]:
-    status, _body = describe(exc)
-    if status >= 500:
+def log_error(exc: Exception, status: int) -> None:
+    """Log what is the server's fault (not 503: being busy or loading is expected)."""
+    if isinstance(exc, RagError):
+        if status >= 500 and status != 503:
+            log.error("engine error: %s", exc)
+    elif not isinstance(exc, HTTPException) and status >= 500:
         log.exception("unhandled error", exc_info=exc)
-    return _respond(exc)
 
 
-EXCEPTION_HANDLERS = {
-    RagError: rag_error_handler,
-    ValidationException: validation_handler,
-    HTTPException: http_error_handler,
-    Exception: internal_error_handler,
-}
+Shape = Callable[[Exception], tuple[int, Mapping[str, Any]]]
+
+
+def error_handler(shape: Shape) -> Callable[[Request[Any, Any, Any], Exception], Response[Any]]:
+    """An exception handler answering any error as `shape` makes its status and body, with
+    `error_headers` and `log_error`: `describe` here, OpenAI's format on its routes."""
+
+    def handle(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        status, body = shape(exc)
+        log_error(exc, status)
+        return Response(body, status_code=status, media_type=MediaType.JSON,
+                        headers=error_headers(exc))
+
+    return handle
+
+
+def handlers(shape: Shape) -> ExceptionHandlersMap:
+    """Every error a route can raise, answered by `error_handler(shape)`."""
+    handle = error_handler(shape)
+    return {RagError: handle, ValidationException: handle, HTTPException: handle,
+            Exception: handle}
+
+
+EXCEPTION_HANDLERS = handlers(describe)

@@ -120,7 +120,8 @@ async def metrics(state: State) -> Response[bytes]:
     """Prometheus metrics in the text exposition format."""
     QUEUE.set(await _queue_depth(state))
     service: RagService = state["service"]
-    INDEX_VECTORS.set(service.index.count if service.index is not None else 0)
-    INDEX_VERSION.set(service.index.version if service.index is not None else 0)
-    GENERATOR.stats = service.generator.stats()
+    figures = service.figures()
+    INDEX_VECTORS.set(figures.index_vectors)
+    INDEX_VERSION.set(figures.index_version)
+    GENERATOR.stats = figures.generator
     return Response(prometheus_text(REGISTRY), media_type=CONTENT_TYPE_LATEST)

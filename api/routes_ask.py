@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import anyio.to_thread
 from litestar import Request, Response, post
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
@@ -22,12 +21,12 @@ from litestar.params import Body
 
 from api.auth import owner_of, require_scope
 from api.errors import api_errors
-from api.metrics import record_answer
+from api.readiness import engine_ready
 from api.schemas import AnswerOut, AskIn, DoneOut
-from api.streaming import answer_events
+from api.streaming import AskEvents, answer_events, whole_answer
+from rag.ask.service import AskRequest, AskService
 from rag.errors import InvalidInput, NotFound
-from rag.service import AskRequest, RagService
-from rag.stores.conversations import Turn
+from rag.types import Turn
 
 ASK_BODY = Body(
     description="The question, and optionally how many sources, where to look and whether "
@@ -124,13 +123,13 @@ def to_request(data: AskIn, owner: str = "") -> AskRequest:
     status_code=200,
     tags=["ask"],
     summary="Ask a question",
-    guards=[require_scope("ask")],
+    guards=[require_scope("ask"), engine_ready],
     before_request=require_json,
     responses=ASK_RESPONSES,
     operation_class=_AskOperation,
 )
 async def ask(
-    data: Annotated[AskIn, ASK_BODY], service: RagService, request: Request[Any, Any, Any]
+    data: Annotated[AskIn, ASK_BODY], asking: AskService, request: Request[Any, Any, Any]
 ) -> Response[Any]:
     """Answer a question from the indexed documents, citing the chunks it used, with verified
     quotes (`evidence`) and the check of each answer sentence.
@@ -149,7 +148,5 @@ async def ask(
     """
     asked = to_request(data, owner_of(request))
     if data.stream:
-        return await answer_events(service, asked)
-    answer = await anyio.to_thread.run_sync(service.ask, asked)
-    record_answer(answer, stream=False)
-    return Response(AnswerOut.of(answer))
+        return await answer_events(asking, asked, AskEvents())
+    return Response(AnswerOut.of(await whole_answer(asking, asked)))

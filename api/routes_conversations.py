@@ -15,9 +15,10 @@ from pydantic import BaseModel, Field
 
 from api.auth import owner_of, require_scope
 from api.errors import api_errors
+from api.readiness import engine_ready
+from rag.ask.conversations import Conversations
 from rag.errors import NotFound
-from rag.service import RagService
-from rag.stores.conversations import AnswerRecord, Conversation
+from rag.types import AnswerRecord, Conversation
 
 
 class TurnOut(BaseModel):
@@ -66,35 +67,36 @@ NOT_FOUND = api_errors("ask", {404: (
 LIMIT = Parameter(ge=1, le=500, description="Most conversations to list.")
 
 
-@get("/v1/conversations", tags=["conversations"], guards=[require_scope("ask")],
+@get("/v1/conversations", tags=["conversations"], guards=[require_scope("ask"), engine_ready],
      responses=ERRORS)
 async def list_conversations(
-    service: RagService, request: Request[Any, Any, Any], limit: Annotated[int, LIMIT] = 50
+    conversations: Conversations, request: Request[Any, Any, Any],
+    limit: Annotated[int, LIMIT] = 50,
 ) -> ConversationsOut:
     """This key's live conversations, most recently continued first."""
-    found = await anyio.to_thread.run_sync(service.conversations.recent, owner_of(request),
+    found = await anyio.to_thread.run_sync(conversations.recent, owner_of(request),
                                            limit)
     return ConversationsOut(conversations=[ConversationOut.of(c) for c in found])
 
 
 @get("/v1/conversations/{conversation_id:str}", tags=["conversations"],
-     guards=[require_scope("ask")], responses=NOT_FOUND)
+     guards=[require_scope("ask"), engine_ready], responses=NOT_FOUND)
 async def get_conversation(
-    conversation_id: str, service: RagService, request: Request[Any, Any, Any]
+    conversation_id: str, conversations: Conversations, request: Request[Any, Any, Any]
 ) -> ConversationOut:
     """One conversation with its turns, oldest first."""
-    found = await anyio.to_thread.run_sync(service.conversations.get, conversation_id,
+    found = await anyio.to_thread.run_sync(conversations.get, conversation_id,
                                            owner_of(request))
     return ConversationOut.of(found, turns=True)
 
 
 @delete("/v1/conversations/{conversation_id:str}", tags=["conversations"],
-        guards=[require_scope("ask")], responses=NOT_FOUND)
+        guards=[require_scope("ask"), engine_ready], responses=NOT_FOUND)
 async def delete_conversation(
-    conversation_id: str, service: RagService, request: Request[Any, Any, Any]
+    conversation_id: str, conversations: Conversations, request: Request[Any, Any, Any]
 ) -> None:
     """Forget a conversation and its answers (feedback already given is kept)."""
-    await anyio.to_thread.run_sync(service.conversations.delete, conversation_id,
+    await anyio.to_thread.run_sync(conversations.delete, conversation_id,
                                    owner_of(request))
 
 

@@ -21,12 +21,13 @@ from pydantic import BaseModel, Field
 
 from api.auth import require_scope
 from api.errors import api_errors
+from api.readiness import engine_ready
 from api.uploads import COLLECTION_PATTERN, read_upload
 from ingest.intake import Accepted
 from ingest.jobs import Job
 from ingest.service import IngestService, JobFinished
+from rag.documents.indexer import DocumentIndexer
 from rag.errors import InvalidInput, NotFound, TooLarge, UnsupportedType
-from rag.service import RagService
 from rag.types import Document
 
 # Schemas
@@ -168,6 +169,7 @@ class _UploadOperation(Operation):
 # Handlers
 
 INGEST = [require_scope("ingest")]  # admin keys pass too; open mode lets everyone
+INGEST_READY = [*INGEST, engine_ready]  # and the engine has loaded (else 503)
 MAX_OFFSET = 10**9
 USAGE = "Send multipart/form-data with one or more `file` parts."
 UNKNOWN_DOCUMENT = (
@@ -189,10 +191,10 @@ UPLOAD_ERRORS = api_errors("ingest", {
 })
 
 
-@post("/v1/documents", status_code=202, tags=["documents"], guards=INGEST,
+@post("/v1/documents", status_code=202, tags=["documents"], guards=INGEST_READY,
       request_max_body_size=None, operation_class=_UploadOperation, responses=UPLOAD_ERRORS)
 async def upload_documents(
-    request: Request[Any, Any, Any], service: RagService, ingestion: IngestService
+    request: Request[Any, Any, Any], ingestion: IngestService
 ) -> UploadOut:
     """Upload one or more files (multipart/form-data) to be parsed, chunked, embedded and
     indexed. Answers 202 once the files and their jobs are stored; the same bytes uploaded
@@ -209,36 +211,38 @@ def _uploaded(a: Accepted) -> UploadedOut:
                        job_state=a.job.state if a.job else None, duplicate=a.duplicate)
 
 
-@get("/v1/documents", tags=["documents"], guards=INGEST, sync_to_thread=True,
+@get("/v1/documents", tags=["documents"], guards=INGEST_READY, sync_to_thread=True,
      responses=api_errors("ingest", {}))
 def list_documents(
-    service: RagService,
+    documents: DocumentIndexer,
     ingestion: IngestService,
     collection: str | None = None,
     offset: Annotated[int, Parameter(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
 ) -> DocumentPage:
     """List documents, oldest first, optionally in one collection."""
-    docs, total = service.store.list_documents(collection, offset, limit)
+    docs, total = documents.page(collection, offset, limit)
     items = [DocumentOut.of(d, ingestion.jobs.latest_for(d.id)) for d in docs]
     return DocumentPage(items=items, total=total, offset=offset, limit=limit)
 
 
-@get("/v1/documents/{document_id:str}", tags=["documents"], guards=INGEST, sync_to_thread=True,
-     responses=api_errors("ingest", {404: UNKNOWN_DOCUMENT}))
-def get_document(document_id: str, service: RagService, ingestion: IngestService) -> DocumentOut:
+@get("/v1/documents/{document_id:str}", tags=["documents"], guards=INGEST_READY,
+     sync_to_thread=True, responses=api_errors("ingest", {404: UNKNOWN_DOCUMENT}))
+def get_document(
+    document_id: str, documents: DocumentIndexer, ingestion: IngestService
+) -> DocumentOut:
     """One document: file, type, size, pages, chunk count, collection, metadata, state."""
-    doc = service.store.get_document(document_id)
+    doc = documents.get(document_id)
     if doc is None:
         raise NotFound(f"Document {document_id} does not exist.",
                        "List documents with GET /v1/documents.")
     return DocumentOut.of(doc, ingestion.jobs.latest_for(doc.id))
 
 
-@delete("/v1/documents/{document_id:str}", tags=["documents"], guards=INGEST, status_code=200,
+@delete("/v1/documents/{document_id:str}", tags=["documents"], guards=INGEST_READY, status_code=200,
         responses=api_errors("ingest", {}))
 async def delete_document(
-    document_id: str, service: RagService, ingestion: IngestService
+    document_id: str, ingestion: IngestService
 ) -> DeletedOut:
     """Delete a document: its vectors, chunks, stored file and every cached answer citing it.
     Idempotent: deleting an absent document answers 200 with `deleted: false`."""

@@ -10,9 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import require_scope
 from api.errors import api_errors
+from api.readiness import engine_ready
 from api.routes_ask import require_json
+from rag.ask.conversations import Conversations
 from rag.errors import NotFound
-from rag.service import RagService
 
 CHAT_PREFIX = "chatcmpl-"
 
@@ -35,14 +36,15 @@ class FeedbackOut(BaseModel):
     rating: Literal["up", "down"]
 
 
-@post("/v1/feedback", status_code=201, tags=["feedback"], guards=[require_scope("ask")],
-      before_request=require_json, responses=api_errors("ask", {404: (
+@post("/v1/feedback", status_code=201, tags=["feedback"],
+      guards=[require_scope("ask"), engine_ready], before_request=require_json,
+      responses=api_errors("ask", {404: (
           "No such answer (or it expired).",
           NotFound("Answer 'a-1' is unknown.", "Rate an answer id from a recent response."))}))
-async def give_feedback(data: FeedbackIn, service: RagService) -> FeedbackOut:
+async def give_feedback(data: FeedbackIn, conversations: Conversations) -> FeedbackOut:
     """Rate an answer up or down, with an optional comment and the expected answer; kept
     with the question and answer it rates, for `rag eval export-feedback`."""
     answer_id = data.answer_id.removeprefix(CHAT_PREFIX)
     feedback = await anyio.to_thread.run_sync(
-        service.conversations.rate, answer_id, data.rating, data.comment, data.expected_answer)
+        conversations.rate, answer_id, data.rating, data.comment, data.expected_answer)
     return FeedbackOut(id=feedback.id, answer_id=feedback.answer_id, rating=feedback.rating)

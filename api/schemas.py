@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from litestar.plugins.pydantic import PydanticSchemaPlugin
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from rag.ask.service import TOP_K_MAX
 from rag.types import Answer
 
 if TYPE_CHECKING:
@@ -58,7 +59,10 @@ class AskIn(BaseModel):
         "2000 by default, and short enough to fit the model's context window).",
         # documented here, checked by the engine (one place validates a question)
         json_schema_extra={"minLength": 1, "pattern": r"\S"})
-    top_k: JsonInt | None = Field(None, ge=1, le=50, description="Sources to retrieve (1-50).")
+    # The engine's bounds (AskService.check_top_k is the rule); validated here as well so an
+    # out-of-range value stays a 400 naming the field, and 0 is refused, not the default.
+    top_k: JsonInt | None = Field(None, ge=1, le=TOP_K_MAX,
+                                  description=f"Sources to retrieve (1-{TOP_K_MAX}).")
     collection: str | None = Field(
         None, description="Search only this collection (404 when no document is in it).")
     filters: AskFilters = Field(default_factory=AskFilters, description="Extra filters.")

@@ -26,6 +26,7 @@ from multipart import (
 )
 
 from ingest.intake import Intake, StagedFile, sanitize_filename
+from rag.documents.detection import check_size
 from rag.errors import InvalidInput, RagError, SlowRequest, TooLarge, UnsupportedType
 from rag.files import disk_full, is_disk_full
 from rag.settings import Settings
@@ -201,10 +202,7 @@ class _FormReader:
                                f"over {MAX_FIELD_BYTES} bytes.", "Send less metadata.")
             return
         self._size += len(data)
-        if self._size > self.settings.max_file_bytes:
-            name = self._staged[0] if self._staged else "a file"
-            raise TooLarge(f"{name} is over the limit of {self.settings.max_file_bytes} bytes.",
-                           "Split the document into smaller files, or raise RAG_MAX_FILE_BYTES.")
+        check_size(self._size, self._staged[0] if self._staged else "a file", self.settings)
         self._hash.update(data)
         self._file.write(data)
 

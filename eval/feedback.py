@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from rag.stores.conversations import Feedback
+from rag.types import Feedback
 
 Which = Literal["all", "up", "down"]
 

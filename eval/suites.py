@@ -17,7 +17,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Literal
 
-from rag.stores.conversations import Turn
+from rag.types import Turn
 
 SuiteFormat = Literal["jsonl", "squad", "beir"]
 CORPUS_SUFFIXES = (".md", ".txt", ".rst", ".html", ".htm", ".pdf", ".docx", ".pptx", ".xlsx",

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from eval.suites import CorpusDocument
 from rag.settings import Settings
-from rag.stores.conversations import Turn
-from rag.types import Answer
+from rag.types import Answer, Turn
 
 if TYPE_CHECKING:
     import httpx
@@ -124,7 +123,7 @@ class LocalTarget:
         with materialized(docs) as files:
             for doc, path in files:
                 try:
-                    document = self.service.ingest_file(path, filename=doc.filename)
+                    document = self.service.documents.ingest_file(path, filename=doc.filename)
                 except RagError as exc:
                     raise EvalError(f"Corpus document {doc.key!r} did not ingest: {exc}") from exc
                 keys[doc.key] = document.id
@@ -132,31 +131,31 @@ class LocalTarget:
         return keys
 
     def ask(self, question: str, top_k: int | None, history: Sequence[Turn] = ()) -> Answer:
-        from rag.service import AskRequest
+        from rag.ask.service import AskRequest
 
-        return self.service.ask(AskRequest(question, top_k, history=tuple(history)))
+        return self.service.asking.ask(AskRequest(question, top_k, history=tuple(history)))
 
     def retrieve(self, question: str, depth: int, history: Sequence[Turn] = ()
                  ) -> list[Retrieved] | None:
         """The retriever's top `depth`, for a follow-up with the query the engine would use."""
-        from rag.ask.retrieve import Query
         from rag.ask.rewrite import rewrite
+        from rag.types import Query
 
-        retriever = self.service.retriever
-        if retriever is None:
+        asking = self.service.asking
+        if asking.retriever is None:
             return None
         if history and self.service.settings.followup_rewrite == "terms":
             question = rewrite(question, history)
         return [Retrieved(r.chunk.document_id, r.filename, r.chunk.id, r.chunk.text, r.score)
-                for r in retriever.retrieve(Query(question, depth))]
+                for r in asking.retrieve(Query(question, depth))]
 
     def describe(self) -> dict[str, Any]:
         s = self.service
         return {
             "settings": public_settings(s.settings),
-            "models": {"embedding": s.settings.embedding_model, "generator": s.generator.name},
-            "index_version": s.index.version if s.index else None,
-            "chunks": s.store.searchable_count(),
+            "models": {"embedding": s.settings.embedding_model, "generator": s.asking.model},
+            "index_version": s.index.index.version if s.index.loaded else None,
+            "chunks": s.documents.searchable_count(),
         }
 
 
@@ -173,7 +172,7 @@ def local_target(settings: Settings, fresh: bool) -> Iterator[LocalTarget]:
                 "data_dir": Path(tmp), "converted_models_dir": settings.models_dir})
         service = RagService(settings)
         service.load()
-        stack.callback(service.store.close)
+        stack.callback(service.close)
         yield LocalTarget(service)
 
 

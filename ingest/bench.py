@@ -9,6 +9,10 @@ does, and the clock runs until every job is done. Right after, the chunks those 
 embedded again with the same model in this process, in the batches the engine uses, which is
 the floor any ingestion pipeline has to pay. Needs Redis (RAG_REDIS_URL; default: db 14 of a
 local one, away from db 15, which the tests flush).
+
+It lives beside the worker it drives (intake, job records, the SAQ queue, `rag worker`
+processes) rather than in `eval/bench/`, since `eval` calls only `rag` or a running API; the
+in-process ingest figures of `rag bench` are `eval.bench.ingest`.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from typing import Any
 from ingest.intake import Intake, StagedFile
 from ingest.jobs import job_store
 from ingest.queue import SaqQueue
+from rag.documents.processing import EMBED_BATCH
 from rag.embedding import build_embedder
-from rag.service import EMBED_BATCH, RagService
+from rag.service import RagService
 from rag.settings import Settings
 from rag.stores.uploads import sha256_file
 
@@ -71,7 +76,7 @@ def start_workers(settings: Settings, count: int, concurrency: int, logs: Path) 
 async def ingest(settings: Settings, service: RagService, folder: Path) -> tuple[float, list[str]]:
     """Accept and queue every file as the API does; seconds until all jobs are done."""
     jobs = job_store(settings)
-    intake = Intake(service, jobs)
+    intake = Intake(service.settings, service.documents, jobs)
     queue = SaqQueue(settings, jobs)
     await queue.start()
     started = time.perf_counter()
@@ -137,7 +142,7 @@ def run(docs: int, workers: int, concurrency: int, redis_url: str) -> dict[str, 
         calls = [line.split(" INFO ingest.worker ")[-1] for n in range(workers)
                  for line in (root / f"worker{n}.log").read_text().splitlines()
                  if "model calls" in line]
-        service.store.close()
+        service.close()
         return {"workers": workers, "concurrency": concurrency, "documents": docs,
                 "ingest_s": round(elapsed, 2), "docs_per_s": round(docs / elapsed, 2),
                 "chunks_per_s": round(raw["chunks"] / elapsed, 1), **raw,

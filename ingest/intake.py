@@ -24,8 +24,9 @@ from typing import Any
 
 from ingest.jobs import Job, JobStore
 from rag.documents.detection import SUPPORTED, inspect_file
+from rag.documents.indexer import DocumentIndexer
 from rag.files import disk_full, is_disk_full
-from rag.service import RagService
+from rag.settings import Settings
 from rag.types import Document
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,10 @@ def sanitize_filename(name: str | None) -> str:
 class Intake:
     """Turns staged uploads into stored documents with queued jobs."""
 
-    def __init__(self, service: RagService, jobs: JobStore) -> None:
-        self.service = service
+    def __init__(self, settings: Settings, documents: DocumentIndexer, jobs: JobStore) -> None:
+        self.settings = settings
+        self.documents = documents
         self.jobs = jobs
-        self.settings = service.settings
         self._lock = threading.Lock()  # one request at a time decides "new or duplicate"
 
     def staging_dir(self) -> Path:
@@ -128,24 +129,23 @@ class Intake:
             if item.duplicate or not item.new_job or item.job is None:
                 continue
             try:
-                self.service.uploads.remove(item.document.id)
+                self.documents.drop_upload(item.document.id)
                 self.jobs.withdraw(item.job.id)
-                self.service.store.delete_document(item.document.id)
+                self.documents.drop_record(item.document.id)
             except Exception as exc:  # the disk may still refuse; the sweep at start retries
                 log.error("could not undo the upload of %s: %s", item.document.id, exc)
 
     def _accept_one(
         self, staged: StagedFile, content_type: str, collection: str, metadata: Mapping[str, Any]
     ) -> Accepted:
-        store = self.service.store
-        existing = store.get_document(staged.sha256)
+        existing = self.documents.get(staged.sha256)
         active = self.jobs.active_for(staged.sha256)
         if existing is not None and (existing.state == "indexed" or active):
             job = active[0] if active else self.jobs.latest_for(staged.sha256)
             return Accepted(existing, job, duplicate=True, new_job=False)
         kept = self._keep(staged)
         try:
-            document = store.put_document(Document(
+            document = self.documents.register(Document(
                 id=staged.sha256, filename=staged.filename, content_type=content_type,
                 size=staged.size, collection=collection, metadata=dict(metadata),
                 state="queued"))
@@ -153,13 +153,13 @@ class Intake:
                                             staged.size, self.settings.job_attempts)
         except BaseException:
             if kept:  # first the bytes (frees space), then the row they belonged to
-                self.service.uploads.remove(staged.sha256)
+                self.documents.drop_upload(staged.sha256)
             if existing is None:
                 with contextlib.suppress(Exception):
-                    store.delete_document(staged.sha256)
+                    self.documents.drop_record(staged.sha256)
             raise
         return Accepted(document, job, duplicate=existing is not None, new_job=created)
 
     def _keep(self, staged: StagedFile) -> bool:
         """Keep the staged bytes durably by their hash; False when already there."""
-        return self.service.uploads.adopt(staged.path, staged.sha256)
+        return self.documents.keep_upload(staged.path, staged.sha256)

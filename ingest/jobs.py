@@ -1,5 +1,12 @@
-"""Ingestion job records: SQLite under the data directory (`jobs.sqlite3`), or PostgreSQL
-when `RAG_DATABASE_URL` is set (the same SQL, `PgJobStore`).
+"""Ingestion job records, and the one place a job's state changes.
+
+Every write to a job record is a method of `JobStore` here: `submit` creates it, the
+transitions below move it, `withdraw` removes one never acknowledged. Callers (intake, the
+runner, the queues and the worker's reconciler) decide *when* from what they see, and call
+the transition that says *what*: they never write a state themselves. The SQL is portable and
+lives in `JobStore`, the type callers use; `SqliteJobStore` (here) runs it on `jobs.sqlite3`
+under the data directory, `PgJobStore` (ingest.pg_jobs) on PostgreSQL (`RAG_DATABASE_URL`).
+`job_store` picks one.
 
 Every process of a deployment reads the same records, so `GET /v1/jobs/{id}` reads the same
 table whether the job runs in-process or on a `rag worker` elsewhere. A record is committed
@@ -19,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rag.settings import Settings
+from rag.stores.sql import SqlRecords
 from rag.stores.sqlite import SqliteDatabase
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
@@ -100,10 +108,12 @@ class Job:
         return max(0.0, elapsed / self.done * max(total - self.done, 0))
 
 
-class JobStore(SqliteDatabase):
-    """SQLite in WAL mode with full fsync; safe across threads and processes."""
+class JobStore(SqlRecords):
+    """The job records in the `jobs` table: the queries and transitions both backends run.
 
-    SCHEMA = SCHEMA
+    A backend class puts its database class first (`SqliteDatabase`, `PostgresDatabase`),
+    which gives the primitives `rag.stores.sql.SqlRecords` declares.
+    """
 
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._query(sql, args)
@@ -246,10 +256,71 @@ class JobStore(SqliteDatabase):
         self.finish(job_id, "cancelled", "Cancelled on request.")
         return self.get(job_id)
 
+    # Transitions by what happened (each names the outcome once, for every caller)
+
+    def resume_unfinished(self) -> list[Job]:
+        """Unfinished jobs to run again at start, oldest first; one still `running` after it
+        used every attempt (its process died during each) -> failed instead."""
+        resumed = []
+        for job in self.unfinished():
+            if job.state == "running" and job.attempts >= job.max_attempts:  # died every time
+                self.finish(job.id, "failed", f"The process died during each of its "
+                            f"{job.attempts} attempts.")
+                continue
+            resumed.append(job)
+        return resumed
+
+    def document_gone(self, job_id: str) -> bool:
+        """Its document was deleted before it was indexed -> cancelled."""
+        return self.finish(job_id, "cancelled", "The document was deleted before it was indexed.")
+
+    def interrupted(self, job_id: str) -> bool:
+        """Its worker stopped (or the attempt timed out) mid-attempt -> queued, to run again."""
+        return self.requeue(job_id, "Interrupted (its worker stopped or the attempt timed "
+                            "out); it runs again.")
+
+    def fail(self, job_id: str, error: str, timings: Mapping[str, float] | None = None) -> bool:
+        """The file itself is at fault (retrying would fail the same way) -> failed."""
+        return self.finish(job_id, "failed", error, timings)
+
+    def complete(self, job_id: str, timings: Mapping[str, float], chunks: int) -> None:
+        """Its document is indexed -> done; a cancellation that arrived after the document was
+        indexed stands overruled, and the record says so."""
+        if not self.finish(job_id, "done", None, timings, chunks):
+            self.finish(job_id, "done", "Indexed before the cancellation took effect.",
+                        timings, chunks, force=True)
+
+    def attempt_failed(self, job: Job, error: str, timings: Mapping[str, float]) -> bool:
+        """An attempt failed unexpectedly: queued again while attempts are left (True), else
+        failed (False). `job` is the record as its attempt began."""
+        if job.attempts < job.max_attempts:
+            self.requeue(job.id, f"Attempt {job.attempts} of {job.max_attempts} failed: {error}")
+            return True
+        self.finish(job.id, "failed", f"Failed after {job.attempts} attempts: {error}", timings)
+        return False
+
+    def timed_out(self, job_id: str, timeout_s: float, attempts: int) -> bool:
+        """Every attempt ran past RAG_JOB_TIMEOUT_S -> failed."""
+        return self.finish(job_id, "failed", f"Timed out after {timeout_s} s on each of "
+                           f"{attempts} attempts (RAG_JOB_TIMEOUT_S).")
+
+    def queue_entry_lost(self, job: Job) -> bool:
+        """A running job whose queue entry and worker are both gone: queued again while it has
+        attempts left (True: the caller queues it), else failed (False)."""
+        if job.attempts < job.max_attempts and self.requeue(
+                job.id, "Its queue entry was lost (was Redis reset?) while its worker "
+                "was silent; it runs again."):
+            return True
+        self.finish(job.id, "failed", "Its queue entry was lost (was Redis reset?) "
+                    "and its worker stopped. Upload the file again.")
+        return False
+
+    def given_up(self, job_id: str, attempts: int, why: str) -> bool:
+        """The queue gave up on it (its last worker died, or the attempt failed) -> failed."""
+        return self.finish(job_id, "failed", f"Gave up after {attempts} attempts: {why}.")
 
 def _timings(timings: Mapping[str, float]) -> str:
     return json.dumps({k: round(v, 4) for k, v in timings.items()})
-
 
 def _job(row: tuple[Any, ...]) -> Job:
     return Job(
@@ -260,10 +331,16 @@ def _job(row: tuple[Any, ...]) -> Job:
     )
 
 
+class SqliteJobStore(SqliteDatabase, JobStore):
+    """Jobs in `jobs.sqlite3`: WAL mode with full fsync; safe across threads and processes."""
+
+    SCHEMA = SCHEMA
+
+
 def job_store(settings: Settings) -> JobStore:
     """The job records: PostgreSQL when configured, else this data directory's SQLite."""
     if settings.database_url:
         from ingest.pg_jobs import PgJobStore
 
         return PgJobStore(settings.database_url)
-    return JobStore(settings.data_dir / "jobs.sqlite3")
+    return SqliteJobStore(settings.data_dir / "jobs.sqlite3")

@@ -8,6 +8,3 @@ from rag.stores.postgres import PostgresDatabase
 
 class PgJobStore(PostgresDatabase, JobStore):
     """Jobs in the `jobs` table of `RAG_DATABASE_URL` (migrated with the rest at start)."""
-
-    def __init__(self, url: str) -> None:
-        PostgresDatabase.__init__(self, url)

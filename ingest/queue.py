@@ -25,8 +25,8 @@ from redis.exceptions import RedisError
 
 from ingest.jobs import Job, JobStore
 from ingest.runner import JobRunner, Outcome
+from rag.documents.indexer import DocumentIndexer
 from rag.errors import ConfigError
-from rag.service import RagService
 from rag.settings import Settings
 from rag.stores.postgres import conninfo
 
@@ -73,18 +73,18 @@ def queue_url(settings: Settings) -> str | None:
             return settings.redis_url or None
 
 
-def build_queue(settings: Settings, service: RagService, jobs: JobStore) -> JobQueue:
+def build_queue(settings: Settings, documents: DocumentIndexer, jobs: JobStore) -> JobQueue:
     """SAQ (on Redis or PostgreSQL) in distributed mode, threads in this process otherwise."""
     if queue_url(settings):
         return SaqQueue(settings, jobs)
-    return EmbeddedQueue(service, jobs, settings.worker_concurrency)
+    return EmbeddedQueue(documents, jobs, settings.worker_concurrency)
 
 
 class EmbeddedQueue:
     """Consumer threads in this process; restart-safe through the JobStore."""
 
-    def __init__(self, service: RagService, jobs: JobStore, concurrency: int = 1) -> None:
-        self.runner = JobRunner(service, jobs)
+    def __init__(self, documents: DocumentIndexer, jobs: JobStore, concurrency: int = 1) -> None:
+        self.runner = JobRunner(documents, jobs)
         self.jobs = jobs
         self.concurrency = concurrency
         self._pending: queue.Queue[str | None] = queue.Queue()
@@ -98,13 +98,8 @@ class EmbeddedQueue:
         self._stop.clear()
         with self._lock:  # everything unfinished comes back from the records below
             self._pending, self._known = queue.Queue(), set()
-        resumed = []
-        for job in self.jobs.unfinished():
-            if job.state == "running" and job.attempts >= job.max_attempts:  # died every time
-                self.jobs.finish(job.id, "failed", f"The process died during each of its "
-                                 f"{job.attempts} attempts.")
-                continue
-            resumed.append(job)
+        resumed = self.jobs.resume_unfinished()
+        for job in resumed:
             self._put(job.id)
         if resumed:
             log.info("resuming %d unfinished ingestion jobs", len(resumed))

@@ -1,6 +1,6 @@
 """One attempt at one ingestion job: the same code in-process and in `rag worker`.
 
-The engine's `process_document` does the work and keeps the document atomic (its chunks
+The engine's `DocumentIndexer.process` does the work and keeps the document atomic (its chunks
 become searchable in one transaction, under the index writer). This module wraps it with the
 job record: attempts, stage and progress, timings, cancellation and the decision to retry.
 """
@@ -14,9 +14,9 @@ import socket
 import threading
 import time
 
-from ingest.jobs import JobStore
+from ingest.jobs import Job, JobStore
+from rag.documents.indexer import DocumentIndexer
 from rag.errors import RagError
-from rag.service import RagService
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,10 @@ def worker_name() -> str:
 class JobRunner:
     """Runs job attempts against one loaded engine."""
 
-    def __init__(self, service: RagService, jobs: JobStore, report_every_s: float = 0.5) -> None:
-        self.service = service
+    def __init__(
+        self, documents: DocumentIndexer, jobs: JobStore, report_every_s: float = 0.5
+    ) -> None:
+        self.documents = documents
         self.jobs = jobs
         self.report_every_s = report_every_s
         self.worker = worker_name()
@@ -65,46 +67,37 @@ class JobRunner:
         job = self.jobs.begin_attempt(job_id, self.worker, attempt)
         if job is None:
             return Outcome.SKIPPED
-        doc = self.service.store.get_document(job.document_id)
+        doc = self.documents.get(job.document_id)
         if doc is None:
-            self.jobs.finish(job_id, "cancelled", "The document was deleted before it was indexed.")
+            self.jobs.document_gone(job_id)
             return Outcome.CANCELLED
         log.info("job %s: %s (%s), attempt %d of %d", job_id, doc.filename, doc.id[:12],
                  job.attempts, job.max_attempts)
         progress = Progress(self.jobs, job_id, stop, self.report_every_s)
         try:
-            result = self.service.process_document(doc.id, progress, progress.timings)
+            result = self.documents.process(doc.id, progress, progress.timings)
         except JobCancelled:
-            self.service.store.set_state(doc.id, "cancelled", "Its ingestion job was cancelled.")
+            self.documents.mark_cancelled(doc.id)
             return Outcome.CANCELLED
         except JobInterrupted:
-            self.service.store.set_state(doc.id, "queued")
-            self.jobs.requeue(job_id, "Interrupted (its worker stopped or the attempt timed "
-                              "out); it runs again.")
+            self.documents.mark_queued(doc.id)
+            self.jobs.interrupted(job_id)
             return Outcome.INTERRUPTED
         except RagError as exc:  # the file itself is at fault: retrying would fail the same way
-            self.jobs.finish(job_id, "failed", str(exc), progress.timings)
+            self.jobs.fail(job_id, str(exc), progress.timings)
             return Outcome.FAILED
         except Exception as exc:
-            return self._unexpected(job_id, doc.id, job.attempts, job.max_attempts, exc,
-                                    progress.timings)
-        if not self.jobs.finish(job_id, "done", None, progress.timings, result.chunk_count):
-            # A cancellation arrived after the document was indexed: it stands, say so.
-            self.jobs.finish(job_id, "done", "Indexed before the cancellation took effect.",
-                             progress.timings, result.chunk_count, force=True)
+            return self._unexpected(job, exc, progress.timings)
+        self.jobs.complete(job_id, progress.timings, result.chunk_count)
         return Outcome.DONE
 
-    def _unexpected(
-        self, job_id: str, doc_id: str, attempts: int, max_attempts: int, exc: Exception,
-        timings: dict[str, float],
-    ) -> Outcome:
+    def _unexpected(self, job: Job, exc: Exception, timings: dict[str, float]) -> Outcome:
+        """An unexpected error: the job runs again while attempts are left."""
         error = f"{type(exc).__name__}: {exc}"
-        log.exception("job %s attempt %d failed", job_id, attempts)
-        if attempts < max_attempts:
-            self.jobs.requeue(job_id, f"Attempt {attempts} of {max_attempts} failed: {error}")
-            self.service.store.set_state(doc_id, "queued", error)
+        log.exception("job %s attempt %d failed", job.id, job.attempts)
+        if self.jobs.attempt_failed(job, error, timings):
+            self.documents.mark_queued(job.document_id, error)
             return Outcome.RETRY
-        self.jobs.finish(job_id, "failed", f"Failed after {attempts} attempts: {error}", timings)
         return Outcome.FAILED
 
 

@@ -9,27 +9,27 @@ from typing import Any
 from ingest.intake import Accepted, Intake, StagedFile
 from ingest.jobs import Job, JobStore, job_store
 from ingest.queue import JobQueue, build_queue
+from rag.documents.indexer import DocumentIndexer
 from rag.errors import NotFound, RagError
-from rag.service import RagService
+from rag.settings import Settings
 
 
 class JobFinished(RagError):
     """The job already finished; there is nothing left to cancel."""
-
-    status = 409
 
 
 class IngestService:
     """What the document and job routes call; `start()` after the engine has loaded."""
 
     def __init__(
-        self, service: RagService, jobs: JobStore | None = None, queue: JobQueue | None = None
+        self, settings: Settings, documents: DocumentIndexer, jobs: JobStore | None = None,
+        queue: JobQueue | None = None,
     ) -> None:
         """Cheap: builds parts; the queue starts consuming in `start()`."""
-        self.service = service
-        self.jobs = jobs or job_store(service.settings)
-        self.intake = Intake(service, self.jobs)
-        self.queue = queue or build_queue(service.settings, service, self.jobs)
+        self.documents = documents
+        self.jobs = jobs or job_store(settings)
+        self.intake = Intake(settings, documents, self.jobs)
+        self.queue = queue or build_queue(settings, documents, self.jobs)
         self.started = False
 
     async def start(self) -> None:
@@ -64,8 +64,8 @@ class IngestService:
         if job is None:
             raise NotFound(f"Job {job_id} does not exist.",
                            "Use the job_id that POST /v1/documents returned.")
-        if job.state == "done" and self.service.index is not None:
-            self.service.refresh_index(force=True)
+        if job.state == "done":
+            self.documents.show_latest()
         return job
 
     async def cancel(self, job_id: str) -> Job:
@@ -82,4 +82,4 @@ class IngestService:
         for job in self.jobs.active_for(doc_id):
             self.jobs.cancel(job.id)
             await self.queue.cancel(job)
-        return await asyncio.to_thread(self.service.delete_document, doc_id)
+        return await asyncio.to_thread(self.documents.delete, doc_id)

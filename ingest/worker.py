@@ -45,6 +45,7 @@ class RetryJob(Exception):
 
 
 class WorkerContext(Context, total=False):
+    service: RagService
     runner: JobRunner
     jobs: JobStore
     pool: ThreadPoolExecutor
@@ -69,8 +70,7 @@ async def ingest_document(ctx: WorkerContext, *, job_id: str) -> str:
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(work), CLEANUP_WAIT_S)
         if job.timeout and time.monotonic() - started >= job.timeout and not job.retryable:
-            ctx["jobs"].finish(job_id, "failed", f"Timed out after {job.timeout} s on each of "
-                               f"{job.attempts} attempts (RAG_JOB_TIMEOUT_S).")
+            ctx["jobs"].timed_out(job_id, job.timeout, job.attempts)
         raise
     finally:
         beat.cancel()
@@ -102,19 +102,14 @@ async def reconcile(jobs: JobStore, queue: Queue, settings: Settings) -> int:
         elif queued is None and record.state == "running" and age > _lost_after(settings):
             # its queue entry was lost (Redis reset) and its worker is silent: retry it once
             # more if attempts are left
-            if record.attempts < record.max_attempts and jobs.requeue(
-                    record.id, "Its queue entry was lost (was Redis reset?) while its worker "
-                    "was silent; it runs again."):
+            if jobs.queue_entry_lost(record):
                 await queue.enqueue(JOB_FUNCTION, **saq_job_options(settings, record.id))
-            else:
-                jobs.finish(record.id, "failed", "Its queue entry was lost (was Redis reset?) "
-                            "and its worker stopped. Upload the file again.")
             changed += 1
         elif queued is not None and queued.status in (Status.ABORTED, Status.FAILED):
             why = ("its worker stopped responding (killed, or stuck past the heartbeat)"
                    if queued.error == queue.swept_error_message else
                    (queued.error or "unknown error").strip().splitlines()[-1])
-            jobs.finish(record.id, "failed", f"Gave up after {queued.attempts} attempts: {why}.")
+            jobs.given_up(record.id, queued.attempts, why)
             changed += 1
     return changed
 
@@ -158,7 +153,8 @@ def build_worker(settings: Settings, concurrency: int, burst: bool = False) -> W
         await asyncio.to_thread(functools.partial(service.load, generator=False, follow=False))
         jobs = job_store(settings)
         jobs.open()
-        ctx["runner"] = JobRunner(service, jobs)
+        ctx["service"] = service
+        ctx["runner"] = JobRunner(service.documents, jobs)
         ctx["jobs"] = jobs
         ctx["heartbeat_s"] = settings.job_heartbeat_s
         ctx["pool"] = ThreadPoolExecutor(concurrency, thread_name_prefix="ingest")
@@ -171,11 +167,11 @@ def build_worker(settings: Settings, concurrency: int, burst: bool = False) -> W
             ctx["reconciler"].cancel()
         if "pool" in ctx:
             ctx["pool"].shutdown(wait=True)
-            embedder = ctx["runner"].service.embedder
+            embedder = ctx["service"].embedder
             if isinstance(embedder, BatchingEmbedder) and embedder.calls:
                 log.info("embedded %d chunks in %d model calls (%.1f per call)", embedder.texts,
                          embedder.calls, embedder.texts / embedder.calls)
-            ctx["runner"].service.store.close()
+            ctx["service"].close()
             ctx["jobs"].close()
 
     return Worker(

@@ -1,4 +1,5 @@
-"""The engine: parsing, chunking, embedding, index, retrieval, prompt, generation, cache."""
+"""The engine, in rooms at its seams: ask, documents, index, generation, stores; `service`
+wires them, `cli` is the `rag` command. Importing it sets the environment its libraries need."""
 
 import os
 

@@ -57,14 +57,14 @@ def ingest(
         for path in files:
             bar.update(task, description=f"{path.name[:40]}")
             try:
-                doc = service.ingest_file(path, collection=collection)
+                doc = service.documents.ingest_file(path, collection=collection)
                 bar.console.print(f"[green]ok[/] {path} ({doc.chunk_count} chunks)")
             except RagError as exc:
                 failed += 1
                 bar.console.print(f"[red]failed[/] {path}: {exc}")
             bar.advance(task)
     console.print(f"{len(files) - failed} ingested, {failed} failed; "
-                  f"{service.store.searchable_count()} chunks searchable")
+                  f"{service.documents.searchable_count()} chunks searchable")
     raise typer.Exit(1 if failed and failed == len(files) else 0)
 
 
@@ -75,11 +75,11 @@ def ask(
     collection: Annotated[str | None, typer.Option(help="Only this collection.")] = None,
 ) -> None:
     """Answer a question from the indexed documents, with citations and timings."""
-    from rag.service import AskRequest
+    from rag.ask.service import AskRequest
 
     service = _service()
     try:
-        answer = service.ask(AskRequest(question, top_k, collection))
+        answer = service.asking.ask(AskRequest(question, top_k, collection))
     except RagError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
@@ -120,9 +120,9 @@ def reindex(
     service = RagService(Settings())
     with console.status("re-indexing..."):
         service.load(generator=False, fresh_index=reembed)
-        done, failed = service.reindex(reembed=reembed)
+        done, failed = service.documents.reindex(reembed=reembed)
     console.print(f"{done} documents indexed, {len(failed)} failed; "
-                  f"{service.store.searchable_count()} chunks searchable")
+                  f"{service.documents.searchable_count()} chunks searchable")
     raise typer.Exit(1 if failed else 0)
 
 

@@ -1,4 +1,9 @@
-"""The error family of the engine. `api/` maps each to one HTTP status in one place."""
+"""The error family of the engine: what went wrong (`message`), what to do (`hint`) and, for a
+busy or absent dependency, when to retry (`retry_after_s`).
+
+No HTTP here: `api/errors.py` is the one place that maps each kind (along its class hierarchy)
+to an HTTP status and response.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ from __future__ import annotations
 class RagError(Exception):
     """Base error: `message` says what was wrong, `hint` what to do about it."""
 
-    status = 400
     retry_after_s: int | None = None  # set: the client may retry after this many seconds
 
     def __init__(self, message: str, hint: str = "") -> None:
@@ -21,25 +25,21 @@ class RagError(Exception):
 class InvalidInput(RagError):
     """The request or file is malformed or out of range."""
 
-    status = 422
-
 
 class SlowRequest(RagError):
     """The client stopped sending the request body."""
 
-    status = 408
-
 
 class NotFound(RagError):
-    status = 404
+    """No such document, job, conversation or other record."""
 
 
 class TooLarge(RagError):
-    status = 413
+    """A file, body or question is over its size limit."""
 
 
 class UnsupportedType(RagError):
-    status = 415
+    """A file of a kind the engine cannot read."""
 
 
 class EmptyDocument(InvalidInput):
@@ -49,31 +49,25 @@ class EmptyDocument(InvalidInput):
 class NotReady(RagError):
     """The service cannot answer yet: models or index not loaded, or a dependency is down."""
 
-    status = 503
-
 
 class RateLimited(RagError):
-    status = 429
+    """Too many requests from one client in the current window."""
 
 
 class DiskFull(RagError):
     """The data directory's disk (or quota) is full: nothing was stored."""
 
-    status = 507
-
 
 class Unauthorized(RagError):
-    status = 401
+    """No credential, or one that is not valid."""
 
 
 class Forbidden(RagError):
-    status = 403
+    """A valid credential that lacks the needed scope."""
 
 
 class ConfigError(RagError):
     """Settings point at something that does not exist or does not fit together."""
-
-    status = 500
 
 
 class IndexMismatch(ConfigError):
@@ -82,8 +76,6 @@ class IndexMismatch(ConfigError):
 
 class Overloaded(RagError):
     """Too much work is queued already; the client should retry after `retry_after_s`."""
-
-    status = 503
 
     def __init__(self, message: str, hint: str = "", retry_after_s: int = 2) -> None:
         super().__init__(message, hint)

@@ -2,12 +2,72 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 # What the engine answers when no source is relevant; evaluation detects abstention by it.
 NO_ANSWER = "The documents do not contain an answer to this question."
+
+Rating = Literal["up", "down"]
+
+
+def new_id(prefix: str) -> str:
+    """A fresh random id with a prefix saying what it names (`conv`, `ans`, `fb`)."""
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One earlier exchange of a conversation: what was asked and what was answered."""
+
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class AnswerRecord:
+    """An answer as given, kept for its conversation and for feedback on it."""
+
+    id: str
+    question: str
+    answer: str
+    conversation_id: str | None = None
+    history: tuple[Turn, ...] = ()  # the turns the answer was given after
+    documents: tuple[str, ...] = ()  # filenames of the cited documents, in citation order
+    mode: str = "generated"
+    owner: str = ""
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A kept conversation: its answers as turns, oldest first (empty when only listed)."""
+
+    id: str
+    title: str  # its first question
+    turns: tuple[AnswerRecord, ...]
+    created_at: float
+    updated_at: float
+    expires_at: float
+    owner: str = ""
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A rating of one answer, with what was asked and answered (for evaluation suites)."""
+
+    id: str
+    answer_id: str
+    rating: Rating
+    question: str
+    answer: str
+    history: tuple[Turn, ...] = ()
+    documents: tuple[str, ...] = ()
+    comment: str = ""
+    expected: str = ""
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -209,3 +269,57 @@ def _quote(data: Mapping[str, Any]) -> Quote:
 
 def _check(data: Mapping[str, Any]) -> SentenceCheck:
     return SentenceCheck(**{**data, "missing": tuple(data.get("missing", ()))})
+
+
+# --- what the ask stages hand each other (rag/ask/) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Query:
+    """A question as retrieval takes it: the text, how many chunks, and what it may search."""
+
+    text: str
+    top_k: int = 5
+    collection: str | None = None
+    document_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScoredSentence:
+    """A candidate evidence sentence with its fused score and the scores that made it."""
+
+    sentence: Sentence
+    score: float
+    dense: float
+    bm25: float
+    chunk: int  # index of the retrieved chunk it was found in
+    rank: int = 0  # 1 = best; 0 for a neighbour taken only to make a sentence read well
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What evidence selection found: every candidate ranked, and the chosen sentences grouped
+    by the chunk they come from (chunks in rank order, sentences in document order)."""
+
+    ranked: tuple[ScoredSentence, ...]
+    groups: tuple[tuple[ScoredChunk, tuple[ScoredSentence, ...]], ...]
+
+    @property
+    def best(self) -> ScoredSentence | None:
+        return self.ranked[0] if self.ranked else None
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt ready to generate from, and which retrieved chunks it holds."""
+
+    messages: tuple[dict[str, str], ...]
+    input_ids: tuple[int, ...]
+    sources: tuple[ScoredChunk, ...]
+    dropped: tuple[ScoredChunk, ...]
+    prompt_tokens: int
+    budget: int
+    # Per source, the evidence sentences the prompt shows (empty: the chunk's whole text).
+    evidence: tuple[tuple[ScoredSentence, ...], ...] = ()
+    turns: tuple[Turn, ...] = ()  # the earlier turns the prompt holds, oldest first
+    dropped_turns: int = 0  # older turns left out for want of room

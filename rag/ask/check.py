@@ -11,16 +11,13 @@ import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import Stemmer
 
-from rag.ask.pipeline import AskContext, quiet
+from rag.ask.context import AskContext, quiet
 from rag.generation.stopping import split_sentences
-from rag.types import NO_ANSWER, AnswerMode, Quote, SentenceCheck
-
-if TYPE_CHECKING:
-    from rag.ask.evidence import ScoredSentence
+from rag.types import NO_ANSWER, AnswerMode, Quote, ScoredSentence, SentenceCheck
 
 # English function words: they carry no claim, so they count neither for nor against support.
 STOPWORDS = frozenset([

@@ -5,6 +5,9 @@ vector was stored at ingest, and the question's vector comes from retrieval, so 
 encoded here) and by BM25 over those sentences, fused by reciprocal rank. The best few, with the
 sentence before where they lean on it ("It was ...", "He ..."), become the prompt's evidence,
 grouped by the chunk they come from.
+
+`EvidenceSelector` does the ranking and choosing, `EvidenceStage` is the ask stage (and abstains
+when nothing relevant was found); `Evidence` and `ScoredSentence` are in `rag.types`.
 """
 
 from __future__ import annotations
@@ -12,18 +15,18 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import bm25s
 import numpy as np
 import numpy.typing as npt
 
-from rag.ask.pipeline import AskContext, Pieces, settle
-from rag.ask.retrieve import fuse
+from rag.ask.context import AskContext, Pieces, settle
+from rag.ask.ranking import fuse
 from rag.documents.sentences import sentence_spans
 from rag.embedding import Embedder
 from rag.stores.chunks import ChunkStore
-from rag.types import NO_ANSWER, ScoredChunk, Sentence
+from rag.types import NO_ANSWER, Evidence, ScoredChunk, ScoredSentence, Sentence
 
 log = logging.getLogger(__name__)
 
@@ -46,31 +49,6 @@ def _states(text: str) -> bool:
         return False
     words = len(_WORDS.findall(text))
     return words >= 4 and (text[-1] in ".!;:)\"'" or words >= 7 or " | " in text)
-
-
-@dataclass(frozen=True)
-class ScoredSentence:
-    """A candidate sentence with its fused score and the scores that made it."""
-
-    sentence: Sentence
-    score: float
-    dense: float
-    bm25: float
-    chunk: int  # index of the retrieved chunk it was found in
-    rank: int = 0  # 1 = best; 0 for a neighbour taken only to make a sentence read well
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """What evidence selection found: every candidate ranked, and the chosen sentences grouped
-    by the chunk they come from (chunks in rank order, sentences in document order)."""
-
-    ranked: tuple[ScoredSentence, ...]
-    groups: tuple[tuple[ScoredChunk, tuple[ScoredSentence, ...]], ...]
-
-    @property
-    def best(self) -> ScoredSentence | None:
-        return self.ranked[0] if self.ranked else None
 
 
 class EvidenceSelector:
@@ -143,7 +121,7 @@ def rank(
     """Candidates best first: dense cosine and BM25 over the candidates, fused by RRF."""
     matrix = np.stack([vec for _, vec, _ in candidates])  # (n, dim), rows unit length
     dense = matrix @ vector  # (n,)
-    sparse = _bm25(question, [s.text for s, _, _ in candidates])
+    sparse = bm25_scores(question, [s.text for s, _, _ in candidates])
     by_dense = sorted(range(len(candidates)), key=lambda i: (-dense[i], i))
     by_sparse = sorted((i for i in range(len(candidates)) if sparse[i] > 0),
                        key=lambda i: (-sparse[i], i))
@@ -156,7 +134,7 @@ def rank(
     ]
 
 
-def _bm25(question: str, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+def bm25_scores(question: str, texts: Sequence[str]) -> npt.NDArray[np.float32]:
     """BM25 score of each text for the question (0 where no query term occurs)."""
     corpus = bm25s.tokenize(list(texts), stopwords="en", show_progress=False)
     if not corpus.vocab:  # only stopwords and punctuation: bm25s cannot index that

@@ -3,7 +3,7 @@
 Generation stops at the first repeat (a sentence, a near-repeat of one, or any stretch of text
 said twice in a row) and at the end of the answer's first paragraph; the text kept is the
 cleaned answer (first paragraph, each sentence once). Token-level loops are caught inside the
-local generator too (`rag.generation.base`).
+local generator's scheduler too (`rag.generation.runtime.scheduler`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import replace
 
-from rag.ask.pipeline import AskContext, Pieces
+from rag.ask.context import AskContext, Pieces
 from rag.generation.base import Generator
 from rag.generation.stopping import AnswerStop, clean_answer
 

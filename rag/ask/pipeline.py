@@ -1,83 +1,30 @@
-"""The ask path as a short pipeline of typed stages.
+"""The ask path as a short pipeline of typed stages, built in one place.
 
-Each stage takes the `AskContext` so far and returns a new one; a stage that streams (the
-generator) yields text pieces on the way. A stage that settles the answer early (no relevant
-source: abstain) sets `done`, and the stages after it are skipped. The pipeline times every
-stage under its `name`.
+Each stage (one module each: rewrite, retrieve, evidence, prompt, generate, check) takes the
+`AskContext` so far and returns a new one; the pipeline runs them in order, times each under
+its `name`, and stops early once a stage settles the answer (abstains).
 
 Adding a stage (a reranker, a query rewrite) is one module with a class that has `name` and
-`run`, and one line in `RagService._pipeline`.
+`run`, and one line in `build_pipeline`.
 """
 
 from __future__ import annotations
 
-import functools
-import threading
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from collections.abc import Sequence
+from dataclasses import replace
 
-import numpy as np
-import numpy.typing as npt
-
-from rag.types import AnswerMode, Quote, ScoredChunk, SentenceCheck
-
-if TYPE_CHECKING:
-    from rag.ask.evidence import Evidence
-    from rag.ask.prompt import Prompt
-    from rag.ask.retrieve import Query
-    from rag.stores.conversations import Turn
-
-Pieces = Generator[str, None, "AskContext"]
-S = TypeVar("S")
-
-
-@dataclass(frozen=True)
-class AskContext:
-    """Everything one ask has found so far; stages fill it in order."""
-
-    query: Query
-    stop: threading.Event | None = None
-    history: tuple[Turn, ...] = ()  # earlier turns of the conversation, oldest first
-    max_new_tokens: int | None = None  # this ask's cap on the answer (None: the setting's)
-    # follow-up rewrite
-    search: str = ""  # the retrieval query when it is not the question itself
-    # retrieve
-    chunks: tuple[ScoredChunk, ...] = ()
-    vector: npt.NDArray[np.float32] | None = None  # the retrieval query's embedding, (dim,)
-    # select evidence
-    evidence: Evidence | None = None
-    # build prompt
-    prompt: Prompt | None = None
-    # generate
-    generated: str = ""  # the generator's text, cleaned (first paragraph, no repeats)
-    completion_tokens: int = 0
-    first_token: float | None = None  # time.perf_counter() of the first piece
-    stop_reason: str | None = None
-    # check
-    text: str = ""  # the answer as given
-    mode: AnswerMode = "generated"
-    groundedness: float = 0.0
-    sentences: tuple[SentenceCheck, ...] = ()
-    quotes: tuple[Quote, ...] = ()
-    # bookkeeping
-    done: bool = False  # the answer is settled; later stages are skipped
-    timings: Mapping[str, float] = field(default_factory=dict)  # stage name -> ms
-
-    @property
-    def question(self) -> str:
-        return self.query.text
-
-
-class Stage(Protocol):
-    """One step of the ask path."""
-
-    name: str
-
-    def run(self, ctx: AskContext) -> Pieces:
-        """Return the context with this stage's findings; may yield answer text pieces."""
-        ...
+from rag.ask.check import CheckStage
+from rag.ask.context import AskContext, Pieces, Stage
+from rag.ask.evidence import EvidenceSelector, EvidenceStage
+from rag.ask.generate import GenerateStage
+from rag.ask.prompt import PromptStage
+from rag.ask.retrieve import Retriever, RetrieveStage
+from rag.ask.rewrite import FollowupStage
+from rag.embedding import Embedder
+from rag.generation.base import Generator
+from rag.settings import Settings
+from rag.stores.chunks import ChunkStore
 
 
 class AskPipeline:
@@ -100,17 +47,19 @@ class AskPipeline:
         return ctx
 
 
-def quiet(run: Callable[[S, AskContext], AskContext]) -> Callable[[S, AskContext], Pieces]:
-    """Make a stage's plain `run` (one that streams nothing) a `Stage.run`."""
-
-    @functools.wraps(run)
-    def wrapped(self: S, ctx: AskContext) -> Pieces:
-        yield from ()
-        return run(self, ctx)
-
-    return wrapped
-
-
-def settle(ctx: AskContext, text: str, mode: AnswerMode) -> AskContext:
-    """The context with its answer settled: later stages are skipped."""
-    return replace(ctx, text=text, mode=mode, done=True)
+def build_pipeline(
+    settings: Settings, retriever: Retriever, store: ChunkStore, embedder: Embedder,
+    generator: Generator,
+) -> AskPipeline:
+    """The ask path, stage by stage."""
+    s = settings
+    selector = EvidenceSelector(store, embedder, s.evidence_sentences, s.rrf_k)
+    return AskPipeline([
+        *([FollowupStage()] if s.followup_rewrite == "terms" else []),
+        RetrieveStage(retriever),
+        EvidenceStage(selector, s.min_relevance, s.min_evidence),
+        PromptStage(generator, s.answer_context, s.max_new_tokens),
+        GenerateStage(generator, s.max_new_tokens, s.stop_at_paragraph),
+        CheckStage(s.min_support_overlap, s.unsupported_answer, s.evidence_sentences,
+                   s.min_quote_score),
+    ])

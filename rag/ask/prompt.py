@@ -5,6 +5,9 @@ sentences chosen from it (`evidence` context, see rag.ask.evidence).
 
 The budget is counted with the generator's own tokenizer on the fully rendered chat template,
 so `len(prompt.input_ids) + max_new_tokens <= context_window` holds for any input.
+
+`build_prompt` and `build_evidence_prompt` assemble it, `PromptStage` is the ask stage; the
+`Prompt` they return is in `rag.types` (the generators take it too).
 """
 
 from __future__ import annotations
@@ -15,15 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, cast
 
-from rag.ask.pipeline import AskContext, quiet
+from rag.ask.context import AskContext, quiet
 from rag.errors import ConfigError, InvalidInput
-from rag.stores.conversations import Turn
-from rag.types import ScoredChunk
+from rag.types import Evidence, Prompt, ScoredChunk, ScoredSentence, Turn
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from rag.ask.evidence import Evidence, ScoredSentence
     from rag.generation.base import Generator
 
 # Kept short for a 135M model, and never formatted: the KV cache of this prefix can be reused.
@@ -42,22 +43,6 @@ _CITATION_MARK = re.compile(r"\s*\[\d+\]")
 
 # A sentence ends at . ! or ? (closing quotes or brackets included) followed by space or the end.
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """A prompt ready to generate from, and which retrieved chunks it holds."""
-
-    messages: tuple[dict[str, str], ...]
-    input_ids: tuple[int, ...]
-    sources: tuple[ScoredChunk, ...]
-    dropped: tuple[ScoredChunk, ...]
-    prompt_tokens: int
-    budget: int
-    # Per source, the evidence sentences the prompt shows (empty: the chunk's whole text).
-    evidence: tuple[tuple[ScoredSentence, ...], ...] = ()
-    turns: tuple[Turn, ...] = ()  # the earlier turns the prompt holds, oldest first
-    dropped_turns: int = 0  # older turns left out for want of room
 
 
 @dataclass(frozen=True)

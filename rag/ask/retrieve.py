@@ -1,4 +1,8 @@
-"""Hybrid retrieval: dense top-k and BM25 fused by reciprocal rank, overlapping windows merged."""
+"""Hybrid retrieval: dense top-k and BM25 fused by reciprocal rank, overlapping windows merged.
+
+`Retriever` searches any `VectorIndex` and a `BM25Index` over the chunk texts; `RetrieveStage` is
+the ask stage. The fusion itself is `rag.ask.ranking.fuse`; `Query` is in `rag.types`.
+"""
 
 from __future__ import annotations
 
@@ -12,21 +16,14 @@ import bm25s
 import numpy as np
 import numpy.typing as npt
 
-from rag.ask.pipeline import AskContext, quiet
+from rag.ask.context import AskContext, quiet
+from rag.ask.ranking import fuse
 from rag.embedding import Embedder
-from rag.index.vectors import FaissIndex
+from rag.index.vectors import VectorIndex
 from rag.stores.chunks import ChunkStore
-from rag.types import Chunk, ScoredChunk
+from rag.types import Chunk, Query, ScoredChunk
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Query:
-    text: str
-    top_k: int = 5
-    collection: str | None = None
-    document_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,7 +77,7 @@ class Retriever:
     def __init__(
         self,
         store: ChunkStore,
-        index: FaissIndex,
+        index: VectorIndex,
         embedder: Embedder,
         hybrid: bool = True,
         rrf_k: int = 60,
@@ -125,17 +122,6 @@ class Retriever:
     def best_dense_score(self, results: Sequence[ScoredChunk]) -> float:
         scores = [r.dense_score for r in results if r.dense_score is not None]
         return max(scores) if scores else float("-inf")
-
-
-def fuse(
-    dense: Sequence[tuple[int, float]], sparse: Sequence[tuple[int, float]], k: int
-) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion: score(d) = sum over lists of 1 / (k + rank), rank from 1."""
-    totals: dict[int, float] = {}
-    for ranking in (dense, sparse):
-        for rank, (cid, _) in enumerate(ranking, start=1):
-            totals[cid] = totals.get(cid, 0.0) + 1.0 / (k + rank)
-    return sorted(totals.items(), key=lambda item: (-item[1], item[0]))
 
 
 def merge_overlaps(results: Sequence[ScoredChunk]) -> list[ScoredChunk]:

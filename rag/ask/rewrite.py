@@ -15,8 +15,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 
-from rag.ask.pipeline import AskContext, quiet
-from rag.stores.conversations import Turn
+from rag.ask.context import AskContext, quiet
+from rag.types import Turn
 
 MAX_TERMS = 8
 MIN_OWN_TERMS = 3  # a question with fewer content terms than this leans on its context

@@ -90,11 +90,6 @@ def detect_kind(path: Path, filename: str) -> str:
     return detected
 
 
-def check_file(path: Path, settings: Settings) -> None:
-    """Refuse a file before reading it: too large, empty, or a zip that would expand too far."""
-    check_limits(path, path.name, settings)
-
-
 # ---------------------------------------------------------------------------------------------
 # Size and decompression limits
 
@@ -113,16 +108,22 @@ def inspect_file(path: Path, filename: str, settings: Settings) -> str:
 
 
 def check_limits(path: Path, filename: str, settings: Settings) -> None:
-    """check_file with the user's name for the file in the messages."""
+    """Refuse a file before reading it: too large, empty, or a zip that would expand too far
+    (`filename` is the user's name for it, for the messages)."""
     size = path.stat().st_size
-    if size > settings.max_file_bytes:
-        raise TooLarge(
-            f"{filename} is {_mib(size)}, over the {_mib(settings.max_file_bytes)} limit.",
-            hint="Split the document into smaller files, or raise RAG_MAX_FILE_BYTES.",
-        )
+    check_size(size, filename, settings)
     if size == 0:
         raise EmptyDocument(f"{filename} is empty (0 bytes).", hint="Upload a file with text.")
     _check_zip(path, filename, size, settings)
+
+
+def check_size(size: int, filename: str, settings: Settings) -> None:
+    """The one rule on a file's size: at most RAG_MAX_FILE_BYTES. The API also applies it
+    while a file streams in, to the bytes received so far, so it stops reading early."""
+    limit = settings.max_file_bytes
+    if size > limit:
+        raise TooLarge(f"{filename} is over the limit of {limit} bytes ({_mib(limit)}).",
+                       hint="Split the document into smaller files, or raise RAG_MAX_FILE_BYTES.")
 
 
 def _check_zip(path: Path, filename: str, size: int, settings: Settings) -> None:

@@ -1,7 +1,7 @@
 """Turn an uploaded file into Elements, partitioned with unstructured, fully offline.
 
-The file is checked and its kind told from its content first (`detection`, whose `SUPPORTED`,
-`detect_kind` and `check_file` this module re-exports). Per kind: html, xml, docx, pptx, xlsx, csv,
+The file is checked and its kind told from its content first (`detection.inspect_file`).
+Per kind: html, xml, docx, pptx, xlsx, csv,
 eml and md go through unstructured's partitioners (md in blocks of about 1 MB so a huge file parses
 in bounded memory). pdf reads the text layer with pdfminer and classifies each text box with
 unstructured's `element_from_text`, as unstructured's "fast" strategy does, without `partition_pdf`
@@ -19,22 +19,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from rag.documents.detection import (
-    SUPPORTED,
-    SUPPORTED_HINT,
-    check_file,
-    check_limits,
-    detect_kind,
-    file_encoding,
-)
+from rag.documents.detection import SUPPORTED_HINT, file_encoding, inspect_file
 from rag.errors import ConfigError, EmptyDocument, InvalidInput, RagError, UnsupportedType
 from rag.settings import Settings
 from rag.types import Element
 
 if TYPE_CHECKING:
     from unstructured.documents.elements import Element as UnstructuredElement
-
-__all__ = ["SUPPORTED", "check_file", "detect_kind", "parse"]
 
 _BLOCK_CHARS = 1 << 20  # text is partitioned in blocks of about this many characters
 _TITLE_MAX_WORDS = 12  # unstructured's `is_possible_title` limit
@@ -71,8 +62,7 @@ def parse(
     InvalidInput when the file is corrupt.
     """
     if kind is None:
-        check_limits(path, filename, settings)
-        kind = detect_kind(path, filename)
+        kind = inspect_file(path, filename, settings)
     _use_packaged_spacy_model()
     return _elements(kind, path, filename)
 

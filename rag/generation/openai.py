@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedTokenizerBase
 
-from rag.ask.prompt import Prompt
 from rag.errors import ConfigError, NotReady, Overloaded
-from rag.generation.base import TokenStream, _Counts, _no_pieces
+from rag.generation.base import TokenCounts, TokenStream
 from rag.generation.model_files import load_tokenizer
 from rag.settings import Settings
+from rag.types import Prompt
 
 if TYPE_CHECKING:
     import httpx
@@ -84,9 +84,9 @@ class OpenAIGenerator:
     ) -> TokenStream:
         """POST /chat/completions with stream=true and yield the content deltas."""
         client, tokenizer = self._ready()
-        counts = _Counts(prompt_tokens=len(prompt.input_ids))
+        counts = TokenCounts(prompt_tokens=len(prompt.input_ids))
         if stop is not None and stop.is_set():
-            return TokenStream(_no_pieces(), counts)
+            return TokenStream.cancelled(counts)
         body = {
             "model": self.name,
             "messages": list(prompt.messages),
@@ -107,7 +107,7 @@ class OpenAIGenerator:
 def _server_pieces(
     client: httpx.Client,
     body: dict[str, Any],
-    counts: _Counts,
+    counts: TokenCounts,
     tokenizer: PreTrainedTokenizerBase,
     stop: threading.Event | None,
 ) -> PieceGenerator[str, None, None]:
@@ -152,7 +152,7 @@ def _check_status(response: httpx.Response) -> None:
     raise NotReady(message, "Try again later.")
 
 
-def _take_usage(chunk: dict[str, Any], counts: _Counts) -> bool:
+def _take_usage(chunk: dict[str, Any], counts: TokenCounts) -> bool:
     """Copy the server's token counts from a chunk that carries them."""
     usage = chunk.get("usage")
     if not isinstance(usage, dict):

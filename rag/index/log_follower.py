@@ -17,8 +17,8 @@ import numpy as np
 import psycopg
 
 from rag.errors import RagError
-from rag.index.vectors import FaissIndex
-from rag.stores.pg_store import CHANNEL, PgChunkStore
+from rag.index.vectors import VectorIndex
+from rag.stores.chunks_postgres import CHANNEL, PgChunkStore
 from rag.stores.postgres import conninfo, hidden
 
 log = logging.getLogger(__name__)
@@ -27,10 +27,10 @@ PRUNE_EVERY_S = 3600.0
 
 
 class IndexFollower:
-    """Applies `index_log` to one FaissIndex; `start()` runs it in a thread."""
+    """Applies `index_log` to one VectorIndex; `start()` runs it in a thread."""
 
     def __init__(
-        self, store: PgChunkStore, index: FaissIndex, lock: threading.Lock,
+        self, store: PgChunkStore, index: VectorIndex, lock: threading.Lock,
         catchup_s: float = 5.0, save_every_s: float = 30.0, keep_s: float = 7 * 86400.0,
     ) -> None:
         self.store = store

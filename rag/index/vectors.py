@@ -45,14 +45,53 @@ class Manifest:
 
 
 class VectorIndex(Protocol):
-    """Nearest-neighbour search over vectors keyed by chunk id."""
+    """Nearest-neighbour search over unit vectors keyed by chunk id, scored by inner product.
+
+    `add` keeps an id given twice twice: to replace a vector, `remove` its id first (`remove`
+    takes every copy and ignores ids that are not there). Every implementation passes the
+    contract in tests/rag/index/test_vector_index_contract.py.
+    """
+
+    # The last change-log entry (PostgreSQL) the contents hold, 0 for none; `save` keeps it.
+    log_seq: int
 
     @property
     def count(self) -> int: ...
 
+    @property
+    def version(self) -> int:
+        """Bumped on every change: what retrieval's BM25 index and cache keys follow."""
+        ...
+
+    @property
+    def index_id(self) -> str:
+        """Random per data directory: cached answers of two deployments never mix."""
+        ...
+
+    @property
+    def kind(self) -> str:
+        """The form it is in now (exact `flat`, approximate `ivf`, ...)."""
+        ...
+
     def add(self, ids: Ids, vectors: Vectors) -> None: ...
 
     def remove(self, ids: Ids) -> None: ...
+
+    def rebuild(self, batches: Iterable[tuple[Ids, Vectors]]) -> None:
+        """Replace the whole contents with these (ids, vectors) batches, in the best form."""
+        ...
+
+    def needs_approximate(self) -> bool:
+        """Whether it has outgrown its exact form, so that a `rebuild` would pay."""
+        ...
+
+    def mark_changed(self) -> None:
+        """Bump `version` for changes made in memory, without saving them."""
+        ...
+
+    def save(self) -> Manifest:
+        """Persist the contents and `log_seq` as a new `version`."""
+        ...
 
     def search(
         self, queries: Vectors, k: int, allowed: Ids | None = None

@@ -3,8 +3,9 @@
 It is the source of truth: the FAISS index and the BM25 index are rebuilt from it. Only
 chunks of documents in state `indexed` are searchable, so a document becomes visible in
 one transaction (`mark_indexed`) and a crash mid-ingest leaves nothing half-searchable.
-The SQL is portable: `ChunkStore` runs it on SQLite in the data directory, `PgChunkStore`
-(rag.stores.pg_store) on PostgreSQL, where it also writes the index change log.
+The SQL is portable and lives in `ChunkStore`, the type callers use; `SqliteChunkStore` (here)
+runs it on SQLite in the data directory, `PgChunkStore` (rag.stores.chunks_postgres) on
+PostgreSQL, where it also writes the index change log. `build_store` picks one.
 
 A document's state changes only through `set_state` (guarded by TRANSITIONS) and
 `mark_indexed`; `put_document` creates it (queued, or processing for `rag ingest`).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from abc import abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -25,6 +27,7 @@ import numpy.typing as npt
 from rag.documents.chunking import ChunkDraft
 from rag.documents.sentences import SentenceDraft
 from rag.settings import Settings
+from rag.stores.sql import SqlRecords
 from rag.stores.sqlite import SqliteDatabase
 from rag.types import Chunk, Document, Sentence
 
@@ -96,13 +99,16 @@ DOC_COLUMNS = (
 )
 
 
-class ChunkStore(SqliteDatabase):
-    """SQLite in WAL mode; safe to share between threads and processes."""
+class ChunkStore(SqlRecords):
+    """Documents, chunks and sentences in SQL tables: the queries both backends run.
 
-    SCHEMA = SCHEMA
+    A backend class puts its database class first (`SqliteDatabase`, `PostgresDatabase`),
+    which gives the primitives `stores.sql.SqlRecords` declares, and says what `_log` does.
+    """
 
+    @abstractmethod
     def _log(self, db: Any, op: str, doc_id: str) -> None:
-        """Record the document's chunk ids as added or removed (PostgreSQL's change log)."""
+        """Record the document's chunk ids as added or removed, inside transaction `db`."""
 
     def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         """Run statements in one immediate transaction."""
@@ -336,23 +342,20 @@ class ChunkStore(SqliteDatabase):
         )
         return np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
 
-
 INSERT_CHUNK = (
     'INSERT INTO chunks (document_id, ordinal, text, start, "end", page, title_path, '
     "token_count, vector) VALUES (?,?,?,?,?,?,?,?,?) RETURNING id"
 )
 
-
 def chunk_row(doc_id: str, d: ChunkDraft, vector: npt.NDArray[np.float32]) -> tuple[Any, ...]:
+    """The values of INSERT_CHUNK for one chunk."""
     return (doc_id, d.ordinal, d.text, d.start, d.end, d.page, json.dumps(list(d.title_path)),
             d.token_count, np.asarray(vector, dtype=np.float32).tobytes())
-
 
 def _insert_chunk(
     db: Any, doc_id: str, d: ChunkDraft, vector: npt.NDArray[np.float32]
 ) -> int:
     return int(db.execute(INSERT_CHUNK, chunk_row(doc_id, d, vector)).fetchone()[0])
-
 
 def _document(row: tuple[Any, ...]) -> Document:
     meta: Mapping[str, Any] = json.loads(row[5]) if row[5] else {}
@@ -363,10 +366,19 @@ def _document(row: tuple[Any, ...]) -> Document:
     )
 
 
+class SqliteChunkStore(SqliteDatabase, ChunkStore):
+    """The chunk store in SQLite (WAL mode); safe to share between threads and processes."""
+
+    SCHEMA = SCHEMA
+
+    def _log(self, db: Any, op: str, doc_id: str) -> None:
+        """Nothing to record: only the PostgreSQL store keeps an index change log."""
+
+
 def build_store(settings: Settings) -> ChunkStore:
     """PostgreSQL when `RAG_DATABASE_URL` is set, else SQLite in the data directory."""
     if settings.database_url:
-        from rag.stores.pg_store import PgChunkStore
+        from rag.stores.chunks_postgres import PgChunkStore
 
         return PgChunkStore(settings.database_url)
-    return ChunkStore(settings.store_path)
+    return SqliteChunkStore(settings.store_path)

@@ -1,87 +1,34 @@
-"""Conversations, the answers given in them, and feedback on answers.
+"""Where conversations, the answers given in them, and feedback on answers are kept.
 
-Two backends behind one `ConversationStore`: SQLite in the data directory (embedded mode) and
-Redis (distributed mode, `RAG_REDIS_URL`). A conversation lives `conversation_ttl_s` after its
-last turn. Once expired it is remembered a while longer (a tombstone, `TOMBSTONE_TTLS` times the
-TTL), so that its next turn can be told apart from an id that never existed: the first starts
-the conversation afresh and says so, the second is a 404. Feedback copies the question, history
-and answer it rates, so it outlives the answer it was given on.
+Three backends behind one `ConversationStore`: SQLite in the data directory (embedded mode),
+PostgreSQL (`RAG_DATABASE_URL`) and Redis (distributed mode, `RAG_REDIS_URL`); the SQL of the
+first two lives once, in `SqlConversations`. `build_conversations` picks one. A conversation
+lives `conversation_ttl_s` after its last turn. Once expired it is remembered a while longer (a
+tombstone, `TOMBSTONE_TTLS` times the TTL), so that its next turn (which starts it afresh) can
+be told apart from an id that never existed (refused as unknown). Feedback copies the
+question, history and answer it rates, so it outlives the answer it was given on. The record
+types are in rag.types; what the service does with them (threading an ask onto a
+conversation, rating) is in rag.ask.conversations.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import logging
-import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
-from rag.errors import InvalidInput, NotFound, NotReady
+from rag.errors import NotReady
+from rag.stores.postgres import PostgresDatabase
+from rag.stores.sql import SqlRecords
 from rag.stores.sqlite import SqliteDatabase
-
-log = logging.getLogger(__name__)
+from rag.types import AnswerRecord, Conversation, Feedback, Turn
 
 TOMBSTONE_TTLS = 8
-Rating = Literal["up", "down"]
 Lookup = Literal["live", "expired", "unknown"]
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One earlier exchange: what was asked and what was answered."""
-
-    question: str
-    answer: str
-
-
-@dataclass(frozen=True)
-class AnswerRecord:
-    """An answer as given, kept for its conversation and for feedback on it."""
-
-    id: str
-    question: str
-    answer: str
-    conversation_id: str | None = None
-    history: tuple[Turn, ...] = ()  # the turns the answer was given after
-    documents: tuple[str, ...] = ()  # filenames of the cited documents, in citation order
-    mode: str = "generated"
-    owner: str = ""
-    created_at: float = 0.0
-
-
-@dataclass(frozen=True)
-class Conversation:
-    id: str
-    title: str  # its first question
-    turns: tuple[AnswerRecord, ...]
-    created_at: float
-    updated_at: float
-    expires_at: float
-    owner: str = ""
-
-
-@dataclass(frozen=True)
-class Feedback:
-    """A rating of one answer, with what was asked and answered (for evaluation suites)."""
-
-    id: str
-    answer_id: str
-    rating: Rating
-    question: str
-    answer: str
-    history: tuple[Turn, ...] = ()
-    documents: tuple[str, ...] = ()
-    comment: str = ""
-    expected: str = ""
-    created_at: float = 0.0
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(12)}"
 
 
 class ConversationStore(Protocol):
@@ -138,7 +85,7 @@ def _feedback(data: dict[str, Any]) -> Feedback:
                        "documents": tuple(data.get("documents", ()))})
 
 
-# --- SQLite -------------------------------------------------------------------------------
+# --- SQLite and PostgreSQL ----------------------------------------------------------------
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -166,14 +113,12 @@ CREATE TABLE IF NOT EXISTS feedback (
 """
 
 
-class SqliteConversations(SqliteDatabase):
-    """Conversations in `conversations.sqlite3` of the data directory."""
+class SqlConversations(SqlRecords):
+    """Conversations, answers and feedback in SQL tables: the queries SQLite and PostgreSQL
+    both run. A backend class puts its database class first, which gives the primitives
+    `stores.sql.SqlRecords` declares."""
 
-    SCHEMA = SCHEMA
-
-    def __init__(self, path: Path, ttl_s: int) -> None:
-        super().__init__(path)
-        self.ttl_s = ttl_s
+    ttl_s: int
 
     def lookup(self, conversation_id: str, owner: str = "") -> tuple[Lookup, Conversation | None]:
         rows = self._query("SELECT id, title, created_at, updated_at, expires_at, owner "
@@ -252,10 +197,27 @@ class SqliteConversations(SqliteDatabase):
         rows = self._query("SELECT record FROM feedback ORDER BY created_at, id")
         return [_feedback(json.loads(r[0])) for r in rows]
 
-
 def _conversation(row: Sequence[Any], turns: tuple[AnswerRecord, ...]) -> Conversation:
     return Conversation(id=row[0], title=row[1], turns=turns, created_at=row[2],
                         updated_at=row[3], expires_at=row[4], owner=row[5])
+
+
+class SqliteConversations(SqliteDatabase, SqlConversations):
+    """Conversations in `conversations.sqlite3` of the data directory."""
+
+    SCHEMA = SCHEMA
+
+    def __init__(self, path: Path, ttl_s: int) -> None:
+        super().__init__(path)
+        self.ttl_s = ttl_s
+
+
+class PgConversations(PostgresDatabase, SqlConversations):
+    """Conversations, answers and feedback in PostgreSQL (tables made by rag/stores/migrations)."""
+
+    def __init__(self, url: str, ttl_s: int) -> None:
+        super().__init__(url)
+        self.ttl_s = ttl_s
 
 
 # --- Redis --------------------------------------------------------------------------------
@@ -264,7 +226,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _reachable(method: F) -> F:
-    """Redis down or unreachable: a NotReady (503) that says so, not a stack trace."""
+    """Redis down or unreachable: a NotReady that says so, not a stack trace."""
 
     @functools.wraps(method)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -274,8 +236,8 @@ def _reachable(method: F) -> F:
             return method(*args, **kwargs)
         except (redis.RedisError, OSError) as exc:
             raise NotReady(f"Conversations are unavailable: Redis is unreachable ({exc}).",
-                           "Retry once GET /ready answers 200, or send the earlier turns as "
-                           "`history`.") from exc
+                           "Retry once the service reports ready again, or send the earlier "
+                           "turns as `history`.") from exc
 
     return wrapped  # type: ignore[return-value]
 
@@ -395,94 +357,7 @@ def build_conversations(
     """PostgreSQL when configured, else Redis in distributed mode, else SQLite at `path` (in
     the data directory)."""
     if database_url:
-        from rag.stores.pg_store import PgConversations
-
         return PgConversations(database_url, ttl_s)
     if redis_url:
         return RedisConversations(redis_url, ttl_s)
     return SqliteConversations(path, ttl_s)
-
-
-# --- the policy the service follows -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Thread:
-    """What an ask continues: its conversation (None: none kept), the turns before it, and a
-    note for the response (an expired conversation started afresh)."""
-
-    conversation_id: str | None
-    history: tuple[Turn, ...] = ()
-    note: str = ""
-
-
-class Conversations:
-    """Conversations as the service uses them: resolve an ask's history, keep its answer,
-    list, show and delete conversations, and take feedback on answers."""
-
-    def __init__(self, store: ConversationStore, max_turns: int) -> None:
-        self.store = store
-        self.max_turns = max_turns
-
-    def thread(self, conversation_id: str | None, history: Sequence[Turn], keep: bool,
-               owner: str = "") -> Thread:
-        """The history of an ask: sent by the client, or that of a stored conversation."""
-        if conversation_id is not None and history:
-            raise InvalidInput("Both a conversation id and earlier turns were sent.",
-                               "Send one: the id of a stored conversation, or the turns.")
-        if conversation_id is None:
-            return Thread(new_id("conv") if keep else None, self._recent(history))
-        state, found = self.store.lookup(conversation_id, owner)
-        if state == "unknown":
-            raise NotFound(f"Conversation {conversation_id!r} is unknown.",
-                           "Leave `conversation` out to start a new one; GET /v1/conversations "
-                           "lists yours.")
-        if state == "expired" or found is None:
-            return Thread(conversation_id, (), f"Conversation {conversation_id} had expired; "
-                          "this question started it afresh, without the earlier turns.")
-        return Thread(conversation_id,
-                      self._recent([Turn(t.question, t.answer) for t in found.turns]))
-
-    def _recent(self, turns: Sequence[Turn]) -> tuple[Turn, ...]:
-        """The newest `max_turns` turns, oldest first."""
-        return tuple(turns)[len(turns) - self.max_turns:] if self.max_turns else ()
-
-    def keep(self, record: AnswerRecord) -> bool:
-        """Keep the answer; False (logged) when the store is unreachable: the answer stands,
-        but its conversation cannot be continued nor the answer rated."""
-        try:
-            self.store.save(record)
-        except NotReady as exc:
-            log.warning("answer %s not kept: %s", record.id, exc)
-            return False
-        return True
-
-    def get(self, conversation_id: str, owner: str = "") -> Conversation:
-        state, found = self.store.lookup(conversation_id, owner)
-        if found is None:
-            hint = ("It expired; its next turn starts it afresh." if state == "expired"
-                    else "GET /v1/conversations lists yours.")
-            raise NotFound(f"Conversation {conversation_id!r} is {state}.", hint)
-        return found
-
-    def recent(self, owner: str = "", limit: int = 50) -> list[Conversation]:
-        return self.store.recent(owner, limit)
-
-    def delete(self, conversation_id: str, owner: str = "") -> None:
-        if not self.store.delete(conversation_id, owner):
-            raise NotFound(f"Conversation {conversation_id!r} is unknown.",
-                           "GET /v1/conversations lists yours.")
-
-    def rate(self, answer_id: str, rating: Rating, comment: str = "",
-             expected: str = "") -> Feedback:
-        """Feedback on an answer given within the conversation TTL."""
-        record = self.store.answer(answer_id)
-        if record is None:
-            raise NotFound(f"Answer {answer_id!r} is unknown or has expired.",
-                           "Rate an answer by the `answer_id` (or chat completion `id`) it "
-                           "came with, within the conversation TTL.")
-        feedback = Feedback(new_id("fb"), answer_id, rating, record.question, record.answer,
-                            record.history, record.documents, comment.strip(),
-                            expected.strip(), time.time())
-        self.store.add_feedback(feedback)
-        return feedback

@@ -1,9 +1,10 @@
-"""PostgreSQL behind the same store classes as SQLite: a connection pool, migrations at open.
+"""The PostgreSQL database class the stores' PostgreSQL backends build on: a connection pool,
+migrations at open.
 
 The stores write portable SQL with `?` placeholders; this base turns them into psycopg's.
-Alembic (rag/migrations) evolves the schema: every process upgrades it at start, under an
+Alembic (rag/stores/migrations) evolves the schema: every process upgrades it at start, under an
 advisory lock so that several starting together do it once, and refuses a schema newer than
-its code. A lost connection becomes `StoreUnavailable` (503 with Retry-After).
+its code. A lost connection becomes `StoreUnavailable` (retry when the server is back).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class Transaction:
 
 
 class PostgresDatabase:
-    """Base of the stores on PostgreSQL; the same surface as `SqliteDatabase`.
+    """Base of each store's PostgreSQL class; the same surface as `SqliteDatabase`.
 
     The stores of one process share one connection pool per URL.
     """

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 
 class ResponseCache(Protocol):
+    """Answers kept by cache key, dropped with the documents they cite."""
+
     def get(self, key: str) -> Answer | None: ...
 
     def put(self, key: str, answer: Answer) -> None: ...
@@ -30,6 +32,10 @@ class ResponseCache(Protocol):
     def forget_documents(self, document_ids: list[str]) -> int: ...
 
     def clear(self) -> None: ...
+
+    def ping(self) -> bool:
+        """Whether the cache's backend answers (readiness checks it in distributed mode)."""
+        ...
 
 
 def normalize_question(question: str) -> str:
@@ -76,6 +82,10 @@ class MemoryCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+    def ping(self) -> bool:
+        """Always True: the cache is this process's memory."""
+        return True
 
 
 class RedisCache:
@@ -131,6 +141,7 @@ class RedisCache:
             log.warning("could not clear the response cache: %s", exc)
 
     def ping(self) -> bool:
+        """Whether Redis answers a PING (False when it is unreachable)."""
         try:
             return bool(self._redis.ping())
         except self._errors:
@@ -138,6 +149,7 @@ class RedisCache:
 
 
 def build_cache(redis_url: str | None, size: int, ttl_s: int) -> ResponseCache:
+    """Redis when `RAG_REDIS_URL` is set (shared by every process), else an in-process LRU."""
     if redis_url:
         return RedisCache(redis_url, ttl_s)
     return MemoryCache(size)

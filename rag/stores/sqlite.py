@@ -14,7 +14,7 @@ from rag.errors import StoreUnreadable
 
 
 class SqliteDatabase:
-    """Base of the chunk store and the job store; subclasses set `SCHEMA`."""
+    """Base of each store's SQLite class (chunks, conversations, jobs); they set `SCHEMA`."""
 
     SCHEMA = ""
     # The schema's version, kept in SQLite's user_version: the code refuses a newer file (a

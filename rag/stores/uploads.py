@@ -1,4 +1,9 @@
-"""Original uploads, stored content-addressed: `uploads/<sha256>`."""
+"""Original uploads, kept by the SHA-256 of their bytes (the document id), behind `Uploads`.
+
+`UploadStore` keeps them as files, `uploads/<sha256>` in the data directory; `PgUploadStore`
+keeps them in PostgreSQL (`RAG_DATABASE_URL`), so that any worker can parse them without a
+shared disk. `build_uploads` picks one.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -13,11 +19,13 @@ from typing import Protocol
 from rag.errors import NotFound
 from rag.files import fsync_dir
 from rag.settings import Settings
+from rag.stores.postgres import PostgresDatabase
 
 BLOCK = 1 << 20
 
 
 def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes: its document id."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(BLOCK):
@@ -96,10 +104,62 @@ class UploadStore:
         self.path(doc_id).unlink(missing_ok=True)
 
 
+class PgUploadStore(PostgresDatabase):
+    """Original uploads in `upload_parts`, in parts of 1 MiB (bounded memory both ways)."""
+
+    def __init__(self, url: str, scratch: Path) -> None:
+        super().__init__(url)
+        self.scratch = scratch  # where a worker writes a copy to parse
+
+    def has(self, doc_id: str) -> bool:
+        return bool(self._query("SELECT 1 FROM upload_parts WHERE document_id = ? AND part = 0",
+                                (doc_id,)))
+
+    def keep(self, source: Path, doc_id: str) -> bool:
+        """Store the file's bytes in one transaction unless they are there; True when stored."""
+        with self.transaction() as db:
+            self.serialize(db, f"upload:{doc_id}")
+            if db.execute("SELECT 1 FROM upload_parts WHERE document_id = ? AND part = 0",
+                          (doc_id,)).fetchone():
+                return False
+            with open(source, "rb") as f:
+                part = 0
+                while block := f.read(BLOCK):
+                    db.execute("INSERT INTO upload_parts (document_id, part, data) "
+                               "VALUES (?, ?, ?)", (doc_id, part, block))
+                    part += 1
+        return True
+
+    def adopt(self, source: Path, doc_id: str) -> bool:
+        """Take a staged upload (its file is removed by the caller); True when stored."""
+        return self.keep(source, doc_id)
+
+    @contextlib.contextmanager
+    def local(self, doc_id: str) -> Iterator[Path]:
+        """A local copy of the upload for the parser, removed afterwards."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{doc_id[:16]}.", dir=self.scratch)
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                parts = 0
+                while rows := self._query("SELECT data FROM upload_parts WHERE document_id = ? "
+                                          "AND part = ?", (doc_id, parts)):
+                    out.write(rows[0][0])
+                    parts += 1
+            if parts == 0:
+                raise NotFound(f"The upload of document {doc_id} is not in the database.",
+                               "Upload the file again.")
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+
+    def remove(self, doc_id: str) -> None:
+        self.execute("DELETE FROM upload_parts WHERE document_id = ?", (doc_id,))
+
+
 def build_uploads(settings: Settings) -> Uploads:
     """In PostgreSQL with `RAG_DATABASE_URL` (no shared disk), else `uploads/` on disk."""
     if settings.database_url:
-        from rag.stores.pg_store import PgUploadStore
-
         return PgUploadStore(settings.database_url, settings.data_dir / "tmp")
     return UploadStore(settings.uploads_dir)

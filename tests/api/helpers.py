@@ -48,7 +48,7 @@ def ingest_corpus(service: RagService, folder: Path, corpus: dict[str, str] = CO
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in corpus.items():
         (folder / name).write_text(text)
-        service.ingest_file(folder / name)
+        service.documents.ingest_file(folder / name)
 
 
 def wait_ready(get: Any, timeout: float = 60.0) -> None:

@@ -78,7 +78,7 @@ def build_service(data_dir: Path) -> RagService:
     service = RagService(Settings(data_dir=data_dir))
     service.load()
     for path in sorted((ROOT / "rag" / "samples").iterdir()):
-        service.ingest_file(path, collection="sample")
+        service.documents.ingest_file(path, collection="sample")
     return service
 
 

@@ -32,7 +32,7 @@ def build_service(data_dir: Path) -> RagService:
                                   converted_models_dir=ROOT / "data" / "models"))
     service.load()
     for path in sorted((ROOT / "rag" / "samples").iterdir()):
-        service.ingest_file(path, collection="sample")
+        service.documents.ingest_file(path, collection="sample")
     return service
 
 

@@ -14,13 +14,13 @@ import httpx
 import pytest
 
 from api.app import create_app
-from rag.ask.prompt import Prompt
+from rag.ask.service import AskRequest
 from rag.errors import NotReady
 from rag.generation.base import Generator, TokenStream
 from rag.generation.stopping import clean_answer
-from rag.service import AskRequest, RagService
+from rag.service import RagService
 from rag.settings import Settings
-from rag.types import Usage
+from rag.types import Prompt, Usage
 from tests.api.helpers import app_settings, ingest_corpus, live_server, parse_sse, serving
 
 pytestmark = pytest.mark.slow
@@ -224,7 +224,7 @@ def test_health_answers_while_generating_and_a_disconnect_stops_generation(
     service, spy = spied_service(tmp_path, embedder, generator, max_new_tokens=96, cache_size=0,
                                  stop_at_paragraph=False, unsupported_answer="flag",
                                  answer_context="chunks")
-    full = service.ask(AskRequest(LONG))
+    full = service.asking.ask(AskRequest(LONG))
     assert full.usage.completion_tokens >= 48, "pick a question with a longer answer"
     uninterrupted = spy.runs[-1].pieces
 
@@ -248,7 +248,7 @@ def test_health_answers_while_generating_and_a_disconnect_stops_generation(
 def test_concurrent_asks_share_the_model_safely(corpus_service: RagService) -> None:
     questions = [BEES, TRAIN, "At what time is the highest tide in Port Vell?"]
     corpus_service.cache.clear()
-    alone = [corpus_service.ask(AskRequest(q)).text for q in questions]
+    alone = [corpus_service.asking.ask(AskRequest(q)).text for q in questions]
     corpus_service.cache.clear()
     app = create_app(app_settings(corpus_service), service=corpus_service)
     with live_server(app) as base, httpx.Client(base_url=base, timeout=120) as client:

@@ -56,7 +56,7 @@ def test_a_conversation_over_ask_is_listed_continued_and_deleted(
         gone = client.post("/v1/ask", json={"question": FOLLOW_UP,
                                             "conversation": conversation}, headers=ASKER)
         assert gone.status_code == 404, gone.text
-        assert "GET /v1/conversations" in gone.json()["hint"]
+        assert "list your conversations" in gone.json()["hint"]
         both = client.post("/v1/ask", headers=ASKER, json={
             "question": FOLLOW_UP, "conversation": conversation,
             "history": [{"question": BEES, "answer": "Miriam Oduya."}]})

@@ -50,7 +50,7 @@ def test_ready_when_the_index_is_unreadable(corpus_service: RagService, tmp_path
         assert client.get("/ready").json() == {
             "ready": True, "reasons": [], "checks": {"models": True, "index": True},
             "index_log": None}
-        index = corpus_service.index
+        index = corpus_service.index.index
         assert index is not None
         directory = index.directory
         try:
@@ -137,8 +137,8 @@ def test_metrics_count_requests_tokens_cache_queue_and_index(
                  for r in ("accepted", "rejected"))
     assert drafts > sum(metric(before, "rag_generator_lookup_drafts_total", result=r)
                         for r in ("accepted", "rejected"))  # a lone answer drafts tokens
-    assert corpus_service.index is not None
-    assert metric(text, "rag_index_vectors") == corpus_service.index.count > 0
+    assert corpus_service.index.loaded
+    assert metric(text, "rag_index_vectors") == corpus_service.index.index.count > 0
 
 
 def test_a_full_generator_queue_answers_503_with_retry_after(

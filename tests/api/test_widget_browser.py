@@ -79,7 +79,7 @@ def sample_service(
     service = RagService(settings, embedder=embedder, generator=generator)
     service.load()
     for path in sorted(SAMPLES.iterdir()):
-        service.ingest_file(path, collection="sample")
+        service.documents.ingest_file(path, collection="sample")
     yield service
     service.store.close()
 

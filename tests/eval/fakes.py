@@ -9,8 +9,7 @@ from typing import Any
 from eval.metrics import NO_ANSWER
 from eval.suites import CorpusDocument, Suite, SuiteItem
 from eval.targets import Advance, Retrieved
-from rag.stores.conversations import Turn
-from rag.types import Answer, AnswerMode, Citation, Quote, SentenceCheck, Timings, Usage
+from rag.types import Answer, AnswerMode, Citation, Quote, SentenceCheck, Timings, Turn, Usage
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,11 @@ from typing import Any
 
 from eval import metrics as m
 from eval.suites import SuiteItem, load_suite
-from rag.ask.prompt import Prompt
-from rag.ask.retrieve import Query, fuse
+from rag.ask.ranking import fuse
 from rag.ask.rewrite import rewrite
 from rag.service import RagService
 from rag.settings import Settings
-from rag.stores.conversations import Turn
-from rag.types import ScoredChunk
+from rag.types import Prompt, Query, ScoredChunk, Turn
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPTH = 10
@@ -66,8 +64,8 @@ def main() -> None:
                                       converted_models_dir=ROOT / "data" / "models"))
         service.load()
         for path in sorted((ROOT / "rag" / "samples").iterdir()):
-            service.ingest_file(path)
-        retriever = service.retriever
+            service.documents.ingest_file(path)
+        retriever = service.asking.retriever
         assert retriever is not None
 
         def search(text: str) -> list[ScoredChunk]:

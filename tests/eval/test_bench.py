@@ -85,7 +85,7 @@ def test_bench_cli_rejects_bad_sizes() -> None:
 def test_store_bench_compares_both_stores_on_the_same_corpus(
     embedder: Any, generator: Any, tmp_path: Path
 ) -> None:
-    from eval.bench_store import bench_queues, bench_store
+    from eval.bench.store import bench_queues, bench_store
     from rag.settings import Settings
     from rag.stores.postgres import scratch_database
     from tests.conftest import PG_URL, REDIS_URL

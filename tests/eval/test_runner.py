@@ -168,7 +168,7 @@ def test_the_service_mode_counts_as_abstention() -> None:
 
 
 def test_follow_up_turns_are_scored_with_and_without_history() -> None:
-    from rag.stores.conversations import Turn
+    from rag.types import Turn
 
     first = SuiteItem("c1.1", "Which index?", ("FAISS",), {"b.md": 1}, conversation="c1")
     later = SuiteItem("c1.2", "How big is it?", ("50,000",), {"b.md": 1},

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from rag.ask.retrieve import Query
 from rag.errors import StoreUnreadable
 from rag.index.vectors import MANIFEST, read_manifest
 from rag.service import RagService
 from rag.settings import Settings
+from rag.types import Query
 from tests.api.helpers import ingest_corpus
 
 pytestmark = pytest.mark.slow
@@ -98,18 +98,18 @@ def test_a_damaged_index_is_rebuilt_from_the_chunk_store_with_a_warning(
     searchable = service.store.searchable_count()
     service.store.close()
     DAMAGE[damage](service.settings.index_dir)
-    caplog.set_level(logging.WARNING, logger="rag.service")
+    caplog.set_level(logging.WARNING, logger="rag.index.live")
     started = time.perf_counter()
     again = _reopen(service)
     took = time.perf_counter() - started
     try:
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert any("rebuilding" in w for w in warnings), warnings
-        assert again.index is not None and again.index.count == searchable > 0
+        assert again.index.loaded and again.index.index.count == searchable > 0
         manifest = read_manifest(service.settings.index_dir)  # rewritten, readable again
         assert manifest is not None and manifest.count == searchable
-        assert again.retriever is not None
-        hits = again.retriever.retrieve(Query("Which platform does the night train leave from?",
+        assert again.asking.retriever is not None
+        hits = again.asking.retrieve(Query("Which platform does the night train leave from?",
                                               3))
         assert hits and hits[0].filename == "rail.txt"
         print(f"\n{damage}: rebuilt {searchable} vectors at start in {took:.2f} s")

@@ -98,7 +98,7 @@ def test_asks_go_on_and_uploads_wait_while_postgres_is_away(
     service: RagService = make_service(database_url=url, max_new_tokens=16,
                                        index_catchup_s=0.5)
     (tmp_path / "ferry.txt").write_text(FACT)
-    service.ingest_file(tmp_path / "ferry.txt")
+    service.documents.ingest_file(tmp_path / "ferry.txt")
     with serving(service) as client:
         before = ask(client, "When does the ferry to Skellig Rock leave?")
         assert before.status_code == 200 and before.json()["citations"]

@@ -20,7 +20,8 @@ import redis as redis_lib
 
 from ingest.jobs import job_store
 from rag.documents.chunking import ChunkDraft
-from rag.service import WRITER_LOCK, RagService
+from rag.index.writer import WRITER_LOCK
+from rag.service import RagService
 from rag.settings import Settings
 from rag.types import Document
 from tests.api.helpers import ingest_corpus, private_redis
@@ -190,7 +191,7 @@ def pad_index(service: RagService, count: int) -> None:
                   for i in range(5000)]
         service.store.add_chunks(doc, drafts, vectors)
     service.store.mark_indexed(doc, None)
-    service.reindex()
+    service.documents.reindex()
 
 
 def kill_at(service: RagService, pool: Workers, job_id: str, stage: str) -> tuple[int, float]:

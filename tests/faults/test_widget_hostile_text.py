@@ -32,7 +32,7 @@ def hostile_service(tmp_path_factory: pytest.TempPathFactory, embedder: Any, gen
     service = RagService(settings, embedder=embedder, generator=generator)
     service.load()
     (root / "gauge.txt").write_text(TEXT)
-    service.ingest_file(root / "gauge.txt", filename=NAME)
+    service.documents.ingest_file(root / "gauge.txt", filename=NAME)
     yield service
     service.store.close()
 

@@ -268,8 +268,8 @@ def check_exactly_once(service: RagService) -> None:
         manifest = read_manifest(service.settings.index_dir)
         saved = manifest.count if manifest else 0  # nothing was ever indexed: no index saved
         assert saved == len(searchable)
-    service.refresh_index(force=True)
-    index = service.index
+    service.index.refresh(force=True)
+    index = service.index.index
     assert index is not None and index.count == len(searchable)
     assert set(faiss.vector_to_array(index._cpu.id_map).tolist()) == searchable
 

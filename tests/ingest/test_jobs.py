@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.jobs import JobStore
+from ingest.jobs import JobStore, SqliteJobStore
 from ingest.pg_jobs import PgJobStore
 
 Make = Callable[[], JobStore]
@@ -21,7 +21,7 @@ def make_jobs(request: pytest.FixtureRequest, tmp_path: Path) -> Make:
     url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
 
     def make() -> JobStore:
-        jobs = PgJobStore(url) if url else JobStore(tmp_path / "jobs.sqlite3")
+        jobs = PgJobStore(url) if url else SqliteJobStore(tmp_path / "jobs.sqlite3")
         jobs.open()
         return jobs
 
@@ -132,7 +132,8 @@ def test_staging_left_by_a_crashed_upload_is_swept(make_jobs: Make, tmp_path: Pa
     from rag.service import RagService
     from rag.settings import Settings
 
-    intake = Intake(RagService(Settings(data_dir=tmp_path)), make_jobs())
+    settings = Settings(data_dir=tmp_path)
+    intake = Intake(settings, RagService(settings).documents, make_jobs())
     old, new = intake.staging_dir(), intake.staging_dir()
     (old / "half.pdf").write_bytes(b"%PDF-1.4 half")
     os.utime(old, (time.time() - 7200, time.time() - 7200))

@@ -35,7 +35,7 @@ def worker_pool(service: RagService, tmp_path: Path) -> Iterator[Workers]:
 def accept(service: RagService, jobs: JobStore, folder: Path, name: str, text: str) -> Job:
     folder.mkdir(exist_ok=True)
     (folder / name).write_text(text)
-    intake = Intake(service, jobs)
+    intake = Intake(service.settings, service.documents, jobs)
     [accepted] = intake.accept([stage(intake, folder / name)], "default", {})
     assert accepted.job is not None and accepted.new_job
     return accepted.job
@@ -54,7 +54,7 @@ async def settled(jobs: JobStore, job_ids: list[str], pool: Workers) -> dict[str
 async def test_job_queue_contract(service: RagService, worker_pool: Workers,
                                   tmp_path: Path) -> None:
     jobs = job_store(service.settings)
-    queue: JobQueue = build_queue(service.settings, service, jobs)
+    queue: JobQueue = build_queue(service.settings, service.documents, jobs)
     assert isinstance(queue, SaqQueue if service.settings.redis_url else EmbeddedQueue)
     files = tmp_path / "files"
     run = accept(service, jobs, files, "a.txt", "The lock keeper opens the canal gates at 6:15.")

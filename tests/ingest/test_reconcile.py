@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def accept(service: RagService, jobs: JobStore, folder: Path, name: str) -> Job:
     folder.mkdir(exist_ok=True)
     (folder / name).write_text(f"The {name} file says the mill wheel turns {len(name)} times.")
-    intake = Intake(service, jobs)
+    intake = Intake(service.settings, service.documents, jobs)
     [accepted] = intake.accept([stage(intake, folder / name)], "default", {})
     assert accepted.job is not None
     return accepted.job

@@ -40,7 +40,8 @@ def jobs(service: RagService) -> JobStore:
 
 
 def accept(service: RagService, jobs: JobStore, path: Path) -> Job:
-    [accepted] = Intake(service, jobs).accept([stage(Intake(service, jobs), path)], "default", {})
+    intake = Intake(service.settings, service.documents, jobs)
+    [accepted] = intake.accept([stage(intake, path)], "default", {})
     assert accepted.job is not None
     return accepted.job
 
@@ -56,7 +57,7 @@ def test_a_parse_failure_fails_the_job_with_its_reason_once(
     service: RagService, jobs: JobStore, tmp_path: Path
 ) -> None:
     job = accept(service, jobs, make_broken_docx(tmp_path / "minutes.docx"))
-    assert JobRunner(service, jobs).run(job.id, threading.Event()) is Outcome.FAILED
+    assert JobRunner(service.documents, jobs).run(job.id, threading.Event()) is Outcome.FAILED
     failed = jobs.get(job.id)
     assert failed is not None and failed.state == "failed" and failed.attempts == 1
     assert "minutes.docx could not be read as docx" in (failed.error or "")
@@ -75,7 +76,7 @@ def test_a_scan_without_text_fails_with_a_hint(
     pdf.rect(20, 20, 100, 50, style="F")
     pdf.output(str(tmp_path / "scan.pdf"))
     job = accept(service, jobs, tmp_path / "scan.pdf")
-    assert JobRunner(service, jobs).run(job.id, threading.Event()) is Outcome.FAILED
+    assert JobRunner(service.documents, jobs).run(job.id, threading.Event()) is Outcome.FAILED
     assert "no text layer" in (jobs.get(job.id).error or "")  # type: ignore[union-attr]
 
 
@@ -97,8 +98,9 @@ def test_unexpected_errors_are_retried_then_fail(
 ) -> None:
     (tmp_path / "a.txt").write_text("The lighthouse keeper rings the bell at dusk.")
     job = accept(service, jobs, tmp_path / "a.txt")
-    monkeypatch.setattr(service, "embedder", BrokenEmbedder(service.embedder))
-    runner = JobRunner(service, jobs)
+    # the shared embedder fails for this test (monkeypatch restores it)
+    monkeypatch.setattr(service.embedder, "embed", BrokenEmbedder(service.embedder).embed)
+    runner = JobRunner(service.documents, jobs)
     assert runner.run(job.id, threading.Event()) is Outcome.RETRY
     again = jobs.get(job.id)
     assert again is not None and again.state == "queued" and again.attempts == 1
@@ -115,7 +117,7 @@ def run_until(service: RagService, jobs: JobStore, job: Job, stop: threading.Eve
               then: object) -> Outcome:
     """Run the job in a thread; once 64 chunks are embedded, call `then` (cancel or stop)."""
     outcome: list[Outcome] = []
-    runner = JobRunner(service, jobs, report_every_s=0.0)
+    runner = JobRunner(service.documents, jobs, report_every_s=0.0)
     thread = threading.Thread(target=lambda: outcome.append(runner.run(job.id, stop)))
     thread.start()
     wait_for(lambda: (jobs.get(job.id) or job).done >= 64, 120, what="64 chunks embedded")
@@ -149,7 +151,7 @@ def test_an_interrupted_job_is_queued_again_and_finishes(
     queued = jobs.get(job.id)
     assert queued is not None and queued.state == "queued" and queued.attempts == 1
     assert service.store.chunk_ids(job.document_id) == []
-    assert JobRunner(service, jobs).run(job.id, threading.Event()) is Outcome.DONE
+    assert JobRunner(service.documents, jobs).run(job.id, threading.Event()) is Outcome.DONE
     done = jobs.get(job.id)
     assert done is not None and done.state == "done" and done.attempts == 2
     assert set(done.timings) == {"parse", "chunk", "embed", "index"}
@@ -162,11 +164,11 @@ def test_a_retry_after_a_dead_attempt_indexes_exactly_once(
 ) -> None:
     path = make_pdf(tmp_path / "report.pdf", [long_text(6), long_text(5)])
     reference = make_service()
-    fresh = reference.ingest_file(path)
+    fresh = reference.documents.ingest_file(path)
     job = accept(service, jobs, path)
-    runner = JobRunner(service, jobs)
+    runner = JobRunner(service.documents, jobs)
     assert runner.run(job.id, threading.Event()) is Outcome.DONE
-    doc_id, index = job.document_id, service.index
+    doc_id, index = job.document_id, service.index.index
     assert index is not None
     ids = service.store.chunk_ids(doc_id)
     # Leave the data as a worker killed at that point would have left it.

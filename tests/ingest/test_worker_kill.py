@@ -39,9 +39,9 @@ def test_sigkill_mid_embed_then_another_worker_indexes_exactly_once(
                                        rate_limit_per_minute=0, **database)
     path = tmp_path / "chronicle.txt"
     path.write_text(long_text(300))
-    assert service.chunker is not None
+    assert service.documents.chunker is not None
     expected = [(d.ordinal, d.start, d.end) for d in
-                service.chunker.chunk(parsing.parse(path, path.name, service.settings))]
+                service.documents.chunker.chunk(parsing.parse(path, path.name, service.settings))]
     own = {"data_dir": tmp_path / "worker-data"} if store == "postgres" else {}  # no shared disk
     pool = Workers(service.settings.model_copy(update=own), tmp_path)
     try:

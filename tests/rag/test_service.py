@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from rag.ask.service import AskRequest
 from rag.errors import EmptyDocument, InvalidInput, TooLarge, UnsupportedType
-from rag.service import AskRequest, RagService
+from rag.service import RagService
 from rag.types import NO_ANSWER
 
 pytestmark = pytest.mark.slow
@@ -35,12 +36,12 @@ def write_corpus(folder: Path) -> list[Path]:
 def service(make_service, tmp_path: Path) -> RagService:  # type: ignore[no-untyped-def]
     svc = make_service()
     for path in write_corpus(tmp_path / "corpus"):
-        svc.ingest_file(path)
+        svc.documents.ingest_file(path)
     return svc  # type: ignore[no-any-return]
 
 
 def test_answer_cites_the_chunk_with_the_fact(service: RagService) -> None:
-    answer = service.ask(AskRequest("How many kilograms of honey does a hive produce?"))
+    answer = service.asking.ask(AskRequest("How many kilograms of honey does a hive produce?"))
     assert answer.citations, answer
     top = answer.citations[0]
     assert top.filename == "bees.txt" and "31 kilograms" in top.text
@@ -52,14 +53,14 @@ def test_answer_cites_the_chunk_with_the_fact(service: RagService) -> None:
 
 
 def test_second_ask_is_cached_and_same(service: RagService) -> None:
-    first = service.ask(AskRequest("When does the night train depart?"))
-    second = service.ask(AskRequest("when does the night train depart"))
+    first = service.asking.ask(AskRequest("When does the night train depart?"))
+    second = service.asking.ask(AskRequest("when does the night train depart"))
     assert not first.cached and second.cached and second.text == first.text
     assert second.citations == first.citations
 
 
 def test_unrelated_question_gets_no_sources(service: RagService) -> None:
-    answer = service.ask(AskRequest("What is the orbital period of Neptune's moon Triton?"))
+    answer = service.asking.ask(AskRequest("What is the orbital period of Neptune's moon Triton?"))
     assert answer.text == NO_ANSWER and answer.citations == ()
 
 
@@ -67,27 +68,27 @@ def test_same_bytes_twice_is_one_document(service: RagService, tmp_path: Path) -
     copy = tmp_path / "copy-of-bees.txt"
     copy.write_text(CORPUS["bees.txt"])
     before = service.store.searchable_count()
-    doc = service.ingest_file(copy)
+    doc = service.documents.ingest_file(copy)
     assert doc.filename == "bees.txt" and service.store.searchable_count() == before
 
 
 def test_delete_removes_vectors_chunks_and_cached_answers(service: RagService) -> None:
     q = AskRequest("Who is the beekeeper?")
-    answer = service.ask(q)
+    answer = service.asking.ask(q)
     doc_id = answer.citations[0].document_id
-    assert service.delete_document(doc_id)
+    assert service.documents.delete(doc_id)
     assert service.store.get_document(doc_id) is None
     assert not service.uploads.path(doc_id).exists()
-    again = service.ask(q)
+    again = service.asking.ask(q)
     assert not again.cached
     assert all(c.document_id != doc_id for c in again.citations)
-    assert service.delete_document(doc_id) is False  # idempotent
+    assert service.documents.delete(doc_id) is False  # idempotent
 
 
 @pytest.mark.parametrize("question", ["", "   ", "x" * 100_000])
 def test_bad_questions(service: RagService, question: str) -> None:
     with pytest.raises(InvalidInput):
-        service.ask(AskRequest(question))
+        service.asking.ask(AskRequest(question))
 
 
 def test_bad_files_leave_the_index_alone(service: RagService, tmp_path: Path) -> None:
@@ -97,11 +98,11 @@ def test_bad_files_leave_the_index_alone(service: RagService, tmp_path: Path) ->
     png = tmp_path / "image.pdf"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
     with pytest.raises(EmptyDocument):
-        service.ingest_file(empty)
+        service.documents.ingest_file(empty)
     with pytest.raises(UnsupportedType):
-        service.ingest_file(png)
+        service.documents.ingest_file(png)
     assert service.store.searchable_count() == before
-    assert service.ask(AskRequest("When is high tide in Port Vell?")).citations
+    assert service.asking.ask(AskRequest("When is high tide in Port Vell?")).citations
 
 
 def test_size_limit_refuses_before_reading(make_service, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -109,7 +110,7 @@ def test_size_limit_refuses_before_reading(make_service, tmp_path: Path) -> None
     big = tmp_path / "big.txt"
     big.write_text("x" * 11)
     with pytest.raises(TooLarge):
-        svc.ingest_file(big)
+        svc.documents.ingest_file(big)
 
 
 def test_index_is_rebuilt_from_the_store_when_it_is_lost(
@@ -120,8 +121,9 @@ def test_index_is_rebuilt_from_the_store_when_it_is_lost(
         path.unlink()
     reopened = RagService(service.settings, service.embedder, service.generator)
     reopened.load()
-    assert reopened._index().count == count
-    assert reopened.ask(AskRequest("Which platform does the night train leave from?")).citations
+    assert reopened.index.index.count == count
+    question = "Which platform does the night train leave from?"
+    assert reopened.asking.ask(AskRequest(question)).citations
 
 
 def test_model_change_needs_reindex_then_works(service: RagService) -> None:
@@ -134,7 +136,7 @@ def test_model_change_needs_reindex_then_works(service: RagService) -> None:
         RagService(changed, generator=service.generator).load()
     fresh = RagService(changed, generator=service.generator)
     fresh.load(fresh_index=True)
-    done, failed = fresh.reindex(reembed=True)
+    done, failed = fresh.documents.reindex(reembed=True)
     assert (done, failed) == (3, [])
-    answer = fresh.ask(AskRequest("Which platform does the night train leave from?"))
+    answer = fresh.asking.ask(AskRequest("Which platform does the night train leave from?"))
     assert answer.citations[0].filename == "rail.txt"

@@ -12,7 +12,8 @@ from typing import Any
 import faiss
 import pytest
 
-from rag.service import AskRequest, RagService
+from rag.ask.service import AskRequest
+from rag.service import RagService
 from rag.stores.uploads import sha256_file
 
 pytestmark = pytest.mark.slow
@@ -22,12 +23,12 @@ QUESTION = "Who is the lighthouse keeper of Brannock Point?"
 
 
 def indexed_ids(service: RagService) -> set[int]:
-    assert service.index is not None
-    return set(faiss.vector_to_array(service.index._cpu.id_map).tolist())
+    assert service.index.loaded
+    return set(faiss.vector_to_array(service.index.index._cpu.id_map).tolist())
 
 
 def cites(service: RagService, filename: str) -> bool:
-    answer = service.ask(AskRequest(QUESTION, top_k=3))
+    answer = service.asking.ask(AskRequest(QUESTION, top_k=3))
     return any(c.filename == filename for c in answer.citations)
 
 
@@ -47,14 +48,14 @@ def test_two_processes_follow_one_store(
     source = tmp_path / "keepers.txt"
     source.write_text(FACT)
 
-    doc = writer.ingest_file(source)
+    doc = writer.documents.ingest_file(source)
     assert doc.state == "indexed" and not (writer.settings.data_dir / "uploads").exists()
     assert writer.uploads.has(sha256_file(source))  # the bytes are in the database
     searchable = set(reader.store.searchable_ids().tolist())
     assert wait_for(lambda: indexed_ids(reader) == searchable) < 6  # NOTIFY, not the poll
     assert cites(reader, "keepers.txt") and cites(writer, "keepers.txt")
 
-    reader.delete_document(doc.id)
+    reader.documents.delete(doc.id)
     assert indexed_ids(reader) == set()  # the deleting process applies it at once
     wait_for(lambda: indexed_ids(writer) == set(), timeout_s=6)
     assert not cites(writer, "keepers.txt") and not cites(reader, "keepers.txt")
@@ -67,16 +68,16 @@ def test_a_restart_resumes_its_saved_index_from_the_log(
     first = make_service(database_url=pg_url)
     for n in range(3):
         (tmp_path / f"f{n}.txt").write_text(f"{FACT} Note number {n} of three.")
-        first.ingest_file(tmp_path / f"f{n}.txt")
+        first.documents.ingest_file(tmp_path / f"f{n}.txt")
     first.close()  # saves its index with the log position it holds
-    assert first.index is not None and first.index.log_seq > 0
+    assert first.index.loaded and first.index.index.log_seq > 0
     other = make_service(database_url=pg_url)
-    other.delete_document(first.store.list_documents()[0][0].id)  # while `first` is down
+    other.documents.delete(first.store.list_documents()[0][0].id)  # while `first` is down
 
     again = RagService(first.settings, embedder=embedder, generator=generator)  # type: ignore[arg-type]
     again.load(generator=False)
     try:
-        assert again.index is not None and again.index.log_seq == other.index.log_seq
+        assert again.index.loaded and again.index.index.log_seq == other.index.index.log_seq
         assert indexed_ids(again) == set(again.store.searchable_ids().tolist())
         docs, total = again.store.list_documents()
         assert total == 2 and len(indexed_ids(again)) == sum(d.chunk_count for d in docs) > 0
@@ -93,8 +94,8 @@ def test_a_writer_keeps_no_index_and_a_lost_log_means_a_rebuild(
     worker = RagService(settings, embedder=embedder, generator=generator)  # type: ignore[arg-type]
     worker.load(generator=False, follow=False)  # as `rag worker` does
     (tmp_path / "a.txt").write_text(FACT)
-    worker.ingest_file(tmp_path / "a.txt")
-    assert worker.follower is None and worker.index is not None and worker.index.count == 0
+    worker.documents.ingest_file(tmp_path / "a.txt")
+    assert worker.index.follower is None and worker.index.loaded and worker.index.index.count == 0
     assert not settings.index_dir.exists()
 
     reader = make_service(database_url=pg_url)
@@ -109,7 +110,7 @@ def test_a_writer_keeps_no_index_and_a_lost_log_means_a_rebuild(
     again.load(generator=False)
     try:
         assert indexed_ids(again) == set(again.store.searchable_ids().tolist())
-        assert again.index is not None and again.index.log_seq == again.store.log_position()  # type: ignore[attr-defined]
+        assert again.index.loaded and again.index.index.log_seq == again.store.log_position()  # type: ignore[attr-defined]
     finally:
         again.close()
         worker.store.close()

@@ -8,18 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from rag.ask.conversations import Conversations
 from rag.errors import InvalidInput, NotFound
 from rag.stores.conversations import (
-    AnswerRecord,
-    Conversations,
     ConversationStore,
-    Feedback,
+    PgConversations,
     RedisConversations,
     SqliteConversations,
-    Turn,
-    new_id,
 )
-from rag.stores.pg_store import PgConversations
+from rag.types import AnswerRecord, Feedback, Turn, new_id
 from tests.conftest import REDIS_URL
 
 
@@ -100,7 +97,7 @@ def test_policy_history_unknown_and_expired(tmp_path: Path) -> None:
     conversations = Conversations(SqliteConversations(tmp_path / "c.sqlite3", 1), max_turns=2)
     with pytest.raises(NotFound) as unknown:
         conversations.thread("conv_nope", (), keep=True)
-    assert "GET /v1/conversations" in unknown.value.hint
+    assert "list your conversations" in unknown.value.hint
     with pytest.raises(InvalidInput):
         conversations.thread("conv_1", (Turn("q", "a"),), keep=True)
     fresh = conversations.thread(None, (), keep=True)

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from rag.errors import ConfigError, NotReady
-from rag.generation.base import LocalGenerator, generate
+from rag.generation.base import generate
+from rag.generation.local import LocalGenerator
 from rag.generation.runtime.engine import EngineOptions
 from rag.generation.runtime.process import EngineProcess
 from rag.generation.runtime.scheduler import Request
 from rag.settings import Settings
-from tests.rag.test_generation import make_prompt, slot_freed, story_prompt
+from tests.rag.generation.test_generation import make_prompt, slot_freed, story_prompt
 
 pytestmark = pytest.mark.slow
 

@@ -1,31 +1,50 @@
-"""`rag bench` serving figures: many streams at once, cold vs warm prompt prefixes, and
-float32 vs bfloat16 answers, on the ask path's own prompts (evidence-first), in one run.
-(One stream beside plain `model.generate` is `eval.bench.bench_generation`.)"""
+"""`rag bench` asking and serving: end-to-end asks (fresh, then from the response cache), the
+model in its own process vs in a thread of the API, many streams at once, cold vs warm prompt
+prefixes, and float32 vs bfloat16 answers, on the ask path's own prompts (evidence-first), in
+one run. (One stream beside plain `model.generate` is `eval.bench.generation`.)"""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rag.ask.pipeline import AskContext, AskPipeline
-from rag.ask.prompt import Prompt
-from rag.ask.retrieve import Query
+from eval.bench.measure import Report, percentiles, timed
+from rag.ask.context import AskContext
+from rag.ask.pipeline import AskPipeline
+from rag.types import Prompt, Query
 
 if TYPE_CHECKING:
-    from rag.generation.base import Generator, LocalGenerator
+    from rag.generation.base import Generator
+    from rag.generation.local import LocalGenerator
     from rag.service import RagService
 
-Report = Callable[[str, int, int], None]
+
+def bench_ask(service: RagService, questions: Sequence[str], report: Report) -> dict[str, Any]:
+    """End-to-end asks: each question fresh, then again from the response cache."""
+    from rag.ask.service import AskRequest
+
+    fresh, first, cached = [], [], []
+    for n, question in enumerate(questions):
+        report("ask (uncached)", n, len(questions))
+        answer = service.asking.ask(AskRequest(question))
+        fresh.append(answer.timings.total_ms)
+        first.append(answer.timings.first_token_ms)
+    for n, question in enumerate(questions):
+        report("ask (cached)", n, len(questions))
+        cached.append(timed(partial(service.asking.ask, AskRequest(question))))
+    return {"questions": len(questions), "uncached_ms": percentiles(fresh),
+            "first_token_ms": percentiles(first), "cached_ms": percentiles(cached)}
 
 
 def ask_prompts(service: RagService, questions: Sequence[str]) -> list[Prompt]:
     """The prompts the ask path builds for `questions` (those it does not abstain on)."""
-    assert service.pipeline is not None
-    front = AskPipeline([s for s in service.pipeline.stages if s.name != "generate"
+    assert service.asking.pipeline is not None
+    front = AskPipeline([s for s in service.asking.pipeline.stages if s.name != "generate"
                          and s.name != "check"])
     prompts = []
     for question in questions:
@@ -130,7 +149,7 @@ def bench_prefix(generator: LocalGenerator, prompts: Sequence[Prompt], rounds: i
 def bench_serving(service: RagService, questions: Sequence[str], levels: Sequence[int],
                   max_new_tokens: int, rounds: int, report: Report) -> dict[str, Any]:
     """Every serving figure on the ask path's prompts for `questions`."""
-    from rag.generation.base import LocalGenerator
+    from rag.generation.local import LocalGenerator
 
     generator = service.generator
     if not isinstance(generator, LocalGenerator):
@@ -152,10 +171,10 @@ def bench_engines(service: RagService, questions: Sequence[str], report: Report
     in a thread of this process (the earlier design, `generator_in_process`), alternating which
     goes first question by question: answer time percentiles, their ratio, same answers."""
     from rag.ask.generate import GenerateStage
-    from rag.generation.base import LocalGenerator
-    from rag.service import AskRequest
+    from rag.ask.service import AskRequest
+    from rag.generation.local import LocalGenerator
 
-    generator, pipeline = service.generator, service.pipeline
+    generator, pipeline = service.generator, service.asking.pipeline
     if not isinstance(generator, LocalGenerator) or pipeline is None:
         return {"skipped": "the generator is not local"}
     mine = generator.engine.info["runs_in"]
@@ -171,11 +190,11 @@ def bench_engines(service: RagService, questions: Sequence[str], report: Report
         for n, question in enumerate(questions):
             report("ask: process vs thread engine", n, len(questions))
             for name in (list(runs) if n % 2 == 0 else list(runs)[::-1]):
-                service.pipeline = pipelines[name]
+                service.asking.pipeline = pipelines[name]
                 service.cache.clear()
-                runs[name].append(service.ask(AskRequest(question)))
+                runs[name].append(service.asking.ask(AskRequest(question)))
     finally:
-        service.pipeline = pipeline
+        service.asking.pipeline = pipeline
         service.cache.clear()
         other.close()
     figures: dict[str, Any] = {name: {
@@ -193,7 +212,7 @@ def bench_engines(service: RagService, questions: Sequence[str], report: Report
 def bench_bfloat16(service: RagService, questions: Sequence[str], max_new_tokens: int,
                    report: Report) -> dict[str, Any]:
     """float32 (the CPU default) beside bfloat16 on the same prompts: same greedy answers?"""
-    from rag.generation.base import LocalGenerator
+    from rag.generation.local import LocalGenerator
 
     generator = service.generator
     if not isinstance(generator, LocalGenerator):

@@ -13,13 +13,15 @@ import openpyxl
 import pptx
 import pytest
 
-from rag.ask.pipeline import AskContext, AskPipeline, quiet
+from rag.ask.context import AskContext, quiet
+from rag.ask.pipeline import AskPipeline
+from rag.ask.service import AskRequest
 from rag.documents.chunking import parsed_text
-from rag.documents.parsing import SUPPORTED, parse
+from rag.documents.detection import SUPPORTED
+from rag.documents.parsing import parse
 from rag.documents.sentences import sentence_spans
-from rag.service import AskRequest
 from rag.types import NO_ANSWER
-from tests.rag.test_parsing import make_docx, make_html, make_pdf
+from tests.rag.documents.test_parsing import make_docx, make_html, make_pdf
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -96,7 +98,7 @@ def test_every_quote_is_the_document_text_at_its_offsets(make_service: Any,
     service = make_service()
     docs = {}
     for kind, (path, name) in _files(tmp_path).items():
-        doc = service.ingest_file(path, name)
+        doc = service.documents.ingest_file(path, name)
         text = parsed_text(parse(path, name, service.settings))
         stored = service.store.sentences_within([(doc.id, 0, len(text))])
         assert stored, kind
@@ -108,7 +110,7 @@ def test_every_quote_is_the_document_text_at_its_offsets(make_service: Any,
                      "How much paid vacation do employees receive?",
                      "What must be installed before the tank is filled?",
                      "By how much did the quarterly revenue grow?"):
-        answer = service.ask(AskRequest(question))
+        answer = service.asking.ask(AskRequest(question))
         assert answer.evidence, question
         for quote in answer.evidence:
             assert docs[quote.document_id][quote.start : quote.end] == quote.text
@@ -133,19 +135,20 @@ def test_a_stage_is_added_with_one_line(make_service: Any, tmp_path: Path) -> No
     path = tmp_path / "pump.txt"
     path.write_text("Install the pump before you fill the tank. The pump needs 230 volts.\n\n"
                     "The tank holds 40 litres of water and weighs 12 kg when empty.\n")
-    service.ingest_file(path)
+    service.documents.ingest_file(path)
     reverse = _Reverse()
-    stages = list(service.pipeline.stages)
+    stages = list(service.asking.pipeline.stages)
     after = [stage.name for stage in stages].index("retrieve") + 1
-    service.pipeline = AskPipeline([*stages[:after], reverse, *stages[after:]])  # the one line
-    answer = service.ask(AskRequest("What must be installed before filling the tank?"))
+    # the one line:
+    service.asking.pipeline = AskPipeline([*stages[:after], reverse, *stages[after:]])
+    answer = service.asking.ask(AskRequest("What must be installed before filling the tank?"))
     assert len(reverse.seen) == 1 and reverse.seen[0] >= 1  # it ran once, on the retrieved
     assert list(answer.timings.stages) == ["followup", "retrieve", "reverse", "evidence",
                                            "prompt", "generate", "check"]
     assert answer.timings.evidence_ms == answer.timings.stages["evidence"]
     assert answer.evidence and answer.mode in ("generated", "quote")
 
-    off_topic = service.ask(AskRequest("Who won the 1998 football world cup in France?"))
+    off_topic = service.asking.ask(AskRequest("Who won the 1998 football world cup in France?"))
     assert (off_topic.text, off_topic.mode, off_topic.evidence) == (NO_ANSWER, "abstained", ())
     assert "generate" not in off_topic.timings.stages  # settled early: later stages skipped
 
@@ -158,8 +161,8 @@ def test_stage_names_are_unique() -> None:
 def test_bm25_of_sentences_with_only_stopwords_is_zero_not_an_error() -> None:
     """Found by the contract test: the question "0" over sentences bm25s keeps no term of
     (only stopwords and punctuation) raised from inside bm25s, a 500 on POST /v1/ask."""
-    from rag.ask.evidence import _bm25
+    from rag.ask.evidence import bm25_scores
 
-    assert _bm25("0", ["The.", "a an the", "..."]).tolist() == [0.0, 0.0, 0.0]
-    scores = _bm25("bees", ["Bees fly.", "The."])
+    assert bm25_scores("0", ["The.", "a an the", "..."]).tolist() == [0.0, 0.0, 0.0]
+    scores = bm25_scores("bees", ["Bees fly.", "The."])
     assert scores[0] > 0 and scores[1] == 0

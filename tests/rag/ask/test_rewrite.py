@@ -7,10 +7,9 @@ from transformers import PreTrainedTokenizerBase
 
 from rag.ask.prompt import build_prompt
 from rag.ask.rewrite import refers_back, rewrite, terms
-from rag.generation.base import load_tokenizer
+from rag.generation.model_files import load_tokenizer
 from rag.settings import Settings
-from rag.stores.conversations import Turn
-from rag.types import Chunk, ScoredChunk
+from rag.types import Chunk, ScoredChunk, Turn
 
 MODEL_TURN = Turn("Which embedding model does the service use by default?",
                   "The default embedding model is all-MiniLM-L6-v2 [1].")

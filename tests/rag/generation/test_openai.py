@@ -18,11 +18,12 @@ import httpx
 import pytest
 
 from rag.errors import ConfigError, NotReady
-from rag.generation.base import LocalGenerator, generate
+from rag.generation.base import generate
+from rag.generation.local import LocalGenerator
 from rag.generation.model_files import resolve_model
 from rag.generation.openai import OpenAIGenerator
 from rag.settings import Settings
-from tests.rag.test_generation import make_prompt, story_prompt
+from tests.rag.generation.test_generation import make_prompt, story_prompt
 
 pytestmark = pytest.mark.slow
 

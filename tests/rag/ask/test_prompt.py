@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedTokenizerBase
 
-from rag.ask.prompt import SYSTEM_PROMPT, Prompt, build_prompt
+from rag.ask.prompt import SYSTEM_PROMPT, build_prompt
 from rag.errors import ConfigError, InvalidInput
-from rag.generation.base import load_tokenizer
+from rag.generation.model_files import load_tokenizer
 from rag.settings import Settings
-from rag.types import Chunk, ScoredChunk
+from rag.types import Chunk, Prompt, ScoredChunk
 
 SENTENCE_END = re.compile(r"[.!?](?= |$)")
 # Vocabulary of the random texts (a phrase split on spaces).

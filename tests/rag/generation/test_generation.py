@@ -17,19 +17,14 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 import rag.generation.model_files as model_files
-from rag.ask.prompt import Prompt, build_prompt
+from rag.ask.prompt import build_prompt
 from rag.errors import ConfigError, NotReady, Overloaded
-from rag.generation.base import (
-    Generator,
-    LocalGenerator,
-    build_generator,
-    generate,
-    load_tokenizer,
-    resolve_model,
-)
+from rag.generation.base import Generator, build_generator, generate
+from rag.generation.local import LocalGenerator
+from rag.generation.model_files import load_tokenizer, resolve_model
 from rag.generation.openai import OpenAIGenerator
 from rag.settings import PACKAGED_GENERATOR, Settings
-from rag.types import Chunk, ScoredChunk
+from rag.types import Chunk, Prompt, ScoredChunk
 
 SOURCE = (
     "The Model X vacuum has a battery that lasts 90 minutes. "

@@ -5,11 +5,17 @@ from __future__ import annotations
 import pytest
 
 from rag.ask.check import Candidate, CheckStage, check_sentence, content_words, facts
-from rag.ask.evidence import Evidence, ScoredSentence
-from rag.ask.pipeline import AskContext
-from rag.ask.prompt import Prompt
-from rag.ask.retrieve import Query
-from rag.types import NO_ANSWER, Chunk, ScoredChunk, Sentence
+from rag.ask.context import AskContext
+from rag.types import (
+    NO_ANSWER,
+    Chunk,
+    Evidence,
+    Prompt,
+    Query,
+    ScoredChunk,
+    ScoredSentence,
+    Sentence,
+)
 
 SOURCE = ("Super Bowl 50 was played on February 7, 2016, at Levi's Stadium. "
           "The Denver Broncos defeated the Carolina Panthers 24-10. "

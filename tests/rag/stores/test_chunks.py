@@ -14,9 +14,9 @@ import pytest
 
 from rag.documents.chunking import ChunkDraft
 from rag.errors import NotFound, StoreUnavailable, StoreUnreadable
-from rag.stores.chunks import ChunkStore
-from rag.stores.pg_store import PgChunkStore, PgUploadStore
-from rag.stores.uploads import BLOCK, Uploads, UploadStore
+from rag.stores.chunks import ChunkStore, SqliteChunkStore
+from rag.stores.chunks_postgres import PgChunkStore
+from rag.stores.uploads import BLOCK, PgUploadStore, Uploads, UploadStore
 from rag.types import Document
 
 
@@ -28,7 +28,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture()
 def store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ChunkStore]:
     made = (PgChunkStore(request.getfixturevalue("pg_url")) if backend == "postgres"
-            else ChunkStore(tmp_path / "s.sqlite3"))
+            else SqliteChunkStore(tmp_path / "s.sqlite3"))
     made.open()
     yield made
     made.close()
@@ -184,11 +184,11 @@ def test_a_schema_newer_than_the_code_is_refused(pg_url: str) -> None:
 def test_a_sqlite_file_newer_than_the_code_is_refused(tmp_path: Path) -> None:
     import sqlite3
 
-    ChunkStore(tmp_path / "s.sqlite3").open()
+    SqliteChunkStore(tmp_path / "s.sqlite3").open()
     with sqlite3.connect(tmp_path / "s.sqlite3") as db:
         db.execute("PRAGMA user_version=7")
     with pytest.raises(StoreUnreadable, match="schema version 7, newer"):
-        ChunkStore(tmp_path / "s.sqlite3").open()
+        SqliteChunkStore(tmp_path / "s.sqlite3").open()
 
 
 def test_an_unreachable_server_is_named_without_its_password() -> None:
@@ -202,7 +202,7 @@ def test_an_unreachable_server_is_named_without_its_password() -> None:
 def _open_together(path: str, n: int, barrier: Any, failures: Any) -> None:
     barrier.wait()
     try:
-        store = ChunkStore(Path(path))
+        store = SqliteChunkStore(Path(path))
         store.put_document(Document(f"d{n}", "a.txt", "text/plain", 1))
         store.close()
     except Exception as exc:  # reported to the parent, which fails the test
@@ -224,4 +224,4 @@ def test_many_processes_open_a_new_store_at_once(tmp_path: Path) -> None:
         for proc in procs:
             proc.join(60)
         assert failures.empty(), failures.get()
-        assert ChunkStore(Path(path)).list_documents()[1] == 8
+        assert SqliteChunkStore(Path(path)).list_documents()[1] == 8

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag.ask.retrieve import Query, Retriever, fuse, merge_overlaps
+from rag.ask.ranking import fuse
+from rag.ask.retrieve import Retriever, merge_overlaps
 from rag.documents.chunking import ChunkDraft
 from rag.index.vectors import FaissIndex
-from rag.stores.chunks import ChunkStore
-from rag.types import Chunk, Document, ScoredChunk
+from rag.stores.chunks import SqliteChunkStore
+from rag.types import Chunk, Document, Query, ScoredChunk
 
 
 def test_rrf_by_hand() -> None:
@@ -51,7 +52,7 @@ FACTS = {
 
 @pytest.fixture()
 def retriever(tmp_path: Path, embedder) -> Retriever:  # type: ignore[no-untyped-def]
-    store = ChunkStore(tmp_path / "s.sqlite3")
+    store = SqliteChunkStore(tmp_path / "s.sqlite3")
     index = FaissIndex(tmp_path / "i", "m", embedder.dimension, device="cpu")
     for n, (name, text) in enumerate(FACTS.items()):
         doc_id = f"doc{n}"

@@ -12,12 +12,12 @@ import pytest
 import torch
 from transformers import PreTrainedModel
 
-from rag.ask.prompt import Prompt
 from rag.errors import InvalidInput, Overloaded
-from rag.generation.base import LocalGenerator
+from rag.generation.local import LocalGenerator
 from rag.generation.runtime.kv_cache import PrefixCache
 from rag.generation.runtime.scheduler import Request, StepScheduler, lookup_draft
-from tests.rag.test_generation import make_prompt
+from rag.types import Prompt
+from tests.rag.generation.test_generation import make_prompt
 
 pytestmark = pytest.mark.slow
 

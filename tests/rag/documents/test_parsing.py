@@ -22,13 +22,14 @@ import pptx
 import pytest
 from fpdf import FPDF
 
-from rag.documents.parsing import SUPPORTED, check_file, detect_kind, parse
+from rag.documents.detection import SUPPORTED, check_limits, detect_kind
+from rag.documents.parsing import parse
 from rag.errors import EmptyDocument, InvalidInput, TooLarge, UnsupportedType
 from rag.settings import Settings
 from rag.types import Element
 from tests.ingest.helpers import make_bomb
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PNG = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89"
 
 
@@ -391,7 +392,7 @@ def test_too_large_is_refused_before_reading(
     monkeypatch.setattr(Path, "open", no_reading)
     monkeypatch.setattr("builtins.open", no_reading)
     with pytest.raises(TooLarge, match="limit"):
-        check_file(path, _settings(max_file_bytes=1000))
+        check_limits(path, path.name, _settings(max_file_bytes=1000))
     with pytest.raises(TooLarge, match=r"big\.txt"):
         parse(path, "big.txt", _settings(max_file_bytes=1000))
 
@@ -407,8 +408,8 @@ def test_zip_bomb_ratio_is_refused(tmp_path: Path) -> None:
 def test_unzipped_size_limit(tmp_path: Path) -> None:
     path = make_docx(tmp_path / "upload")
     with pytest.raises(TooLarge, match="when unzipped"):
-        check_file(path, _settings(max_unzipped_bytes=1000))
-    check_file(path, _settings())  # the default limit lets a normal document through
+        check_limits(path, path.name, _settings(max_unzipped_bytes=1000))
+    check_limits(path, path.name, _settings())  # the default limit lets a normal document through
 
 
 # ---------------------------------------------------------------------------------------------

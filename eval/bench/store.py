@@ -1,4 +1,5 @@
-"""SQLite vs PostgreSQL on the same corpus in one run, and what following the log costs.
+"""`rag bench --database-url`: SQLite vs PostgreSQL on the same corpus in one run, what
+following the log costs, and SAQ round trips on Redis and PostgreSQL.
 
 - ingest: the same files into a fresh store of each kind (chunks/s), then the same questions
   asked of both, one after the other (ask total and retrieve + evidence, the stages that read
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from eval.bench.measure import Report
 from eval.metrics import latency
 from rag.documents.chunking import ChunkDraft
 from rag.settings import Settings
@@ -29,8 +31,6 @@ if TYPE_CHECKING:
     from rag.embedding import Embedder
     from rag.generation.base import Generator
     from rag.service import RagService
-
-Report = Callable[[str, int, int], None]
 
 
 def _p(values: Sequence[float], q: int) -> float:
@@ -81,7 +81,7 @@ def _ingest(lite: RagService, pg: RagService, files: Sequence[Path],
         pair = [("sqlite", lite), ("postgres", pg)]
         for name, service in pair if n % 2 == 0 else pair[::-1]:
             began = time.perf_counter()
-            chunks[name] += service.ingest_file(path).chunk_count
+            chunks[name] += service.documents.ingest_file(path).chunk_count
             seconds[name] += time.perf_counter() - began
     out: dict[str, Any] = {
         name: {"files": len(files), "chunks": chunks[name], "seconds": round(seconds[name], 3),
@@ -93,7 +93,7 @@ def _ingest(lite: RagService, pg: RagService, files: Sequence[Path],
 
 def _asks(lite: RagService, pg: RagService, questions: Sequence[str],
           report: Report) -> dict[str, Any]:
-    from rag.service import AskRequest
+    from rag.ask.service import AskRequest
 
     times: dict[str, dict[str, list[float]]] = {
         k: {"total_ms": [], "store_stages_ms": []} for k in ("sqlite", "postgres")}
@@ -101,7 +101,7 @@ def _asks(lite: RagService, pg: RagService, questions: Sequence[str],
         report("store asks", n, len(questions))
         pair = [("sqlite", lite), ("postgres", pg)]
         for name, service in pair if n % 2 == 0 else pair[::-1]:
-            t = service.ask(AskRequest(question)).timings
+            t = service.asking.ask(AskRequest(question)).timings
             times[name]["total_ms"].append(t.total_ms)
             times[name]["store_stages_ms"].append(t.retrieve_ms + t.evidence_ms)
     out: dict[str, Any] = {k: {m: {"p50": _p(v, 50), "p95": _p(v, 95)} for m, v in d.items()}
@@ -122,15 +122,15 @@ def _follow(reader: RagService, settings: Settings, tmp: Path, url: str, embedde
                                                     "database_url": url}),
                         embedder=embedder, generator=generator)
     writer.load(generator=False, follow=False)
-    assert reader.follower is not None
+    assert reader.index.follower is not None
     waits = []
     for n in range(count):
         report("store follow", n, count)
         path = tmp / f"note-{n}.txt"
         path.write_text(f"Note {n}: the tide tables of harbour {n} are posted at the quay.")
-        writer.ingest_file(path)
+        writer.documents.ingest_file(path)
         committed, target = time.perf_counter(), writer.store.log_position()  # type: ignore[attr-defined]
-        while reader.follower.applied < target:
+        while reader.index.follower.applied < target:
             time.sleep(0.001)
         waits.append((time.perf_counter() - committed) * 1000)
     writer.close()
@@ -141,7 +141,7 @@ def _follow(reader: RagService, settings: Settings, tmp: Path, url: str, embedde
 def _build(settings: Settings, tmp: Path, url: str, embedder: Embedder, generator: Generator,
            rows: int, report: Report) -> dict[str, Any]:
     from rag.service import RagService
-    from rag.stores.pg_store import PgChunkStore
+    from rag.stores.chunks_postgres import PgChunkStore
 
     store = PgChunkStore(url)
     per_doc, dim = 1000, embedder.dimension
@@ -169,8 +169,8 @@ def _build(settings: Settings, tmp: Path, url: str, embedder: Embedder, generato
         began = time.perf_counter()
         service.load(generator=False)
         timings[start] = round(time.perf_counter() - began, 3)
-        assert service.index is not None and service.index.count == rows
-        kind = service.index.kind
+        assert service.index.index.count == rows
+        kind = service.index.index.kind
         service.close()
     store.close()
     return {"chunks": rows, "insert_s": round(insert_s, 2),

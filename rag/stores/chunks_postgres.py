@@ -1,21 +1,17 @@
-"""The chunk store and the upload store on PostgreSQL (`RAG_DATABASE_URL`).
+"""The chunk store on PostgreSQL (`RAG_DATABASE_URL`), with the index change log.
 
 `PgChunkStore` runs `ChunkStore`'s SQL on PostgreSQL and adds the index change log: every
 transaction that makes chunks searchable or removes them appends their ids to `index_log`,
-under one advisory lock so that sequence numbers commit in order (a follower that has read
-up to N never misses a smaller one committed later), and NOTIFYs the API processes.
-`PgUploadStore` keeps the original bytes in the database, so any worker can parse them.
+under one advisory lock (LOG_LOCK) so that sequence numbers commit in order (a follower that
+has read up to N never misses a smaller one committed later), and NOTIFYs CHANNEL, which the
+API processes listen on (rag.index.log_follower).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -23,19 +19,16 @@ import numpy.typing as npt
 from cachetools import LRUCache
 
 from rag.documents.chunking import ChunkDraft
-from rag.errors import NotFound
 from rag.stores.chunks import INSERT_CHUNK, ChunkStore, chunk_row
-from rag.stores.conversations import SqliteConversations
 from rag.stores.postgres import PostgresDatabase, placeholders
-from rag.stores.uploads import BLOCK
 from rag.types import Chunk, Sentence
 
 K = TypeVar("K")
 V = TypeVar("V")
 Span = tuple[str, int, int]  # (document id, start, end)
 
-CHANNEL = "rag_index"
-LOG_LOCK = "rag:index-log"
+CHANNEL = "rag_index"  # NOTIFY channel of the index change log
+LOG_LOCK = "rag:index-log"  # advisory lock key that orders the log's writers
 
 
 class PgChunkStore(PostgresDatabase, ChunkStore):
@@ -47,7 +40,7 @@ class PgChunkStore(PostgresDatabase, ChunkStore):
     """
 
     def __init__(self, url: str, read_cache: int = 5_000) -> None:
-        PostgresDatabase.__init__(self, url)
+        super().__init__(url)
         self._chunks: LRUCache[int, Chunk] = LRUCache(read_cache)
         self._sentences: LRUCache[Span, list[Any]] = LRUCache(read_cache)
         self._names: LRUCache[str, str] = LRUCache(read_cache)
@@ -133,65 +126,3 @@ class PgChunkStore(PostgresDatabase, ChunkStore):
         process further behind rebuilds its index."""
         return self.execute("DELETE FROM index_log WHERE at < ? AND seq < "
                             "(SELECT MAX(seq) FROM index_log)", (time.time() - older_than_s,))
-
-
-class PgUploadStore(PostgresDatabase):
-    """Original uploads in `upload_parts`, in parts of 1 MiB (bounded memory both ways)."""
-
-    def __init__(self, url: str, scratch: Path) -> None:
-        super().__init__(url)
-        self.scratch = scratch  # where a worker writes a copy to parse
-
-    def has(self, doc_id: str) -> bool:
-        return bool(self._query("SELECT 1 FROM upload_parts WHERE document_id = ? AND part = 0",
-                                (doc_id,)))
-
-    def keep(self, source: Path, doc_id: str) -> bool:
-        """Store the file's bytes in one transaction unless they are there; True when stored."""
-        with self.transaction() as db:
-            self.serialize(db, f"upload:{doc_id}")
-            if db.execute("SELECT 1 FROM upload_parts WHERE document_id = ? AND part = 0",
-                          (doc_id,)).fetchone():
-                return False
-            with open(source, "rb") as f:
-                part = 0
-                while block := f.read(BLOCK):
-                    db.execute("INSERT INTO upload_parts (document_id, part, data) "
-                               "VALUES (?, ?, ?)", (doc_id, part, block))
-                    part += 1
-        return True
-
-    def adopt(self, source: Path, doc_id: str) -> bool:
-        """Take a staged upload (its file is removed by the caller); True when stored."""
-        return self.keep(source, doc_id)
-
-    @contextlib.contextmanager
-    def local(self, doc_id: str) -> Iterator[Path]:
-        """A local copy of the upload for the parser, removed afterwards."""
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{doc_id[:16]}.", dir=self.scratch)
-        path = Path(name)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                parts = 0
-                while rows := self._query("SELECT data FROM upload_parts WHERE document_id = ? "
-                                          "AND part = ?", (doc_id, parts)):
-                    out.write(rows[0][0])
-                    parts += 1
-            if parts == 0:
-                raise NotFound(f"The upload of document {doc_id} is not in the database.",
-                               "Upload the file again.")
-            yield path
-        finally:
-            path.unlink(missing_ok=True)
-
-    def remove(self, doc_id: str) -> None:
-        self.execute("DELETE FROM upload_parts WHERE document_id = ?", (doc_id,))
-
-
-class PgConversations(PostgresDatabase, SqliteConversations):
-    """Conversations, answers and feedback in PostgreSQL (the same SQL as on SQLite)."""
-
-    def __init__(self, url: str, ttl_s: int) -> None:
-        PostgresDatabase.__init__(self, url)
-        self.ttl_s = ttl_s

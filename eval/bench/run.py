@@ -1,0 +1,175 @@
+"""`rag bench`'s run: one engine over a temp data dir, every section in turn, and the result
+document (machine, settings, options, the headline figures and each section's own figures).
+
+These machines are shared and noisy, so the figures that count are ratios taken in one run
+(engine / raw library); every figure is a median (p50) or a percentile over repeats.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from eval.bench.generation import bench_generation
+from eval.bench.ingest import bench_ingest
+from eval.bench.measure import SAMPLE_SUITE, BenchOptions, Report, peak_rss_mb
+from eval.bench.retrieval import bench_retrieval
+from eval.bench.serving import bench_ask, bench_bfloat16, bench_engines, bench_serving
+from eval.bench.startup import bench_startup
+from eval.suites import load_suite
+from eval.targets import git_commit, public_settings
+from rag.settings import Settings
+
+if TYPE_CHECKING:
+    from rag.embedding import Embedder
+    from rag.generation.base import Generator
+    from rag.service import RagService
+
+
+def run_bench(
+    settings: Settings,
+    options: BenchOptions,
+    report: Report = lambda *_: None,
+    embedder: Embedder | None = None,
+    generator: Generator | None = None,
+) -> dict[str, Any]:
+    """Every measurement, over temp data dirs; models may be passed in already loaded."""
+    from rag.service import RagService
+
+    started, load_before = datetime.now(UTC), os.getloadavg()
+    questions = [i.question for i in load_suite(SAMPLE_SUITE).items if i.answerable]
+    with tempfile.TemporaryDirectory(prefix="rag-bench-") as tmp:
+        base = settings.model_copy(update={
+            "data_dir": Path(tmp) / "data", "converted_models_dir": settings.models_dir,
+            "max_new_tokens": options.max_new_tokens})
+        service = RagService(base, embedder=embedder, generator=generator)
+        service.load()
+        results = {
+            "ingest": bench_ingest(service, options, Path(tmp), report),
+            "retrieval": {str(n): bench_retrieval(service, n, questions, options, Path(tmp),
+                                                  report) for n in options.sizes},
+            "ask": bench_ask(service, questions[: options.asks], report),
+            "engines": bench_engines(service, questions[: options.asks], report),
+            "generation": bench_generation(service, questions[0], options, report),
+            "serving": bench_serving(service, questions, options.concurrency,
+                                     options.max_new_tokens, options.rounds, report),
+            "bfloat16": bench_bfloat16(service, questions, options.max_new_tokens, report)
+            if options.dtypes else None,
+            "startup": bench_startup(settings, Path(tmp), report) if options.starts else None,
+            "store": _bench_stores(base, options, questions, service, report)
+            if options.database_url else None,
+        }
+        service.close()
+    return {
+        "schema": 1,
+        "started_at": started.isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "machine": machine() | {"load_average_before": load_before,
+                                "load_average_after": os.getloadavg()},
+        "settings": public_settings(base),
+        "options": asdict(options) | {"corpus": str(options.corpus)},
+        "figures": headline(results),
+        **results,
+        "memory": {"bench_peak_rss_mb": peak_rss_mb()},
+    }
+
+
+def _bench_stores(settings: Settings, options: BenchOptions, questions: Sequence[str],
+                  service: RagService, report: Report) -> dict[str, Any]:
+    from eval.bench.store import bench_queues, bench_store
+    from rag.stores.postgres import scratch_database
+
+    assert options.database_url is not None
+    result = bench_store(settings, options.database_url, options.corpus,
+                         questions[: options.asks], service.embedder, service.generator,
+                         options.store_rows, report=report)
+    with scratch_database(options.database_url, "rag_bench") as url:
+        queues = {"postgres": url} | ({"redis": settings.redis_url} if settings.redis_url else {})
+        result["queues"] = bench_queues(queues)
+    return result
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures were taken: platform, Python, CPUs, torch and its threads, the GPU."""
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """Medians and the engine / raw ratios, in one small table."""
+    ing, ask, gen = results["ingest"], results["ask"], results["generation"]
+    engine, raw = gen["engine"], gen["raw_generate"]
+    starts = results.get("startup") or {}
+    return {
+        "ingest": {"chunks_per_s": ing["chunks_per_s"], "tokens_per_s": ing["tokens_per_s"],
+                   "raw_encode_chunks_per_s": ing["raw_encode_chunks_per_s"],
+                   "ratio_to_raw_encode": _ratio(ing["chunks_per_s"],
+                                                 ing["raw_encode_chunks_per_s"])},
+        "retrieval": {size: _retrieval_figures(r) for size, r in results["retrieval"].items()},
+        "ask": {"uncached_p50_ms": ask["uncached_ms"]["p50"],
+                "uncached_p95_ms": ask["uncached_ms"]["p95"],
+                "cached_p50_ms": ask["cached_ms"]["p50"], "cached_p95_ms": ask["cached_ms"]["p95"],
+                "first_token_p50_ms": ask["first_token_ms"]["p50"]},
+        "generation": {
+            "decode_tokens_per_s": engine["decode_tokens_per_s"],
+            "raw_decode_tokens_per_s": raw["decode_tokens_per_s"],
+            "decode_ratio": _ratio(engine["decode_tokens_per_s"], raw["decode_tokens_per_s"]),
+            "prefill_tokens_per_s": engine["prefill_tokens_per_s"],
+            "raw_prefill_tokens_per_s": raw["prefill_tokens_per_s"],
+            "prefill_ratio": _ratio(engine["prefill_tokens_per_s"], raw["prefill_tokens_per_s"]),
+            "first_token_ms": engine["first_token_ms"],
+            "same_greedy_text_as_plain_generate": gen["same_greedy_tokens"],
+            "prompt_lookup_speedup": _ratio(raw["total_ms"],
+                                            gen["prompt_lookup_generate"]["total_ms"]),
+            "llama_cpp_decode_tokens_per_s": gen["llama_cpp"].get("decode_tokens_per_s")},
+        "serving": _serving_figures(results.get("serving") or {}),
+        "engines": {k: v for k, v in (results.get("engines") or {}).items()
+                    if k in ("process_to_thread_ratio", "same_answers", "skipped")},
+        "bfloat16": {k: v for k, v in (results.get("bfloat16") or {}).items()
+                     if k in ("prompts", "same_greedy_answers", "speed_ratio")},
+        "memory": {"serving_peak_rss_mb": (starts.get("second") or {}).get("peak_rss_mb")},
+        "startup": {f"{name}_ready_s": run["ready_s"] for name, run in starts.items()},
+    }
+
+
+def _serving_figures(serving: dict[str, Any]) -> dict[str, Any]:
+    if "concurrency" not in serving:
+        return serving
+    levels = serving["concurrency"]
+    top = levels[max(levels, key=int)]
+    return {
+        "aggregate_tokens_per_s": {n: f["aggregate_tokens_per_s"] for n, f in levels.items()},
+        "aggregate_ratio_at_most_concurrent": top["aggregate_ratio_to_one"],
+        "slowest_first_token_ratio_at_most_concurrent": top["slowest_first_token_ratio_to_one"],
+        "warm_prefix_first_token_ratio": serving["prefix"]["warm_ratio_to_cold"],
+    }
+
+
+def _retrieval_figures(r: dict[str, Any]) -> dict[str, Any]:
+    raw = r["raw_encode_and_search_ms"]["p50"]
+    return {
+        "dense_p50_ms": r["dense_ms"]["p50"], "dense_p95_ms": r["dense_ms"]["p95"],
+        "hybrid_p50_ms": r["hybrid_ms"]["p50"], "hybrid_p95_ms": r["hybrid_ms"]["p95"],
+        "raw_faiss_search_p50_ms": r["raw_faiss_search_ms"]["p50"],
+        "raw_encode_and_search_p50_ms": raw,
+        "dense_ratio_to_raw": _ratio(r["dense_ms"]["p50"], raw),
+        "hybrid_ratio_to_raw": _ratio(r["hybrid_ms"]["p50"], raw),
+    }

@@ -1,0 +1,217 @@
+"""The one owner of document state: ingest, process, delete and reindex documents.
+
+A document is `queued` when its bytes and row are stored, `processing` while its pipeline
+runs, then `indexed`, `failed` or `cancelled`. Every change of that state goes through this
+module; the processing itself (parse -> chunk -> embed -> store) is `documents.processing`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rag.documents.chunking import Chunker, check_window
+from rag.documents.detection import SUPPORTED, inspect_file
+from rag.documents.processing import DocumentProcessor, Progress, no_progress
+from rag.embedding import Embedder
+from rag.errors import InvalidInput, NotReady, RagError
+from rag.index.live import LiveIndex
+from rag.settings import Settings
+from rag.stores.chunks import ChunkStore
+from rag.stores.response_cache import ResponseCache
+from rag.stores.uploads import Uploads, sha256_file
+from rag.types import Document
+
+log = logging.getLogger(__name__)
+
+ALL_DOCUMENTS = 1_000_000
+
+
+class DocumentIndexer:
+    """Documents in, searchable chunks out; `load()` once the embedder has loaded."""
+
+    def __init__(
+        self, settings: Settings, store: ChunkStore, uploads: Uploads, embedder: Embedder,
+        index: LiveIndex, cache: ResponseCache,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.uploads = uploads
+        self.embedder = embedder
+        self.index = index
+        self.cache = cache
+        self._processor: DocumentProcessor | None = None
+
+    def load(self) -> None:
+        """Check the chunk window against the embedder and build the chunker."""
+        s = self.settings
+        check_window(s.chunk_size, s.chunk_overlap, self.embedder.max_tokens)
+        chunker = Chunker(self.embedder.tokenizer, s.chunk_size, s.chunk_overlap)
+        self._processor = DocumentProcessor(s, self.store, self.embedder, chunker)
+
+    @property
+    def chunker(self) -> Chunker:
+        """How documents are cut into windows (after `load()`)."""
+        return self._loaded().chunker
+
+    def _loaded(self) -> DocumentProcessor:
+        if self._processor is None:
+            raise NotReady("The embedder is still loading.",
+                           "Wait until the service reports ready, then retry.")
+        return self._processor
+
+    # Reading
+
+    def get(self, doc_id: str) -> Document | None:
+        return self.store.get_document(doc_id)
+
+    def page(
+        self, collection: str | None = None, offset: int = 0, limit: int = 50
+    ) -> tuple[list[Document], int]:
+        """One page of documents (newest first) and the total."""
+        return self.store.list_documents(collection, offset, limit)
+
+    def searchable_count(self) -> int:
+        return self.store.searchable_count()
+
+    def show_latest(self) -> None:
+        """Make this process search the newest index version now (another process may have
+        just indexed a document); a no-op before the index has loaded."""
+        if self.index.loaded:
+            self.index.refresh(force=True)
+
+    # Uploads accepted over the API (the job queue processes them later)
+
+    def keep_upload(self, path: Path, doc_id: str) -> bool:
+        """Keep uploaded bytes durably under their hash; False when already kept."""
+        return self.uploads.adopt(path, doc_id)
+
+    def register(self, doc: Document) -> Document:
+        """Record an accepted upload as a `queued` document."""
+        return self.store.put_document(doc)
+
+    def drop_upload(self, doc_id: str) -> None:
+        """Forget the bytes of an upload whose request failed."""
+        self.uploads.remove(doc_id)
+
+    def drop_record(self, doc_id: str) -> None:
+        """Forget the document row of an upload whose request failed (never indexed)."""
+        self.store.delete_document(doc_id)
+
+    def mark_cancelled(self, doc_id: str) -> None:
+        self.store.set_state(doc_id, "cancelled", "Its ingestion job was cancelled.")
+
+    def mark_queued(self, doc_id: str, error: str | None = None) -> None:
+        """Back in the queue (an interrupted or retried job), saying why."""
+        self.store.set_state(doc_id, "queued", error)
+
+    # Processing
+
+    def ingest_file(
+        self, path: Path, filename: str | None = None, collection: str = "default",
+        metadata: Mapping[str, Any] | None = None, progress: Progress = no_progress,
+    ) -> Document:
+        """Parse, chunk, embed and index one file; the same bytes twice are one document."""
+        name = filename or path.name
+        kind = inspect_file(path, name, self.settings)  # as intake checks an API upload
+        doc_id = sha256_file(path)
+        existing = self.store.get_document(doc_id)
+        if existing is not None and existing.state == "indexed":
+            return existing
+        self.uploads.keep(path, doc_id)
+        doc = Document(id=doc_id, filename=name, content_type=SUPPORTED[kind],
+                       size=path.stat().st_size, collection=collection,
+                       metadata=dict(metadata or {}), state="processing")
+        self.store.put_document(doc)
+        return self.process(doc_id, progress)
+
+    def process(
+        self, doc_id: str, progress: Progress = no_progress,
+        timings: dict[str, float] | None = None,
+    ) -> Document:
+        """Run the pipeline for a stored document; on failure it is marked failed and raised.
+
+        `timings`, when given, is filled while it runs with seconds per stage (parse, chunk,
+        embed, index). A progress callback may raise to stop the job; it is called inside the
+        index writer after `mark_indexed` and before the vectors are added, so raising there
+        still leaves nothing half-indexed.
+        """
+        doc = self.store.get_document(doc_id)
+        if doc is None:
+            raise InvalidInput(f"Document {doc_id} is unknown.", "Upload it first.")
+        self.store.set_state(doc_id, "processing")
+        self._clear_previous(doc_id)  # a retried job starts clean
+        clock = timings if timings is not None else {}
+        try:
+            with self.uploads.local(doc.id) as path:
+                pages = self._loaded().run(doc, path, progress, clock)
+            started = time.perf_counter()
+            self._make_searchable(doc_id, pages, progress)
+            clock["index"] = time.perf_counter() - started
+        except Exception as exc:
+            self.store.clear_chunks(doc_id)
+            reason = str(exc) if isinstance(exc, RagError) else f"{type(exc).__name__}: {exc}"
+            self.store.set_state(doc_id, "failed", reason)
+            raise
+        result = self.store.get_document(doc_id)
+        assert result is not None
+        return result
+
+    def _make_searchable(self, doc_id: str, pages: int | None, progress: Progress) -> None:
+        if self.settings.database_url:  # searchable once committed: the log does the rest
+            progress("index", 0, 1)
+            self.store.mark_indexed(doc_id, pages)
+            progress("index", 1, 1)
+            self.index.refresh(force=True)
+            return
+        with self.index.writing():
+            self.store.mark_indexed(doc_id, pages)
+            progress("index", 0, 1)
+            self.index.add_document(doc_id)
+            progress("index", 1, 1)
+
+    def _clear_previous(self, doc_id: str) -> None:
+        """Drop chunks (and any vectors) an interrupted earlier attempt left behind."""
+        ids = self.store.chunk_ids(doc_id)
+        if ids and not self.settings.database_url:
+            with self.index.writing():
+                self.index.remove(ids, save_if_unchanged=False)
+        self.store.clear_chunks(doc_id)
+
+    def delete(self, doc_id: str) -> bool:
+        """Remove a document, its vectors, chunks, upload and cached answers; idempotent."""
+        if self.store.get_document(doc_id) is None:
+            return False
+        if self.settings.database_url:
+            self.store.delete_document(doc_id)  # its removal goes out through the change log
+            self.index.refresh(force=True)
+        else:
+            with self.index.writing():
+                self.index.remove(self.store.delete_document(doc_id))
+        self.uploads.remove(doc_id)
+        self.cache.forget_documents([doc_id])
+        return True
+
+    def reindex(self, reembed: bool = False) -> tuple[int, list[str]]:
+        """Rebuild the index from the stored vectors, or re-process every upload (`reembed`).
+
+        Returns (documents indexed, ids that failed).
+        """
+        docs, _ = self.store.list_documents(limit=ALL_DOCUMENTS)
+        if not reembed:
+            self.index.rebuild()
+            return sum(d.state == "indexed" for d in docs), []
+        if not self.settings.database_url:
+            self.index.clear()
+        failed = []
+        for doc in docs:
+            try:
+                self.process(doc.id)
+            except RagError as exc:
+                log.warning("re-indexing %s (%s) failed: %s", doc.filename, doc.id, exc)
+                failed.append(doc.id)
+        self.cache.clear()
+        return len(docs) - len(failed), failed

@@ -1,0 +1,132 @@
+"""One document's file to stored chunks and sentences: parse -> chunk -> embed -> store.
+
+Streamed in bounded memory: elements are cut into token windows and their sentences collected
+as they are parsed; every `EMBED_BATCH` windows are embedded and written, with the sentences
+seen so far. The index is not touched here (the indexer makes the chunks searchable).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from rag.documents import parsing
+from rag.documents.chunking import ChunkDraft, Chunker, element_offsets
+from rag.documents.detection import KINDS
+from rag.documents.sentences import SentenceDraft, sentence_spans
+from rag.embedding import Embedder
+from rag.errors import EmptyDocument
+from rag.settings import Settings
+from rag.stores.chunks import ChunkStore
+from rag.types import Document, Element
+
+EMBED_BATCH = 64
+
+Progress = Callable[[str, int, int | None], None]
+T = TypeVar("T")
+
+
+def no_progress(stage: str, done: int, total: int | None) -> None:
+    """Default progress callback: ignore."""
+
+
+class DocumentProcessor:
+    """Writes a document's chunks (with vectors) and sentences (with vectors) to the store."""
+
+    def __init__(
+        self, settings: Settings, store: ChunkStore, embedder: Embedder, chunker: Chunker
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.embedder = embedder
+        self.chunker = chunker
+
+    def run(
+        self, doc: Document, path: Path, progress: Progress, clock: dict[str, float]
+    ) -> int | None:
+        """Process `path` as `doc`; returns its last page. `clock` gets seconds per stage."""
+        pages = {"high": 0}
+        batch: list[ChunkDraft] = []
+        sentences: list[SentenceDraft] = []
+        done = 0
+        progress("parse", 0, None)
+        kind = KINDS.get(doc.content_type)  # detected at intake (None: an older document)
+        parsed = note_pages(parsing.parse(path, doc.filename, self.settings, kind), pages)
+        elements = with_sentences(timed(parsed, clock, "parse"), sentences)
+        for draft in timed(self.chunker.chunk(elements), clock, "chunk"):
+            batch.append(draft)
+            if len(batch) >= EMBED_BATCH:
+                progress("chunk", done + len(batch), None)
+                done += self._embed_chunks(doc.id, batch, clock)
+                self._embed_sentences(doc.id, sentences, clock)
+                progress("embed", done, None)
+                batch = []
+        clock["chunk"] = clock.get("chunk", 0.0) - clock.get("parse", 0.0)  # parse ran inside
+        if batch:
+            done += self._embed_chunks(doc.id, batch, clock)
+        self._embed_sentences(doc.id, sentences, clock)
+        if done == 0:
+            raise EmptyDocument(
+                f"{doc.filename!r} holds no text to index.", "Upload a file with text in it."
+            )
+        progress("embed", done, done)
+        return pages["high"] or None
+
+    def _embed_chunks(
+        self, doc_id: str, batch: Sequence[ChunkDraft], clock: dict[str, float]
+    ) -> int:
+        started = time.perf_counter()
+        vectors = self.embedder.embed([d.text for d in batch])
+        self.store.add_chunks(doc_id, batch, vectors)
+        clock["embed"] = clock.get("embed", 0.0) + time.perf_counter() - started
+        return len(batch)
+
+    def _embed_sentences(
+        self, doc_id: str, sentences: list[SentenceDraft], clock: dict[str, float]
+    ) -> None:
+        """Embed and store the sentences collected so far, then forget them."""
+        if not sentences:
+            return
+        started = time.perf_counter()
+        for start in range(0, len(sentences), EMBED_BATCH * 4):
+            part = sentences[start : start + EMBED_BATCH * 4]
+            self.store.add_sentences(doc_id, part, self.embedder.embed([s.text for s in part]))
+        sentences.clear()
+        clock["embed"] = clock.get("embed", 0.0) + time.perf_counter() - started
+
+
+def note_pages(elements: Iterable[Element], pages: dict[str, int]) -> Iterator[Element]:
+    """Pass elements through, noting the last page (a chunk knows only the page it starts on)."""
+    for element in elements:
+        if element.page is not None:
+            pages["high"] = max(pages["high"], element.page)
+        yield element
+
+
+def with_sentences(
+    elements: Iterable[Element], sentences: list[SentenceDraft]
+) -> Iterator[Element]:
+    """Pass elements through, collecting their sentences (offsets into the parsed text)."""
+    for offset, element in element_offsets(elements):
+        sentences.extend(
+            SentenceDraft(offset + start, offset + end, element.text[start:end], element.page,
+                          element.title_path)
+            for start, end in sentence_spans(element.text)
+        )
+        yield element
+
+
+def timed(items: Iterable[T], clock: dict[str, float], stage: str) -> Iterator[T]:
+    """Yield from `items`, adding the seconds spent producing them to `clock[stage]`."""
+    iterator = iter(items)
+    while True:
+        started = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            clock[stage] = clock.get(stage, 0.0) + time.perf_counter() - started
+        yield item
