@@ -22,6 +22,7 @@ from api.auth import check_open_access
 from api.errors import EXCEPTION_HANDLERS
 from api.limits import STORE, close_rate_limit_store, rate_limit_middleware, rate_limit_store
 from api.metrics import HTTP, metrics
+from api.readiness import when_ready
 from api.routes_ask import ask
 from api.routes_chat import ROUTER as CHAT_ROUTER
 from api.routes_conversations import ROUTES as CONVERSATION_ROUTES
@@ -173,13 +174,14 @@ def create_app(
         route_handlers=[*with_options([health, ready, metrics, ask, *DOCUMENT_ROUTES,
                                        *CONVERSATION_ROUTES, give_feedback, widget_js,
                                        demo_page]), CHAT_ROUTER],
-        # Each route takes the narrow part it uses; those that need the loaded engine carry
-        # the `engine_ready` guard (api.readiness).
-        dependencies={"asking": Provide(lambda: service.asking, sync_to_thread=False),
-                      "documents": Provide(lambda: service.documents, sync_to_thread=False),
-                      "conversations": Provide(lambda: service.conversations,
-                                               sync_to_thread=False),
-                      "ingestion": Provide(lambda: ingestion, sync_to_thread=False)},
+        # Each route takes the narrow part it uses, given only once the engine has loaded.
+        dependencies={"asking": when_ready(service.asking),
+                      "documents": when_ready(service.documents),
+                      "conversations": when_ready(service.conversations),
+                      "ingestion": Provide(lambda: ingestion, sync_to_thread=False),
+                      # /ready and /metrics answer while it loads
+                      "health": Provide(lambda: service.health, sync_to_thread=False),
+                      "figures": Provide(lambda: service.figures, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan, close_rate_limit_store],
         middleware=[HTTP.middleware, *rate_limit_middleware(settings)],

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, His
 from prometheus_client import generate_latest as prometheus_text
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from rag.service import RagService
+from rag.service import Figures
 from rag.types import Answer
 
 log = logging.getLogger(__name__)
@@ -116,12 +116,11 @@ async def _queue_depth(state: State) -> int:
 
 
 @get("/metrics", tags=["ops"], media_type=CONTENT_TYPE_LATEST)
-async def metrics(state: State) -> Response[bytes]:
+async def metrics(state: State, figures: Callable[[], Figures]) -> Response[bytes]:
     """Prometheus metrics in the text exposition format."""
     QUEUE.set(await _queue_depth(state))
-    service: RagService = state["service"]
-    figures = service.figures()
-    INDEX_VECTORS.set(figures.index_vectors)
-    INDEX_VERSION.set(figures.index_version)
-    GENERATOR.stats = figures.generator
+    engine = figures()
+    INDEX_VECTORS.set(engine.index_vectors)
+    INDEX_VERSION.set(engine.index_version)
+    GENERATOR.stats = engine.generator
     return Response(prometheus_text(REGISTRY), media_type=CONTENT_TYPE_LATEST)

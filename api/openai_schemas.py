@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas import CitationOut, QuoteOut
-from rag.ask.service import TOP_K_MAX
+from rag.settings import TOP_K_MAX
 
 
 class ChatMessageIn(BaseModel):

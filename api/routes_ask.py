@@ -21,7 +21,6 @@ from litestar.params import Body
 
 from api.auth import owner_of, require_scope
 from api.errors import api_errors
-from api.readiness import engine_ready
 from api.schemas import AnswerOut, AskIn, DoneOut
 from api.streaming import AskEvents, answer_events, whole_answer
 from rag.ask.service import AskRequest, AskService
@@ -123,7 +122,7 @@ def to_request(data: AskIn, owner: str = "") -> AskRequest:
     status_code=200,
     tags=["ask"],
     summary="Ask a question",
-    guards=[require_scope("ask"), engine_ready],
+    guards=[require_scope("ask")],
     before_request=require_json,
     responses=ASK_RESPONSES,
     operation_class=_AskOperation,

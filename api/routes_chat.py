@@ -17,7 +17,6 @@ from api.auth import owner_of, require_scope
 from api.openai_chat import ChunkStream, chat_ask, completion_of, models_of
 from api.openai_errors import OPENAI_EXCEPTION_HANDLERS
 from api.openai_schemas import ChatCompletionIn, ChatCompletionOut, ModelsOut, OpenAIErrorOut
-from api.readiness import engine_ready
 from api.routes_ask import require_json
 from api.streaming import answer_events, whole_answer
 from rag.ask.service import AskService
@@ -34,7 +33,7 @@ ERRORS = {
 
 
 @post("/chat/completions", status_code=200, tags=["openai"],
-      guards=[require_scope("ask"), engine_ready], before_request=require_json,
+      guards=[require_scope("ask")], before_request=require_json,
       responses={200: ResponseSpec(ChatCompletionOut, description="The completion; with "
                                    "`stream: true` `chat.completion.chunk` events, then "
                                    "`data: [DONE]`."), **ERRORS})
@@ -51,7 +50,7 @@ async def chat_completions(
     return Response(completion_of(await whole_answer(asking, chat.request), chat))
 
 
-@get("/models", tags=["openai"], guards=[require_scope("ask"), engine_ready], responses=ERRORS)
+@get("/models", tags=["openai"], guards=[require_scope("ask")], responses=ERRORS)
 async def list_models(asking: AskService) -> ModelsOut:
     """The model to name in chat completions (the service's generator)."""
     return models_of(asking.model)

@@ -15,7 +15,6 @@ from pydantic import BaseModel, Field
 
 from api.auth import owner_of, require_scope
 from api.errors import api_errors
-from api.readiness import engine_ready
 from rag.ask.conversations import Conversations
 from rag.errors import NotFound
 from rag.types import AnswerRecord, Conversation
@@ -67,7 +66,7 @@ NOT_FOUND = api_errors("ask", {404: (
 LIMIT = Parameter(ge=1, le=500, description="Most conversations to list.")
 
 
-@get("/v1/conversations", tags=["conversations"], guards=[require_scope("ask"), engine_ready],
+@get("/v1/conversations", tags=["conversations"], guards=[require_scope("ask")],
      responses=ERRORS)
 async def list_conversations(
     conversations: Conversations, request: Request[Any, Any, Any],
@@ -80,7 +79,7 @@ async def list_conversations(
 
 
 @get("/v1/conversations/{conversation_id:str}", tags=["conversations"],
-     guards=[require_scope("ask"), engine_ready], responses=NOT_FOUND)
+     guards=[require_scope("ask")], responses=NOT_FOUND)
 async def get_conversation(
     conversation_id: str, conversations: Conversations, request: Request[Any, Any, Any]
 ) -> ConversationOut:
@@ -91,7 +90,7 @@ async def get_conversation(
 
 
 @delete("/v1/conversations/{conversation_id:str}", tags=["conversations"],
-        guards=[require_scope("ask"), engine_ready], responses=NOT_FOUND)
+        guards=[require_scope("ask")], responses=NOT_FOUND)
 async def delete_conversation(
     conversation_id: str, conversations: Conversations, request: Request[Any, Any, Any]
 ) -> None:

@@ -169,7 +169,7 @@ class _UploadOperation(Operation):
 # Handlers
 
 INGEST = [require_scope("ingest")]  # admin keys pass too; open mode lets everyone
-INGEST_READY = [*INGEST, engine_ready]  # and the engine has loaded (else 503)
+INGEST_READY = [*INGEST, engine_ready]  # and the engine has loaded (else 503, as its parts)
 MAX_OFFSET = 10**9
 USAGE = "Send multipart/form-data with one or more `file` parts."
 UNKNOWN_DOCUMENT = (
@@ -211,7 +211,7 @@ def _uploaded(a: Accepted) -> UploadedOut:
                        job_state=a.job.state if a.job else None, duplicate=a.duplicate)
 
 
-@get("/v1/documents", tags=["documents"], guards=INGEST_READY, sync_to_thread=True,
+@get("/v1/documents", tags=["documents"], guards=INGEST, sync_to_thread=True,
      responses=api_errors("ingest", {}))
 def list_documents(
     documents: DocumentIndexer,
@@ -226,7 +226,7 @@ def list_documents(
     return DocumentPage(items=items, total=total, offset=offset, limit=limit)
 
 
-@get("/v1/documents/{document_id:str}", tags=["documents"], guards=INGEST_READY,
+@get("/v1/documents/{document_id:str}", tags=["documents"], guards=INGEST,
      sync_to_thread=True, responses=api_errors("ingest", {404: UNKNOWN_DOCUMENT}))
 def get_document(
     document_id: str, documents: DocumentIndexer, ingestion: IngestService

@@ -10,7 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import require_scope
 from api.errors import api_errors
-from api.readiness import engine_ready
 from api.routes_ask import require_json
 from rag.ask.conversations import Conversations
 from rag.errors import NotFound
@@ -37,7 +36,7 @@ class FeedbackOut(BaseModel):
 
 
 @post("/v1/feedback", status_code=201, tags=["feedback"],
-      guards=[require_scope("ask"), engine_ready], before_request=require_json,
+      guards=[require_scope("ask")], before_request=require_json,
       responses=api_errors("ask", {404: (
           "No such answer (or it expired).",
           NotFound("Answer 'a-1' is unknown.", "Rate an answer id from a recent response."))}))

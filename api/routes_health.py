@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import anyio.to_thread
 from litestar import MediaType, Response, get
@@ -10,7 +11,7 @@ from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 
 from api.schemas import IndexLogOut, ReadyOut
-from rag.service import RagService
+from rag.service import Health
 
 
 @get("/health", tags=["ops"], media_type=MediaType.JSON)
@@ -19,18 +20,30 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def readiness(service: RagService, loading: str | None) -> ReadyOut:
-    """The engine's readiness as the API reports it (blocking checks)."""
-    found = service.readiness(loading)
-    log = found.index_log
-    log_out = None
+def readiness(engine: Health, loading: str | None) -> ReadyOut:
+    """Models loaded (`loading` says what is still loading), index readable, Redis reachable
+    (distributed mode), and where the index stands in the change log (PostgreSQL)."""
+    checks: dict[str, bool] = {"models": not loading}
+    reasons = [loading] if loading else []
+    checks["index"] = engine.index.readable
+    if engine.index.problem and not loading:
+        reasons.append(engine.index.problem)
+    log, log_out = engine.index.follower, None
     if log is not None:
         checked = log.checked_at
         log_out = IndexLogOut(applied=log.applied, latest=log.latest, behind=log.behind,
                               error=log.error,
                               checked_s_ago=round(time.time() - checked, 3) if checked else None)
-    return ReadyOut(ready=found.ready, reasons=found.reasons, checks=found.checks,
-                    index_log=log_out)
+        # Asks go on from the index in memory while the database is away: say so, stay ready.
+        if log.error:
+            reasons.append(f"The database is unreachable ({log.error}): answers come "
+                           "from this process's index as it was; uploads get 503.")
+    if engine.redis is not None:
+        checks["redis"] = engine.redis
+        if not engine.redis:
+            reasons.append("Redis is unreachable: answers are not cached and ingestion jobs "
+                           "cannot be queued until it is back.")
+    return ReadyOut(ready=all(checks.values()), reasons=reasons, checks=checks, index_log=log_out)
 
 
 @get(
@@ -39,10 +52,11 @@ def readiness(service: RagService, loading: str | None) -> ReadyOut:
     media_type=MediaType.JSON,
     responses={503: ResponseSpec(ReadyOut, description="Not ready; `reasons` says why.")},
 )
-async def ready(state: State) -> Response[ReadyOut]:
+async def ready(state: State, health: Callable[[], Health]) -> Response[ReadyOut]:
     """Ready to answer: models loaded, index readable and, in distributed mode, Redis reachable.
 
     200 when ready; 503 with the reasons otherwise.
     """
-    result = await anyio.to_thread.run_sync(readiness, state["service"], state.get("not_ready"))
+    engine = await anyio.to_thread.run_sync(health)
+    result = readiness(engine, state.get("not_ready"))
     return Response(result, status_code=200 if result.ready else 503)

@@ -138,16 +138,11 @@ class LocalTarget:
     def retrieve(self, question: str, depth: int, history: Sequence[Turn] = ()
                  ) -> list[Retrieved] | None:
         """The retriever's top `depth`, for a follow-up with the query the engine would use."""
-        from rag.ask.rewrite import rewrite
         from rag.types import Query
 
-        asking = self.service.asking
-        if asking.retriever is None:
-            return None
-        if history and self.service.settings.followup_rewrite == "terms":
-            question = rewrite(question, history)
+        found = self.service.asking.retrieve(Query(question, depth), history)
         return [Retrieved(r.chunk.document_id, r.filename, r.chunk.id, r.chunk.text, r.score)
-                for r in asking.retrieve(Query(question, depth))]
+                for r in found]
 
     def describe(self) -> dict[str, Any]:
         s = self.service

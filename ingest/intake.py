@@ -147,8 +147,7 @@ class Intake:
         try:
             document = self.documents.register(Document(
                 id=staged.sha256, filename=staged.filename, content_type=content_type,
-                size=staged.size, collection=collection, metadata=dict(metadata),
-                state="queued"))
+                size=staged.size, collection=collection, metadata=dict(metadata)))
             job, created = self.jobs.submit(staged.sha256, staged.filename, content_type,
                                             staged.size, self.settings.job_attempts)
         except BaseException:

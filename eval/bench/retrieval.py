@@ -48,10 +48,9 @@ def bench_retrieval(
 
 def _generated_index(service: RagService, size: int, folder: Path) -> tuple[Any, Any, Any]:
     """A store and index of `size` chunks: random unit vectors, texts of corpus words."""
-    from rag.documents.chunking import ChunkDraft
     from rag.index.vectors import FaissIndex
     from rag.stores.chunks import SqliteChunkStore
-    from rag.types import Document
+    from rag.types import ChunkDraft, Document
 
     s, dim = service.settings, service.embedder.dimension
     rng = np.random.default_rng(0)

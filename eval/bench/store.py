@@ -22,10 +22,9 @@ import numpy as np
 
 from eval.bench.measure import Report
 from eval.metrics import latency
-from rag.documents.chunking import ChunkDraft
 from rag.settings import Settings
 from rag.stores.postgres import scratch_database
-from rag.types import Document
+from rag.types import ChunkDraft, Document
 
 if TYPE_CHECKING:
     from rag.embedding import Embedder

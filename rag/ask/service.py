@@ -19,15 +19,13 @@ from rag.ask.pipeline import AskPipeline, build_pipeline
 from rag.ask.prompt import PROMPT_TEMPLATE_VERSION
 from rag.ask.retrieve import Retriever
 from rag.embedding import Embedder
-from rag.errors import InvalidInput, NotFound, NotReady
+from rag.errors import LOADING_HINT, InvalidInput, NotFound, NotReady
 from rag.generation.base import Generator
 from rag.index.live import LiveIndex
-from rag.settings import Settings
+from rag.settings import TOP_K_MAX, Settings
 from rag.stores.chunks import ChunkStore
 from rag.stores.response_cache import ResponseCache, cache_key
 from rag.types import Answer, AnswerRecord, Query, ScoredChunk, Timings, Turn, new_id
-
-TOP_K_MAX = 50  # the most sources one ask may ask for (the API's schema states the same)
 
 
 @dataclass(frozen=True)
@@ -74,12 +72,19 @@ class AskService:
         """The name of the model that answers."""
         return self.generator.name
 
-    def retrieve(self, query: Query) -> list[ScoredChunk]:
-        """The retrieve stage alone: the chunks that answer `query`, best first."""
-        if self.retriever is None:
-            raise NotReady("The service is still loading.",
-                           "Wait until the service reports ready, then retry.")
-        return self.retriever.retrieve(query)
+    def retrieve(self, query: Query, history: Sequence[Turn] = ()) -> list[ScoredChunk]:
+        """The pipeline up to retrieval alone (a follow-up's rewrite included, where the
+        pipeline has it): the chunks that answer `query` after `history`, best first."""
+        if self.pipeline is None:
+            raise NotReady("The service is still loading.", LOADING_HINT)
+        stages = list(self.pipeline.stages)
+        upto = [stage.name for stage in stages].index("retrieve") + 1
+        run = AskPipeline(stages[:upto]).run(AskContext(query, history=tuple(history)))
+        while True:  # the stages before generation stream nothing
+            try:
+                next(run)
+            except StopIteration as done:
+                return list(done.value.chunks)
 
     def ask(self, request: AskRequest, stop: threading.Event | None = None) -> Answer:
         """The whole answer (see `ask_stream`)."""
@@ -124,8 +129,7 @@ class AskService:
         self, ctx: AskContext, started: float
     ) -> collections.abc.Generator[str, None, Answer]:
         if self.pipeline is None:
-            raise NotReady("The service is still loading.",
-                           "Wait until the service reports ready, then retry.")
+            raise NotReady("The service is still loading.", LOADING_HINT)
         ctx = yield from self.pipeline.run(ctx)
         return assemble_answer(ctx, started, self.generator.name, self.index.index.version)
 

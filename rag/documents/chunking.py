@@ -13,25 +13,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rag.errors import ConfigError
-from rag.types import Element
+from rag.types import ChunkDraft, Element
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 SEPARATOR = "\n\n"
-
-
-@dataclass(frozen=True)
-class ChunkDraft:
-    """A chunk before it has a store id."""
-
-    ordinal: int
-    text: str
-    start: int
-    end: int
-    page: int | None
-    title_path: tuple[str, ...]
-    token_count: int
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from rag.documents.chunking import Chunker, check_window
 from rag.documents.detection import SUPPORTED, inspect_file
 from rag.documents.processing import DocumentProcessor, Progress, no_progress
 from rag.embedding import Embedder
-from rag.errors import InvalidInput, NotReady, RagError
+from rag.errors import LOADING_HINT, InvalidInput, NotReady, RagError
 from rag.index.live import LiveIndex
 from rag.settings import Settings
 from rag.stores.chunks import ChunkStore
@@ -59,8 +60,7 @@ class DocumentIndexer:
 
     def _loaded(self) -> DocumentProcessor:
         if self._processor is None:
-            raise NotReady("The embedder is still loading.",
-                           "Wait until the service reports ready, then retry.")
+            raise NotReady("The embedder is still loading.", LOADING_HINT)
         return self._processor
 
     # Reading
@@ -71,13 +71,13 @@ class DocumentIndexer:
     def page(
         self, collection: str | None = None, offset: int = 0, limit: int = 50
     ) -> tuple[list[Document], int]:
-        """One page of documents (newest first) and the total."""
+        """One page of documents (oldest first) and the total."""
         return self.store.list_documents(collection, offset, limit)
 
     def searchable_count(self) -> int:
         return self.store.searchable_count()
 
-    def show_latest(self) -> None:
+    def refresh_index(self) -> None:
         """Make this process search the newest index version now (another process may have
         just indexed a document); a no-op before the index has loaded."""
         if self.index.loaded:
@@ -91,7 +91,7 @@ class DocumentIndexer:
 
     def register(self, doc: Document) -> Document:
         """Record an accepted upload as a `queued` document."""
-        return self.store.put_document(doc)
+        return self.store.put_document(replace(doc, state="queued"))
 
     def drop_upload(self, doc_id: str) -> None:
         """Forget the bytes of an upload whose request failed."""
@@ -178,7 +178,7 @@ class DocumentIndexer:
         ids = self.store.chunk_ids(doc_id)
         if ids and not self.settings.database_url:
             with self.index.writing():
-                self.index.remove(ids, save_if_unchanged=False)
+                self.index.remove(ids, always_save=False)
         self.store.clear_chunks(doc_id)
 
     def delete(self, doc_id: str) -> bool:

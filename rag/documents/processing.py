@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from rag.documents import parsing
-from rag.documents.chunking import ChunkDraft, Chunker, element_offsets
+from rag.documents.chunking import Chunker, element_offsets
 from rag.documents.detection import KINDS
-from rag.documents.sentences import SentenceDraft, sentence_spans
+from rag.documents.sentences import sentence_spans
 from rag.embedding import Embedder
 from rag.errors import EmptyDocument
 from rag.settings import Settings
 from rag.stores.chunks import ChunkStore
-from rag.types import Document, Element
+from rag.types import ChunkDraft, Document, Element, SentenceDraft
 
 EMBED_BATCH = 64
 

@@ -11,24 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import sentencex
 
 MAX_CHARS = 400  # ~100 MiniLM tokens: longer spans are cut (the model reads at most 256)
 _LIST_ITEM = re.compile(r"\n(?=[ \t]*(?:[-*•+]|\d+[.)])\s)")
 _LINE = re.compile(r"[^\n]+")
-
-
-@dataclass(frozen=True)
-class SentenceDraft:
-    """A sentence before it has a store id; offsets into the document's parsed text."""
-
-    start: int
-    end: int
-    text: str
-    page: int | None
-    title_path: tuple[str, ...]
 
 
 def sentence_spans(text: str, max_chars: int = MAX_CHARS) -> list[tuple[int, int]]:

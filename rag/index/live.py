@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rag.errors import IndexUnreadable, NotReady
+from rag.errors import LOADING_HINT, IndexUnreadable, NotReady
 from rag.index.vectors import FaissIndex, VectorIndex, read_manifest
 from rag.index.writer import WriterLease
 from rag.settings import Settings
@@ -60,7 +60,8 @@ class LiveIndex:
         """Cheap: the index itself is made in `load()`, once the embedder's dimension is known."""
         self.settings = settings
         self.store = store
-        shared = settings.redis_url if not settings.database_url else None
+        # a shared lease only in embedded mode with Redis (an empty URL means none)
+        shared = (settings.redis_url or None) if not settings.database_url else None
         self.lease = WriterLease(shared, settings.writer_lease_s)
         self.follower: IndexFollower | None = None  # with PostgreSQL, in serving processes
         self._index: FaissIndex | None = None
@@ -70,15 +71,13 @@ class LiveIndex:
     def index(self) -> VectorIndex:
         """The loaded index; NotReady before `load()`."""
         if self._index is None:
-            raise NotReady("The index is not loaded yet.",
-                           "Wait until the service reports ready, then retry.")
+            raise NotReady("The index is not loaded yet.", LOADING_HINT)
         return self._index
 
     def _faiss(self) -> FaissIndex:
         """The index as the FAISS files this module loads and refreshes."""
         if self._index is None:
-            raise NotReady("The index is not loaded yet.",
-                           "Wait until the service reports ready, then retry.")
+            raise NotReady("The index is not loaded yet.", LOADING_HINT)
         return self._index
 
     @property
@@ -197,12 +196,13 @@ class LiveIndex:
             index.rebuild(self.store.searchable_vectors())
         index.save()
 
-    def remove(self, chunk_ids: list[int], save_if_unchanged: bool = True) -> None:
-        """Remove vectors by chunk id and save (inside `writing()`)."""
+    def remove(self, chunk_ids: list[int], always_save: bool = True) -> None:
+        """Remove vectors by chunk id and save (inside `writing()`); with `always_save` off,
+        save only when some were there."""
         index = self.index
         before = index.count
         index.remove(np.array(chunk_ids, dtype=np.int64))
-        if save_if_unchanged or index.count != before:
+        if always_save or index.count != before:
             index.save()
 
     def status(self) -> IndexStatus:

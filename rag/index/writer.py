@@ -34,12 +34,12 @@ class WriterLease:
     @property
     def shared(self) -> bool:
         """Whether other processes take the same lease (a Redis lock)."""
-        return self.redis_url is not None
+        return bool(self.redis_url)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
         """Hold the lease for the duration of the block."""
-        if self.redis_url is None:
+        if not self.redis_url:
             with self.local:
                 yield
             return

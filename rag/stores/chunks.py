@@ -24,12 +24,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from rag.documents.chunking import ChunkDraft
-from rag.documents.sentences import SentenceDraft
 from rag.settings import Settings
 from rag.stores.sql import SqlRecords
 from rag.stores.sqlite import SqliteDatabase
-from rag.types import Chunk, Document, Sentence
+from rag.types import Chunk, ChunkDraft, Document, Sentence, SentenceDraft
 
 log = logging.getLogger(__name__)
 

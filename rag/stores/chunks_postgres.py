@@ -18,10 +18,9 @@ import numpy as np
 import numpy.typing as npt
 from cachetools import LRUCache
 
-from rag.documents.chunking import ChunkDraft
 from rag.stores.chunks import INSERT_CHUNK, ChunkStore, chunk_row
 from rag.stores.postgres import PostgresDatabase, placeholders
-from rag.types import Chunk, Sentence
+from rag.types import Chunk, ChunkDraft, Sentence
 
 K = TypeVar("K")
 V = TypeVar("V")

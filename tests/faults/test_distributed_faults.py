@@ -19,11 +19,10 @@ import pytest
 import redis as redis_lib
 
 from ingest.jobs import job_store
-from rag.documents.chunking import ChunkDraft
 from rag.index.writer import WRITER_LOCK
 from rag.service import RagService
 from rag.settings import Settings
-from rag.types import Document
+from rag.types import ChunkDraft, Document
 from tests.api.helpers import ingest_corpus, private_redis
 from tests.faults.conftest import Served
 from tests.ingest.helpers import (

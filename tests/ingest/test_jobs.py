@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ingest.jobs import JobStore, SqliteJobStore
-from ingest.pg_jobs import PgJobStore
+from ingest.jobs_postgres import PgJobStore
 
 Make = Callable[[], JobStore]
 

@@ -9,10 +9,9 @@ import pytest
 
 from rag.ask.ranking import fuse
 from rag.ask.retrieve import Retriever, merge_overlaps
-from rag.documents.chunking import ChunkDraft
 from rag.index.vectors import FaissIndex
 from rag.stores.chunks import SqliteChunkStore
-from rag.types import Chunk, Document, Query, ScoredChunk
+from rag.types import Chunk, ChunkDraft, Document, Query, ScoredChunk
 
 
 def test_rrf_by_hand() -> None:

@@ -12,12 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rag.documents.chunking import ChunkDraft
 from rag.errors import NotFound, StoreUnavailable, StoreUnreadable
 from rag.stores.chunks import ChunkStore, SqliteChunkStore
 from rag.stores.chunks_postgres import PgChunkStore
 from rag.stores.uploads import BLOCK, PgUploadStore, Uploads, UploadStore
-from rag.types import Document
+from rag.types import ChunkDraft, Document
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -104,7 +103,7 @@ def test_states_change_only_along_the_lifecycle(store: ChunkStore) -> None:
 
 
 def test_sentences_within_spans_in_document_order(store: ChunkStore) -> None:
-    from rag.documents.sentences import SentenceDraft
+    from rag.types import SentenceDraft
 
     store.put_document(Document("d1", "a.txt", "text/plain", 10))
     sentences = [SentenceDraft(i * 10, i * 10 + 9, f"Sentence {i}.", None, ("T",))
