@@ -180,7 +180,7 @@ def create_app(
                       "conversations": when_ready(service.conversations),
                       "ingestion": Provide(lambda: ingestion, sync_to_thread=False),
                       # /ready and /metrics answer while it loads
-                      "health": Provide(lambda: service.health, sync_to_thread=False),
+                      "engine_health": Provide(lambda: service.health, sync_to_thread=False),
                       "figures": Provide(lambda: service.figures, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan, close_rate_limit_store],

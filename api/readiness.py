@@ -4,7 +4,7 @@ route cannot forget it; the two routes that take no engine part carry the guard.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
@@ -12,8 +12,6 @@ from litestar.di import Provide
 from litestar.handlers import BaseRouteHandler
 
 from rag.errors import NotReady
-
-T = TypeVar("T")
 
 
 def check_ready(state: State) -> None:
@@ -24,7 +22,7 @@ def check_ready(state: State) -> None:
                        "Wait until GET /ready answers 200, then retry.")
 
 
-def when_ready(part: T) -> Provide:
+def when_ready(part: object) -> Provide:
     """Provide `part` to the routes that take it, once the engine has loaded."""
 
     def provide(state: State) -> Any:

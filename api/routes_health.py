@@ -52,11 +52,11 @@ def readiness(engine: Health, loading: str | None) -> ReadyOut:
     media_type=MediaType.JSON,
     responses={503: ResponseSpec(ReadyOut, description="Not ready; `reasons` says why.")},
 )
-async def ready(state: State, health: Callable[[], Health]) -> Response[ReadyOut]:
+async def ready(state: State, engine_health: Callable[[], Health]) -> Response[ReadyOut]:
     """Ready to answer: models loaded, index readable and, in distributed mode, Redis reachable.
 
     200 when ready; 503 with the reasons otherwise.
     """
-    engine = await anyio.to_thread.run_sync(health)
+    engine = await anyio.to_thread.run_sync(engine_health)
     result = readiness(engine, state.get("not_ready"))
     return Response(result, status_code=200 if result.ready else 503)

@@ -43,17 +43,11 @@ def bench_ask(service: RagService, questions: Sequence[str], report: Report) -> 
 
 def ask_prompts(service: RagService, questions: Sequence[str]) -> list[Prompt]:
     """The prompts the ask path builds for `questions` (those it does not abstain on)."""
-    assert service.asking.pipeline is not None
-    front = AskPipeline([s for s in service.asking.pipeline.stages if s.name != "generate"
-                         and s.name != "check"])
+    pipeline = service.asking.pipeline
+    assert pipeline is not None
     prompts = []
     for question in questions:
-        run = front.run(AskContext(Query(question, service.settings.top_k)))
-        try:
-            while True:
-                next(run)
-        except StopIteration as end:
-            ctx: AskContext = end.value
+        ctx = pipeline.run_until(AskContext(Query(question, service.settings.top_k)), "prompt")
         if ctx.prompt is not None and not ctx.done:
             prompts.append(ctx.prompt)
     return prompts

@@ -46,6 +46,18 @@ class AskPipeline:
             ctx = replace(ctx, timings={**ctx.timings, stage.name: elapsed})
         return ctx
 
+    def run_until(self, ctx: AskContext, last: str) -> AskContext:
+        """Run the stages up to and including the one named `last`, a stage before generation
+        (those stream nothing): what retrieval or the prompt alone would be."""
+        names = [stage.name for stage in self.stages]
+        run = AskPipeline(self.stages[: names.index(last) + 1]).run(ctx)
+        try:
+            while True:
+                next(run)
+        except StopIteration as end:
+            result: AskContext = end.value
+            return result
+
 
 def build_pipeline(
     settings: Settings, retriever: Retriever, store: ChunkStore, embedder: Embedder,

@@ -77,14 +77,8 @@ class AskService:
         pipeline has it): the chunks that answer `query` after `history`, best first."""
         if self.pipeline is None:
             raise NotReady("The service is still loading.", LOADING_HINT)
-        stages = list(self.pipeline.stages)
-        upto = [stage.name for stage in stages].index("retrieve") + 1
-        run = AskPipeline(stages[:upto]).run(AskContext(query, history=tuple(history)))
-        while True:  # the stages before generation stream nothing
-            try:
-                next(run)
-            except StopIteration as done:
-                return list(done.value.chunks)
+        ctx = self.pipeline.run_until(AskContext(query, history=tuple(history)), "retrieve")
+        return list(ctx.chunks)
 
     def ask(self, request: AskRequest, stop: threading.Event | None = None) -> Answer:
         """The whole answer (see `ask_stream`)."""

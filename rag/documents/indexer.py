@@ -139,6 +139,7 @@ class DocumentIndexer:
         index writer after `mark_indexed` and before the vectors are added, so raising there
         still leaves nothing half-indexed.
         """
+        processor = self._loaded()  # before any state changes: not loaded is not the file's fault
         doc = self.store.get_document(doc_id)
         if doc is None:
             raise InvalidInput(f"Document {doc_id} is unknown.", "Upload it first.")
@@ -147,7 +148,7 @@ class DocumentIndexer:
         clock = timings if timings is not None else {}
         try:
             with self.uploads.local(doc.id) as path:
-                pages = self._loaded().run(doc, path, progress, clock)
+                pages = processor.run(doc, path, progress, clock)
             started = time.perf_counter()
             self._make_searchable(doc_id, pages, progress)
             clock["index"] = time.perf_counter() - started

@@ -12,14 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rag.errors import LOADING_HINT, IndexUnreadable, NotReady
-from rag.index.vectors import FaissIndex, VectorIndex, read_manifest
+from rag.index.vectors import FaissIndex, Ids, VectorIndex, Vectors, read_manifest
 from rag.index.writer import WriterLease
 from rag.settings import Settings
 from rag.stores.chunks import ChunkStore
@@ -60,8 +60,9 @@ class LiveIndex:
         """Cheap: the index itself is made in `load()`, once the embedder's dimension is known."""
         self.settings = settings
         self.store = store
-        # a shared lease only in embedded mode with Redis (an empty URL means none)
-        shared = (settings.redis_url or None) if not settings.database_url else None
+        # a shared lease only in embedded mode with Redis; with PostgreSQL each process has its
+        # own index
+        shared = None if settings.database_url else settings.redis_url
         self.lease = WriterLease(shared, settings.writer_lease_s)
         self.follower: IndexFollower | None = None  # with PostgreSQL, in serving processes
         self._index: FaissIndex | None = None
@@ -70,9 +71,7 @@ class LiveIndex:
     @property
     def index(self) -> VectorIndex:
         """The loaded index; NotReady before `load()`."""
-        if self._index is None:
-            raise NotReady("The index is not loaded yet.", LOADING_HINT)
-        return self._index
+        return self._faiss()
 
     def _faiss(self) -> FaissIndex:
         """The index as the FAISS files this module loads and refreshes."""
@@ -175,14 +174,15 @@ class LiveIndex:
             if self.follower is not None:
                 self.follower.rebuild()  # under the same process lock
             return
-        with self.writing():
-            self.index.rebuild(self.store.searchable_vectors())
-            self.index.save()
+        self._replace(self.store.searchable_vectors())
 
     def clear(self) -> None:
         """Empty the index and save it, under the lease (before re-embedding every document)."""
+        self._replace([])
+
+    def _replace(self, batches: Iterable[tuple[Ids, Vectors]]) -> None:
         with self.writing():
-            self.index.rebuild([])
+            self.index.rebuild(batches)
             self.index.save()
 
     def add_document(self, doc_id: str) -> None:

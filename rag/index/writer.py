@@ -26,7 +26,7 @@ class WriterLease:
     """`with lease.held():` changes the index alone, in this process and across processes."""
 
     def __init__(self, redis_url: str | None, lease_s: float) -> None:
-        """`redis_url` None: the lease is this process's lock only."""
+        """Without `redis_url` (None or empty: no Redis) the lease is this process's lock."""
         self.redis_url = redis_url
         self.lease_s = lease_s
         self.local = threading.Lock()  # also taken by the change-log follower
