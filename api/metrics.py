@@ -1,30 +1,27 @@
 """Prometheus metrics: HTTP requests and latencies from Litestar's middleware, plus the engine's
 answers (latency, first token, tokens, cache hits and misses), ingestion queue depth and index size.
 
-The ingestion side reports its queue depth by putting a callable in the app state under
-`QUEUE_DEPTH` (returning an int, or an awaitable of one); without it the depth reads 0.
+The queue depth is read at scrape time from the app's IngestService: the jobs waiting in its
+queue (in-process, or SAQ on Redis or PostgreSQL), not the running ones.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from litestar import Response, get
-from litestar.datastructures import State
 from litestar.plugins.prometheus import PrometheusConfig
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as prometheus_text
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ingest.queue import QUEUE_ERRORS
+from ingest.service import IngestService
 from rag.service import Figures
 from rag.types import Answer
 
 log = logging.getLogger(__name__)
-
-QUEUE_DEPTH = "queue_depth"
-QueueDepth = Callable[[], int | Awaitable[int]]
 
 HTTP = PrometheusConfig(app_name="rag", prefix="rag_http", group_path=True, exclude=["/metrics"])
 
@@ -103,22 +100,18 @@ def record_stream_error(error: Exception) -> None:
     STREAM_ERRORS.labels(error=type(error).__name__).inc()
 
 
-async def _queue_depth(state: State) -> int:
-    source: QueueDepth | None = state.get(QUEUE_DEPTH)
-    if source is None:
-        return 0
+async def _queue_depth(ingestion: IngestService) -> int:
     try:
-        depth = source()
-        return int(await depth) if inspect.isawaitable(depth) else int(depth)
-    except Exception as exc:  # a metrics scrape never fails because the queue is down
-        log.warning("queue depth unavailable: %s", exc)
+        return await ingestion.queue_depth()
+    except QUEUE_ERRORS as exc:  # a metrics scrape never fails because the queue is down
+        log.warning("ingestion queue depth unavailable: %s", exc)
         return 0
 
 
 @get("/metrics", tags=["ops"], media_type=CONTENT_TYPE_LATEST)
-async def metrics(state: State, figures: Callable[[], Figures]) -> Response[bytes]:
+async def metrics(figures: Callable[[], Figures], ingestion: IngestService) -> Response[bytes]:
     """Prometheus metrics in the text exposition format."""
-    QUEUE.set(await _queue_depth(state))
+    QUEUE.set(await _queue_depth(ingestion))
     engine = figures()
     INDEX_VECTORS.set(engine.index_vectors)
     INDEX_VERSION.set(engine.index_version)

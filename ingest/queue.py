@@ -53,6 +53,10 @@ class JobQueue(Protocol):
     async def cancel(self, job: Job) -> None:
         """Stop a job the JobStore already marks cancelled (drop it if it has not started)."""
 
+    async def depth(self) -> int:
+        """Jobs waiting to be taken: running jobs, cancelled ones and retries still waiting out
+        their delay do not count."""
+
 
 def queue_url(settings: Settings) -> str | None:
     """Where SAQ keeps the jobs (Redis or PostgreSQL); None: threads in `rag serve`."""
@@ -89,6 +93,7 @@ class EmbeddedQueue:
         self.concurrency = concurrency
         self._pending: queue.Queue[str | None] = queue.Queue()
         self._known: set[str] = set()  # queued or running here: never run one job twice at once
+        self._waiting: set[str] = set()  # in `_pending`, not cancelled, not yet taken: the depth
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -97,7 +102,7 @@ class EmbeddedQueue:
         """Resume unfinished jobs (oldest first), then start the consumers."""
         self._stop.clear()
         with self._lock:  # everything unfinished comes back from the records below
-            self._pending, self._known = queue.Queue(), set()
+            self._pending, self._known, self._waiting = queue.Queue(), set(), set()
         resumed = self.jobs.resume_unfinished()
         for job in resumed:
             self._put(job.id)
@@ -123,13 +128,20 @@ class EmbeddedQueue:
         self._put(job.id)
 
     async def cancel(self, job: Job) -> None:
-        """Nothing to do: a waiting job is skipped, a running one stops at its next report."""
+        """A waiting job is skipped when taken, a running one stops at its next report."""
+        with self._lock:
+            self._waiting.discard(job.id)
+
+    async def depth(self) -> int:
+        with self._lock:
+            return len(self._waiting)
 
     def _put(self, job_id: str) -> None:
         with self._lock:
             if job_id in self._known:
                 return
             self._known.add(job_id)
+            self._waiting.add(job_id)
         self._pending.put(job_id)
 
     def _consume(self) -> None:
@@ -137,6 +149,8 @@ class EmbeddedQueue:
             job_id = self._pending.get()
             if job_id is None:
                 return
+            with self._lock:
+                self._waiting.discard(job_id)
             try:
                 outcome = self.runner.run(job_id, self._stop)
             except Exception:  # the record keeps what happened; go on with the next job
@@ -149,7 +163,7 @@ class EmbeddedQueue:
 
 
 class SaqQueue:
-    """Jobs on a SAQ queue in Redis, run by `rag worker` processes."""
+    """Jobs on a SAQ queue in Redis or PostgreSQL, run by `rag worker` processes."""
 
     def __init__(self, settings: Settings, jobs: JobStore) -> None:
         self.settings = settings
@@ -183,6 +197,10 @@ class SaqQueue:
         queued = await self.queue.job(job.id)
         if queued is not None and queued.status in ACTIVE_STATUSES:
             await self.queue.abort(queued, "cancelled")
+
+    async def depth(self) -> int:
+        """SAQ's count of jobs queued and due (not yet taken by a worker)."""
+        return await self.queue.count("queued")
 
 
 def saq_queue(settings: Settings) -> Queue:

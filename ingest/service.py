@@ -54,6 +54,10 @@ class IngestService:
                 await self.queue.enqueue(item.job)
         return accepted
 
+    async def queue_depth(self) -> int:
+        """Jobs waiting in the queue, not the running ones; 0 until the queue has started."""
+        return await self.queue.depth() if self.started else 0
+
     def job(self, job_id: str) -> Job:
         """A job record; once it is done, this process searches the index version it made.
 
