@@ -20,6 +20,8 @@ from litestar.response import ServerSentEventMessage
 
 from api.openai_errors import invalid, openai_error
 from api.openai_schemas import (
+    HISTORY_ROLES,
+    IGNORED_ROLES,
     ChatCompletionIn,
     ChatCompletionOut,
     ChatMessageIn,
@@ -37,8 +39,6 @@ from rag.errors import NotFound
 from rag.types import Answer, Turn, new_id
 
 CREATED = int(time.time())  # when this process started: the model's `created`
-HISTORY_ROLES = frozenset({"user", "assistant"})
-IGNORED_ROLES = frozenset({"system", "developer"})
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,29 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
-from api.schemas import CitationOut, QuoteOut
+from api.schemas import CitationOut, JsonInt, QuoteOut
 from rag.settings import TOP_K_MAX
+
+# The rules of `api.openai_chat` on messages, stated in the document as far as JSON Schema can
+# (that the last user or assistant message is the user's cannot be: it points at no fixed item).
+HISTORY_ROLES = ("user", "assistant")  # the conversation's turns
+IGNORED_ROLES = ("system", "developer")  # read past: the service keeps its own system prompt
+TEXT_PART: JsonDict = {"type": "object", "required": ["type", "text"],
+                       "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}
 
 
 class ChatMessageIn(BaseModel):
     """A message: `content` is text, or a list of `{"type": "text", "text": ...}` parts."""
 
-    model_config = ConfigDict(extra="allow")
+    # The parts of a user or assistant message are read; those of one read past are not.
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "if": {"properties": {"role": {"enum": list(HISTORY_ROLES)}}},
+        "then": {"properties": {"content": {"items": TEXT_PART}}}})
     role: str = Field(description="system, developer, user or assistant; system and "
-                      "developer messages are read past, other roles are refused (400).")
+                      "developer messages are read past, other roles are refused (400).",
+                      json_schema_extra={"enum": [*IGNORED_ROLES, *HISTORY_ROLES]})
     content: str | list[dict[str, Any]] | None = None
 
 
@@ -28,20 +40,31 @@ class ChatCompletionIn(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     model: str = Field(description="The id GET /v1/models lists.")
-    messages: list[ChatMessageIn] = Field(min_length=1, description="The conversation; the "
-                                          "last is the question and must be the user's.")
+    messages: list[ChatMessageIn] = Field(
+        min_length=1, description="The conversation; the last is the question and must be the "
+        "user's.", json_schema_extra={"contains": {"required": ["role"],
+                                                   "properties": {"role": {"const": "user"}}}})
     stream: bool = Field(False, description="Answer as `chat.completion.chunk` events.")
-    max_tokens: int | None = Field(None, ge=1, description="Cap on the answer's tokens (never "
-                                   "above the service's RAG_MAX_NEW_TOKENS).")
-    max_completion_tokens: int | None = Field(None, ge=1, description="Same as max_tokens.")
+    # JsonInt: the document's `integer` takes 2.0, so the strict validation must too.
+    max_tokens: JsonInt | None = Field(None, ge=1, description="Cap on the answer's tokens "
+                                       "(never above the service's RAG_MAX_NEW_TOKENS).")
+    max_completion_tokens: JsonInt | None = Field(None, ge=1,
+                                                  description="Same as max_tokens.")
+    # Litestar leaves a bound of 0 out of the document; stated again.
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="Accepted; answers are "
-                                      "decoded greedily so they can be cached and checked.")
-    stop: str | list[str] | None = Field(None, description="Up to 4 strings that end the answer.")
-    n: int | None = Field(None, description="Only 1 is supported.")
+                                      "decoded greedily so they can be cached and checked.",
+                                      json_schema_extra={"minimum": 0.0})
+    # Stated here, checked in `api.openai_chat` (stops_of, to_request).
+    stop: str | list[str] | None = Field(
+        None, description="Up to 4 strings that end the answer.",
+        json_schema_extra={"minLength": 1, "maxItems": 4,
+                           "items": {"type": "string", "minLength": 1}})
+    n: JsonInt | None = Field(None, description="Only 1 is supported.",
+                              json_schema_extra={"minimum": 1, "maximum": 1})
     # The engine's bounds (AskService.check_top_k is the rule); validated here as well so an
     # out-of-range value stays a 400 naming the field, and 0 is refused, not the default.
-    top_k: int | None = Field(None, ge=1, le=TOP_K_MAX,
-                              description="Sources to retrieve (extra).")
+    top_k: JsonInt | None = Field(None, ge=1, le=TOP_K_MAX,
+                                  description="Sources to retrieve (extra).")
     collection: str | None = Field(None, description="Search only this collection (extra).")
 
 

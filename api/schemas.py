@@ -18,14 +18,22 @@ if TYPE_CHECKING:
 
 class StrictModelSchemaPlugin(PydanticSchemaPlugin):
     """Litestar's pydantic schemas, plus `additionalProperties: false` for models that forbid
-    extra fields (Litestar leaves it out, so the document would promise to accept them)."""
+    extra fields (Litestar leaves it out, so the document would promise to accept them), plus
+    the model's own `json_schema_extra` (Litestar reads it on fields only), for rules across
+    fields."""
 
     @classmethod
     def for_pydantic_model(cls, field_definition: FieldDefinition,
                            schema_creator: SchemaCreator) -> Schema:
         schema = super().for_pydantic_model(field_definition, schema_creator)
-        if field_definition.annotation.model_config.get("extra") == "forbid":
+        config = field_definition.annotation.model_config
+        if config.get("extra") == "forbid":
             schema.additional_properties = False
+        extra = config.get("json_schema_extra")
+        if isinstance(extra, dict):
+            aliases = schema.field_aliases()  # "not" is `schema_not`, "if" `schema_if`
+            for key, value in extra.items():
+                setattr(schema, aliases.get(str(key), str(key)), value)
         return schema
 
 
@@ -53,7 +61,11 @@ class TurnIn(BaseModel):
 class AskIn(BaseModel):
     """A question to answer from the indexed documents."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Stated for clients, checked by the engine (Conversations.thread, 422): not a conversation
+    # and earlier turns together. A null conversation or an empty history is neither.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"not": {
+        "required": ["conversation", "history"],
+        "properties": {"conversation": {"type": "string"}, "history": {"minItems": 1}}}})
     question: str = Field(
         description="The question, in plain words (at most RAG_MAX_QUESTION_CHARS characters, "
         "2000 by default, and short enough to fit the model's context window).",

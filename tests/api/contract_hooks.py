@@ -4,13 +4,18 @@ JSON Schema cannot say "a document with text" of a file part, so schemathesis wo
 samples and random bytes as `format: binary` files, which the service rightly refuses (415). The
 upload's `encoding` lists the document types it reads; these strategies make files of two of
 them (text and Markdown, judged by content like any upload). Importing this module registers
-them and the one failure filter below; the CLI takes it as
-SCHEMATHESIS_HOOKS=tests.api.contract_hooks.
+them and the failure filter below; the CLI takes it as SCHEMATHESIS_HOOKS=tests.api.contract_hooks.
+
+The filter drops only failures the document cannot prevent, each by its exact error, and counts
+them by reason in `DROPPED` (the contract test bounds the count). Every rule JSON Schema can
+state is in the document instead.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
+from typing import Any
 
 import schemathesis
 from hypothesis import strategies as st
@@ -31,34 +36,55 @@ schemathesis.openapi.media_type("text/markdown", MARKDOWN_FILES)
 FORM_TEXT = re.compile(r"violates `type` at /properties/collection \(was string, became "
                        r"(number|integer|boolean)\)")
 
+# Refusals of /v1/chat/completions (OpenAI's error `code`, the start of its `message`) for rules
+# on the last user or assistant message: which message that is depends on the roles, and JSON
+# Schema can only point at array items counted from the front.
+UNSTATABLE_CHAT_REFUSALS = {
+    ("InvalidRequest", "The last message must be the user's question"):
+        "chat: the last user or assistant message is the assistant's",
+    ("InvalidInput", "The question is empty."): "chat: the last user message has no text",
+}
+UPLOAD_FORM_TEXT = "upload: a text form field made a number or boolean"
+
+DROPPED: Counter[str] = Counter()  # failures the filter dropped, by reason
+
 
 @schemathesis.hook("filter_failure")
-def multipart_text_is_text(context: schemathesis.HookContext, failure: Failure, case: Case,
-                           response: Response) -> bool:
-    """Drop one false positive, counted as filtered: an upload "made invalid" by turning the
-    `collection` text field into a number or boolean.
+def drop_unpreventable(context: schemathesis.HookContext, failure: Failure, case: Case[Any],
+                       response: Response) -> bool:
+    """Drop, and count in `DROPPED`, a failure the document cannot prevent; keep all others."""
+    reason = unpreventable(failure, case, response)
+    if reason is not None:
+        DROPPED[reason] += 1
+    return reason is None
 
-    On the wire `collection=7` is the text "7", a valid name, so the service rightly accepts it.
-    Schemathesis knows this for query and header parameters but not for form fields.
+
+def unpreventable(failure: Failure, case: Case[Any], response: Response) -> str | None:
+    """Why `failure` is one the document cannot prevent, or None.
+
+    - A chat request refused for a rule on its last message (`UNSTATABLE_CHAT_REFUSALS`).
+    - An upload "made invalid" by turning the `collection` text field into a number or boolean:
+      on the wire `collection=7` is the text "7", a valid name, so the service rightly accepts
+      it. Schemathesis knows this for query and header parameters but not for form fields.
     """
-    if isinstance(failure, RejectedPositiveData) and case.path == "/v1/chat/completions":
-        return not (response.status_code == 400 and _openai_semantic_refusal(response))
-    if isinstance(failure, RejectedPositiveData) and case.path == "/v1/ask":
-        # conversation + history together: a rule the generated schema does not state yet
-        return not (response.status_code == 422 and "Both a conversation" in response.text)
-    return not (isinstance(failure, AcceptedNegativeData) and case.path == "/v1/documents"
-                and FORM_TEXT.search(failure.message) is not None)
+    if (isinstance(failure, RejectedPositiveData) and case.path == "/v1/chat/completions"
+            and response.status_code == 400):
+        try:
+            return unstatable_chat_refusal(response.json())
+        except ValueError:
+            return None
+    if (isinstance(failure, AcceptedNegativeData) and case.path == "/v1/documents"
+            and FORM_TEXT.search(failure.message) is not None):
+        return UPLOAD_FORM_TEXT
+    return None
 
 
-def _openai_semantic_refusal(response: Response) -> bool:
-    """A 400 in OpenAI's shape for messages whose order or content the schema cannot state
-    (the last message must be the user's text; content parts must be text). The request
-    schema is OpenAI's own, which JSON Schema cannot narrow to that."""
-    try:
-        body = response.json()
-    except ValueError:
-        return False
+def unstatable_chat_refusal(body: object) -> str | None:
+    """The reason in `UNSTATABLE_CHAT_REFUSALS` of an OpenAI error body, or None."""
     error = body.get("error") if isinstance(body, dict) else None
-    return (response.status_code == 400 and isinstance(error, dict)
-            and error.get("type") == "invalid_request_error"
-            and error.get("code") == "InvalidRequest")
+    if not isinstance(error, dict) or error.get("type") != "invalid_request_error":
+        return None
+    for (code, opening), reason in UNSTATABLE_CHAT_REFUSALS.items():
+        if error.get("code") == code and str(error.get("message", "")).startswith(opening):
+            return reason
+    return None
