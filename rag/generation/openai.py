@@ -6,9 +6,12 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Generator as PieceGenerator
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedTokenizerBase
@@ -146,10 +149,24 @@ def _check_status(response: httpx.Response) -> None:
     if response.status_code in (400, 401, 403, 404, 422):
         raise ConfigError(message, "Check RAG_OPENAI_BASE_URL, RAG_OPENAI_API_KEY and the model.")
     if response.status_code == 429:  # the server is busy: the same 503 + Retry-After as ours
-        retry = response.headers.get("retry-after", "")
-        seconds = int(retry) if retry.isdigit() else 2
+        seconds = retry_after_s(response.headers.get("retry-after", ""))
         raise Overloaded(message, f"Retry in {seconds} s.", retry_after_s=seconds)
     raise NotReady(message, "Try again later.")
+
+
+def retry_after_s(value: str, default: int = 2) -> int:
+    """Whole seconds from a Retry-After header: delay-seconds or an HTTP date (RFC 9110
+    10.2.3), at least 1; `default` where it is missing or unreadable."""
+    value = value.strip()
+    if value.isdigit():
+        return max(1, int(value))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return default
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(1, math.ceil((when - datetime.now(UTC)).total_seconds()))
 
 
 def _take_usage(chunk: dict[str, Any], counts: TokenCounts) -> bool:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +217,51 @@ def test_error_mid_stream_arrives_as_an_error_event(
         plain = client.post("/v1/ask", json={"question": BEES})
         assert plain.status_code == 503 and plain.json()["error"] == "NotReady"
     assert len(spy.runs) == 2
+
+
+class BusyServer(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that is always busy: 429 with its own Retry-After."""
+
+    asked = 0
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        type(self).asked += 1
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(429)
+        self.send_header("Retry-After", "17")
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"error": {"message": "slow down"}}')
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep test output quiet."""
+
+
+def test_a_busy_generation_servers_retry_after_reaches_the_client(
+    tmp_path: Path, embedder: Any, models_dir: Path
+) -> None:
+    busy = ThreadingHTTPServer(("127.0.0.1", 0), BusyServer)
+    threading.Thread(target=busy.serve_forever, daemon=True).start()
+    settings = Settings(data_dir=tmp_path / "data", converted_models_dir=models_dir,
+                        generator_backend="openai", max_new_tokens=16,
+                        openai_base_url=f"http://127.0.0.1:{busy.server_address[1]}/v1")
+    service = RagService(settings, embedder=embedder)
+    try:
+        service.load()
+        ingest_corpus(service, tmp_path / "corpus")
+        with serving(service) as client:
+            response = client.post("/v1/ask", json={"question": BEES})
+            assert response.status_code == 503, response.text
+            assert response.headers["Retry-After"] == "17"
+            assert response.json()["error"] == "Overloaded" and "17 s" in response.json()["hint"]
+            # Refused before the first token: a stream is the same 503, not a 200 with an error.
+            streamed = client.post("/v1/ask", json={"question": BEES, "stream": True})
+            assert streamed.status_code == 503 and streamed.headers["Retry-After"] == "17"
+        assert BusyServer.asked == 2
+    finally:
+        service.close()
+        busy.shutdown()
+        busy.server_close()
 
 
 def test_health_answers_while_generating_and_a_disconnect_stops_generation(

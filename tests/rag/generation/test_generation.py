@@ -7,6 +7,8 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.machinery import ModuleSpec
 from pathlib import Path
@@ -77,6 +79,7 @@ class FakeOpenAI(BaseHTTPRequestHandler):
 
     requests: list[tuple[dict[str, Any], dict[str, str]]] = []
     status = 200
+    retry_after: str | None = None  # sent with an error status
     send_usage = True
     repeat = 1
 
@@ -85,6 +88,8 @@ class FakeOpenAI(BaseHTTPRequestHandler):
         type(self).requests.append((body, dict(self.headers)))
         if self.path != "/v1/chat/completions" or self.status != 200:
             self.send_response(404 if self.path != "/v1/chat/completions" else self.status)
+            if self.retry_after is not None:
+                self.send_header("Retry-After", self.retry_after)
             self.end_headers()
             self.wfile.write(b'{"error": "no"}')
             return
@@ -391,6 +396,30 @@ def test_openai_backend_errors_are_rag_errors(
     monkeypatch.setattr(fake, "status", status)
     with pytest.raises(error, match=str(status)):
         generate(remote, make_prompt(remote, "Q?", 16), 16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("retry_after", "seconds"), [
+    ("17", 17),
+    ("an HTTP date 40 s ahead", 40),
+    ("soon", 2),  # unreadable: our own default
+    (None, 2),
+])
+def test_a_busy_servers_retry_after_is_kept(
+    remote: OpenAIGenerator,
+    fake: type[FakeOpenAI],
+    monkeypatch: pytest.MonkeyPatch,
+    retry_after: str | None,
+    seconds: int,
+) -> None:
+    if retry_after and retry_after.startswith("an HTTP date"):
+        retry_after = format_datetime(datetime.now(UTC) + timedelta(seconds=40), usegmt=True)
+    monkeypatch.setattr(fake, "status", 429)
+    monkeypatch.setattr(fake, "retry_after", retry_after)
+    with pytest.raises(Overloaded) as raised:
+        generate(remote, make_prompt(remote, "Q?", 16), 16)
+    assert seconds - 2 <= raised.value.retry_after_s <= seconds  # a date loses the seconds gone
+    assert raised.value.hint == f"Retry in {raised.value.retry_after_s} s."
 
 
 @pytest.mark.slow
