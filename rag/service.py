@@ -58,10 +58,7 @@ class RagService:
         self.embedder: Embedder = embedder or build_embedder(s)
         self.generator: Generator = generator or build_generator(s)
         self.cache: ResponseCache = build_cache(s.redis_url, s.cache_size, s.cache_ttl_s)
-        self.conversations = Conversations(
-            build_conversations(s.redis_url, s.conversations_path, s.conversation_ttl_s,
-                                s.database_url),
-            s.max_history_turns)
+        self.conversations = Conversations(build_conversations(s), s.max_history_turns)
         self.index = LiveIndex(s, self.store)
         self.documents = DocumentIndexer(s, self.store, self.uploads, self.embedder,
                                          self.index, self.cache)

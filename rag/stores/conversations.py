@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from rag.errors import NotReady
+from rag.settings import Settings
 from rag.stores.postgres import PostgresDatabase
 from rag.stores.sql import SqlRecords
 from rag.stores.sqlite import SqliteDatabase
@@ -351,13 +352,12 @@ def _redis_conversation(
                         owner=data.get("owner", ""))
 
 
-def build_conversations(
-    redis_url: str | None, path: Path, ttl_s: int, database_url: str | None = None
-) -> ConversationStore:
-    """PostgreSQL when configured, else Redis in distributed mode, else SQLite at `path` (in
-    the data directory)."""
-    if database_url:
-        return PgConversations(database_url, ttl_s)
-    if redis_url:
-        return RedisConversations(redis_url, ttl_s)
-    return SqliteConversations(path, ttl_s)
+def build_conversations(settings: Settings) -> ConversationStore:
+    """PostgreSQL when `RAG_DATABASE_URL` is set, else Redis in distributed mode, else SQLite
+    in the data directory: the one choice, for the service and for `rag eval export-feedback`."""
+    ttl_s = settings.conversation_ttl_s
+    if settings.database_url:
+        return PgConversations(settings.database_url, ttl_s)
+    if settings.redis_url:
+        return RedisConversations(settings.redis_url, ttl_s)
+    return SqliteConversations(settings.conversations_path, ttl_s)

@@ -15,7 +15,7 @@ from eval.runner import RunOptions, ingest_corpus, run_suite
 from eval.suites import load_suite
 from eval.targets import LocalTarget
 from rag.service import RagService
-from tests.api.helpers import ADMIN_KEY, ASK_KEY, CORPUS, KEYS, serving
+from tests.api.helpers import ADMIN_KEY, ASK_KEY, KEYS, serving
 from tests.api.helpers import ingest_corpus as ingest
 
 pytestmark = pytest.mark.slow
@@ -113,4 +113,28 @@ def test_feedback_becomes_a_suite_that_runs(corpus_service: RagService, tmp_path
     corpus = ingest_corpus(suite, target, lambda _: None)
     run = run_suite(suite, target, corpus, RunOptions(retrieval_only=True))
     assert run["aggregates"]["errors"] == 0 and run["aggregates"]["followup"]["turns"] >= 1
-    assert len(CORPUS) == 3  # the documents the suite is scored over
+    scored = next(r for r in run["items"] if r["question"] == BEES)
+    assert "bees.txt" in scored["relevant"] and scored["scores"]["hit@3"] == 1.0
+
+
+def test_feedback_export_reads_postgresql_in_distributed_mode(
+    make_service: Any, pg_url: str, tmp_path: Path
+) -> None:
+    """With RAG_DATABASE_URL the feedback is in PostgreSQL: the export reads it there (not an
+    empty SQLite file in a data directory that holds none of it)."""
+    service: RagService = make_service(database_url=pg_url, max_new_tokens=16)
+    ingest(service, tmp_path / "corpus")
+    with serving(service) as client:
+        first = client.post("/v1/ask", json={"question": BEES}).json()
+        assert client.post("/v1/feedback", json={
+            "answer_id": first["answer_id"], "rating": "down",
+            "expected_answer": "Miriam Oduya"}).status_code == 201
+
+    out, elsewhere = tmp_path / "feedback.jsonl", tmp_path / "another-machine"
+    result = CliRunner(env={"RAG_DATABASE_URL": pg_url, "RAG_REDIS_URL": ""}).invoke(
+        eval_app, ["export-feedback", "--out", str(out), "--data-dir", str(elsewhere)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["feedback"]["answer_id"], r["answers"]) for r in rows] == [
+        (first["answer_id"], ["Miriam Oduya"])]
+    assert "1 down" in result.output
