@@ -22,7 +22,7 @@ from rich.progress import (
 from rich.table import Table
 
 from eval.compare import Comparison, compare
-from eval.report import read_result, write_html, write_json
+from eval.report import headline, read_result, write_html, write_json
 from eval.runner import RunOptions, ingest_corpus, run_suite
 from eval.suites import Suite, SuiteError, load_suite
 from eval.targets import EvalError, HttpTarget, Target, http_client, local_target
@@ -100,9 +100,16 @@ def run(
         help="Use this data directory (default: a fresh temp one).")] = None,
     top_k: Annotated[int | None, typer.Option(min=1, max=50, help="Sources per answer.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,
+    skip: Annotated[int, typer.Option(min=0, help="Leave out the first N questions (with "
+                                                  "--limit: a fixed slice).")] = 0,
     split: Annotated[str, typer.Option(help="BEIR qrels split.")] = "test",
     retrieval_only: Annotated[bool, typer.Option(
-        help="Score retrieval only, generating no answers (local engine only).")] = False,
+        help="Score retrieval only, generating no scored answers (local engine only; with "
+             "--history own the earlier turns of a conversation are still answered).")] = False,
+    history: Annotated[str, typer.Option(
+        help="What follow-up turns are asked after: own (the service's earlier answers in "
+             "this run) or reference (the suite's reference answers: an upper bound).")]
+        = "own",
     setting: Annotated[list[str] | None, typer.Option(
         "--set", help="Engine setting KEY=VALUE for the local run (repeatable).")] = None,
 ) -> None:
@@ -112,7 +119,10 @@ def run(
     if retrieval_only and url:
         raise typer.BadParameter("the API has no retrieval-only endpoint; leave out --url.",
                                  param_hint="--retrieval-only")
-    options = RunOptions(top_k, concurrency, limit, retrieval_only)
+    if history not in ("own", "reference"):
+        raise typer.BadParameter("use own or reference.", param_hint="--history")
+    options = RunOptions(top_k, concurrency, limit, retrieval_only, skip=skip,
+                         history=history)  # type: ignore[arg-type]
     try:
         suite = load_suite(suite_path, split)
         result = _run(suite, url, key, data_dir, overrides, options)
@@ -130,7 +140,7 @@ def run(
 
 def _run(suite: Suite, url: str | None, key: str | None, data_dir: Path | None,
          overrides: dict[str, str], options: RunOptions) -> dict[str, Any]:
-    count = len(suite.limited(options.limit).items)
+    count = len(suite.limited(options.limit, options.skip).items)
     with _target(url, key, data_dir, overrides) as target, \
             Progress(*_columns(), console=console) as bar:
         ingest = bar.add_task("ingesting corpus", total=len(suite.corpus))
@@ -146,11 +156,13 @@ def print_summary(result: dict[str, Any]) -> None:
                         f"{agg['errors']} errors")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    for label, value in headline(agg):
+        table.add_row(f"[bold]{label}[/]", value if isinstance(value, str) else _fmt(value))
     for name, value in agg["quality"].items():
         table.add_row(name, _fmt(value))
     for stage, summary in agg["latency_ms"].items():
         if summary:
-            table.add_row(f"{stage} ms p50 / p95 / max",
+            table.add_row(f"{stage} ms p50 / p95 / max (fresh answers)",
                           f"{summary['p50']:.0f} / {summary['p95']:.0f} / {summary['max']:.0f}")
     prompt = agg.get("prompt_tokens")
     if prompt:
@@ -164,11 +176,19 @@ def print_summary(result: dict[str, Any]) -> None:
     table.add_row("cache hit rate", _fmt(agg["cache_hit_rate"]))
     followup = agg.get("followup")
     if followup:
+        asked_after = ", ".join(f"{n} after {HISTORY_LABELS.get(k, k)}"
+                                for k, n in (followup.get("history") or {}).items())
+        table.add_row("follow-ups asked", asked_after or "–")
         for name in ("hit@1", "hit@3", "mrr"):
             table.add_row(f"follow-ups ({followup['turns']}) {name} with / without history",
                           f"{_fmt(followup[f'with_history_{name}'])} / "
                           f"{_fmt(followup[f'without_history_{name}'])}")
     console.print(table)
+
+
+HISTORY_LABELS = {"own": "its own earlier answers",
+                  "reference": "the reference answers (an upper bound)",
+                  "suite": "the history the suite gives"}
 
 
 def _fmt(value: float | None, signed: bool = False) -> str:
@@ -192,8 +212,7 @@ def export_feedback(
     if rating not in ("all", "up", "down"):
         raise typer.BadParameter("use all, up or down.", param_hint="--rating")
     settings = load_settings({"data_dir": str(data_dir)} if data_dir else {})
-    store = build_conversations(settings.redis_url, settings.conversations_path,
-                                settings.conversation_ttl_s)
+    store = build_conversations(settings)
     store.open()
     try:
         feedback = store.feedback()
@@ -331,7 +350,9 @@ def _stage_reporter(bar: Progress) -> Any:
 
 def print_bench(result: dict[str, Any]) -> None:
     """The headline bench figures: medians, and the ratios that count."""
-    table = Table(title="rag bench (medians; ratios are engine / raw library)")
+    table = Table(title="rag bench (medians; ratios are engine / raw library, like for like: "
+                        "generation.decode_ratio without prompt lookup in either, "
+                        "generation.prompt_lookup_decode_ratio with it in both)")
     table.add_column("figure")
     table.add_column("value", justify="right")
     for name, value in flatten(result.get("figures", {})):

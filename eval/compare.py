@@ -10,7 +10,7 @@ GATED_LATENCY = ("total", "p95")
 ITEM_FLAGS = ("contains", "exact_match", "hit@5")
 MACHINE_PATHS = frozenset({"data_dir", "converted_models_dir"})
 # Quality metrics renamed since older results were written: old name -> current name.
-RENAMED = {"groundedness": "overlap_groundedness"}
+RENAMED = {"groundedness": "shown_text_overlap", "overlap_groundedness": "shown_text_overlap"}
 
 
 @dataclass(frozen=True)
@@ -67,33 +67,54 @@ def compare(
     """Differences of `candidate` from `baseline`.
 
     Fails when a quality metric (all are higher-is-better) drops by more than `fail_on_drop`
-    (absolute), or when p95 total latency grows by more than `latency_factor`; None skips a gate.
-    Answer figures (repeated sentences, prompt tokens, modes) are compared but not gated.
+    (absolute) or has no value where the baseline has one, or when p95 total latency of fresh
+    answers grows by more than `latency_factor` or cannot be measured (every answer came from
+    the cache); None skips a gate. The headline groundedness is `answer_groundedness`, the
+    service's check of the generated text. Answer figures (repeated sentences, prompt tokens,
+    modes) are compared but not gated.
     """
     quality = _quality(_renamed(baseline["aggregates"]["quality"]),
-                       _renamed(candidate["aggregates"]["quality"]), fail_on_drop)
+                       _renamed(candidate["aggregates"]["quality"]), fail_on_drop,
+                       _undefined_by_design(candidate["aggregates"]))
     latency = _latency(baseline["aggregates"]["latency_ms"],
                        candidate["aggregates"]["latency_ms"], latency_factor)
-    failures = [f"{d.name} dropped from {d.baseline:.3f} to {d.candidate:.3f} "
-                f"(more than {fail_on_drop})" for d in quality if d.failed]
+    failures = [_quality_failure(d, fail_on_drop) for d in quality if d.failed]
     failures += [f"latency {d.name} grew {d.ratio:.2f}x (more than {latency_factor}x)"
+                 if d.candidate is not None else
+                 f"latency {d.name} has no fresh answer to time in the candidate (all cached?)"
                  for d in latency if d.failed]
     return Comparison(quality, latency, _answers(baseline["aggregates"], candidate["aggregates"]),
                       changed_items(baseline, candidate), settings_diff(baseline, candidate),
                       tuple(failures))
 
 
+def _quality_failure(d: MetricDiff, limit: float | None) -> str:
+    if d.candidate is None:
+        return f"{d.name} was {d.baseline:.3f} and has no value now (nothing it could score)"
+    return f"{d.name} dropped from {d.baseline:.3f} to {d.candidate:.3f} (more than {limit})"
+
+
 def _renamed(quality: Mapping[str, float | None]) -> dict[str, float | None]:
     return {RENAMED.get(name, name): value for name, value in quality.items()}
 
 
+def _undefined_by_design(agg: Mapping[str, Any]) -> set[str]:
+    """Metrics whose None in `agg` is a fact, not a failure to score: abstention precision of
+    a run that abstained on nothing."""
+    return {"abstention_precision"} if (agg.get("abstention") or {}).get("abstained") == 0 \
+        else set()
+
+
 def _quality(
-    a: Mapping[str, float | None], b: Mapping[str, float | None], limit: float | None
+    a: Mapping[str, float | None], b: Mapping[str, float | None], limit: float | None,
+    may_be_none: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[MetricDiff, ...]:
     rows = []
     for name in [*a, *(n for n in b if n not in a)]:
         diff = MetricDiff(name, a.get(name), b.get(name))
-        failed = limit is not None and diff.delta is not None and diff.delta < -limit - 1e-12
+        lost = diff.baseline is not None and diff.candidate is None and name not in may_be_none
+        failed = limit is not None and (lost or (diff.delta is not None
+                                                 and diff.delta < -limit - 1e-12))
         rows.append(MetricDiff(name, diff.baseline, diff.candidate, failed))
     return tuple(rows)
 
@@ -109,7 +130,8 @@ def _latency(
             diff = MetricDiff(f"{stage} {stat}", (a.get(stage) or {}).get(stat),
                               (b.get(stage) or {}).get(stat))
             gated = (stage, stat) == GATED_LATENCY and factor is not None
-            failed = gated and diff.ratio is not None and diff.ratio > (factor or 0)
+            lost = diff.baseline is not None and diff.candidate is None
+            failed = gated and (lost or (diff.ratio is not None and diff.ratio > (factor or 0)))
             rows.append(MetricDiff(diff.name, diff.baseline, diff.candidate, failed))
     return tuple(rows)
 

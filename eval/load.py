@@ -8,8 +8,13 @@ uploads (a new small text file each), document lists and deletes (of this run's 
 for every accepted upload's job and checks that each one is indexed exactly once: indexed,
 listed once, and the index holding exactly the listed documents' chunks (no vector twice).
 
-The summary (JSON): requests, requests/s, statuses and errors by status, p50/p95/p99 per route,
-and the upload check. 429 and 503 are the service protecting itself, counted apart from errors.
+The summary (JSON): requests, requests/s, statuses and errors by status, and per route the
+answers (2xx; for asks, their modes), the refusals (429 and 503: the service protecting itself,
+counted apart from errors, with their share of the route's requests) and p50/p95/p99 over the
+answers alone: latencies are kept per route per status class (2xx, 429, 503, other), since a
+refusal is fast and counting it would make the percentiles drop as the service sheds load. The
+run is ok with no errors, every upload indexed once, and every ask route that was asked
+answering at least once.
 With `--serve` it starts a throw-away `rag serve` (sample corpus, an admin key) on loopback.
 """
 
@@ -37,15 +42,16 @@ import httpx
 import numpy as np
 
 ROUTES = ("ask_uncached", "ask_cached", "upload", "list", "delete")
-DELIBERATE = {429, 503}  # rate limited, or not ready / busy: the service protecting itself
-CACHED_QUESTIONS = (
+REFUSALS = (429, 503)  # rate limited, or not ready / busy: the service protecting itself
+# Questions the served documents answer (the sample corpus of `rag serve --sample`): cached
+# asks repeat them; an uncached ask is one of them made new by a request tag, so it is
+# retrieved, generated and checked like a user's question (not refused for lack of evidence).
+QUESTIONS = (
     "What is the default chunk size?",
     "How are API keys sent?",
     "How do I check the state of an ingestion job?",
     "Which file types can be uploaded?",
 )
-TOPICS = ("chunk size", "API keys", "ingestion jobs", "citations", "the cache", "uploads",
-          "the index", "streaming", "rate limits", "collections")
 WORDS = ("amber", "basalt", "cedar", "delta", "ember", "fjord", "granite", "harbour", "indigo",
          "juniper", "kestrel", "lagoon", "meadow", "nectar", "orchid", "pebble", "quartz")
 
@@ -60,6 +66,7 @@ class LoadConfig:
     timeout_s: float = 120.0
     settle_s: float = 600.0  # how long to wait for the accepted uploads' jobs afterwards
     seed: int = 0
+    questions: tuple[str, ...] = QUESTIONS  # ones the served documents answer
     mix: dict[str, float] = field(default_factory=lambda: {
         "ask_uncached": 0.10, "ask_cached": 0.40, "upload": 0.15, "list": 0.25, "delete": 0.10})
 
@@ -77,9 +84,11 @@ class Run:
         self.config, self.client = config, client
         self.random = random.Random(config.seed)
         self.tag = secrets.token_hex(4)
-        self.samples: dict[str, list[float]] = defaultdict(list)
+        # route -> status class -> milliseconds
+        self.samples: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         self.statuses: dict[str, Counter[str]] = defaultdict(Counter)
         self.cache_hits: Counter[str] = Counter()
+        self.modes: dict[str, Counter[str]] = defaultdict(Counter)  # of the asks answered
         self.uploads = Uploads()
         self.sent = 0
         self.deadline = 0.0
@@ -101,19 +110,21 @@ class Run:
         except httpx.HTTPError as exc:
             self.statuses[route][f"exception:{type(exc).__name__}"] += 1
             return None
-        self.samples[route].append((time.perf_counter() - started) * 1000)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self.samples[route][status_class(response.status_code)].append(elapsed_ms)
         self.statuses[route][str(response.status_code)] += 1
         if route.startswith("ask") and response.status_code == 200:
-            self.cache_hits[route] += bool(response.json().get("cached"))
+            answer = response.json()
+            self.cache_hits[route] += bool(answer.get("cached"))
+            self.modes[route][answer.get("mode") if answer.get("answer") else "empty"] += 1
         return response
 
     async def one(self, route: str, n: int) -> None:
         if route == "ask_uncached":
-            topic, word = self.random.choice(TOPICS), self.random.choice(WORDS)
-            question = f"What does the documentation say about {topic} and {word} {self.tag}-{n}?"
+            question = f"{self.random.choice(self.config.questions)} (request {self.tag}-{n})"
             await self.timed(route, "POST", "/v1/ask", json={"question": question})
         elif route == "ask_cached":
-            question = self.random.choice(CACHED_QUESTIONS)
+            question = self.random.choice(self.config.questions)
             await self.timed(route, "POST", "/v1/ask", json={"question": question})
         elif route == "upload":
             await self.upload(n)
@@ -148,17 +159,26 @@ class Run:
             await self.one(self.random.choices(routes, weights)[0], self.sent)
 
 
+def status_class(status: int) -> str:
+    """Which latency samples a response joins: 2xx, 429, 503 or other."""
+    if 200 <= status < 300:
+        return "2xx"
+    return str(status) if status in REFUSALS else "other"
+
+
 def percentiles(samples: list[float]) -> dict[str, float | None]:
+    """p50, p95, p99 and max of milliseconds, and their count."""
     if not samples:
-        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None}
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None, "count": 0}
     p50, p95, p99 = np.percentile(samples, [50, 95, 99])
     return {"p50_ms": round(float(p50), 1), "p95_ms": round(float(p95), 1),
-            "p99_ms": round(float(p99), 1), "max_ms": round(max(samples), 1)}
+            "p99_ms": round(float(p99), 1), "max_ms": round(max(samples), 1),
+            "count": len(samples)}
 
 
-async def warm(client: httpx.AsyncClient) -> None:
+async def warm(client: httpx.AsyncClient, questions: tuple[str, ...]) -> None:
     """Answer the cached questions once, so they are cached when the clock starts."""
-    for question in CACHED_QUESTIONS:
+    for question in questions:
         response = await client.post("/v1/ask", json={"question": question})
         response.raise_for_status()
 
@@ -214,29 +234,49 @@ async def check_uploads(run: Run) -> dict[str, Any]:
             "exactly_once": not problems}
 
 
+def route_figures(run: Run, route: str) -> dict[str, Any]:
+    """One route's requests, answers, refusals, and latency percentiles over its answers (each
+    status class's own under `latency_by_class`)."""
+    statuses = run.statuses.get(route, Counter())
+    requests = sum(statuses.values())
+    samples = run.samples.get(route, {})
+    refused = {status: n for status, n in statuses.items()
+               if status.isdigit() and int(status) in REFUSALS}
+    figures: dict[str, Any] = {
+        "requests": requests, "statuses": dict(statuses),
+        "answered": len(samples.get("2xx", [])),
+        "refused": sum(refused.values()), "refused_by_status": refused,
+        "refused_share": round(sum(refused.values()) / requests, 3) if requests else 0.0,
+        **percentiles(samples.get("2xx", [])),
+        "latency_by_class": {cls: percentiles(ms) for cls, ms in sorted(samples.items())}}
+    if route.startswith("ask"):  # every index change (an upload, a delete) is a new cache
+        figures["cache_hits"] = run.cache_hits[route]
+        figures["modes"] = dict(run.modes[route])
+    return figures
+
+
 def summarize(run: Run, elapsed: float, uploads: dict[str, Any]) -> dict[str, Any]:
-    by_route: dict[str, Any] = {}
+    """The run's summary (see the module docstring)."""
+    by_route = {route: route_figures(run, route) for route in ROUTES}
     errors: Counter[str] = Counter()
-    deliberate: Counter[str] = Counter()
+    refused: Counter[str] = Counter()
     for route in ROUTES:
-        statuses = run.statuses.get(route, Counter())
-        for status, count in statuses.items():
-            if status.isdigit() and int(status) in DELIBERATE:
-                deliberate[status] += count
+        for status, count in run.statuses.get(route, Counter()).items():
+            if status.isdigit() and int(status) in REFUSALS:
+                refused[status] += count
             elif not (status.isdigit() and int(status) < 400):
                 errors[status] += count
-        by_route[route] = {"requests": sum(statuses.values()), "statuses": dict(statuses),
-                           **percentiles(run.samples.get(route, []))}
-        if route.startswith("ask"):  # every index change (an upload, a delete) is a new cache
-            by_route[route]["cache_hits"] = run.cache_hits[route]
     total = sum(r["requests"] for r in by_route.values())
+    unanswered = [route for route, r in by_route.items()
+                  if route.startswith("ask") and r["requests"] and not r["answered"]]
     return {
         "config": {k: v for k, v in asdict(run.config).items() if k != "key"},
         "elapsed_s": round(elapsed, 2), "requests": total,
         "requests_per_s": round(total / elapsed, 1) if elapsed else 0.0,
         "errors_by_status": dict(errors), "errors": sum(errors.values()),
-        "deliberate_by_status": dict(deliberate), "routes": by_route, "uploads": uploads,
-        "ok": not errors and uploads["exactly_once"],
+        "refused_by_status": dict(refused), "refused": sum(refused.values()),
+        "unanswered_ask_routes": unanswered, "routes": by_route, "uploads": uploads,
+        "ok": not errors and not unanswered and uploads["exactly_once"],
     }
 
 
@@ -246,7 +286,7 @@ async def run_load(config: LoadConfig) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=config.clients, max_keepalive_connections=config.clients)
     async with httpx.AsyncClient(base_url=config.base_url, headers=headers, limits=limits,
                                  timeout=config.timeout_s) as client:
-        await warm(client)
+        await warm(client, config.questions)
         run = Run(config, client)
         started = time.monotonic()
         run.deadline = started + config.duration_s
@@ -309,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds")
     parser.add_argument("--max-requests", type=int)
+    parser.add_argument("--question", action="append", dest="questions",
+                        help="a question the served documents answer (repeatable; default: "
+                             "ones about the sample corpus)")
     parser.add_argument("--out", type=Path, default=Path("artifacts/load/summary.json"))
     args = parser.parse_args(argv)
     if not args.base_url and not args.serve:
@@ -317,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def go(base: str) -> dict[str, Any]:
         config = LoadConfig(base_url=base, key=key, clients=args.clients,
-                            duration_s=args.duration, max_requests=args.max_requests)
+                            duration_s=args.duration, max_requests=args.max_requests,
+                            questions=tuple(args.questions or QUESTIONS))
         return asyncio.run(run_load(config))
 
     if args.serve:
@@ -328,10 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: summary[k] for k in ("requests", "requests_per_s", "errors",
-                                              "errors_by_status", "deliberate_by_status")}))
-    for route, figures in summary["routes"].items():
-        print(f"{route:>13}: {figures['requests']:6d} requests, p50 {figures['p50_ms']} ms, "
-              f"p95 {figures['p95_ms']} ms, p99 {figures['p99_ms']} ms")
+                                              "errors_by_status", "refused_by_status",
+                                              "unanswered_ask_routes")}))
+    for route, f in summary["routes"].items():
+        print(f"{route:>13}: {f['requests']:6d} requests, {f['answered']} answered "
+              f"(p50 {f['p50_ms']} ms, p95 {f['p95_ms']} ms, p99 {f['p99_ms']} ms), "
+              f"{f['refused']} refused ({f['refused_share']:.1%})")
     uploads = summary["uploads"]
     print(f"uploads: {uploads['accepted']} accepted, {uploads['deleted']} deleted, "
           f"{uploads['indexed_once']} of {uploads['kept']} kept indexed exactly once; "

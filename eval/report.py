@@ -63,6 +63,7 @@ def render_html(result: Mapping[str, Any]) -> str:
         f"{escape(suite['name'])}</title><style>{CSS}</style></head><body>",
         f"<h1>Evaluation of suite <code>{escape(suite['name'])}</code></h1>",
         _run_facts(result),
+        "<h2>Headline</h2>", _table(headline(agg), ("figure", "value")),
         "<h2>Quality</h2>", _table(agg["quality"].items(), ("metric", "mean")),
         "<h2>Answers</h2>", _answers_table(agg),
         "<h2>Retrieval</h2>", _img(recall_figure(agg["quality"])),
@@ -72,6 +73,26 @@ def render_html(result: Mapping[str, Any]) -> str:
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+HEADLINE = (
+    ("contains the reference", "contains"),
+    ("token F1", "f1"),
+    ("groundedness of generated answers (the service's check)", "answer_groundedness"),
+    ("retrieval MRR", "mrr"),
+)
+
+
+def headline(agg: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The figures a run is judged by. Groundedness is the check of what the model generated;
+    `shown_text_overlap` also scores quotes, verbatim source text, and is no headline."""
+    quality = agg["quality"]
+    rows: list[tuple[str, Any]] = [(label, quality.get(name)) for label, name in HEADLINE]
+    fresh = agg.get("fresh_answers")
+    total = (agg.get("latency_ms") or {}).get("total")
+    rows.append(("total ms p95 (fresh answers)", total["p95"] if total else
+                 f"no fresh answers ({fresh} of {agg['items']} items)" if fresh == 0 else None))
+    return rows
 
 
 def _run_facts(result: Mapping[str, Any]) -> str:
@@ -165,7 +186,7 @@ def badness(item: Mapping[str, Any]) -> float:
     if not item["answerable"]:  # wrong only when it was asked and answered anyway
         return 0.0 if item["abstained"] or not item.get("asked", True) else 1.0
     scores = item["scores"]
-    parts = [scores.get(n) for n in ("contains", "f1", "mrr", "overlap_groundedness")]
+    parts = [scores.get(n) for n in ("contains", "f1", "mrr", "answer_groundedness")]
     defined = [p for p in parts if p is not None]
     return 1.0 - sum(defined) / len(defined) if defined else 1.0
 
@@ -175,8 +196,8 @@ def worst_items(items: Sequence[Mapping[str, Any]], n: int = WORST_ITEMS) -> lis
     return [i for i in ranked if badness(i) > 0][:n]
 
 
-ITEM_SCORES = ("contains", "f1", "recall@5", "mrr", "evidence_contains", "overlap_groundedness",
-               "answer_groundedness")
+ITEM_SCORES = ("contains", "f1", "recall@5", "mrr", "evidence_contains", "answer_groundedness",
+               "shown_text_overlap")
 
 
 def _item_html(item: Mapping[str, Any]) -> str:

@@ -8,12 +8,12 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from eval import metrics as m
 from eval.suites import Suite, SuiteItem
 from eval.targets import Advance, Retrieved, Target, git_commit
-from rag.types import Answer
+from rag.types import Answer, Turn
 
 RESULT_SCHEMA = 1
 RETRIEVAL_DEPTH = 10
@@ -31,6 +31,11 @@ class RunOptions:
     concurrency: int = 1
     limit: int | None = None
     retrieval_only: bool = False
+    skip: int = 0  # items left out before the first one asked (with `limit`: a fixed slice)
+    # What a follow-up turn is asked after: "own", the target's own answers to the earlier
+    # turns of its conversation in this run (what a user's conversation holds), or
+    # "reference", the suite's reference answers (gold terms reach retrieval: an upper bound).
+    history: Literal["own", "reference"] = "own"
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,10 @@ class ItemResult:
     error: str | None = None
     conversation: str = ""
     turn: int = 1
+    # Where a follow-up's earlier answers came from: "own" (this run's answers), "reference"
+    # (the suite's reference answers) or "suite" (a history the suite gives, e.g. exported
+    # feedback: what the service really answered then).
+    history_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,17 +138,28 @@ def run_suite(
     options: RunOptions,
     on_item: OnItem = lambda _: None,
 ) -> dict[str, Any]:
-    """Ask every question (`concurrency` at once) and return the result document."""
-    started, clock = datetime.now(UTC), time.perf_counter()
-    items = suite.limited(options.limit).items
+    """Ask every question (`concurrency` at once) and return the result document.
 
-    def one(item: SuiteItem) -> ItemResult:
-        result = evaluate_item(item, target, corpus, options)
-        on_item(result)
-        return result
+    A conversation's turns run in order, one after another (conversations run side by side):
+    with `history="own"` each follow-up is asked after the target's own earlier answers.
+    """
+    started, clock = datetime.now(UTC), time.perf_counter()
+    items = suite.limited(options.limit, options.skip).items
+
+    def one(group: Sequence[SuiteItem]) -> list[tuple[SuiteItem, ItemResult]]:
+        done: list[ItemResult] = []
+        for n, item in enumerate(group):
+            asked, source = _asked_after(item, done, options)
+            result = evaluate_item(asked, target, corpus, options,
+                                   answer_for_history=n + 1 < len(group))
+            done.append(replace(result, history_source=source))
+            on_item(done[-1])
+        return list(zip(group, done, strict=True))
 
     with ThreadPoolExecutor(max_workers=max(1, options.concurrency)) as pool:
-        rows = list(pool.map(one, items))
+        ran = {id(item): row for pairs in pool.map(one, conversations(items))
+               for item, row in pairs}
+    rows = [ran[id(item)] for item in items]  # in the suite's order
     return {
         "schema": RESULT_SCHEMA,
         "suite": {"name": suite.name, "format": suite.format, "source": suite.source,
@@ -156,9 +176,37 @@ def run_suite(
     }
 
 
-def evaluate_item(item: SuiteItem, target: Target, corpus: Corpus, options: RunOptions
-                  ) -> ItemResult:
-    """Ask one question and score it; an error is recorded on the item, not raised."""
+def conversations(items: Sequence[SuiteItem]) -> list[list[SuiteItem]]:
+    """The items as groups that run in order: each conversation's turns by turn number, in
+    the order its first turn comes; every other item alone."""
+    groups: dict[str, list[SuiteItem]] = {}
+    for item in items:
+        groups.setdefault(item.conversation or f"\0{item.id}", []).append(item)
+    return [sorted(group, key=lambda i: i.turn) for group in groups.values()]
+
+
+def _asked_after(item: SuiteItem, earlier: Sequence[ItemResult], options: RunOptions
+                 ) -> tuple[SuiteItem, str]:
+    """The item with the history it is asked after, and where that history came from.
+
+    A follow-up whose earlier turns all ran before it in this run gets their own answers
+    (with `history="own"`); any other keeps the history the suite gives."""
+    if not item.followup:
+        return item, ""
+    if not item.conversation or len(earlier) != len(item.history):
+        return item, "suite"
+    if options.history == "reference":
+        return item, "reference"
+    own = tuple(Turn(r.question, r.answer) for r in earlier)
+    return replace(item, history=own), "own"
+
+
+def evaluate_item(item: SuiteItem, target: Target, corpus: Corpus, options: RunOptions,
+                  answer_for_history: bool = False) -> ItemResult:
+    """Ask one question and score it; an error is recorded on the item, not raised.
+
+    `answer_for_history`: a later turn of its conversation will be asked after this one, so a
+    retrieval-only run asks it too (unscored: `asked` stays False) for its answer text."""
     base = ItemResult(item.id, item.question, item.answerable, item.answers,
                       corpus.grades(item.relevant), conversation=item.conversation,
                       turn=item.turn)
@@ -171,6 +219,9 @@ def evaluate_item(item: SuiteItem, target: Target, corpus: Corpus, options: RunO
             if retrieved is None:
                 raise ValueError(f"{target.name} cannot retrieve without answering.")
             result = score_retrieval(base, retrieved, corpus, time.perf_counter() - started)
+            if answer_for_history and options.history == "own" and item.conversation:
+                said = target.ask(item.question, options.top_k, item.history)
+                result = replace(result, answer=said.text)
         else:
             answer = target.ask(item.question, options.top_k, item.history)
             result = score_item(base, answer, retrieved, corpus)
@@ -232,11 +283,14 @@ def score_item(
     scores["f1"] = m.token_f1(answer.text, base.references)
     scores["contains"] = m.contains_reference(answer.text, base.references)
     scores |= _evidence_scores(answer, base.references)
-    scores["overlap_groundedness"] = (None if abstained else
-                                      m.overlap_groundedness(answer.text, _cited_spans(answer)))
-    # The service's own check; undefined where it checked no sentence (or an older server).
+    # The headline: the service's own check of what the model generated (the share of its
+    # sentences the evidence supports); undefined where it checked none (or an older server).
     scores["answer_groundedness"] = (answer.groundedness if answer.sentences and not abstained
                                      else None)
+    # The evaluation's overlap measure of the text shown, which is verbatim source text when
+    # the check turned the answer into a quote: near 1 by construction for those.
+    scores["shown_text_overlap"] = (None if abstained else
+                                    m.overlap_groundedness(answer.text, _cited_spans(answer)))
     t = answer.timings
     return replace(
         base, asked=True, answer=answer.text, abstained=abstained, mode=answer.mode,
@@ -277,19 +331,19 @@ def _cited_spans(answer: Answer) -> list[str]:
 
 QUALITY_SCORES = (*(f"{name}@{k}" for name in ("hit", "recall") for k in m.K_VALUES),
                   "mrr", "ndcg@10", "exact_match", "f1", "contains", "evidence_contains",
-                  *(f"evidence_hit@{k}" for k in EVIDENCE_K), "overlap_groundedness",
-                  "answer_groundedness")
+                  *(f"evidence_hit@{k}" for k in EVIDENCE_K), "answer_groundedness",
+                  "shown_text_overlap")
 
 
 def aggregate(rows: Sequence[ItemResult]) -> dict[str, Any]:
     """Means of the per-item scores, abstention, answer modes, latency, throughput, cache, usage.
 
     Latency, prompt tokens and throughput count fresh answers only (cached ones have their own
-    latency figure), unless every answer came from the cache; prompt tokens count answers that
-    had a prompt.
+    latency figure): when every answer came from the cache they are None, and `fresh_answers`
+    says so. Prompt tokens count answers that had a prompt.
     """
     ok = [r for r in rows if r.error is None]
-    fresh = [r for r in ok if not r.cached] or ok
+    fresh = [r for r in ok if not r.cached]
     asked = [r for r in ok if r.asked]
     abst = m.abstention([r.abstained for r in asked], [r.answerable for r in asked])
     quality = {name: m.mean(r.scores.get(name) for r in ok) for name in QUALITY_SCORES}
@@ -304,6 +358,7 @@ def aggregate(rows: Sequence[ItemResult]) -> dict[str, Any]:
         | {"false_abstentions": sum(r.abstained and r.answerable for r in asked)},
         "modes": {mode: m.rate([r.mode == mode for r in asked]) for mode in MODES},
         "repeated_sentence_answers": sum(r.repeats_sentence for r in asked),
+        "fresh_answers": sum(r.asked for r in fresh),
         "latency_ms": {stage: _latency([r.timings[f"{stage}_ms"] for r in fresh
                                         if f"{stage}_ms" in r.timings])
                        for stage in ("retrieve", "first_token", "total")},
@@ -323,7 +378,8 @@ def _followups(rows: Sequence[ItemResult]) -> dict[str, Any]:
     if not turns:
         return {}
     later = [r for r in turns if r.turn > 1]
-    followup: dict[str, Any] = {"turns": len(later)}
+    followup: dict[str, Any] = {"turns": len(later),
+                                "history": dict(Counter(r.history_source for r in later))}
     for name in FOLLOWUP_SCORES:
         followup[f"with_history_{name}"] = m.mean(r.scores.get(name) for r in later)
         followup[f"without_history_{name}"] = m.mean(r.scores.get(f"alone_{name}")

@@ -66,11 +66,12 @@ class Suite:
     corpus: tuple[CorpusDocument, ...] = ()
     description: str = ""
 
-    def limited(self, limit: int | None) -> Suite:
-        """The first `limit` items (all when None)."""
-        if limit is None:
+    def limited(self, limit: int | None, skip: int = 0) -> Suite:
+        """`limit` items (all when None) after the first `skip`: a fixed slice of the suite."""
+        if limit is None and not skip:
             return self
-        return Suite(self.name, self.format, self.source, self.items[:limit], self.corpus,
+        end = None if limit is None else skip + limit
+        return Suite(self.name, self.format, self.source, self.items[skip:end], self.corpus,
                      self.description)
 
 

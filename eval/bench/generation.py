@@ -1,6 +1,9 @@
 """`rag bench` generation: one stream of the engine (prefill and decode speed) beside plain
-`model.generate` on a stock copy of the same model, prompt-lookup decoding, and llama.cpp on
-the packaged GGUF as a peer where llama-cpp-python is installed.
+`model.generate` on a stock copy of the same model, like for like: both without prompt-lookup
+decoding, and both with it (the engine's own drafting, `generator_prompt_lookup`, against
+generate's `prompt_lookup_num_tokens`), so a gain from copying the sources is never counted as
+the engine's speed; and llama.cpp on the packaged GGUF as a peer where llama-cpp-python is
+installed.
 
 (Many streams at once, prefixes and dtypes are `eval.bench.serving`.)
 """
@@ -10,7 +13,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -21,50 +25,86 @@ from rag.settings import PACKAGED_GENERATOR, Settings
 
 if TYPE_CHECKING:
     from rag.generation.base import Generator
+    from rag.generation.local import LocalGenerator
     from rag.service import RagService
 
 Timed = tuple[dict[str, float], tuple[int, ...]]  # speeds, and the generated token ids
+# The four runs: the engine and plain generate, each without and with prompt-lookup decoding.
+RUNS = ("engine", "engine_prompt_lookup", "generate", "generate_prompt_lookup")
+LOOKUP_TOKENS = 10  # generate's prompt_lookup_num_tokens
 
 
 def bench_generation(
     service: RagService, question: str, options: BenchOptions, report: Report
 ) -> dict[str, Any]:
     """Prefill and decode speed of the engine's stream beside plain `model.generate` on a stock
-    copy of the same model (loaded from the same files, none of the engine's changes)."""
+    copy of the same model (loaded from the same files, none of the engine's changes), each
+    without and with prompt-lookup decoding (`RUNS`); the engine's drafts with each setting."""
     from rag.ask.prompt import build_prompt
+    from rag.generation.local import LocalGenerator
     from rag.types import Query
 
     generator = service.generator
+    if not isinstance(generator, LocalGenerator):
+        return {"skipped": "the generator is not local"}
     results = service.asking.retrieve(Query(question, service.settings.top_k))
     prompt = build_prompt(question, results, generator.tokenizer, generator.context_window,
                           options.max_new_tokens)
-    stock = _stock_model(generator)
-    plain = partial(_raw_generation, stock, generator.tokenizer, prompt.input_ids,
-                    options.max_new_tokens)
-    engine: list[dict[str, float]] = []
-    raw: list[dict[str, float]] = []
-    lookup: list[dict[str, float]] = []
-    texts: set[tuple[int, ...]] = set()
-    for r in range(options.rounds):
-        report("generation", r, options.rounds)
-        # Alternate which goes first, so that neither always meets a warmer machine.
-        for kind in (("engine", "raw") if r % 2 == 0 else ("raw", "engine")):
-            if kind == "engine":
-                figures, ids = _engine_generation(generator, prompt, options.max_new_tokens)
-                engine.append(figures)
-            else:
-                figures, ids = _in_thread(plain)
-                raw.append(figures)
-            texts.add(ids)
-        # prompt-lookup decoding: lossless under greedy decoding, so the same tokens again
-        figures, ids = _in_thread(partial(plain, lookup=10))
-        lookup.append(figures)
-        texts.add(ids)
-    return {"prompt_tokens": len(prompt.input_ids), "engine": _medians(engine),
-            "raw_generate": _medians(raw), "prompt_lookup_generate": _medians(lookup),
-            "same_greedy_tokens": len(texts) == 1,
+    plain = partial(_raw_generation, _stock_model(generator), generator.tokenizer,
+                    prompt.input_ids, options.max_new_tokens)
+    with _engines_by_lookup(service, generator) as engines:
+        calls: dict[str, Callable[[], Timed]] = {
+            "engine": partial(_engine_generation, engines[False], prompt, options.max_new_tokens),
+            "engine_prompt_lookup": partial(_engine_generation, engines[True], prompt,
+                                            options.max_new_tokens),
+            "generate": partial(_in_thread, plain),
+            # lossless under greedy decoding, so the same tokens again
+            "generate_prompt_lookup": partial(_in_thread, partial(plain, lookup=LOOKUP_TOKENS))}
+        before = {lookup: _drafts(engine) for lookup, engine in engines.items()}
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in RUNS}
+        texts: set[tuple[int, ...]] = set()
+        for r in range(options.rounds):
+            report("generation", r, options.rounds)
+            # Rotate which goes first, so that none always meets a warmer machine.
+            for name in RUNS[r % len(RUNS):] + RUNS[:r % len(RUNS)]:
+                figures, ids = calls[name]()
+                rounds[name].append(figures)
+                texts.add(ids)
+        drafts = {name: _drafts(engines[lookup], before[lookup])
+                  for name, lookup in (("engine", False), ("engine_prompt_lookup", True))}
+    return {"prompt_tokens": len(prompt.input_ids),
+            **{name: _medians(figures) for name, figures in rounds.items()},
+            "engine_drafts": drafts, "same_greedy_tokens": len(texts) == 1,
             "llama_cpp": _llama_cpp_peer(service.settings, prompt.input_ids, options),
-            "engine_rounds": engine, "raw_generate_rounds": raw}
+            "rounds": rounds}
+
+
+@contextmanager
+def _engines_by_lookup(service: RagService, generator: LocalGenerator
+                       ) -> Iterator[dict[bool, LocalGenerator]]:
+    """`generator` and a second engine like it but for `generator_prompt_lookup` (read when
+    the engine loads), keyed by whether it drafts; the second is closed afterwards."""
+    from rag.generation.local import LocalGenerator
+    from rag.generation.runtime.engine import EngineOptions
+
+    options = getattr(generator.engine, "options", None)
+    drafts = (options.prompt_lookup if isinstance(options, EngineOptions)
+              else service.settings.generator_prompt_lookup)
+    other = LocalGenerator(service.settings.model_copy(update={
+        "generator_prompt_lookup": not drafts,
+        "generator_in_process": generator.engine.info["runs_in"] == "thread"}))
+    other.load()
+    try:
+        yield {drafts: generator, not drafts: other}
+    finally:
+        other.close()
+
+
+def _drafts(generator: LocalGenerator, since: dict[str, int] | None = None) -> dict[str, int]:
+    """Prompt-lookup drafts the engine checked and found right (counted from `since`)."""
+    stats = generator.stats()
+    now = {"drafted": int(stats.get("drafted", 0)), "accepted": int(stats.get("accepted", 0))}
+    return {k: v - (since or {}).get(k, 0) for k, v in now.items()}
 
 
 def _llama_cpp_peer(settings: Settings, input_ids: Sequence[int], options: BenchOptions

@@ -37,12 +37,15 @@ class FakeTarget:
     scripts: Mapping[str, Script]
     name: str = "fake"
     same_bytes: Mapping[str, str] = field(default_factory=dict)  # key -> key it duplicates
+    # every call as (kind, question, the history it came with), in the order they came
+    calls: list[tuple[str, str, tuple[Turn, ...]]] = field(default_factory=list)
 
     def ingest(self, docs: Sequence[CorpusDocument], advance: Advance) -> dict[str, str]:
         advance(len(docs))
         return {d.key: "id-" + self.same_bytes.get(d.key, d.key) for d in docs}
 
     def ask(self, question: str, top_k: int | None, history: Sequence[Turn] = ()) -> Answer:
+        self.calls.append(("ask", question, tuple(history)))
         script = self.scripts[question]
         if script.fail:
             raise RuntimeError("the service went away")
@@ -63,6 +66,7 @@ class FakeTarget:
 
     def retrieve(self, question: str, depth: int, history: Sequence[Turn] = ()
                  ) -> list[Retrieved] | None:
+        self.calls.append(("retrieve", question, tuple(history)))
         script = self.scripts[question]
         keys = script.with_history if history and script.with_history else script.retrieved
         if keys is None:

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from eval.bench import BenchOptions, run_bench
+from eval.bench.run import generation_figures
 from eval.cli import bench_app, flatten
 
 TINY = BenchOptions(sizes=(300,), asks=2, repeats=3, max_new_tokens=6, starts=True, rounds=1,
@@ -34,14 +35,17 @@ def test_tiny_bench_has_every_figure(
         "ingest.ratio_to_raw_encode", "ask.uncached_p50_ms", "ask.uncached_p95_ms",
         "ask.cached_p50_ms", "ask.cached_p95_ms", "ask.first_token_p50_ms",
         "generation.decode_tokens_per_s", "generation.raw_decode_tokens_per_s",
-        "generation.decode_ratio", "generation.prefill_tokens_per_s",
+        "generation.decode_ratio", "generation.prompt_lookup_decode_tokens_per_s",
+        "generation.raw_prompt_lookup_decode_tokens_per_s",
+        "generation.prompt_lookup_decode_ratio", "generation.prefill_tokens_per_s",
         "generation.raw_prefill_tokens_per_s", "generation.prefill_ratio",
         "generation.first_token_ms", "memory.serving_peak_rss_mb", "startup.first_ready_s",
         "startup.second_ready_s", "serving.aggregate_tokens_per_s.1",
         "serving.aggregate_tokens_per_s.2", "serving.aggregate_ratio_at_most_concurrent",
         "serving.slowest_first_token_ratio_at_most_concurrent",
         "serving.warm_prefix_first_token_ratio",
-        "generation.same_greedy_text_as_plain_generate", "generation.prompt_lookup_speedup",
+        "generation.same_greedy_text_as_plain_generate",
+        "generation.engine_prompt_lookup_speedup", "generation.raw_prompt_lookup_speedup",
         "generation.llama_cpp_decode_tokens_per_s", "engines.process_to_thread_ratio",
         "engines.same_answers",
         *(f"retrieval.300.{name}" for name in (
@@ -62,7 +66,13 @@ def test_tiny_bench_has_every_figure(
     assert not bad, bad
     assert result["retrieval"]["300"]["index_kind"] == "flat"
     assert result["ingest"]["chunks"] > 0 and result["memory"]["bench_peak_rss_mb"] > 0
-    assert result["generation"]["engine"]["new_tokens"] <= 6
+    generation = result["generation"]
+    assert generation["engine"]["new_tokens"] <= 6
+    # like for like: the headline engine run drafted nothing, the prompt-lookup one did, and
+    # each is set beside plain generate with prompt lookup off and on in the same way
+    assert generation["engine_drafts"]["engine"]["drafted"] == 0
+    assert generation["engine_drafts"]["engine_prompt_lookup"]["drafted"] > 0
+    assert result["figures"]["generation"] == generation_figures(generation)
     serving = result["serving"]
     assert serving["concurrency"]["2"]["clients"] == 2 and serving["prompts"] > 0
     # every level answers the same prompts, so the same tokens (greedy, float32)
@@ -73,6 +83,27 @@ def test_tiny_bench_has_every_figure(
     second = result["startup"]["second"]  # the API process and its engine process, together
     assert second["engine_peak_rss_mb"] > 0
     assert second["peak_rss_mb"] == second["api_peak_rss_mb"] + second["engine_peak_rss_mb"]
+
+
+def _speeds(decode_tokens_per_s: float, total_ms: float) -> dict[str, float]:
+    return {"new_tokens": 64, "first_token_ms": 200.0, "total_ms": total_ms,
+            "prefill_tokens_per_s": 500.0, "decode_tokens_per_s": decode_tokens_per_s}
+
+
+def test_generation_headline_is_like_for_like() -> None:
+    gen = {"engine": _speeds(20.0, 3000.0), "engine_prompt_lookup": _speeds(30.0, 2000.0),
+           "generate": _speeds(16.0, 3600.0), "generate_prompt_lookup": _speeds(20.0, 3000.0),
+           "same_greedy_tokens": True, "llama_cpp": {"skipped": "not installed"}}
+    figures = generation_figures(gen)
+    # 20 / 16, not 30 / 16: the engine drafting against generate without would count
+    # copying from the sources as engine speed
+    assert figures["decode_ratio"] == 1.25
+    assert figures["prompt_lookup_decode_ratio"] == 1.5  # 30 / 20, both drafting
+    assert (figures["decode_tokens_per_s"], figures["raw_decode_tokens_per_s"]) == (20.0, 16.0)
+    assert figures["prompt_lookup_decode_tokens_per_s"] == 30.0
+    assert figures["raw_prompt_lookup_decode_tokens_per_s"] == 20.0
+    assert figures["engine_prompt_lookup_speedup"] == 1.5
+    assert figures["raw_prompt_lookup_speedup"] == 1.2
 
 
 def test_bench_cli_rejects_bad_sizes() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from eval.cli import eval_app, parse_overrides
 from eval.compare import compare
-from eval.report import read_result, render_html, worst_items, write_html, write_json
+from eval.report import headline, read_result, render_html, worst_items, write_html, write_json
 from eval.runner import RunOptions, ingest_corpus, run_suite
 from tests.eval.fakes import FakeTarget, suite
 from tests.eval.test_runner import EVIDENCE_SCRIPTS, Q1, Q2, Q3, Q4, SCRIPTS
@@ -40,8 +41,8 @@ def _older(result: dict[str, Any]) -> dict[str, Any]:
     agg = old["aggregates"]
     for name in ("evidence_contains", "evidence_hit@1", "evidence_hit@3", "answer_groundedness"):
         del agg["quality"][name]
-    agg["quality"]["groundedness"] = agg["quality"].pop("overlap_groundedness")
-    for key in ("modes", "repeated_sentence_answers", "prompt_tokens"):
+    agg["quality"]["groundedness"] = agg["quality"].pop("shown_text_overlap")
+    for key in ("modes", "repeated_sentence_answers", "prompt_tokens", "fresh_answers"):
         del agg[key]
     for item in old["items"]:
         for key in ("mode", "generated_text", "repeats_sentence", "evidence"):
@@ -153,7 +154,7 @@ def test_parse_overrides() -> None:
 def test_html_shows_the_evidence_metrics_and_quotes(evidence_result: dict[str, Any]) -> None:
     html = render_html(evidence_result)
     for metric in ("evidence_contains", "evidence_hit@1", "evidence_hit@3",
-                   "answer_groundedness", "overlap_groundedness", "mode quote",
+                   "answer_groundedness", "shown_text_overlap", "mode quote",
                    "answers repeating a sentence", "prompt tokens"):
         assert metric in html, metric
     assert "<td>mode quote</td><td class='num'>0.250</td>" in html
@@ -199,13 +200,66 @@ def test_compare_with_an_older_baseline(evidence_result: dict[str, Any]) -> None
     assert diff.failures == () and diff.items == ()
     quality = {d.name: d for d in diff.quality}
     # the old name is compared under the new one; metrics the baseline lacks are not gated
-    assert "groundedness" not in quality and quality["overlap_groundedness"].delta == 0.0
+    assert "groundedness" not in quality and quality["shown_text_overlap"].delta == 0.0
     assert quality["evidence_contains"].baseline is None
     assert all(d.baseline is None for d in diff.answers)
     # and a drop in the renamed metric still fails the gate
     old["aggregates"]["quality"]["groundedness"] = 1.0
     assert compare(old, evidence_result, fail_on_drop=0.1).failures[0].startswith(
-        "overlap_groundedness dropped")
+        "shown_text_overlap dropped")
+    # so does the name in between
+    between = copy.deepcopy(evidence_result)
+    quality_b = between["aggregates"]["quality"]
+    quality_b["overlap_groundedness"] = quality_b.pop("shown_text_overlap") + 0.5
+    assert compare(between, evidence_result, fail_on_drop=0.1).failures[0].startswith(
+        "shown_text_overlap dropped")
+
+
+def test_the_headline_groundedness_is_the_check_of_generated_answers(
+    evidence_result: dict[str, Any]
+) -> None:
+    """q3 was generated unsupported and shown as a quote: the quote's text overlaps its source
+    fully, but the headline counts what the model generated (q1 1.0, q3 0.0, q4 0.5)."""
+    quality = evidence_result["aggregates"]["quality"]
+    assert quality["answer_groundedness"] == pytest.approx(0.5)
+    assert "overlap_groundedness" not in quality
+    rows = dict(headline(evidence_result["aggregates"]))
+    assert rows["groundedness of generated answers (the service's check)"] == pytest.approx(0.5)
+    html = render_html(evidence_result)
+    assert html.index("<h2>Headline</h2>") < html.index("groundedness of generated answers")
+    assert html.index("groundedness of generated answers") < html.index("<h2>Quality</h2>")
+
+
+def test_a_metric_that_turns_none_fails_the_gate(evidence_result: dict[str, Any]) -> None:
+    lost = copy.deepcopy(evidence_result)
+    lost["aggregates"]["quality"]["answer_groundedness"] = None  # e.g. nothing was checked
+    assert compare(evidence_result, lost).failures == ()  # no gate asked for
+    assert compare(evidence_result, lost, fail_on_drop=0.1).failures == (
+        "answer_groundedness was 0.500 and has no value now (nothing it could score)",)
+    # abstention precision without a single abstention is undefined by design: no failure
+    none_abstained = copy.deepcopy(evidence_result)
+    none_abstained["aggregates"]["quality"]["abstention_precision"] = None
+    assert compare(evidence_result, none_abstained, fail_on_drop=0.1).failures != ()
+    none_abstained["aggregates"]["abstention"]["abstained"] = 0
+    assert compare(evidence_result, none_abstained, fail_on_drop=0.1).failures == ()
+
+
+def test_latency_of_a_run_with_only_cached_answers_is_not_a_figure(
+    evidence_result: dict[str, Any]
+) -> None:
+    """A second run against the same API answers from the cache: no fresh latency, and the
+    latency gate fails rather than pass on cache hits."""
+    target = FakeTarget({q: replace(script, cached=True) for q, script
+                         in EVIDENCE_SCRIPTS.items()})
+    s = suite(Q1, Q2, Q3, Q4)
+    cached = run_suite(s, target, ingest_corpus(s, target, lambda _: None), RunOptions())
+    agg = cached["aggregates"]
+    assert agg["fresh_answers"] == 0 and agg["latency_ms"]["total"] is None
+    assert agg["cached_latency_ms"]["count"] == 4 and agg["tokens_per_second"] is None
+    assert dict(headline(agg))["total ms p95 (fresh answers)"] == "no fresh answers (0 of 4 items)"
+    gate = compare(evidence_result, cached, fail_on_drop=0.1, latency_factor=1.5)
+    assert gate.failures == (
+        "latency total p95 has no fresh answer to time in the candidate (all cached?)",)
 
 
 def test_cli_compare_prints_the_answer_figures(tmp_path: Path,

@@ -36,12 +36,12 @@ def test_items_and_aggregates_by_hand() -> None:
     rows = {row["id"]: row for row in result["items"]}
     q1 = rows["q1"]["scores"]
     assert (q1["hit@1"], q1["hit@3"], q1["mrr"], q1["recall@5"]) == (0.0, 1.0, 0.5, 1.0)
-    assert (q1["contains"], q1["exact_match"], q1["overlap_groundedness"]) == (1.0, 0.0, 1.0)
+    assert (q1["contains"], q1["exact_match"], q1["shown_text_overlap"]) == (1.0, 0.0, 1.0)
     # "it is 200 tokens" against "200 tokens": P = 2/4, R = 1 -> F1 = 2/3
     assert q1["f1"] == pytest.approx(2 / 3)
     assert rows["q1"]["ranking_source"] == "retriever@2"
     assert rows["q2"]["abstained"] and rows["q2"]["scores"]["hit@1"] is None
-    assert rows["q3"]["scores"]["overlap_groundedness"] is None  # abstained: nothing to ground
+    assert rows["q3"]["scores"]["shown_text_overlap"] is None  # abstained: nothing to ground
     # No evidence and no checked sentences (what an older server answers):
     assert (q1["evidence_contains"], q1["answer_groundedness"]) == (0.0, None)
 
@@ -50,7 +50,7 @@ def test_items_and_aggregates_by_hand() -> None:
     assert quality["hit@1"] == 0.5  # q1 0, q3 1
     assert quality["mrr"] == 0.75  # (1/2 + 1) / 2
     assert quality["contains"] == 0.5  # q1 1, q3 0
-    assert quality["overlap_groundedness"] == 1.0  # only q1 answered
+    assert quality["shown_text_overlap"] == 1.0  # only q1 answered
     assert quality["abstention_precision"] == 0.5  # abstained on q2 (right) and q3 (wrong)
     assert quality["abstention_recall"] == 1.0
     assert agg["abstention"]["false_abstentions"] == 1
@@ -69,7 +69,7 @@ def test_citations_rank_when_the_target_cannot_retrieve() -> None:
     assert row["ranking_source"] == "citations"
     assert (row["scores"]["hit@1"], row["scores"]["mrr"]) == (0.0, 0.5)
     # Groundedness looks at the cited source [2] only.
-    assert row["scores"]["overlap_groundedness"] == 1.0
+    assert row["scores"]["shown_text_overlap"] == 1.0
 
 
 def test_an_error_is_kept_on_its_item() -> None:
@@ -103,7 +103,9 @@ def test_limit_and_options_are_recorded() -> None:
     result = _run(FakeTarget(SCRIPTS), Q1, Q2, Q3, options=RunOptions(top_k=3, limit=2))
     assert [row["id"] for row in result["items"]] == ["q1", "q2"]
     assert result["options"] == {"top_k": 3, "concurrency": 1, "limit": 2,
-                                 "retrieval_only": False}
+                                 "retrieval_only": False, "skip": 0, "history": "own"}
+    sliced = _run(FakeTarget(SCRIPTS), Q1, Q2, Q3, options=RunOptions(skip=1, limit=1))
+    assert [row["id"] for row in sliced["items"]] == ["q2"] and sliced["suite"]["items"] == 1
 
 
 def test_retrieval_only_asks_nothing() -> None:
@@ -187,3 +189,71 @@ def test_follow_up_turns_are_scored_with_and_without_history() -> None:
     assert followup["turns"] == 1
     assert (followup["with_history_hit@1"], followup["without_history_hit@1"]) == (1.0, 0.0)
     assert result["aggregates"]["turns"]["2"] == {"items": 1, "hit@3": 1.0}
+
+
+def _conversation() -> tuple[SuiteItem, ...]:
+    """Three turns with the reference answers as their suite history (as jsonl suites have)."""
+    from rag.types import Turn
+
+    one = SuiteItem("c1.1", "Which index?", ("FAISS",), {"b.md": 1}, conversation="c1")
+    two = SuiteItem("c1.2", "How big is it?", ("50,000",), {"b.md": 1}, conversation="c1",
+                    turn=2, history=(Turn("Which index?", "FAISS"),))
+    three = SuiteItem("c1.3", "Who made it?", ("Meta",), {"a.md": 1}, conversation="c1", turn=3,
+                      history=(*two.history, Turn("How big is it?", "50,000")))
+    return one, two, three
+
+
+CONVERSATION_SCRIPTS = {
+    "Which index?": Script("An index of vectors [1].", retrieved=["b.md"]),
+    "How big is it?": Script("Large [1].", retrieved=["a.md", "b.md"]),
+    "Who made it?": Script("A lab [1].", retrieved=["a.md"]),
+}
+
+
+@pytest.mark.parametrize("retrieval_only", [True, False])
+def test_follow_ups_are_asked_after_the_targets_own_answers(retrieval_only: bool) -> None:
+    """The reference answers never reach the target: each turn runs after the one before it
+    and carries the answers the target gave (a retrieval-only run asks the earlier turns for
+    them, unscored), however many conversations run side by side."""
+    from rag.types import Turn
+
+    one, two, three = _conversation()
+    target = FakeTarget(CONVERSATION_SCRIPTS)
+    options = RunOptions(retrieval_only=retrieval_only, concurrency=3)
+    result = _run(target, three, one, two, options=options)  # the suite's order is kept
+    assert [r["id"] for r in result["items"]] == ["c1.3", "c1.1", "c1.2"]
+    own = (Turn("Which index?", "An index of vectors [1]."),
+           Turn("How big is it?", "Large [1]."))
+    with_history = [(q, h) for kind, q, h in target.calls if h]
+    assert set(with_history) == {("How big is it?", own[:1]), ("Who made it?", own)}
+    assert not any("FAISS" in t.answer or "50,000" in t.answer
+                   for _, _, history in target.calls for t in history)
+    rows = {r["id"]: r for r in result["items"]}
+    assert [rows[i]["history_source"] for i in ("c1.1", "c1.2", "c1.3")] == ["", "own", "own"]
+    assert result["aggregates"]["followup"]["history"] == {"own": 2}
+    asks = [q for kind, q, _ in target.calls if kind == "ask"]
+    # the last turn is asked only when answers are scored: no later turn needs its answer
+    assert asks == (["Which index?", "How big is it?", "Who made it?"] if not retrieval_only
+                    else ["Which index?", "How big is it?"])
+    assert not rows["c1.1"]["asked"] if retrieval_only else rows["c1.1"]["asked"]
+
+
+def test_the_reference_history_is_a_labelled_upper_bound() -> None:
+    one, two, three = _conversation()
+    target = FakeTarget(CONVERSATION_SCRIPTS)
+    result = _run(target, one, two, three,
+                  options=RunOptions(retrieval_only=True, history="reference"))
+    assert [kind for kind, _, _ in target.calls].count("ask") == 0
+    assert {(q, h) for _, q, h in target.calls if h} == {("How big is it?", two.history),
+                                                         ("Who made it?", three.history)}
+    assert result["aggregates"]["followup"]["history"] == {"reference": 2}
+    assert result["options"]["history"] == "reference"
+
+
+def test_a_follow_up_without_its_earlier_turns_keeps_the_suites_history() -> None:
+    """Exported feedback holds what the service really answered before: kept as given."""
+    _, two, _ = _conversation()
+    target = FakeTarget(CONVERSATION_SCRIPTS)
+    result = _run(target, two, options=RunOptions(retrieval_only=True))
+    assert {(q, h) for _, q, h in target.calls if h} == {("How big is it?", two.history)}
+    assert result["items"][0]["history_source"] == "suite"
