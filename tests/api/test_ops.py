@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,12 @@ import pytest
 from litestar.testing import TestClient
 
 from api.app import create_app
-from api.metrics import QUEUE_DEPTH
+from ingest.queue import queue_url
 from rag.service import RagService
 from rag.settings import Settings
 from tests.api.helpers import ASK_KEY, KEYS, ingest_corpus, private_redis, serving
 from tests.conftest import REDIS_URL
+from tests.ingest.helpers import unique_queue, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -97,6 +99,8 @@ def test_redis_going_away_mid_run(make_service: Any, tmp_path: Path) -> None:
                 assert answer.status_code == 200
             assert answer.text.rstrip().endswith("}") and '"cached":false' in answer.text
             assert client.get("/health").status_code == 200
+            scrape = client.get("/metrics")  # the queue's depth is unknown, the scrape works
+            assert scrape.status_code == 200 and metric(scrape.text, "rag_ingest_queue_depth") == 0
 
             redis.start()  # back (empty): ready again, and caching again
             assert client.get("/ready").status_code == 200
@@ -104,7 +108,21 @@ def test_redis_going_away_mid_run(make_service: Any, tmp_path: Path) -> None:
             assert client.post("/v1/ask", json=question).json()["cached"] is True
 
 
-def test_metrics_count_requests_tokens_cache_queue_and_index(
+def test_the_readme_names_metrics_as_they_are_exposed(corpus_service: RagService) -> None:
+    """Every `rag_...` name the README gives is a sample name /metrics exposes (a counter's
+    samples end in _total), after an ask has made each family report."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`(rag_[a-z_]+)[{`]", readme))
+    assert {"rag_prefix_cache_total", "rag_ingest_queue_depth"} <= named
+    with serving(corpus_service) as client:
+        client.post("/v1/ask", json={"question": "Who is the beekeeper?"})
+        text = client.get("/metrics").text
+    exposed = {re.split(r"[{ ]", line, maxsplit=1)[0] for line in text.splitlines()
+               if line and not line.startswith("#")}
+    assert named <= exposed, named - exposed
+
+
+def test_metrics_count_requests_tokens_cache_and_index(
     corpus_service: RagService,
 ) -> None:
     with serving(corpus_service) as client:
@@ -112,7 +130,6 @@ def test_metrics_count_requests_tokens_cache_queue_and_index(
         question = {"question": "How much honey does a hive produce each summer?"}
         client.post("/v1/ask", json=question)
         client.post("/v1/ask", json=question)
-        client.app.state[QUEUE_DEPTH] = lambda: 7
         after = client.get("/metrics")
     assert after.headers["content-type"].startswith("text/plain")
     text = after.text
@@ -127,7 +144,6 @@ def test_metrics_count_requests_tokens_cache_queue_and_index(
                   status_code="200") >= 2
     assert metric(text, "rag_http_request_duration_seconds_count", path="/v1/ask",
                   status_code="200") >= 2
-    assert metric(text, "rag_ingest_queue_depth") == 7
     assert metric(text, "rag_generator_steps_total") > metric(before, "rag_generator_steps_total")
     lookups = sum(metric(text, "rag_prefix_cache_total", result=r) for r in ("hit", "miss"))
     assert lookups > sum(metric(before, "rag_prefix_cache_total", result=r)
@@ -159,18 +175,71 @@ def test_a_full_generator_queue_answers_503_with_retry_after(
     assert metric(text, "rag_generator_rejected_total") >= 2
 
 
-def test_queue_depth_reads_zero_without_a_source_and_takes_async_ones(
-    corpus_service: RagService,
+@pytest.fixture(params=["embedded", "redis", "postgres"])
+def queued_service(request: pytest.FixtureRequest) -> RagService:
+    """An engine whose ingestion jobs wait in this process, in SAQ on Redis or in SAQ on
+    PostgreSQL (the database before the service, so the service closes first)."""
+    overrides: dict[str, Any] = {}
+    if request.param == "redis":
+        request.getfixturevalue("redis_client")
+        overrides = {"redis_url": REDIS_URL, "queue_name": unique_queue()}
+    elif request.param == "postgres":
+        overrides = {"database_url": request.getfixturevalue("pg_url"), "queue": "postgres",
+                     "queue_name": unique_queue()}
+    return request.getfixturevalue("make_service")(**overrides)  # type: ignore[no-any-return]
+
+
+def hold_jobs(service: RagService, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Jobs that start wait for the returned event before they process their document."""
+    held = threading.Event()
+    process = service.documents.process
+
+    def held_process(*args: Any, **kwargs: Any) -> Any:
+        held.wait(60)
+        return process(*args, **kwargs)
+
+    monkeypatch.setattr(service.documents, "process", held_process)
+    return held
+
+
+def test_metrics_report_the_jobs_waiting_in_the_ingestion_queue(
+    queued_service: RagService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with serving(corpus_service) as client:
-        client.app.state.pop(QUEUE_DEPTH, None)
-        assert metric(client.get("/metrics").text, "rag_ingest_queue_depth") == 0
+    """Uploads wait in the real queue: the embedded one's consumer is busy with the first job
+    (running, so not counted); SAQ has no worker. Cancelling and deleting take jobs out."""
+    embedded = queue_url(queued_service.settings) is None
+    held = hold_jobs(queued_service, monkeypatch)
+    try:
+        with serving(queued_service) as client:
+            def depth() -> float:
+                return metric(client.get("/metrics").text, "rag_ingest_queue_depth")
 
-        async def depth() -> int:
-            return 3
-
-        client.app.state[QUEUE_DEPTH] = depth
-        assert metric(client.get("/metrics").text, "rag_ingest_queue_depth") == 3
+            assert depth() == 0
+            files = [("file", (f"berth-{n}.txt", f"Berth {n} opens at {n + 5}:15.".encode()))
+                     for n in range(4)]
+            response = client.post("/v1/documents", files=files)
+            assert response.status_code == 202, response.text
+            docs = response.json()["documents"]
+            running = 0
+            if embedded:
+                wait_for(lambda: client.get(f"/v1/jobs/{docs[0]['job_id']}").json()["state"]
+                         == "running", 30, 0.05, "the first job to start")
+                running = 1
+            assert depth() == 4 - running
+            assert client.post(f"/v1/jobs/{docs[3]['job_id']}/cancel").status_code == 200
+            assert client.delete(f"/v1/documents/{docs[2]['document_id']}").status_code == 200
+            assert depth() == 2 - running
+            if embedded:  # let the consumer go: the queue drains
+                held.set()
+                wait_for(lambda: all(client.get(f"/v1/jobs/{d['job_id']}").json()["state"]
+                                     == "done" for d in docs[:2]), 120, 0.1, "the jobs")
+            else:
+                assert client.post(f"/v1/jobs/{docs[1]['job_id']}/cancel").status_code == 200
+                assert depth() == 1
+                assert client.post(f"/v1/jobs/{docs[0]['job_id']}/cancel").status_code == 200
+            assert depth() == 0
+    finally:
+        held.set()
 
 
 def test_openapi_describes_every_route_its_errors_and_an_example(

@@ -36,11 +36,18 @@ h2 {{ font-size: 40px; }}</style></head>
 <script src="{api}/widget.js" data-api="{api}" data-key="{key}"></script>
 </body></html>"""
 
-# Records every change of the answer text, to see it arrive in pieces.
+# Records, from before the question is asked, every state the widget leaves and the answer's
+# length (with the state at that moment) at each change: the test then waits for the end state
+# only, since a transient one such as `streaming` can pass between two polls.
 WATCH_ANSWER = """() => {
-  const answer = document.querySelector('.rag-widget').shadowRoot.querySelector('.answer');
+  const host = document.querySelector('.rag-widget');
+  const answer = host.shadowRoot.querySelector('.answer');
+  window.statesLeft = [];
   window.answerUpdates = [];
-  new MutationObserver(() => window.answerUpdates.push(answer.textContent.length))
+  new MutationObserver(records => records.forEach(r => window.statesLeft.push(r.oldValue)))
+    .observe(host, {attributeFilter: ['data-state'], attributeOldValue: true});
+  new MutationObserver(() => window.answerUpdates.push(
+      {state: host.dataset.state, length: answer.textContent.length}))
     .observe(answer, {childList: true, characterData: true, subtree: true});
 }"""
 
@@ -131,11 +138,13 @@ def test_widget_streams_an_answer_with_citations_and_explains_errors(
 
             page.evaluate(WATCH_ANSWER)
             ask(page, "What is the default chunk size?")
-            page.wait_for_selector(".rag-widget[data-state=streaming]", timeout=120_000)
-            page.wait_for_selector(".rag-widget[data-state=done]", timeout=180_000)
+            page.wait_for_selector(".rag-widget[data-state=done]", timeout=300_000)
 
+            states = [*page.evaluate("window.statesLeft"), "done"]
+            assert states == ["idle", "asking", "streaming", "done"], states
             updates = page.evaluate("window.answerUpdates")
-            assert len({n for n in updates if n > 0}) > 1, f"no streaming seen: {updates}"
+            streamed = {u["length"] for u in updates if u["state"] == "streaming" and u["length"]}
+            assert len(streamed) > 1, f"the answer did not arrive in pieces: {updates}"
             answer = widget(page, ".answer").inner_text()
             assert answer.strip()
             sources = widget(page, "summary").all_inner_texts()
