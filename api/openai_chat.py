@@ -176,15 +176,17 @@ def models_of(model: str) -> ModelsOut:
 
 class ChunkStream(EventFormat):
     """`chat.completion.chunk` events of one answer: a first chunk with the role, text deltas
-    as generated (held back while they could be the start of a stop string), then a final chunk
-    with `rag`, and `data: [DONE]` last (after an error too)."""
+    as they pass the check (a sentence at a time, or the quote that replaces an unsupported
+    answer; held back while they could be the start of a stop string), then a final chunk with
+    `rag`, and `data: [DONE]` last (after an error too). Joined, the deltas are the answer's
+    text cut at the first stop string, as in the whole `chat.completion`."""
 
     def __init__(self, chat: ChatAsk) -> None:
         self.id = f"chatcmpl-{chat.request.answer_id}"
         self.created = int(time.time())
         self.model, self.stops, self.limit = chat.model, chat.stops, chat.limit
         self.include_usage = chat.include_usage
-        self.text = ""  # everything generated so far
+        self.text = ""  # everything let out so far
         self.sent = 0  # characters of it already sent
         self.stopped = False
 
@@ -200,7 +202,7 @@ class ChunkStream(EventFormat):
         yield self.chunk({"role": "assistant", "content": ""})
 
     def piece(self, text: str) -> Iterable[ServerSentEventMessage]:
-        """The delta of a generated piece (none while nothing can be sent yet). After a stop
+        """The delta of a piece let out (none while nothing can be sent yet). After a stop
         string nothing more is sent; the answer still finishes, so it is checked, cached and
         kept whole (feedback can name it)."""
         if self.stopped:
@@ -214,11 +216,9 @@ class ChunkStream(EventFormat):
             yield self.chunk({"content": delta})
 
     def answer(self, answer: Answer) -> Iterator[ServerSentEventMessage]:
-        """The held-back text, a checked quote that replaced the answer, the final chunk."""
+        """The held-back text, then the final chunk."""
         kept, _ = cut_at_stop(self.text, self.stops)
         rest = kept[self.sent :]
-        if answer.mode == "quote" and not self.stopped:
-            rest += f"\n\nFrom the sources: {answer.text}"
         if rest:
             yield self.chunk({"content": rest})
         extra = {"rag": rag_of(answer).model_dump()}

@@ -79,7 +79,9 @@ def _ref(name: str) -> Reference:
 
 
 ASK_EVENTS = Schema(one_of=[
-    _event("token", "A piece of the answer text, as it is generated."),
+    _event("token", "A piece of the answer text once it passed the check: a sentence, or the "
+           "quote or abstention that replaces an unsupported answer. Joined, the tokens are "
+           "the final answer."),
     _event("citations", "The numbered sources (JSON list).",
            Schema(type=OpenAPIType.ARRAY, items=_ref("CitationOut"))),
     _event("done", "The final answer, its check and evidence, usage and timings (JSON).",
@@ -134,9 +136,11 @@ async def ask(
     quotes (`evidence`) and the check of each answer sentence.
 
     With `"stream": true` the answer arrives as Server-Sent Events: `token` events carry the
-    text as it is generated, then `citations` (a JSON list), then `done` (JSON: the final
-    `answer`, which replaces the streamed text when it is a quote, `mode`, `groundedness`,
-    `evidence`, `sentences`, cached, usage, timings, `answer_id`, `conversation`). An error
+    text a sentence at a time, each once it passed the check (a rejected sentence is never
+    sent; when none passed, the quote or abstention that answers instead), then `citations` (a
+    JSON list), then `done` (JSON: the final `answer`, which is the tokens joined, `mode`,
+    `groundedness`, `evidence`, `sentences`, cached, usage, timings with `first_sentence_ms`,
+    `answer_id`, `conversation`). An error
     after the stream began arrives as an `error` event with the JSON error body. Closing the
     connection stops the generation. Needs a key with the `ask` scope.
 

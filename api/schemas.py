@@ -141,6 +141,8 @@ class TimingsOut(BaseModel):
     evidence_ms: float
     prompt_ms: float
     first_token_ms: float
+    first_sentence_ms: float = Field(
+        description="To the first text that passed the check (streamed: the first `token`).")
     generate_ms: float
     check_ms: float
     total_ms: float
@@ -214,8 +216,8 @@ def checked_of(answer: Answer) -> dict[str, Any]:
 
 
 class DoneOut(BaseModel):
-    """Data of the streamed `done` event: the final answer (it may differ from the streamed
-    tokens: a quote replaces an unsupported answer), its check and evidence; not citations."""
+    """Data of the streamed `done` event: the final answer (the streamed tokens, joined), its
+    check and evidence; not citations."""
 
     answer: str
     mode: Literal["generated", "quote", "abstained"]

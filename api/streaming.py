@@ -7,10 +7,12 @@ The bridge runs the answer in a worker thread, pulls its first piece before the 
 generation when the client goes away, and turns an error after the stream began into an error
 event. How pieces and the answer become events is the route's `EventFormat`:
 
-- `AskEvents` (/v1/ask): `token` (data: a piece of answer text), `citations` (data: JSON list of
-  citations), `done` (data: JSON with the final answer, mode, groundedness, evidence, sentences,
-  cached, usage, timings, model, index_version; the final answer replaces the streamed text) and,
-  if the answer fails after it started, `error` (data: the JSON error body).
+- `AskEvents` (/v1/ask): `token` (data: a piece of answer text that passed the check: a
+  sentence, or the quote or abstention that replaces an unsupported answer; joined, the tokens
+  are the final answer), `citations` (data: JSON list of citations), `done` (data: JSON with the
+  final answer, mode, groundedness, evidence, sentences, cached, usage, timings, model,
+  index_version) and, if the answer fails after it started, `error` (data: the JSON error
+  body).
 - `api.openai_chat.ChunkStream` (/v1/chat/completions): OpenAI's `chat.completion.chunk` events.
 """
 

@@ -212,6 +212,22 @@ class SentenceCheck:
 
 
 @dataclass(frozen=True)
+class SentenceVerdict:
+    """One sentence of a generated answer as the check judged it, and where it sits in it."""
+
+    text: str  # the sentence, stripped
+    sep: str  # the whitespace before it in the answer ("" for the first)
+    check: SentenceCheck | None  # None: it makes no claim (a lone citation)
+    best: int | None = None  # its best supporting evidence sentence (index into the check's)
+    declines: bool = False  # it says the sources do not answer
+
+    @property
+    def passed(self) -> bool:
+        """It makes a claim and the check supports it (a declining sentence never passes)."""
+        return self.check is not None and self.check.supported
+
+
+@dataclass(frozen=True)
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -225,6 +241,7 @@ class Timings:
     evidence_ms: float = 0.0
     prompt_ms: float = 0.0
     first_token_ms: float = 0.0
+    first_sentence_ms: float = 0.0  # to the first checked text let out (streamed)
     generate_ms: float = 0.0
     check_ms: float = 0.0
     total_ms: float = 0.0

@@ -37,7 +37,8 @@ def assemble_answer(ctx: AskContext, started: float, model: str, index_version: 
 
 
 def timings(ctx: AskContext, started: float, now: float) -> Timings:
-    """Milliseconds per stage, to the first token and in total."""
+    """Milliseconds per stage, to the first token, to the first checked text let out and in
+    total."""
     ms = 1000.0
     stages = {name: round(value, 3) for name, value in ctx.timings.items()}
     first = ctx.first_token or now
@@ -46,6 +47,7 @@ def timings(ctx: AskContext, started: float, now: float) -> Timings:
         evidence_ms=stages.get("evidence", 0.0),
         prompt_ms=stages.get("prompt", 0.0),
         first_token_ms=(first - started) * ms,
+        first_sentence_ms=((ctx.first_release or now) - started) * ms,
         generate_ms=stages.get("generate", 0.0),
         check_ms=stages.get("check", 0.0),
         total_ms=(now - started) * ms,

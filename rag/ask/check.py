@@ -3,6 +3,11 @@
 A sentence is supported when every number and name in it occurs in the sources it cites (all
 the prompt's sources when it cites none) and enough of its content words (stemmed, function
 words left out) occur in one evidence sentence of those sources: its best supporting quote.
+
+One rule for the streamed and the final answer: a `Judge` gives each sentence its verdict as
+soon as the sentence is complete (the gate, `ask.gate`, asks while the answer is generated),
+`shown_text` says what of the answer those verdicts let out, and `CheckStage` settles the final
+answer from the same verdicts, so the text let out while streaming is always its beginning.
 """
 
 from __future__ import annotations
@@ -17,7 +22,14 @@ import Stemmer
 
 from rag.ask.context import AskContext, quiet
 from rag.generation.stopping import split_sentences
-from rag.types import NO_ANSWER, AnswerMode, Quote, ScoredSentence, SentenceCheck
+from rag.types import (
+    NO_ANSWER,
+    AnswerMode,
+    Quote,
+    ScoredSentence,
+    SentenceCheck,
+    SentenceVerdict,
+)
 
 # English function words: they carry no claim, so they count neither for nor against support.
 STOPWORDS = frozenset([
@@ -123,9 +135,26 @@ def check_sentence(
     return check, best
 
 
+def makes_claim(sentence: str) -> bool:
+    """Whether a sentence says anything (a lone citation or label does not)."""
+    return bool(content_words(_CITATION.sub(" ", sentence)))
+
+
 def answer_sentences(text: str) -> list[str]:
-    """The sentences of an answer that make a claim (a lone citation or label does not)."""
-    return [s for s in split_sentences(text) if content_words(_CITATION.sub(" ", s))]
+    """The sentences of an answer that make a claim."""
+    return [s for s in split_sentences(text) if makes_claim(s)]
+
+
+def placed_sentences(text: str) -> list[tuple[str, str]]:
+    """The sentences of `text` (`split_sentences`), each after the whitespace before it (""
+    for the first): joined, they are `text` stripped."""
+    placed: list[tuple[str, str]] = []
+    end = 0
+    for sentence in split_sentences(text):
+        start = text.index(sentence, end)
+        placed.append((text[end:start] if placed else "", sentence))
+        end = start + len(sentence)
+    return placed
 
 
 _DECLINES = re.compile(r"\b(?:do|does) not (?:contain|mention|say)\b|\bcannot (?:answer|find)\b")
@@ -142,6 +171,81 @@ class _Shown:
     filename: str
 
 
+class Judge:
+    """The check of one ask's answer sentences against the evidence its prompt showed."""
+
+    def __init__(self, question: str, pool: Sequence[Candidate], sources: dict[int, str],
+                 min_overlap: float) -> None:
+        self.question = question
+        self.pool = pool  # the prompt's evidence sentences, best-ranked first
+        self.sources = sources  # source number -> its text as the prompt showed it
+        self.min_overlap = min_overlap
+
+    def verdict(self, sentence: str, sep: str = "") -> SentenceVerdict:
+        """The verdict on one complete sentence of the answer (`sep`: the whitespace before
+        it). A sentence that declines ("the documents do not say") never passes."""
+        declines = bool(_DECLINES.search(sentence))
+        if not makes_claim(sentence):
+            return SentenceVerdict(sentence, sep, None, None, declines)
+        check, best = check_sentence(sentence, self.question, self.pool, self.sources,
+                                     self.min_overlap)
+        if declines:
+            check = replace(check, supported=False)
+        return SentenceVerdict(sentence, sep, check, best, declines)
+
+    def verdicts(self, text: str, known: Sequence[SentenceVerdict] = ()) -> list[SentenceVerdict]:
+        """The verdict on each sentence of the answer `text`; those `known` (given on its first
+        sentences while it streamed) are kept, not given again."""
+        out: list[SentenceVerdict] = []
+        for sep, sentence in placed_sentences(text):
+            n = len(out)
+            same = n < len(known) and (known[n].sep, known[n].text) == (sep, sentence)
+            out.append(known[n] if same else self.verdict(sentence, sep))
+            if not same:
+                known = ()
+        return out
+
+
+def shown_text(verdicts: Sequence[SentenceVerdict], unsupported: UnsupportedAnswer,
+               ended: bool) -> str:
+    """What of an answer its verdicts let out: the sentences shown, in order, each after the
+    whitespace before it. Before the answer has `ended`, only up to the first sentence whose
+    fate is not settled yet; so what it says grows as sentences come, never changes."""
+    text = ""
+    for verdict, shown in zip(verdicts, _shown(verdicts, unsupported, ended), strict=True):
+        if shown is None:
+            break
+        if shown:
+            text += (verdict.sep if text else "") + verdict.text
+    return text
+
+
+def _shown(verdicts: Sequence[SentenceVerdict], unsupported: UnsupportedAnswer,
+           ended: bool) -> list[bool | None]:
+    """Per sentence: shown, not shown, or not settled yet (None).
+
+    `quote`: a sentence that makes a claim is shown when it passed; one that makes none (a lone
+    citation) goes with the claim before it, or at the start with the first claim. `flag`:
+    everything, unless the answer opens by declining. `drop`: everything when every claim
+    passed, else nothing; settled only at the end.
+    """
+    claims = [n for n, v in enumerate(verdicts) if v.check is not None]
+    settled: bool | None
+    if unsupported == "drop":
+        settled = bool(claims) and all(
+            (v.passed or v.check is None) and not v.declines for v in verdicts)
+        return [settled if ended else None] * len(verdicts)
+    if unsupported == "flag":
+        settled = not verdicts[claims[0]].declines if claims else True if ended else None
+        return [settled] * len(verdicts)
+    owner = claims[0] if claims else None
+    shown: list[bool | None] = []
+    for n, verdict in enumerate(verdicts):
+        owner = n if verdict.check is not None else owner
+        shown.append(verdicts[owner].passed if owner is not None else False if ended else None)
+    return shown
+
+
 class CheckStage:
     """Ask stage: check the generated answer against its evidence and settle what to answer.
 
@@ -149,7 +253,9 @@ class CheckStage:
     supported sentences, or when none is, answers with the best evidence sentence as a quote
     (also when the model declined but that sentence's cosine to the question reaches
     `min_quote_score`: a small model declines wrongly); `flag` keeps it as it is (each sentence
-    marked in `sentences`); `drop` abstains.
+    marked in `sentences`) unless it opens by declining; `drop` abstains. Streamed, the same
+    rule lets each sentence out once its fate is settled (`shown_text`), and the answer the
+    stage settles begins with whatever was let out.
     """
 
     name = "check"
@@ -161,39 +267,43 @@ class CheckStage:
         self.quotes = quotes
         self.min_quote_score = min_quote_score
 
+    def judge(self, ctx: AskContext) -> Judge:
+        """The check of this ask's answer sentences (the prompt is built)."""
+        shown, sources = _sources(ctx)
+        pool = [Candidate(s.item.sentence.text, s.source) for s in shown]
+        return Judge(ctx.question, pool, sources, self.min_overlap)
+
     @quiet
     def run(self, ctx: AskContext) -> AskContext:
         assert ctx.prompt is not None and ctx.evidence is not None
-        shown, texts = _sources(ctx)
-        pool = [Candidate(s.item.sentence.text, s.source) for s in shown]
-        checks: list[SentenceCheck] = []
-        best: list[int | None] = []
-        declined = not ctx.generated or bool(_DECLINES.search(ctx.generated))
-        for sentence in ([] if declined else answer_sentences(ctx.generated)):
-            check, index = check_sentence(sentence, ctx.question, pool, texts, self.min_overlap)
-            checks.append(check)
-            best.append(index)
+        shown, _ = _sources(ctx)
+        verdicts = self.judge(ctx).verdicts(ctx.generated, ctx.verdicts)
+        text = shown_text(verdicts, self.unsupported, ended=True)
+        declined = not ctx.generated or any(v.declines for v in verdicts)
+        claims = [] if declined and not text else [v for v in verdicts if v.check is not None]
+        checks = [v.check for v in claims if v.check is not None]
         supported = [c for c in checks if c.supported]
         groundedness = len(supported) / len(checks) if checks else 0.0
         lead: int | None = None
-        mode: AnswerMode
-        strong = bool(shown) and shown[0].item.dense >= self.min_quote_score
-        if declined and not (self.unsupported == "quote" and strong):
-            text, mode = NO_ANSWER, "abstained"
-        elif (checks and len(supported) == len(checks)) or self.unsupported == "flag":
-            text, mode = ctx.generated, "generated"
-        elif self.unsupported == "drop" or not shown:
-            text, mode = NO_ANSWER, "abstained"
-        elif supported:
-            text, mode = " ".join(c.text for c in supported), "generated"
-        else:
-            lead = 0  # `shown` is best-ranked first
-            quoted = shown[lead]
-            words = " ".join(quoted.item.sentence.text.split())
-            text, mode = f'"{words}" [{quoted.source}]', "quote"
+        mode: AnswerMode = "generated"
+        if not text:  # nothing the model said is shown
+            text, mode, lead = self._instead(declined, shown)
+        best = [v.best for v in claims]
         quotes, checks = _quotes(shown, checks, best, lead, self.quotes)
         return replace(ctx, text=text, mode=mode, groundedness=round(groundedness, 4),
                        sentences=tuple(checks), quotes=quotes)
+
+    def _instead(self, declined: bool, shown: Sequence[_Shown]
+                 ) -> tuple[str, AnswerMode, int | None]:
+        """The answer when none of the model's is shown: the best evidence sentence as a quote
+        (its index into `shown`), or an abstention."""
+        strong = bool(shown) and shown[0].item.dense >= self.min_quote_score
+        if (declined and not (self.unsupported == "quote" and strong)
+                or self.unsupported == "drop" or not shown):
+            return NO_ANSWER, "abstained", None
+        quoted = shown[0]  # `shown` is best-ranked first
+        words = " ".join(quoted.item.sentence.text.split())
+        return f'"{words}" [{quoted.source}]', "quote", 0
 
 
 def _sources(ctx: AskContext) -> tuple[list[_Shown], dict[int, str]]:

@@ -1,7 +1,8 @@
 """What the ask stages share: the `AskContext` they fill in order and the `Stage` protocol.
 
 Each stage takes the `AskContext` so far and returns a new one; a stage that streams (the
-generator) yields text pieces on the way. A stage that settles the answer early (no relevant
+generator) yields text pieces on the way: only text the check passed, never the model's raw
+text (`ask.gate`). A stage that settles the answer early (no relevant
 source: abstain) sets `done`, and the stages after it are skipped (`ask.pipeline` runs them).
 """
 
@@ -16,7 +17,16 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from rag.types import AnswerMode, Evidence, Prompt, Query, Quote, ScoredChunk, SentenceCheck
+from rag.types import (
+    AnswerMode,
+    Evidence,
+    Prompt,
+    Query,
+    Quote,
+    ScoredChunk,
+    SentenceCheck,
+    SentenceVerdict,
+)
 
 if TYPE_CHECKING:
     from rag.types import Turn
@@ -47,6 +57,8 @@ class AskContext:
     completion_tokens: int = 0
     first_token: float | None = None  # time.perf_counter() of the first piece
     stop_reason: str | None = None
+    # the check's verdicts on the sentences let out while generating, in order
+    verdicts: tuple[SentenceVerdict, ...] = ()
     # check
     text: str = ""  # the answer as given
     mode: AnswerMode = "generated"
@@ -55,6 +67,7 @@ class AskContext:
     quotes: tuple[Quote, ...] = ()
     # bookkeeping
     done: bool = False  # the answer is settled; later stages are skipped
+    first_release: float | None = None  # time.perf_counter() the first text was let out
     timings: Mapping[str, float] = field(default_factory=dict)  # stage name -> ms
 
     @property

@@ -2,7 +2,10 @@
 
 Each stage (one module each: rewrite, retrieve, evidence, prompt, generate, check) takes the
 `AskContext` so far and returns a new one; the pipeline runs them in order, times each under
-its `name`, and stops early once a stage settles the answer (abstains).
+its `name`, and stops early once a stage settles the answer (abstains). The text the stages
+let out streams on as it comes (generation lets out checked sentences only); at the end the
+pipeline sends what of the answer is not out yet (a quote, an abstention), so the pieces,
+joined, are the answer's text.
 
 Adding a stage (a reranker, a query rewrite) is one module with a class that has `name` and
 `run`, and one line in `build_pipeline`.
@@ -10,6 +13,7 @@ Adding a stage (a reranker, a query rewrite) is one module with a class that has
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -26,6 +30,8 @@ from rag.generation.base import Generator
 from rag.settings import Settings
 from rag.stores.chunks import ChunkStore
 
+log = logging.getLogger(__name__)
+
 
 class AskPipeline:
     """Runs stages in order, timing each, until one settles the answer."""
@@ -37,14 +43,33 @@ class AskPipeline:
         self.stages = tuple(stages)
 
     def run(self, ctx: AskContext) -> Pieces:
+        sent: list[str] = []
+        first: float | None = None
         for stage in self.stages:
             if ctx.done:
                 break
             started = time.perf_counter()
-            ctx = yield from stage.run(ctx)
+            pieces = stage.run(ctx)
+            while True:
+                try:
+                    piece = next(pieces)
+                except StopIteration as end:
+                    ctx = end.value
+                    break
+                if piece:
+                    first = first or time.perf_counter()
+                    sent.append(piece)
+                    yield piece
             elapsed = (time.perf_counter() - started) * 1000.0
             ctx = replace(ctx, timings={**ctx.timings, stage.name: elapsed})
-        return ctx
+        out = "".join(sent)
+        if not ctx.text.startswith(out):
+            log.error("the streamed text is not the start of the answer: %r, then %r",
+                      out, ctx.text)
+        elif ctx.text[len(out) :]:
+            first = first or time.perf_counter()
+            yield ctx.text[len(out) :]
+        return replace(ctx, first_release=first)
 
     def run_until(self, ctx: AskContext, last: str) -> AskContext:
         """Run the stages up to and including the one named `last`, a stage before generation
@@ -66,12 +91,13 @@ def build_pipeline(
     """The ask path, stage by stage."""
     s = settings
     selector = EvidenceSelector(store, embedder, s.evidence_sentences, s.rrf_k)
+    check = CheckStage(s.min_support_overlap, s.unsupported_answer, s.evidence_sentences,
+                       s.min_quote_score)
     return AskPipeline([
         *([FollowupStage()] if s.followup_rewrite == "terms" else []),
         RetrieveStage(retriever),
         EvidenceStage(selector, s.min_relevance, s.min_evidence),
         PromptStage(generator, s.answer_context, s.max_new_tokens),
-        GenerateStage(generator, s.max_new_tokens, s.stop_at_paragraph),
-        CheckStage(s.min_support_overlap, s.unsupported_answer, s.evidence_sentences,
-                   s.min_quote_score),
+        GenerateStage(generator, s.max_new_tokens, s.stop_at_paragraph, check),
+        check,
     ])

@@ -92,7 +92,9 @@ class AskService:
     def ask_stream(
         self, request: AskRequest, stop: threading.Event | None = None
     ) -> Iterator[str | Answer]:
-        """Yields answer text pieces as they are generated, then the whole Answer.
+        """Yields the answer's text in pieces as it passes the check (a sentence at a time; a
+        quote or an abstention that replaces the model's answer last), then the whole Answer;
+        joined, the pieces are its text.
 
         A set `stop` ends generation at the next token; its answer is neither cached nor kept.
         """

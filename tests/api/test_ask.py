@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -17,8 +18,7 @@ import pytest
 from api.app import create_app
 from rag.ask.service import AskRequest
 from rag.errors import NotReady
-from rag.generation.base import Generator, TokenStream
-from rag.generation.stopping import clean_answer
+from rag.generation.base import Generator, TokenCounts, TokenStream
 from rag.service import RagService
 from rag.settings import Settings
 from rag.types import Prompt, Usage
@@ -30,6 +30,13 @@ BEES = "Who is the beekeeper of the Larkspur apiary?"
 TRAIN = "When does the Aldgate night train depart?"
 LONG = ("Describe the Larkspur apiary in detail: its bees, its honey, each summer, its "
         "beekeeper, and everything else the documents say about it.")
+# Answers to BEES as a model might write them: checked against bees.txt, the first sentence of
+# each passes, `HONEY` passes, the rest name what bees.txt does not (Joe Jackson, 400, Paris).
+ODUYA = "The beekeeper is called Miriam Oduya."
+HONEY = "Her bees produce 31 kilograms of honey per hive each summer."
+PASSES = f"{ODUYA} {HONEY}"
+REJECTED = "The beekeeper is Joe Jackson, who keeps 400 hives near Paris."
+SECOND_REJECTED = f"{ODUYA} She keeps 400 hives near Paris."
 
 
 @dataclass
@@ -97,6 +104,66 @@ class SpyStream(Iterator[str]):
         self.run.finished.set()
 
 
+class ScriptedGenerator:
+    """A stand-in for the model that streams a fixed `answer` word by word (the prompt is built
+    with the real model's tokenizer, and the answer is held to the real check); with
+    `fail_after` it raises after that many pieces, as a generation server that goes away would."""
+
+    def __init__(self, inner: Generator, answer: str = "", fail_after: int | None = None) -> None:
+        self.inner, self.name = inner, inner.name
+        self.answer, self.fail_after = answer, fail_after
+        self.runs = 0
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.inner.tokenizer
+
+    @property
+    def context_window(self) -> int:
+        return self.inner.context_window
+
+    def load(self) -> None:
+        """The inner generator is loaded by the session fixture."""
+
+    def stats(self) -> dict[str, float]:
+        return self.inner.stats()
+
+    def stream(self, prompt: Prompt, max_new_tokens: int,
+               stop: threading.Event | None = None) -> TokenStream:
+        self.runs += 1
+        counts = TokenCounts(prompt.prompt_tokens)
+        pieces = re.findall(r"\s*\S+", self.answer)[:max_new_tokens]
+
+        def stream() -> Iterator[str]:
+            for n, piece in enumerate(pieces):
+                if self.fail_after is not None and n >= self.fail_after:
+                    raise NotReady("The generation server went away.", "Try again later.")
+                counts.completion_tokens += 1
+                yield piece
+
+        return TokenStream(stream(), counts)  # type: ignore[arg-type]
+
+
+def scripted_service(root: Path, embedder: Any, generator: Any, **settings: Any) -> tuple[
+        RagService, ScriptedGenerator]:
+    """A service over the test corpus whose model says what the test scripts."""
+    scripted = ScriptedGenerator(generator, fail_after=settings.pop("fail_after", None))
+    service = RagService(Settings(data_dir=root / "data", top_k=3, **settings),
+                         embedder=embedder, generator=scripted)  # type: ignore[arg-type]
+    service.load()
+    ingest_corpus(service, root / "corpus")
+    return service, scripted
+
+
+@pytest.fixture(scope="module")
+def scripted_api(tmp_path_factory: pytest.TempPathFactory, embedder: Any, generator: Any
+             ) -> Iterator[tuple[RagService, ScriptedGenerator]]:
+    service, scripted = scripted_service(tmp_path_factory.mktemp("scripted"), embedder,
+                                         generator)
+    yield service, scripted
+    service.close()
+
+
 def spied_service(root: Path, embedder: Any, generator: Any, **settings: Any) -> tuple[
         RagService, SpyGenerator]:
     spy = SpyGenerator(generator, settings.pop("fail_after", None))
@@ -139,17 +206,16 @@ def test_streamed_answer_is_tokens_then_citations_then_done(corpus_service: RagS
         events = parse_sse(streamed.text)
         names = [e.event for e in events]
         assert names[-2:] == ["citations", "done"] and set(names[:-2]) == {"token"}
-        assert len(names) > 3  # the answer came in pieces
         citations = events[-2].json()
         assert citations[0]["filename"] == "rail.txt" and "platform 9" in citations[0]["text"]
         done = events[-1].json()
         assert done["cached"] is False and done["usage"]["completion_tokens"] > 0
         assert done["timings"]["first_token_ms"] > 0
 
-        # The tokens are what the model said; `done` carries the checked answer, which is a
-        # quote of the evidence instead where the model's answer was not supported.
+        # The tokens are the checked answer: the model's sentences that passed, or a quote of
+        # the evidence instead where none did; `done` carries it whole.
         streamed = "".join(e.data for e in events if e.event == "token")
-        assert clean_answer(streamed) == done["generated_text"]
+        assert streamed == done["answer"]
         assert done["mode"] in ("generated", "quote") and done["evidence"]
         if done["mode"] == "generated":
             assert done["answer"] in done["generated_text"]
@@ -203,20 +269,59 @@ def test_bad_input_is_a_4xx_that_says_what_to_fix(
     assert body["error"] and body["hint"]
 
 
+@pytest.mark.parametrize(("answer", "tokens", "mode"), [
+    (PASSES, [ODUYA, f" {HONEY}"], "generated"),
+    (REJECTED, None, "quote"),
+    (SECOND_REJECTED, [ODUYA], "generated"),
+], ids=["passes", "rejected", "second-rejected"])
+def test_only_checked_text_is_streamed_and_it_is_the_answer(
+    scripted_api: tuple[RagService, ScriptedGenerator], answer: str, tokens: list[str] | None,
+    mode: str,
+) -> None:
+    """A sentence at a time, each once it passed the check; a rejected one never, the quote
+    that replaces the answer instead; joined, the tokens are the final answer."""
+    service, model = scripted_api
+    model.answer = answer
+    with serving(service) as client:
+        service.cache.clear()
+        whole = client.post("/v1/ask", json={"question": BEES}).json()
+        service.cache.clear()
+        events = parse_sse(client.post("/v1/ask", json={"question": BEES, "stream": True}).text)
+    names = [e.event for e in events]
+    assert names[-2:] == ["citations", "done"] and set(names[:-2]) == {"token"}, names
+    streamed, done = [e.data for e in events if e.event == "token"], events[-1].json()
+    assert "".join(streamed) == done["answer"] == whole["answer"]
+    assert done["mode"] == mode and done["generated_text"] == answer and not done["cached"]
+    assert streamed == (tokens or [done["answer"]])
+    if mode == "quote":
+        quoted = re.fullmatch(r'"(.+)" \[\d+\]', done["answer"])
+        assert quoted and quoted.group(1) == done["evidence"][0]["text"], done["answer"]
+    # The rejected sentences were checked, and none of them reached the client.
+    rejected = [s["text"] for s in done["sentences"] if not s["supported"]]
+    assert len(rejected) == (answer != PASSES)
+    assert not [w for w in ("Joe", "400", "Paris") if w in "".join(streamed)]
+    t = done["timings"]
+    assert t["first_sentence_ms"] >= t["first_token_ms"] > 0
+
+
 def test_error_mid_stream_arrives_as_an_error_event(
     tmp_path: Path, embedder: Any, generator: Any
 ) -> None:
-    service, spy = spied_service(tmp_path, embedder, generator, max_new_tokens=24, fail_after=2)
+    # It fails on the word after the first sentence, which has passed and been sent by then.
+    service, model = scripted_service(tmp_path, embedder, generator, fail_after=7)
+    model.answer = PASSES
     with serving(service) as client:
         events = parse_sse(client.post("/v1/ask", json={"question": BEES, "stream": True}).text)
-        assert [e.event for e in events] == ["token", "token", "error"]
+        assert [(e.event, e.data) for e in events[:-1]] == [("token", ODUYA)]
+        assert events[-1].event == "error"
         error = events[-1].json()
         assert error["error"] == "NotReady" and "went away" in error["message"]
         assert error["hint"] == "Try again later."
         # As JSON the same failure is a plain 503, and nothing was cached.
         plain = client.post("/v1/ask", json={"question": BEES})
         assert plain.status_code == 503 and plain.json()["error"] == "NotReady"
-    assert len(spy.runs) == 2
+    assert model.runs == 2
+    service.close()
 
 
 class BusyServer(BaseHTTPRequestHandler):

@@ -4,6 +4,7 @@ server (uvicorn, packaged models), streaming and not; its bad input in OpenAI's 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +21,15 @@ from tests.api.helpers import (
     app_settings,
     live_server,
     serving,
+)
+from tests.api.test_ask import (
+    HONEY,
+    ODUYA,
+    PASSES,
+    REJECTED,
+    SECOND_REJECTED,
+    ScriptedGenerator,
+    scripted_service,
 )
 
 pytestmark = pytest.mark.slow
@@ -101,13 +111,54 @@ def test_streamed_completion_through_the_openai_client(
     assert {c.object for c in chunks} == {"chat.completion.chunk"}
     assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-ans_")
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    deltas = [c for c in chunks if c.choices and c.choices[0].delta.content]
-    assert text.strip() and len(deltas) > 1, "the answer arrives in pieces"
+    assert text.strip()
     final = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     assert len(final) == 1 and final[0].choices[0].finish_reason in ("stop", "length")
     rag = rag_of(final[0])
     assert rag["citations"][0]["filename"] == "bees.txt" and rag["answer"]
+    assert text == rag["answer"]  # checked sentences (or the quote instead), joined
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+@pytest.fixture(scope="module")
+def scripted_chat(tmp_path_factory: pytest.TempPathFactory, embedder: Any, generator: Any
+                  ) -> Iterator[tuple[openai.OpenAI, RagService, ScriptedGenerator]]:
+    """An OpenAI client of a live server whose model says what the test scripts."""
+    root: Path = tmp_path_factory.mktemp("scripted-chat")
+    service, model = scripted_service(root, embedder, generator)
+    app = create_app(app_settings(service, api_keys=KEYS), service=service)
+    with live_server(app) as base:
+        yield (openai.OpenAI(base_url=f"{base}/v1", api_key=ASK_KEY, max_retries=0,
+                             timeout=120), service, model)
+    service.close()
+
+
+@pytest.mark.parametrize(("answer", "deltas", "mode"), [
+    (PASSES, [ODUYA, f" {HONEY}"], "generated"),
+    (REJECTED, None, "quote"),
+    (SECOND_REJECTED, [ODUYA], "generated"),
+], ids=["passes", "rejected", "second-rejected"])
+def test_the_stream_is_the_checked_answer(
+    scripted_chat: tuple[openai.OpenAI, RagService, ScriptedGenerator], answer: str,
+    deltas: list[str] | None, mode: str,
+) -> None:
+    """Deltas are sentences that passed the check, or the quote that replaces the answer; a
+    rejected sentence is never sent, and the deltas joined are the completion's content."""
+    client, service, model = scripted_chat
+    model.answer = answer
+    messages: Any = [{"role": "user", "content": BEES}]
+    service.cache.clear()
+    whole = client.chat.completions.create(model=model.name, messages=messages)
+    service.cache.clear()
+    chunks = list(client.chat.completions.create(model=model.name, messages=messages,
+                                                 stream=True))
+    sent = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    final = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    rag = rag_of(final[0])
+    assert "".join(sent) == rag["answer"] == whole.choices[0].message.content
+    assert rag["mode"] == mode and not rag["cached"]
+    assert sent == (deltas or [rag["answer"]])
+    assert not [w for w in ("Joe", "400", "Paris") if w in "".join(sent)]
 
 
 def test_the_stream_ends_with_done(base_url: str, corpus_service: RagService) -> None:
