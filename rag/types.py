@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 # What the engine answers when no source is relevant; evaluation detects abstention by it.
@@ -291,7 +291,7 @@ class Answer:
             generated_text=data.get("generated_text", ""),
             cached=data.get("cached", False),
             usage=Usage(**data.get("usage", {})),
-            timings=Timings(**data.get("timings", {})),
+            timings=Timings(**_known(Timings, data.get("timings", {}))),
             used_chunk_ids=tuple(data.get("used_chunk_ids", ())),
             dropped_chunk_ids=tuple(data.get("dropped_chunk_ids", ())),
             model=data.get("model", ""),
@@ -364,3 +364,10 @@ class Prompt:
     evidence: tuple[tuple[ScoredSentence, ...], ...] = ()
     turns: tuple[Turn, ...] = ()  # the earlier turns the prompt holds, oldest first
     dropped_turns: int = 0  # older turns left out for want of room
+
+
+def _known(kind: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The items of `data` that `kind` has fields for: a cached answer written by a newer
+    process (a rolling upgrade shares the Redis cache) may carry figures this one lacks."""
+    names = {f.name for f in fields(kind)}
+    return {k: v for k, v in data.items() if k in names}

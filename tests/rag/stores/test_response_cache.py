@@ -66,3 +66,16 @@ def test_unreachable_redis_is_bypassed(caplog: pytest.LogCaptureFixture) -> None
         assert cache.get("k") is None
         assert cache.forget_documents(["d"]) == 0
     assert "bypassed" in caplog.text
+
+
+def test_an_answer_cached_by_another_version_reads_back() -> None:
+    """A rolling upgrade shares the Redis cache: an older entry lacks the newer timings, a newer
+    one carries figures this process does not know; both read back."""
+    from dataclasses import asdict
+
+    stored = asdict(answer("one", "docA"))
+    older = {**stored, "timings": {"total_ms": 12.0}}
+    newer = {**stored, "timings": {**stored["timings"], "total_ms": 9.0, "later_ms": 3.0}}
+    assert Answer.from_dict(older).timings.total_ms == 12.0
+    assert Answer.from_dict(older).timings.first_sentence_ms == 0.0
+    assert Answer.from_dict(newer).timings.total_ms == 9.0
