@@ -79,6 +79,8 @@ HEADLINE = (
     ("contains the reference", "contains"),
     ("token F1", "f1"),
     ("groundedness of generated answers (the service's check)", "answer_groundedness"),
+    ("check precision (answers passed as generated that contain a reference)",
+     "check_precision"),
     ("retrieval MRR", "mrr"),
 )
 

@@ -347,6 +347,10 @@ def aggregate(rows: Sequence[ItemResult]) -> dict[str, Any]:
     asked = [r for r in ok if r.asked]
     abst = m.abstention([r.abstained for r in asked], [r.answerable for r in asked])
     quality = {name: m.mean(r.scores.get(name) for r in ok) for name in QUALITY_SCORES}
+    # Of the answers the check passed as generated, the share that contain a reference.
+    passed = [r for r in asked
+              if r.mode == "generated" and not r.abstained and r.answerable and r.references]
+    quality["check_precision"] = m.mean(r.scores.get("contains") for r in passed)
     return {
         "items": len(rows),
         "errors": len(rows) - len(ok),

@@ -257,3 +257,16 @@ def test_a_follow_up_without_its_earlier_turns_keeps_the_suites_history() -> Non
     result = _run(target, two, options=RunOptions(retrieval_only=True))
     assert {(q, h) for _, q, h in target.calls if h} == {("How big is it?", two.history)}
     assert result["items"][0]["history_source"] == "suite"
+
+
+def test_check_precision_counts_the_answers_passed_as_generated() -> None:
+    """Of the answers the service passed as generated (not quotes, not abstentions), the share
+    that hold a reference: q1 does, q4 ("Port 9000") does not; q3 was quoted."""
+    scripts = {
+        Q1.question: Script("It is 200 tokens [1].", checked=[True]),
+        Q3.question: Script('"The index is FAISS." [1]', mode="quote", checked=[False]),
+        Q4.question: Script("Use port 9000 [1].", checked=[True]),
+        Q2.question: Script(NO_ANSWER, mode="abstained"),
+    }
+    quality = _run(FakeTarget(scripts), Q1, Q2, Q3, Q4)["aggregates"]["quality"]
+    assert quality["check_precision"] == 0.5
