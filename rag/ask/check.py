@@ -3,6 +3,10 @@
 A sentence is supported when every number and name in it occurs in the sources it cites (all
 the prompt's sources when it cites none) and enough of its content words (stemmed, function
 words left out) occur in one evidence sentence of those sources: its best supporting quote.
+That asks only whether the claim occurs somewhere; the check that asks whether it answers the
+question (`check_answer_sentence`, the default: setting `check_answers_question`) also wants
+the claim in the evidence that holds the question's key terms (a sentence, or it and the one
+next to it), and a span of the kind the question asks for (`ask.answer_type`).
 
 One rule for the streamed and the final answer: a `Judge` gives each sentence its verdict as
 soon as the sentence is complete (the gate, `ask.gate`, asks while the answer is generated),
@@ -12,16 +16,21 @@ answer from the same verdicts, so the text let out while streaming is always its
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-import Stemmer
-
+from rag.ask.answer_type import answer_type
+from rag.ask.claims import (
+    MIN_ANCHOR,
+    Candidate,
+    check_answer_sentence,
+    check_sentence,
+    makes_claim,
+    placed_sentences,
+)
 from rag.ask.context import AskContext, quiet
-from rag.generation.stopping import split_sentences
 from rag.types import (
     NO_ANSWER,
     AnswerMode,
@@ -30,132 +39,6 @@ from rag.types import (
     SentenceCheck,
     SentenceVerdict,
 )
-
-# English function words: they carry no claim, so they count neither for nor against support.
-STOPWORDS = frozenset([
-    "a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and", "any",
-    "are", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both",
-    "but", "by", "can", "could", "did", "do", "does", "doing", "done", "down", "during", "each",
-    "either", "else", "even", "ever", "every", "few", "for", "from", "further", "had", "has",
-    "have", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how",
-    "however", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "least", "less",
-    "many", "may", "me", "might", "more", "most", "much", "must", "my", "myself", "neither", "no",
-    "nor", "not", "now", "of", "off", "often", "on", "once", "one", "only", "or", "other", "our",
-    "ours", "ourselves", "out", "over", "own", "per", "rather", "same", "shall", "she", "should",
-    "since", "so", "some", "such", "than", "that", "the", "their", "theirs", "them", "themselves",
-    "then", "there", "these", "they", "this", "those", "though", "through", "thus", "to", "too",
-    "under", "until", "up", "upon", "us", "very", "via", "was", "we", "were", "what", "when",
-    "where", "whether", "which", "while", "who", "whom", "whose", "why", "will", "with", "within",
-    "without", "would", "yet", "you", "your", "yours", "yourself", "yourselves"
-])
-
-_CITATION = re.compile(r"\[\d+\]")
-_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
-# A number: digits with their separators (1,000; 3.5; 2014-03-05; 10:30).
-_NUMBER = re.compile(r"\d+(?:[.,:/-]\d+)*")
-# A name: a capitalised word (or an acronym), apostrophes and inner hyphens included.
-_NAME = re.compile(r"\b[A-Z][\w'’]*(?:-[\w'’]+)*")
-# Words that open an answer sentence without naming anything.
-_OPENERS = frozenset([
-    "yes", "no", "sure", "answer", "according", "based", "note", "here", "overall", "in"
-])
-_stemmer = Stemmer.Stemmer("english")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """An evidence sentence a claim may lean on: its text and the source number it is in."""
-
-    text: str
-    source: int
-
-    @functools.cached_property
-    def words(self) -> set[str]:
-        return content_words(self.text)
-
-
-def cited_sources(sentence: str) -> set[int]:
-    return {int(m.group()[1:-1]) for m in _CITATION.finditer(sentence)}
-
-
-def content_words(text: str) -> set[str]:
-    """Stemmed, case-folded words that are not function words."""
-    words = [w.casefold() for w in _WORD.findall(text)]
-    return set(_stemmer.stemWords([w for w in words if w not in STOPWORDS]))
-
-
-def facts(sentence: str) -> list[str]:
-    """The numbers and names of a sentence: what must occur in its sources word for word."""
-    text = _CITATION.sub(" ", sentence)
-    found = _NUMBER.findall(text)
-    for match in _NAME.finditer(text):
-        word = match.group()
-        folded = word.casefold()
-        first = not text[: match.start()].strip()
-        if folded not in STOPWORDS and not (first and folded in _OPENERS):
-            found.append(word)
-    return list(dict.fromkeys(found))
-
-
-def _occurs(fact: str, source_text: str, source_words: set[str]) -> bool:
-    if fact[0].isdigit():
-        digits = fact.replace(",", "")
-        return any(re.search(rf"(?<![\d.,]){re.escape(f)}(?![\d]|[.,]\d)", source_text)
-                   for f in {fact, digits})
-    return all(part.casefold() in source_words for part in _WORD.findall(fact))
-
-
-def check_sentence(
-    sentence: str,
-    question: str,
-    candidates: Sequence[Candidate],
-    sources: dict[int, str],
-    min_overlap: float,
-) -> tuple[SentenceCheck, int | None]:
-    """Check one answer sentence; also returns the index into `candidates` of its best quote.
-
-    `sources`: number -> text of every source the prompt showed.
-    """
-    cited = cited_sources(sentence) & set(sources) or set(sources)
-    source_text = "\n".join(sources[n] for n in sorted(cited))
-    source_words = {w.casefold() for w in _WORD.findall(source_text)}
-    missing = tuple(f for f in facts(sentence) if not _occurs(f, source_text, source_words))
-    # Words the question already says are no claim: an answer that only echoes it says nothing.
-    words = content_words(_CITATION.sub(" ", sentence)) - content_words(question)
-    best, best_overlap = None, 0.0
-    for index, candidate in enumerate(candidates):  # best-ranked first: ties keep the earlier
-        if candidate.source not in cited or not words:
-            continue
-        overlap = len(words & candidate.words) / len(words)
-        if overlap > best_overlap:
-            best, best_overlap = index, overlap
-    supported = not missing and best is not None and best_overlap >= min_overlap
-    check = SentenceCheck(text=sentence, supported=supported, overlap=round(best_overlap, 4),
-                          missing=missing)
-    return check, best
-
-
-def makes_claim(sentence: str) -> bool:
-    """Whether a sentence says anything (a lone citation or label does not)."""
-    return bool(content_words(_CITATION.sub(" ", sentence)))
-
-
-def answer_sentences(text: str) -> list[str]:
-    """The sentences of an answer that make a claim."""
-    return [s for s in split_sentences(text) if makes_claim(s)]
-
-
-def placed_sentences(text: str) -> list[tuple[str, str]]:
-    """The sentences of `text` (`split_sentences`), each after the whitespace before it (""
-    for the first): joined, they are `text` stripped."""
-    placed: list[tuple[str, str]] = []
-    end = 0
-    for sentence in split_sentences(text):
-        start = text.index(sentence, end)
-        placed.append((text[end:start] if placed else "", sentence))
-        end = start + len(sentence)
-    return placed
-
 
 _DECLINES = re.compile(r"\b(?:do|does) not (?:contain|mention|say)\b|\bcannot (?:answer|find)\b")
 
@@ -175,20 +58,36 @@ class Judge:
     """The check of one ask's answer sentences against the evidence its prompt showed."""
 
     def __init__(self, question: str, pool: Sequence[Candidate], sources: dict[int, str],
-                 min_overlap: float) -> None:
+                 min_overlap: float, search: str = "", answers_question: bool = True,
+                 min_anchor: float = MIN_ANCHOR) -> None:
         self.question = question
         self.pool = pool  # the prompt's evidence sentences, best-ranked first
         self.sources = sources  # source number -> its text as the prompt showed it
         self.min_overlap = min_overlap
+        self.search = search  # the retrieval query ("" when it is the question)
+        # True: `check_answer_sentence` (the claim answers the question); False: the claim's
+        # names and numbers occur in its sources (`check_sentence`).
+        self.answers_question = answers_question
+        self.min_anchor = min_anchor
+        self.asked = answer_type(question) if answers_question else None
 
     def verdict(self, sentence: str, sep: str = "") -> SentenceVerdict:
         """The verdict on one complete sentence of the answer (`sep`: the whitespace before
-        it). A sentence that declines ("the documents do not say") never passes."""
+        it, "" for the first). A sentence that declines ("the documents do not say") never
+        passes."""
         declines = bool(_DECLINES.search(sentence))
         if not makes_claim(sentence):
             return SentenceVerdict(sentence, sep, None, None, declines)
-        check, best = check_sentence(sentence, self.question, self.pool, self.sources,
-                                     self.min_overlap)
+        if self.answers_question:
+            # The answer's first sentence is the one that answers: it must be of the kind
+            # asked; those after it may add to it (the beekeeper's name, then her hives).
+            asked = None if sep else self.asked
+            check, best = check_answer_sentence(
+                sentence, self.question, self.search, asked, self.pool, self.sources,
+                self.min_overlap, self.min_anchor)
+        else:
+            check, best = check_sentence(sentence, self.question, self.pool, self.sources,
+                                         self.min_overlap)
         if declines:
             check = replace(check, supported=False)
         return SentenceVerdict(sentence, sep, check, best, declines)
@@ -261,17 +160,22 @@ class CheckStage:
     name = "check"
 
     def __init__(self, min_overlap: float, unsupported: UnsupportedAnswer,
-                 quotes: int = 4, min_quote_score: float = 0.5) -> None:
+                 quotes: int = 4, min_quote_score: float = 0.5,
+                 answers_question: bool = True, min_anchor: float = MIN_ANCHOR) -> None:
         self.min_overlap = min_overlap
         self.unsupported = unsupported
         self.quotes = quotes
         self.min_quote_score = min_quote_score
+        self.answers_question = answers_question  # the check `Judge` gives each sentence
+        self.min_anchor = min_anchor
 
     def judge(self, ctx: AskContext) -> Judge:
         """The check of this ask's answer sentences (the prompt is built)."""
         shown, sources = _sources(ctx)
-        pool = [Candidate(s.item.sentence.text, s.source) for s in shown]
-        return Judge(ctx.question, pool, sources, self.min_overlap)
+        pool = [Candidate(s.item.sentence.text, s.source, s.item.sentence.document_id,
+                          s.item.sentence.id) for s in shown]
+        return Judge(ctx.question, pool, sources, self.min_overlap, ctx.search,
+                     self.answers_question, self.min_anchor)
 
     @quiet
     def run(self, ctx: AskContext) -> AskContext:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import re
 
-from rag.ask.check import Judge, UnsupportedAnswer, placed_sentences, shown_text
+from rag.ask.check import Judge, UnsupportedAnswer, shown_text
+from rag.ask.claims import placed_sentences
 from rag.generation.stopping import clean_answer
 from rag.types import SentenceVerdict
 

@@ -92,7 +92,7 @@ def build_pipeline(
     s = settings
     selector = EvidenceSelector(store, embedder, s.evidence_sentences, s.rrf_k)
     check = CheckStage(s.min_support_overlap, s.unsupported_answer, s.evidence_sentences,
-                       s.min_quote_score)
+                       s.min_quote_score, s.check_answers_question)
     return AskPipeline([
         *([FollowupStage()] if s.followup_rewrite == "terms" else []),
         RetrieveStage(retriever),

@@ -6,9 +6,12 @@ from the first ones its README tunes on.
 Regenerate a baseline after an intended change with the same settings as this test:
 
     rag eval run eval/suites/sample --set top_k=3 --set max_new_tokens=32 \
-        --out eval/suites/sample/baseline.json
+        --set generator_model=smollm2-135m-instruct --out eval/suites/sample/baseline.json
     rag eval run eval/suites/notre-dame --skip 209 --limit 60 --set top_k=3 \
-        --set max_new_tokens=32 --out eval/suites/notre-dame/baseline-ci.json
+        --set max_new_tokens=32 --set generator_model=smollm2-135m-instruct \
+        --out eval/suites/notre-dame/baseline-ci.json
+
+The gate runs the fast packaged model (the test session's), not the default.
 
 Short answers and three sources keep each run at a few minutes on two CPU cores; decoding is
 greedy (temperature 0) over a fresh data dir, so a run repeats the baseline's answers and the
@@ -31,7 +34,7 @@ from eval.suites import load_suite
 from eval.targets import LocalTarget
 
 SUITES = Path(__file__).parents[2] / "eval" / "suites"
-CI_SETTINGS = {"top_k": 3, "max_new_tokens": 32}
+CI_SETTINGS = {"top_k": 3, "max_new_tokens": 32, "generator_model": "smollm2-135m-instruct"}
 # CI machines are shared and noisy: latency is reported but not gated here (None). Set a
 # factor (e.g. 1.5) to gate on p95 total latency where the machine is dedicated.
 LATENCY_FACTOR: float | None = None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rag.ask.check import Candidate, CheckStage, check_sentence, content_words, facts
+from rag.ask.check import CheckStage
+from rag.ask.claims import Candidate, check_sentence, content_words, facts
 from rag.ask.context import AskContext
 from rag.types import (
     NO_ANSWER,
@@ -134,3 +135,16 @@ def test_the_model_declining_is_an_abstention_unless_the_evidence_is_strong() ->
     strong = _check(declined, min_quote_score=0.75)
     assert strong.mode == "quote" and strong.quotes[0].score == pytest.approx(0.8)
     assert _check(declined, "flag", min_quote_score=0.75).mode == "abstained"
+
+
+@pytest.mark.parametrize(("answers_question", "mode"), [(False, "generated"), (True, "quote")])
+def test_the_setting_picks_the_check(answers_question: bool, mode: str) -> None:
+    """Super Bowl 50 occurs in the sources but not in the evidence about the coach: the old
+    check passes it, the check that asks whether the answer answers quotes instead."""
+    stage = CheckStage(0.5, "quote", answers_question=answers_question)
+    runner = stage.run(_context("Super Bowl 50 was the head coach of the Broncos [1]."))
+    with pytest.raises(StopIteration) as done:
+        next(runner)
+    ctx: AskContext = done.value.value
+    assert ctx.mode == mode
+    assert ctx.sentences[0].supported is (mode == "generated")

@@ -1,0 +1,227 @@
+"""Claims of an answer against its evidence: the words and facts of a sentence, and whether the
+evidence supports it (`check_sentence`: its names and numbers occur in the cited sources and its
+content words in one evidence sentence) or answers the question with it
+(`check_answer_sentence`: the claim in the evidence that holds the question's key terms, of the
+kind the question asks for). `ask.check` turns these into verdicts and the final answer.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import Stemmer
+
+from rag.ask.answer_type import AnswerType, fits
+from rag.generation.stopping import split_sentences
+from rag.types import SentenceCheck
+
+# English function words: they carry no claim, so they count neither for nor against support.
+STOPWORDS = frozenset([
+    "a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and", "any",
+    "are", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both",
+    "but", "by", "can", "could", "did", "do", "does", "doing", "done", "down", "during", "each",
+    "either", "else", "even", "ever", "every", "few", "for", "from", "further", "had", "has",
+    "have", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how",
+    "however", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "least", "less",
+    "many", "may", "me", "might", "more", "most", "much", "must", "my", "myself", "neither", "no",
+    "nor", "not", "now", "of", "off", "often", "on", "once", "one", "only", "or", "other", "our",
+    "ours", "ourselves", "out", "over", "own", "per", "rather", "same", "shall", "she", "should",
+    "since", "so", "some", "such", "than", "that", "the", "their", "theirs", "them", "themselves",
+    "then", "there", "these", "they", "this", "those", "though", "through", "thus", "to", "too",
+    "under", "until", "up", "upon", "us", "very", "via", "was", "we", "were", "what", "when",
+    "where", "whether", "which", "while", "who", "whom", "whose", "why", "will", "with", "within",
+    "without", "would", "yet", "you", "your", "yours", "yourself", "yourselves"
+])
+
+_CITATION = re.compile(r"\[\d+\]")
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
+# A number: digits with their separators (1,000; 3.5; 2014-03-05; 10:30).
+_NUMBER = re.compile(r"\d+(?:[.,:/-]\d+)*")
+# A name: a capitalised word (or an acronym), apostrophes and inner hyphens included.
+_NAME = re.compile(r"\b[A-Z][\w'’]*(?:-[\w'’]+)*")
+# Words that open an answer sentence without naming anything.
+_OPENERS = frozenset([
+    "yes", "no", "sure", "answer", "according", "based", "note", "here", "overall", "in"
+])
+_stemmer = Stemmer.Stemmer("english")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An evidence sentence a claim may lean on: its text and the source number it is in."""
+
+    text: str
+    source: int
+    document: str = ""
+    ordinal: int | None = None  # its sentence id: the next sentence of the document is one on
+
+    @functools.cached_property
+    def words(self) -> set[str]:
+        return content_words(self.text)
+
+    def next_to(self, other: Candidate) -> bool:
+        """Whether `other` is the sentence just before or after this one in its document."""
+        return (self.ordinal is not None and other.ordinal is not None
+                and self.document == other.document and abs(self.ordinal - other.ordinal) == 1)
+
+
+def cited_sources(sentence: str) -> set[int]:
+    return {int(m.group()[1:-1]) for m in _CITATION.finditer(sentence)}
+
+
+def content_words(text: str) -> set[str]:
+    """Stemmed, case-folded words that are not function words."""
+    words = [w.casefold() for w in _WORD.findall(text)]
+    return set(_stemmer.stemWords([w for w in words if w not in STOPWORDS]))
+
+
+def facts(sentence: str) -> list[str]:
+    """The numbers and names of a sentence: what must occur in its sources word for word."""
+    text = _CITATION.sub(" ", sentence)
+    found = _NUMBER.findall(text)
+    for match in _NAME.finditer(text):
+        word = match.group()
+        folded = word.casefold()
+        first = not text[: match.start()].strip()
+        if folded not in STOPWORDS and not (first and folded in _OPENERS):
+            found.append(word)
+    return list(dict.fromkeys(found))
+
+
+def _occurs(fact: str, source_text: str, source_words: set[str]) -> bool:
+    if fact[0].isdigit():
+        digits = fact.replace(",", "")
+        return any(re.search(rf"(?<![\d.,]){re.escape(f)}(?![\d]|[.,]\d)", source_text)
+                   for f in {fact, digits})
+    return all(part.casefold() in source_words for part in _WORD.findall(fact))
+
+
+def check_sentence(
+    sentence: str,
+    question: str,
+    candidates: Sequence[Candidate],
+    sources: dict[int, str],
+    min_overlap: float,
+) -> tuple[SentenceCheck, int | None]:
+    """Check one answer sentence; also returns the index into `candidates` of its best quote.
+
+    `sources`: number -> text of every source the prompt showed.
+    """
+    cited = cited_sources(sentence) & set(sources) or set(sources)
+    source_text = "\n".join(sources[n] for n in sorted(cited))
+    source_words = {w.casefold() for w in _WORD.findall(source_text)}
+    missing = tuple(f for f in facts(sentence) if not _occurs(f, source_text, source_words))
+    # Words the question already says are no claim: an answer that only echoes it says nothing.
+    words = content_words(_CITATION.sub(" ", sentence)) - content_words(question)
+    best, best_overlap = None, 0.0
+    for index, candidate in enumerate(candidates):  # best-ranked first: ties keep the earlier
+        if candidate.source not in cited or not words:
+            continue
+        overlap = len(words & candidate.words) / len(words)
+        if overlap > best_overlap:
+            best, best_overlap = index, overlap
+    supported = not missing and best is not None and best_overlap >= min_overlap
+    check = SentenceCheck(text=sentence, supported=supported, overlap=round(best_overlap, 4),
+                          missing=missing)
+    return check, best
+
+
+# Share of the question's key terms the evidence window of a claim must hold: the window that
+# answers the question, not any sentence of the sources (measured: issue 19).
+MIN_ANCHOR = 0.5
+
+
+def key_terms(question: str, search: str = "") -> list[set[str]]:
+    """The question's key terms: its content words, and those of its retrieval query when it
+    is not the question itself (a follow-up's carries the earlier turns' terms)."""
+    terms = [content_words(question)]
+    if search and search != question:
+        terms.append(content_words(search))
+    return [t for t in terms if t]
+
+
+def anchor_share(words: set[str], terms: Sequence[set[str]]) -> float:
+    """How much of the question the words of an evidence window hold: the best share over
+    the question's term sets (1.0 when it has no key terms)."""
+    return max((len(t & words) / len(t) for t in terms), default=1.0)
+
+
+def windows(candidates: Sequence[Candidate], cited: set[int]) -> list[tuple[int, ...]]:
+    """The evidence a claim may lean on: each candidate of the cited sources alone
+    (best-ranked first), then each with the sentence next to it when that was shown too."""
+    alone = [i for i, c in enumerate(candidates) if c.source in cited]
+    out: list[tuple[int, ...]] = [(i,) for i in alone]
+    out += [(i, j) for i in alone for j in alone
+            if i < j and candidates[i].next_to(candidates[j])]
+    return out
+
+
+def check_answer_sentence(
+    sentence: str,
+    question: str,
+    search: str,
+    asked: AnswerType | None,
+    candidates: Sequence[Candidate],
+    sources: dict[int, str],
+    min_overlap: float,
+    min_anchor: float = MIN_ANCHOR,
+) -> tuple[SentenceCheck, int | None]:
+    """Check one answer sentence as an answer to `question` (`search`: its retrieval query,
+    "" when it is the question itself); also returns the index into `candidates` of its best
+    quote.
+
+    Beyond `check_sentence` (its names and numbers occur in the sources it cites), the claim
+    must come from the evidence that answers the question: a window (a sentence, or it and
+    the one next to it) holding `min_anchor` of the question's key terms, every name and
+    number of the sentence the question does not say, and `min_overlap` of its new content
+    words; and the sentence must carry a span of the kind the question asks for (`asked`).
+    """
+    said = f"{question}\n{search}"
+    checked, _ = check_sentence(sentence, question, (), sources, min_overlap)
+    cited = cited_sources(sentence) & set(sources) or set(sources)
+    terms = key_terms(question, search)
+    said_words = {w.casefold() for w in _WORD.findall(said)}
+    new_facts = [f for f in facts(sentence)
+                 if not all(p.casefold() in said_words for p in _WORD.findall(f))]
+    # Words the question or its query already say are no claim.
+    words = content_words(_CITATION.sub(" ", sentence)) - content_words(said)
+    best, best_overlap = None, 0.0
+    for window in windows(candidates, cited) if words else []:
+        held = set().union(*(candidates[i].words for i in window))
+        text = " ".join(candidates[i].text for i in window)
+        text_words = {w.casefold() for w in _WORD.findall(text)}
+        if anchor_share(held, terms) < min_anchor or not all(
+                _occurs(f, text, text_words) for f in new_facts):
+            continue
+        overlap = len(words & held) / len(words)
+        if overlap > best_overlap:
+            best, best_overlap = window[0], overlap
+    fitting = asked is None or fits(sentence, asked, said)
+    supported = (not checked.missing and best is not None and best_overlap >= min_overlap
+                 and fitting)
+    return replace(checked, supported=supported, overlap=round(best_overlap, 4)), best
+
+
+def makes_claim(sentence: str) -> bool:
+    """Whether a sentence says anything (a lone citation or label does not)."""
+    return bool(content_words(_CITATION.sub(" ", sentence)))
+
+
+def answer_sentences(text: str) -> list[str]:
+    """The sentences of an answer that make a claim."""
+    return [s for s in split_sentences(text) if makes_claim(s)]
+
+
+def placed_sentences(text: str) -> list[tuple[str, str]]:
+    """The sentences of `text` (`split_sentences`), each after the whitespace before it (""
+    for the first): joined, they are `text` stripped."""
+    placed: list[tuple[str, str]] = []
+    end = 0
+    for sentence in split_sentences(text):
+        start = text.index(sentence, end)
+        placed.append((text[end:start] if placed else "", sentence))
+        end = start + len(sentence)
+    return placed
