@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from litestar import Request, Response, post
@@ -10,10 +9,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import (
     Example,
-    OpenAPIMediaType,
-    OpenAPIResponse,
     OpenAPIType,
-    Operation,
     Reference,
     Schema,
 )
@@ -22,7 +18,7 @@ from litestar.params import Body
 from api.auth import owner_of, require_scope
 from api.errors import api_errors
 from api.schemas import AnswerOut, AskIn, DoneOut
-from api.streaming import AskEvents, answer_events, whole_answer
+from api.streaming import AskEvents, answer_events, streamed_operation, whole_answer
 from rag.ask.service import AskRequest, AskService
 from rag.errors import InvalidInput, NotFound
 from rag.types import Turn
@@ -91,15 +87,6 @@ ASK_EVENTS = Schema(one_of=[
 ], description="Server-Sent Events: token..., citations, done; or error.")
 
 
-@dataclass
-class _AskOperation(Operation):
-    """The 200 response is JSON or, with `stream: true`, an event stream."""
-
-    def __post_init__(self) -> None:
-        ok = self.responses.get("200") if self.responses else None
-        if isinstance(ok, OpenAPIResponse) and ok.content is not None:
-            ok.content["text/event-stream"] = OpenAPIMediaType(schema=ASK_EVENTS)
-
 
 def require_json(request: Request[Any, Any, Any]) -> None:
     """Refuse a body that says it is something other than JSON (415, not a parse error)."""
@@ -127,7 +114,7 @@ def to_request(data: AskIn, owner: str = "") -> AskRequest:
     guards=[require_scope("ask")],
     before_request=require_json,
     responses=ASK_RESPONSES,
-    operation_class=_AskOperation,
+    operation_class=streamed_operation(ASK_EVENTS),
 )
 async def ask(
     data: Annotated[AskIn, ASK_BODY], asking: AskService, request: Request[Any, Any, Any]

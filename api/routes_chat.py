@@ -8,19 +8,18 @@ SSE bridge, `api.streaming`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, Response, Router, get, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
+from litestar.openapi.spec import OpenAPIType, Schema
 
 from api.auth import owner_of, require_scope
 from api.openai_chat import ChunkStream, chat_ask, completion_of, models_of
 from api.openai_errors import OPENAI_EXCEPTION_HANDLERS
 from api.openai_schemas import ChatCompletionIn, ChatCompletionOut, ModelsOut, OpenAIErrorOut
 from api.routes_ask import require_json
-from api.streaming import answer_events, whole_answer
+from api.streaming import answer_events, streamed_operation, whole_answer
 from rag.ask.service import AskService
 
 ERRORS = {
@@ -41,18 +40,9 @@ CHUNK_EVENTS = Schema(type=OpenAPIType.OBJECT, required=["data"], properties={
     description="Server-Sent Events: `chat.completion.chunk`..., then `[DONE]`.")
 
 
-@dataclass
-class _ChatOperation(Operation):
-    """The 200 response is a completion as JSON or, with `stream: true`, an event stream."""
-
-    def __post_init__(self) -> None:
-        ok = self.responses.get("200") if self.responses else None
-        if isinstance(ok, OpenAPIResponse) and ok.content is not None:
-            ok.content["text/event-stream"] = OpenAPIMediaType(schema=CHUNK_EVENTS)
-
-
-@post("/chat/completions", status_code=200, tags=["openai"], operation_class=_ChatOperation,
-      guards=[require_scope("ask")], before_request=require_json,
+@post("/chat/completions", status_code=200, tags=["openai"],
+      operation_class=streamed_operation(CHUNK_EVENTS), guards=[require_scope("ask")],
+      before_request=require_json,
       responses={200: ResponseSpec(ChatCompletionOut, description="The completion; with "
                                    "`stream: true` `chat.completion.chunk` events, then "
                                    "`data: [DONE]`."), **ERRORS})

@@ -23,8 +23,10 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator
+from dataclasses import dataclass
 
 import anyio.to_thread
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, Schema
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from api.errors import describe
@@ -139,3 +141,17 @@ def _close(items: Iterator[Item]) -> None:
     """Run the generator's clean-up now rather than whenever it is garbage-collected."""
     if isinstance(items, Generator):
         items.close()
+
+
+def streamed_operation(events: Schema) -> type[Operation]:
+    """The OpenAPI operation of a route whose 200 response is JSON or, with `stream: true`, a
+    `text/event-stream` of `events` (Litestar documents one content type per response)."""
+
+    @dataclass
+    class StreamedOperation(Operation):
+        def __post_init__(self) -> None:
+            ok = self.responses.get("200") if self.responses else None
+            if isinstance(ok, OpenAPIResponse) and ok.content is not None:
+                ok.content["text/event-stream"] = OpenAPIMediaType(schema=events)
+
+    return StreamedOperation

@@ -124,3 +124,19 @@ def make_service(tmp_path: Path, embedder, generator, models_dir):  # type: igno
     yield make
     for service in made:
         service.close()
+
+
+@pytest.fixture(params=["embedded", "redis", "postgres"])
+def queued_service(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """An engine whose ingestion jobs wait in this process, in SAQ on Redis or in SAQ on
+    PostgreSQL (the database before the service, so the service closes first)."""
+    from tests.ingest.helpers import unique_queue
+
+    overrides: dict[str, object] = {}
+    if request.param == "redis":
+        request.getfixturevalue("redis_client")
+        overrides = {"redis_url": REDIS_URL, "queue_name": unique_queue()}
+    elif request.param == "postgres":
+        overrides = {"database_url": request.getfixturevalue("pg_url"), "queue": "postgres",
+                     "queue_name": unique_queue()}
+    return request.getfixturevalue("make_service")(**overrides)

@@ -16,7 +16,7 @@ from rag.service import RagService
 from rag.settings import Settings
 from tests.api.helpers import ASK_KEY, KEYS, ingest_corpus, private_redis, serving
 from tests.conftest import REDIS_URL
-from tests.ingest.helpers import unique_queue, wait_for
+from tests.ingest.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -173,20 +173,6 @@ def test_a_full_generator_queue_answers_503_with_retry_after(
         assert response.headers["retry-after"] == str(engine.retry_after_s)
         assert response.json()["error"] == "Overloaded"
     assert metric(text, "rag_generator_rejected_total") >= 2
-
-
-@pytest.fixture(params=["embedded", "redis", "postgres"])
-def queued_service(request: pytest.FixtureRequest) -> RagService:
-    """An engine whose ingestion jobs wait in this process, in SAQ on Redis or in SAQ on
-    PostgreSQL (the database before the service, so the service closes first)."""
-    overrides: dict[str, Any] = {}
-    if request.param == "redis":
-        request.getfixturevalue("redis_client")
-        overrides = {"redis_url": REDIS_URL, "queue_name": unique_queue()}
-    elif request.param == "postgres":
-        overrides = {"database_url": request.getfixturevalue("pg_url"), "queue": "postgres",
-                     "queue_name": unique_queue()}
-    return request.getfixturevalue("make_service")(**overrides)  # type: ignore[no-any-return]
 
 
 def hold_jobs(service: RagService, monkeypatch: pytest.MonkeyPatch) -> threading.Event:

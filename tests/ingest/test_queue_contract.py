@@ -93,20 +93,6 @@ async def test_job_queue_contract(service: RagService, worker_pool: Workers,
         await queue.stop()
 
 
-@pytest.fixture(params=["embedded", "redis", "postgres"])
-def any_queue_service(request: pytest.FixtureRequest) -> RagService:
-    """An engine whose jobs wait in this process, in SAQ on Redis or in SAQ on PostgreSQL
-    (the database before the service, so the service closes first)."""
-    overrides: dict[str, Any] = {}
-    if request.param == "redis":
-        request.getfixturevalue("redis_client")
-        overrides = {"redis_url": REDIS_URL, "queue_name": unique_queue()}
-    elif request.param == "postgres":
-        overrides = {"database_url": request.getfixturevalue("pg_url"), "queue": "postgres",
-                     "queue_name": unique_queue()}
-    return request.getfixturevalue("make_service")(**overrides)  # type: ignore[no-any-return]
-
-
 async def take_one(queue: JobQueue, jobs: JobStore, first: Job) -> str:
     """What a consumer does: take the next job (the embedded consumer took `first` already)."""
     if isinstance(queue, SaqQueue):
@@ -122,9 +108,9 @@ async def take_one(queue: JobQueue, jobs: JobStore, first: Job) -> str:
 
 
 async def test_depth_counts_the_jobs_waiting_not_the_running_ones(
-    any_queue_service: RagService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    queued_service: RagService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service = any_queue_service
+    service = queued_service
     jobs = job_store(service.settings)
     queue: JobQueue = build_queue(service.settings, service.documents, jobs)
     held = threading.Event()  # the embedded consumer holds the job it takes
