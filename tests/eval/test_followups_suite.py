@@ -18,10 +18,11 @@ SUITE = Path(__file__).parents[2] / "eval" / "suites" / "followups"
 
 
 def test_history_beats_the_follow_up_alone(make_service: Any) -> None:
-    """Measured with the service's own answers: MEASURED_OWN; with the reference answers as
-    history (gold terms reach retrieval: an upper bound, never the headline): MEASURED_REF;
-    each turn alone: MEASURED_ALONE (hit@1, hit@3, MRR; greedy answers and retrieval are
-    deterministic, the margins leave room for small changes elsewhere)."""
+    """43 follow-up turns, hit@1 / hit@3 / MRR measured with the service's own answers:
+    0.884 / 1.0 / 0.938; with the reference answers as history (gold terms reach retrieval: an
+    upper bound, never the headline): 0.953 / 1.0 / 0.977; each turn alone: 0.651 / 0.953 /
+    0.795 (greedy answers and retrieval are deterministic, the margins leave room for small
+    changes elsewhere)."""
     suite = load_suite(SUITE)
     target = LocalTarget(make_service(max_new_tokens=64))  # earlier answers stay short
     corpus = ingest_corpus(suite, target, lambda _: None)
@@ -30,8 +31,8 @@ def test_history_beats_the_follow_up_alone(make_service: Any) -> None:
                                                         history="reference"))
     followup, bound = own["aggregates"]["followup"], upper["aggregates"]["followup"]
     print({"own": followup, "reference": bound})
-    assert own["aggregates"]["errors"] == 0 and followup["turns"] == 38
-    assert followup["history"] == {"own": 38} and bound["history"] == {"reference": 38}
+    assert own["aggregates"]["errors"] == 0 and followup["turns"] == 43
+    assert followup["history"] == {"own": 43} and bound["history"] == {"reference": 43}
     assert followup["with_history_hit@3"] >= 0.9
     assert followup["with_history_hit@1"] >= followup["without_history_hit@1"] + 0.1
     assert followup["with_history_mrr"] >= followup["without_history_mrr"] + 0.05
