@@ -40,15 +40,27 @@ h2 {{ font-size: 40px; }}</style></head>
 # length (with the state at that moment) at each change: the test then waits for the end state
 # only, since a transient one such as `streaming` can pass between two polls.
 WATCH_ANSWER = """() => {
+  // One observer for the widget's state and its answer, so that the records come in the order
+  // the page made them even when several land in one callback (a last token and `done` may):
+  // each piece of text added is recorded with the state it was added in.
   const host = document.querySelector('.rag-widget');
   const answer = host.shadowRoot.querySelector('.answer');
   window.statesLeft = [];
   window.answerUpdates = [];
-  new MutationObserver(records => records.forEach(r => window.statesLeft.push(r.oldValue)))
-    .observe(host, {attributeFilter: ['data-state'], attributeOldValue: true});
-  new MutationObserver(() => window.answerUpdates.push(
-      {state: host.dataset.state, length: answer.textContent.length}))
-    .observe(answer, {childList: true, characterData: true, subtree: true});
+  const watch = new MutationObserver(records => records.forEach((r, n) => {
+    if (r.type === 'attributes') {
+      window.statesLeft.push(r.oldValue);
+      return;
+    }
+    // the state then: what the next state change left, or the state now if none came after
+    const next = records.slice(n + 1).find(c => c.type === 'attributes');
+    const state = next ? next.oldValue : host.dataset.state;
+    const added = [...r.addedNodes].reduce((sum, node) => sum + node.textContent.length, 0);
+    window.answerUpdates.push({state, added, removed: r.removedNodes.length,
+                               length: answer.textContent.length});
+  }));
+  watch.observe(host, {attributeFilter: ['data-state'], attributeOldValue: true});
+  watch.observe(answer, {childList: true, characterData: true, subtree: true});
 }"""
 
 
@@ -143,11 +155,14 @@ def test_widget_streams_an_answer_with_citations_and_explains_errors(
             states = [*page.evaluate("window.statesLeft"), "done"]
             assert states == ["idle", "asking", "streaming", "done"], states
             updates = page.evaluate("window.answerUpdates")
-            # Checked sentences show as they arrive (this answer is one sentence: one piece);
-            # what streamed is the answer itself, which `done` does not replace.
-            streamed = [u["length"] for u in updates if u["state"] == "streaming" and u["length"]]
+            # Checked sentences show as they arrive (this answer is one sentence: one piece),
+            # appended while streaming; `done` then re-renders the answer (its [n] links), and
+            # what streamed is the answer itself.
+            first_rewrite = next(n for n, u in enumerate(updates) if u["removed"])
+            streamed = sum(u["added"] for u in updates[:first_rewrite]
+                           if u["state"] == "streaming")
             assert streamed, f"nothing showed while the answer streamed: {updates}"
-            assert updates[-1]["length"] == streamed[-1], updates
+            assert updates[-1]["length"] == streamed, updates
             answer = widget(page, ".answer").inner_text()
             assert answer.strip()
             sources = widget(page, "summary").all_inner_texts()
