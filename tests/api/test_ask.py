@@ -48,13 +48,11 @@ class Run:
     finished: threading.Event = field(default_factory=threading.Event)
 
 
-class SpyGenerator:
-    """The real generator, recording each run's stop event and how many pieces it produced;
-    with `fail_after` it raises mid-answer, as a generation server that goes away would."""
+class OverInner:
+    """What a test generator takes from the real one it stands over: its name, tokenizer,
+    context window and figures (the session fixture loaded it)."""
 
-    def __init__(self, inner: Generator, fail_after: int | None = None) -> None:
-        self.inner, self.name, self.fail_after = inner, inner.name, fail_after
-        self.runs: list[Run] = []
+    inner: Generator
 
     @property
     def tokenizer(self) -> Any:
@@ -69,6 +67,15 @@ class SpyGenerator:
 
     def stats(self) -> dict[str, float]:
         return self.inner.stats()
+
+
+class SpyGenerator(OverInner):
+    """The real generator, recording each run's stop event and how many pieces it produced;
+    with `fail_after` it raises mid-answer, as a generation server that goes away would."""
+
+    def __init__(self, inner: Generator, fail_after: int | None = None) -> None:
+        self.inner, self.name, self.fail_after = inner, inner.name, fail_after
+        self.runs: list[Run] = []
 
     def stream(self, prompt: Prompt, max_new_tokens: int,
                stop: threading.Event | None = None) -> SpyStream:
@@ -104,7 +111,7 @@ class SpyStream(Iterator[str]):
         self.run.finished.set()
 
 
-class ScriptedGenerator:
+class ScriptedGenerator(OverInner):
     """A stand-in for the model that streams a fixed `answer` word by word (the prompt is built
     with the real model's tokenizer, and the answer is held to the real check); with
     `fail_after` it raises after that many pieces, as a generation server that goes away would."""
@@ -113,20 +120,6 @@ class ScriptedGenerator:
         self.inner, self.name = inner, inner.name
         self.answer, self.fail_after = answer, fail_after
         self.runs = 0
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.inner.tokenizer
-
-    @property
-    def context_window(self) -> int:
-        return self.inner.context_window
-
-    def load(self) -> None:
-        """The inner generator is loaded by the session fixture."""
-
-    def stats(self) -> dict[str, float]:
-        return self.inner.stats()
 
     def stream(self, prompt: Prompt, max_new_tokens: int,
                stop: threading.Event | None = None) -> TokenStream:
