@@ -32,7 +32,7 @@ from api.openai_schemas import (
     ModelsOut,
     RagOut,
 )
-from api.schemas import QuoteOut, citations_of
+from api.schemas import QuoteOut, citations_of, short_answer_of
 from api.streaming import EventFormat
 from rag.ask.service import AskRequest, AskService
 from rag.errors import NotFound
@@ -139,7 +139,8 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
 
 def rag_of(answer: Answer) -> RagOut:
     """What the service adds to the answer: sources, evidence, check."""
-    return RagOut(answer_id=answer.id, answer=answer.text, mode=answer.mode,
+    return RagOut(answer_id=answer.id, answer=answer.text, **short_answer_of(answer),
+                  mode=answer.mode,
                   groundedness=answer.groundedness, citations=citations_of(answer),
                   evidence=[QuoteOut(**{**vars(q), "title_path": list(q.title_path)})
                             for q in answer.evidence],

@@ -10,7 +10,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
-from api.schemas import CitationOut, JsonInt, QuoteOut
+from api.schemas import (
+    SHORT_ANSWER,
+    SHORT_ANSWER_SPAN,
+    CitationOut,
+    JsonInt,
+    QuoteOut,
+    ShortAnswerSpanOut,
+)
 from rag.settings import TOP_K_MAX
 
 # The rules of `api.openai_chat` on messages, stated in the document as far as JSON Schema can
@@ -74,6 +81,8 @@ class RagOut(BaseModel):
     answer_id: str = Field(description="Rate the answer with POST /v1/feedback.")
     answer: str = Field(description="The checked answer (a quote may replace what was "
                         "streamed).")
+    short_answer: str | None = Field(description=SHORT_ANSWER)
+    short_answer_span: ShortAnswerSpanOut | None = Field(description=SHORT_ANSWER_SPAN)
     mode: Literal["generated", "quote", "abstained"]
     groundedness: float
     citations: list[CitationOut]

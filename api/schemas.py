@@ -129,6 +129,31 @@ class SentenceCheckOut(BaseModel):
     quote: int | None = Field(description="Index into `evidence` of its best quote.")
 
 
+class ShortAnswerSpanOut(BaseModel):
+    """Where the short answer stands in the evidence."""
+
+    quote: int = Field(description="Index into `evidence` of the quote that holds it.")
+    start: int = Field(description="Character offset of it in the parsed document.")
+    end: int = Field(description="Character offset just past it.")
+
+
+SHORT_ANSWER = ("The few words that answer a factual question (who, where, when, which, what, "
+                "how many), checked like the answer; null for other questions (how, why) and "
+                "when none passed the check.")
+SHORT_ANSWER_SPAN = ("Where `short_answer` stands in `evidence`; null when it is not a span of "
+                     "a quote.")
+
+
+def short_answer_of(answer: Answer) -> dict[str, Any]:
+    """The short answer's fields: its words and where they stand in the evidence."""
+    short = answer.short_answer
+    span = None
+    if short is not None and short.quote is not None:
+        assert short.start is not None and short.end is not None
+        span = ShortAnswerSpanOut(quote=short.quote, start=short.start, end=short.end)
+    return {"short_answer": short.text if short else None, "short_answer_span": span}
+
+
 class UsageOut(BaseModel):
     prompt_tokens: int = Field(description="Tokens in the prompt.")
     completion_tokens: int = Field(description="Tokens generated.")
@@ -154,6 +179,8 @@ class AnswerOut(BaseModel):
 
     question: str
     answer: str = Field(description="The answer: generated, or a quote of the best evidence.")
+    short_answer: str | None = Field(description=SHORT_ANSWER)
+    short_answer_span: ShortAnswerSpanOut | None = Field(description=SHORT_ANSWER_SPAN)
     citations: list[CitationOut]
     mode: Literal["generated", "quote", "abstained"] = Field(
         description="generated: the model's answer, checked; quote: the model's answer was not "
@@ -203,7 +230,8 @@ def citations_of(answer: Answer) -> list[CitationOut]:
 
 
 def checked_of(answer: Answer) -> dict[str, Any]:
-    """The fields the answer check adds: mode, groundedness, evidence, sentences, text."""
+    """The fields the answer check adds: mode, groundedness, evidence, sentences, generated
+    text and short answer."""
     return {
         "mode": answer.mode,
         "groundedness": answer.groundedness,
@@ -212,6 +240,7 @@ def checked_of(answer: Answer) -> dict[str, Any]:
         "sentences": [SentenceCheckOut(**{**vars(c), "missing": list(c.missing)})
                       for c in answer.sentences],
         "generated_text": answer.generated_text,
+        **short_answer_of(answer),
     }
 
 
@@ -220,6 +249,8 @@ class DoneOut(BaseModel):
     check and evidence; not citations."""
 
     answer: str
+    short_answer: str | None = Field(description=SHORT_ANSWER)
+    short_answer_span: ShortAnswerSpanOut | None = Field(description=SHORT_ANSWER_SPAN)
     mode: Literal["generated", "quote", "abstained"]
     groundedness: float
     evidence: list[QuoteOut]

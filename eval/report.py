@@ -20,7 +20,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from eval.metrics import K_VALUES  # noqa: E402
 
 WORST_ITEMS = 10
-STAGES = ("retrieve", "first_token", "total")
+STAGES = ("retrieve", "first_token", "first_sentence", "total")
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:72rem;color:#222}
@@ -78,6 +78,9 @@ def render_html(result: Mapping[str, Any]) -> str:
 HEADLINE = (
     ("contains the reference", "contains"),
     ("token F1", "f1"),
+    ("token F1 of what is shown first (the short answer, else the answer)", "first_shown_f1"),
+    ("exact match of the short answer (where one was given)", "short_exact_match"),
+    ("answers with a short answer", "short_answer_rate"),
     ("groundedness of generated answers (the service's check)", "answer_groundedness"),
     ("check precision (answers passed as generated that contain a reference)",
      "check_precision"),

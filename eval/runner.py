@@ -76,6 +76,7 @@ class ItemResult:
     relevant: Mapping[str, int]
     asked: bool = False
     answer: str = ""
+    short_answer: str | None = None  # the few words given for a factual question, if any
     abstained: bool = False
     mode: str = ""
     generated_text: str = ""
@@ -282,6 +283,13 @@ def score_item(
     scores["exact_match"] = m.exact_match(answer.text, base.references)
     scores["f1"] = m.token_f1(answer.text, base.references)
     scores["contains"] = m.contains_reference(answer.text, base.references)
+    short = answer.short_answer.text if answer.short_answer and not abstained else None
+    # The short answer where one was given (None elsewhere), and what a reader sees first:
+    # the short answer where there is one, else the answer.
+    scores["short_exact_match"] = m.exact_match(short, base.references) if short else None
+    scores["short_f1"] = m.token_f1(short, base.references) if short else None
+    scores["first_shown_exact_match"] = m.exact_match(short or answer.text, base.references)
+    scores["first_shown_f1"] = m.token_f1(short or answer.text, base.references)
     scores |= _evidence_scores(answer, base.references)
     # The headline: the service's own check of what the model generated (the share of its
     # sentences the evidence supports); undefined where it checked none (or an older server).
@@ -293,14 +301,16 @@ def score_item(
                                     m.overlap_groundedness(answer.text, _cited_spans(answer)))
     t = answer.timings
     return replace(
-        base, asked=True, answer=answer.text, abstained=abstained, mode=answer.mode,
+        base, asked=True, answer=answer.text, short_answer=short, abstained=abstained,
+        mode=answer.mode,
         generated_text=answer.generated_text, repeats_sentence=m.repeats_sentence(answer.text),
         retrieved=chunks, citations=cited, evidence=_quotes(answer, corpus),
         ranking_source="citations" if retrieved is None else f"retriever@{len(chunks)}",
         scores=scores, cached=answer.cached,
         timings={"retrieve_ms": t.retrieve_ms, "evidence_ms": t.evidence_ms,
                  "prompt_ms": t.prompt_ms, "first_token_ms": t.first_token_ms,
-                 "generate_ms": t.generate_ms, "check_ms": t.check_ms, "total_ms": t.total_ms},
+                 "first_sentence_ms": t.first_sentence_ms, "generate_ms": t.generate_ms,
+                 "check_ms": t.check_ms, "total_ms": t.total_ms},
         prompt_tokens=answer.usage.prompt_tokens, completion_tokens=answer.usage.completion_tokens,
     )
 
@@ -329,8 +339,11 @@ def _cited_spans(answer: Answer) -> list[str]:
 
 # --- aggregates ---------------------------------------------------------------------------
 
+# First sentence: to the first checked text let out (what a streamed answer shows first).
+LATENCY_STAGES = ("retrieve", "first_token", "first_sentence", "total")
 QUALITY_SCORES = (*(f"{name}@{k}" for name in ("hit", "recall") for k in m.K_VALUES),
-                  "mrr", "ndcg@10", "exact_match", "f1", "contains", "evidence_contains",
+                  "mrr", "ndcg@10", "exact_match", "f1", "contains", "short_exact_match",
+                  "short_f1", "first_shown_exact_match", "first_shown_f1", "evidence_contains",
                   *(f"evidence_hit@{k}" for k in EVIDENCE_K), "answer_groundedness",
                   "shown_text_overlap")
 
@@ -351,6 +364,9 @@ def aggregate(rows: Sequence[ItemResult]) -> dict[str, Any]:
     passed = [r for r in asked
               if r.mode == "generated" and not r.abstained and r.answerable and r.references]
     quality["check_precision"] = m.mean(r.scores.get("contains") for r in passed)
+    # Of the answers given to answerable questions, the share with a short answer.
+    given = [r for r in asked if not r.abstained and r.answerable]
+    quality["short_answer_rate"] = m.rate([r.short_answer is not None for r in given])
     return {
         "items": len(rows),
         "errors": len(rows) - len(ok),
@@ -365,7 +381,7 @@ def aggregate(rows: Sequence[ItemResult]) -> dict[str, Any]:
         "fresh_answers": sum(r.asked for r in fresh),
         "latency_ms": {stage: _latency([r.timings[f"{stage}_ms"] for r in fresh
                                         if f"{stage}_ms" in r.timings])
-                       for stage in ("retrieve", "first_token", "total")},
+                       for stage in LATENCY_STAGES},
         "cached_latency_ms": _latency([r.timings["total_ms"] for r in ok if r.cached]),
         "prompt_tokens": _latency([r.prompt_tokens for r in fresh if r.prompt_tokens > 0]),
         **_throughput([r for r in fresh if r.completion_tokens > 0]),

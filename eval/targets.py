@@ -279,6 +279,9 @@ def answer_from_api(data: dict[str, Any]) -> Answer:
     """An `Answer` from the JSON of POST /v1/ask; an older server's body (no `mode`,
     `groundedness`, `evidence`, `sentences`, `generated_text`) gets the defaults."""
     try:
-        return Answer.from_dict({**data, "text": data["answer"]})
+        short = data.get("short_answer")
+        span = data.get("short_answer_span") or {}
+        return Answer.from_dict({**data, "text": data["answer"],
+                                 "short_answer": {"text": short, **span} if short else None})
     except (KeyError, TypeError) as exc:
         raise EvalError(f"POST /v1/ask answered an unexpected body: {exc}") from exc

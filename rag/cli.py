@@ -83,6 +83,8 @@ def ask(
     except RagError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
+    if answer.short_answer is not None:
+        console.print(answer.short_answer.text, style="bold", markup=False)
     console.print(answer.text, markup=False)
     labels = {"generated": f"checked: {answer.groundedness:.0%} of its sentences supported",
               "quote": "a quote: the generated answer was not supported by the sources",
@@ -104,7 +106,8 @@ def ask(
     t = answer.timings
     console.print(f"\nretrieve {t.retrieve_ms:.0f} ms, evidence {t.evidence_ms:.0f} ms, "
                   f"prompt {t.prompt_ms:.0f} ms, check {t.check_ms:.0f} ms, "
-                  f"first token {t.first_token_ms:.0f} ms, total {t.total_ms:.0f} ms; "
+                  f"first token {t.first_token_ms:.0f} ms, first checked sentence "
+                  f"{t.first_sentence_ms:.0f} ms, total {t.total_ms:.0f} ms; "
                   f"{answer.usage.prompt_tokens} prompt + {answer.usage.completion_tokens} "
                   f"answer tokens{' (cached)' if answer.cached else ''}")
 

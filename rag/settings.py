@@ -146,6 +146,12 @@ class Settings(BaseSettings):
         "number for how many, a name for who, ...); false, its names and numbers need only "
         "occur in its sources.",
     )
+    short_answers: bool = Field(
+        True,
+        description="Give a factual question's answer a short answer too: the few words that "
+        "answer it (who, where, when, which, what, how many), a span of the evidence where "
+        "possible, checked like the answer.",
+    )
     stop_at_paragraph: bool = Field(
         True, description="End the answer at its first blank line (a small model's answer)."
     )

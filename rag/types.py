@@ -201,6 +201,17 @@ class Quote:
 
 
 @dataclass(frozen=True)
+class ShortAnswer:
+    """The few words that answer a factual question: a span of the evidence where they occur
+    there (`quote`: index into Answer.evidence; `start`, `end`: its document offsets)."""
+
+    text: str
+    quote: int | None = None
+    start: int | None = None
+    end: int | None = None
+
+
+@dataclass(frozen=True)
 class SentenceCheck:
     """One sentence of the answer, checked against the evidence."""
 
@@ -274,6 +285,7 @@ class Answer:
     note: str = ""  # said about the conversation, e.g. an expired one started afresh
     history_turns: int = 0  # earlier turns the prompt held
     search: str = ""  # the retrieval query, when a follow-up was rewritten
+    short_answer: ShortAnswer | None = None  # a factual question's few answering words
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -301,6 +313,7 @@ class Answer:
             note=data.get("note", ""),
             history_turns=data.get("history_turns", 0),
             search=data.get("search", ""),
+            short_answer=ShortAnswer(**data["short_answer"]) if data.get("short_answer") else None,
         )
 
 

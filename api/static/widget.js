@@ -15,7 +15,8 @@
  * Questions in one box are one conversation: follow-ups are answered with the earlier turns.
  * The thread (conversation id and turns) is kept in sessionStorage, so it survives a reload of
  * the page and ends with the tab; "New conversation" starts over. Each answer can be rated
- * up or down (POST /v1/feedback).
+ * up or down (POST /v1/feedback). The conversation reads top to bottom: earlier turns, the
+ * answer being given (a factual question's short answer first, in bold), then the ask box.
  */
 (function () {
   "use strict";
@@ -37,7 +38,8 @@
     button { font: inherit; padding: .45rem 1rem; border: 0; border-radius: 6px; cursor: pointer;
              background: #2d5bd7; color: #fff; }
     button[disabled] { opacity: .6; cursor: progress; }
-    .status { color: #5b6478; font-size: .85rem; min-height: 1.2em; margin: .5rem 0 0; }
+    .status { color: #5b6478; font-size: .85rem; margin: .3rem 0 0; }
+    .status:empty { display: none; }
     .answer { white-space: pre-wrap; margin: .6rem 0 0; }
     .answer:empty { display: none; }
     .streaming .answer::after { content: "\\2589"; animation: blink 1s steps(2) infinite; }
@@ -66,8 +68,12 @@
     .turn { border-bottom: 1px solid #e6e9f0; padding: .35rem 0; }
     .turn .q { font-weight: 600; margin: 0; }
     .turn .a { margin: .15rem 0 0; white-space: pre-wrap; color: #34405a; }
-    .asked { font-weight: 600; margin: .6rem 0 0; }
+    .asked { font-weight: 600; margin: 0; }
     .asked:empty { display: none; }
+    .current { margin: 0 0 .6rem; }
+    .short { font-weight: 700; margin: .4rem 0 0; }
+    .short:empty { display: none; }
+    .turn .short-a { font-weight: 700; display: block; }
     .rate { display: inline-flex; gap: .25rem; margin-left: .5rem; vertical-align: middle; }
     .rate button { background: #eef1f7; color: #1d2330; padding: .1rem .45rem; font-size: .85rem; }
     .rate button[aria-pressed="true"] { background: #2d5bd7; color: #fff; }
@@ -85,29 +91,31 @@
       <div class="bar"><h2></h2>
         <button type="button" class="new" hidden>New conversation</button></div>
       <ol class="thread" aria-label="Earlier questions"></ol>
+      <div class="current">
+        <p class="asked"></p>
+        <p class="status" role="status" aria-live="polite"></p>
+        <p class="error" role="alert"></p>
+        <p class="short"></p>
+        <div class="answer" aria-live="polite"></div>
+        <div class="evidence" aria-label="Evidence"></div>
+        <ol class="citations" aria-label="Sources"></ol>
+        <div class="meta"><span class="took"></span><span class="feedback"></span></div>
+      </div>
       <form>
         <textarea name="question" rows="1" aria-label="Your question"
                   placeholder="Type a question and press Enter"></textarea>
         <button type="submit">Ask</button>
       </form>
-      <p class="status" role="status" aria-live="polite"></p>
-      <p class="error" role="alert"></p>
-      <div class="answer" aria-live="polite"></div>
-      <div class="evidence" aria-label="Evidence"></div>
-      <ol class="citations" aria-label="Sources"></ol>
-      <div class="meta"><span class="took"></span><span class="feedback"></span></div>
     </section>`;
   const $ = (selector) => root.querySelector(selector);
   const box = $(".box"), form = $("form"), input = $("textarea"), button = $("button");
   const statusLine = $(".status"), errorLine = $(".error"), answerBox = $(".answer");
   const list = $(".citations"), meta = $(".took"), evidenceBox = $(".evidence");
   const threadList = $(".thread"), newButton = $("button.new"), feedbackBox = $(".feedback");
-  const askedLine = document.createElement("p");
-  askedLine.className = "asked";
-  statusLine.insertAdjacentElement("beforebegin", askedLine);
+  const askedLine = $(".asked"), shortLine = $(".short");
   $("h2").textContent = title;
 
-  // The conversation: {conversation: id or null, turns: [{question, answer, id, rating}]}.
+  // The conversation: {conversation: id or null, turns: [{question, answer, short, id, rating}]}.
   const STORE = "rag-widget:" + api;
   let thread = load();
   let shown = null; // id of the turn the answer area shows (not repeated in the thread list)
@@ -169,7 +177,13 @@
       q.textContent = turn.question;
       const a = document.createElement("p");
       a.className = "a";
-      a.textContent = turn.answer;
+      if (turn.short) {
+        const short = document.createElement("strong");
+        short.className = "short-a";
+        short.textContent = turn.short;
+        a.append(short);
+      }
+      a.append(document.createTextNode(turn.answer));
       if (turn.id) a.append(rateButtons(turn));
       item.append(q, a);
       threadList.append(item);
@@ -204,6 +218,7 @@
   function reset() {
     feedbackBox.textContent = "";
     errorLine.textContent = "";
+    shortLine.textContent = "";
     answerBox.textContent = "";
     evidenceBox.textContent = "";
     list.textContent = "";
@@ -354,6 +369,7 @@
 
   function finish(info, cited, question) {
     answerBox.textContent = info.answer;  // a quote may replace what was streamed
+    shortLine.textContent = info.short_answer || "";  // the few words that answer, first
     linkMarkers(cited.length);
     showEvidence(info, cited);
     const seconds = (info.timings.total_ms / 1000).toFixed(1);
@@ -362,7 +378,8 @@
     if (info.conversation) {
       thread.conversation = info.conversation;
       if (info.note) thread.turns = [];  // it had expired: the server started it afresh
-      thread.turns.push({ question, answer: info.answer, id: info.answer_id, rating: null });
+      thread.turns.push({ question, answer: info.answer, short: info.short_answer,
+                          id: info.answer_id, rating: null });
       shown = info.answer_id;
       save();
     }

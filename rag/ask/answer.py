@@ -33,6 +33,7 @@ def assemble_answer(ctx: AskContext, started: float, model: str, index_version: 
         index_version=index_version,
         history_turns=len(prompt.turns) if prompt else 0,
         search=ctx.search,
+        short_answer=ctx.short_answer,
     )
 
 

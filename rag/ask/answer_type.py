@@ -59,13 +59,14 @@ class AnswerType:
 
 
 @functools.cache
-def _nlp() -> Language:
+def nlp() -> Language:
+    """spaCy's blank English pipeline: its tokenizer and lexical attributes."""
     return spacy.blank("en")
 
 
 @functools.cache
 def _matcher() -> Matcher:
-    matcher = Matcher(_nlp().vocab)
+    matcher = Matcher(nlp().vocab)
     wh = {"LOWER": {"IN": _WH}}
     for kind, nouns in _KIND_NOUNS.items():
         matcher.add(kind, [[wh, {"LOWER": {"IN": nouns}}]])
@@ -85,7 +86,7 @@ _PRECEDENCE: list[AnswerKind] = ["agent", "place", "time", "quantity", "thing"]
 
 def answer_type(question: str) -> AnswerType | None:
     """The kind of answer `question` asks for, from its first wh-word; None when untyped."""
-    doc = _nlp()(question)
+    doc = nlp()(question)
     first = next((t.i for t in doc if t.lower_ in {"who", "whom", "whose", "where", "when",
                                                      "which", "what", "how"}), None)
     if first is None:
@@ -106,7 +107,12 @@ def answer_type(question: str) -> AnswerType | None:
     return AnswerType(kind, frozenset(_stemmer.stemWords(nouns)))
 
 
-def _number(token: Token) -> bool:
+def is_calendar(token: Token) -> bool:
+    """A month or weekday name, or its abbreviation."""
+    return token.norm_.casefold() in _CALENDAR
+
+
+def is_number(token: Token) -> bool:
     return token.like_num or any(c.isdigit() for c in token.text)
 
 
@@ -116,7 +122,7 @@ def _identifier(token: Token) -> bool:
         text[:1].isalpha() and any(c.isupper() for c in text[1:]))
 
 
-def _name(token: Token) -> bool:
+def is_name(token: Token) -> bool:
     """A capitalised word that is no function word or date, or an identifier. The sentence's
     first word counts only as the start of a longer name (or an identifier): capitalised there,
     any word is."""
@@ -134,21 +140,21 @@ def fits(sentence: str, asked: AnswerType, said: str) -> bool:
     """Whether `sentence` carries a span of the kind `asked` that `said` (the question and
     the retrieval query) does not already hold."""
     text = _CITATION.sub(" ", sentence)
-    doc = _nlp()(text)
-    known = {t.lower_ for t in _nlp()(said)}
+    doc = nlp()(text)
+    known = {t.lower_ for t in nlp()(said)}
     new = [t for t in doc if t.lower_ not in known and not t.is_punct]
     match asked.kind:
         case "quantity":
-            return any(_number(t) for t in new)
+            return any(is_number(t) for t in new)
         case "time":
-            return any(_number(t) or t.norm_.casefold() in _CALENDAR for t in new)
+            return any(is_number(t) or is_calendar(t) for t in new)
         case "agent":
-            return any(_name(t) for t in new)
+            return any(is_name(t) for t in new)
         case "place":
-            return any(_name(t) for t in new) or any(
+            return any(is_name(t) for t in new) or any(
                 m.group().casefold() not in said.casefold() for m in _PATH.finditer(text))
         case "thing":
-            return any(_name(t) or _number(t) for t in new) or _beside_noun(doc, asked, known)
+            return any(is_name(t) or is_number(t) for t in new) or _beside_noun(doc, asked, known)
 
 
 def _beside_noun(doc: Doc, asked: AnswerType, known: set[str]) -> bool:

@@ -26,6 +26,7 @@ from rag.types import (
     ScoredChunk,
     SentenceCheck,
     SentenceVerdict,
+    ShortAnswer,
 )
 
 if TYPE_CHECKING:
@@ -65,6 +66,8 @@ class AskContext:
     groundedness: float = 0.0
     sentences: tuple[SentenceCheck, ...] = ()
     quotes: tuple[Quote, ...] = ()
+    # short answer
+    short_answer: ShortAnswer | None = None
     # bookkeeping
     done: bool = False  # the answer is settled; later stages are skipped
     first_release: float | None = None  # time.perf_counter() the first text was let out

@@ -25,6 +25,7 @@ from rag.ask.generate import GenerateStage
 from rag.ask.prompt import PromptStage
 from rag.ask.retrieve import Retriever, RetrieveStage
 from rag.ask.rewrite import FollowupStage
+from rag.ask.short import ShortAnswerStage
 from rag.embedding import Embedder
 from rag.generation.base import Generator
 from rag.settings import Settings
@@ -100,4 +101,5 @@ def build_pipeline(
         PromptStage(generator, s.answer_context, s.max_new_tokens),
         GenerateStage(generator, s.max_new_tokens, s.stop_at_paragraph, check),
         check,
+        *([ShortAnswerStage(check)] if s.short_answers else []),
     ])

@@ -262,14 +262,14 @@ def test_bad_input_is_a_4xx_that_says_what_to_fix(
     assert body["error"] and body["hint"]
 
 
-@pytest.mark.parametrize(("answer", "tokens", "mode"), [
-    (PASSES, [ODUYA, f" {HONEY}"], "generated"),
-    (REJECTED, None, "quote"),
-    (SECOND_REJECTED, [ODUYA], "generated"),
+@pytest.mark.parametrize(("answer", "tokens", "mode", "short"), [
+    (PASSES, [ODUYA, f" {HONEY}"], "generated", "Miriam Oduya"),
+    (REJECTED, None, "quote", None),
+    (SECOND_REJECTED, [ODUYA], "generated", "Miriam Oduya"),
 ], ids=["passes", "rejected", "second-rejected"])
 def test_only_checked_text_is_streamed_and_it_is_the_answer(
     scripted_api: tuple[RagService, ScriptedGenerator], answer: str, tokens: list[str] | None,
-    mode: str,
+    mode: str, short: str | None,
 ) -> None:
     """A sentence at a time, each once it passed the check; a rejected one never, the quote
     that replaces the answer instead; joined, the tokens are the final answer."""
@@ -295,6 +295,16 @@ def test_only_checked_text_is_streamed_and_it_is_the_answer(
     assert not [w for w in ("Joe", "400", "Paris") if w in "".join(streamed)]
     t = done["timings"]
     assert t["first_sentence_ms"] >= t["first_token_ms"] > 0
+    # Who asks for a name: the short answer is it, as the evidence has it, in both forms.
+    # Who asks for a name: the short answer is the one the shown answer gives, as the
+    # evidence has it, in both forms; the quote of the honey sentence names no one.
+    assert done["short_answer"] == whole["short_answer"] == short
+    span = done["short_answer_span"]
+    assert span == whole["short_answer_span"]
+    if short is not None:
+        quote = done["evidence"][span["quote"]]
+        assert quote["text"][span["start"] - quote["start"] : span["end"] - quote["start"]] == (
+            short)
 
 
 def test_error_mid_stream_arrives_as_an_error_event(

@@ -158,6 +158,8 @@ def test_the_stream_is_the_checked_answer(
     assert "".join(sent) == rag["answer"] == whole.choices[0].message.content
     assert rag["mode"] == mode and not rag["cached"]
     assert sent == (deltas or [rag["answer"]])
+    assert rag["short_answer"] == (None if mode == "quote" else "Miriam Oduya")
+    assert (rag["short_answer_span"] is None) == (mode == "quote")
     assert not [w for w in ("Joe", "400", "Paris") if w in "".join(sent)]
 
 

@@ -120,6 +120,13 @@ def widget(page: Any, selector: str) -> Any:
     return page.locator(f".rag-widget {selector}")
 
 
+def top(locator: Any) -> float:
+    """Where an element starts on the page, in pixels from the top."""
+    box = locator.bounding_box()
+    assert box is not None, "the element is not shown"
+    return float(box["y"])
+
+
 def ask(page: Any, question: str) -> None:
     widget(page, "textarea").fill(question)
     widget(page, "textarea").press("Enter")
@@ -165,6 +172,11 @@ def test_widget_streams_an_answer_with_citations_and_explains_errors(
             assert updates[-1]["length"] == streamed, updates
             answer = widget(page, ".answer").inner_text()
             assert answer.strip()
+            # The short answer first, in bold: the words of the evidence that answer.
+            short = widget(page, ".short")
+            assert short.inner_text() == "200 tokens"
+            assert int(short.evaluate("e => getComputedStyle(e).fontWeight")) >= 700
+            assert top(short) < top(widget(page, ".answer"))
             sources = widget(page, "summary").all_inner_texts()
             assert sources[0].startswith("[1] ")
             cited = [s for s in sources if "ingestion.md" in s]
@@ -254,6 +266,10 @@ def test_widget_keeps_a_thread_across_reloads_with_ratings(
             # The earlier turn moved into the thread; the latest is the answer shown.
             assert widget(page, ".turn .q").all_inner_texts() == [turns[0].question]
             assert widget(page, ".asked").inner_text() == turns[1].question
+            # It reads top to bottom: the earlier turn, the latest answer, then the ask box.
+            assert top(widget(page, ".turn")) < top(widget(page, ".asked")) < top(
+                widget(page, ".answer")) < top(widget(page, "form"))
+            assert widget(page, ".turn .short-a").inner_text() == "200 tokens"
 
             widget(page, ".feedback button.down").click()
             page.wait_for_selector('.rag-widget .feedback button.down[aria-pressed="true"]')

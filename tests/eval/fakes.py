@@ -9,7 +9,17 @@ from typing import Any
 from eval.metrics import NO_ANSWER
 from eval.suites import CorpusDocument, Suite, SuiteItem
 from eval.targets import Advance, Retrieved
-from rag.types import Answer, AnswerMode, Citation, Quote, SentenceCheck, Timings, Turn, Usage
+from rag.types import (
+    Answer,
+    AnswerMode,
+    Citation,
+    Quote,
+    SentenceCheck,
+    ShortAnswer,
+    Timings,
+    Turn,
+    Usage,
+)
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,7 @@ class Script:
     generated_text: str = ""
     prompt_tokens: int = 50
     with_history: Sequence[str] | None = None  # retrieved when asked after earlier turns
+    short: str | None = None  # the short answer
 
 
 @dataclass
@@ -62,7 +73,8 @@ class FakeTarget:
                                       for n, ok in enumerate(script.checked, start=1)),
                       generated_text=script.generated_text or script.text, cached=script.cached,
                       usage=Usage(script.prompt_tokens, tokens), timings=timings,
-                      model="fake-model", index_version=3)
+                      model="fake-model", index_version=3,
+                      short_answer=ShortAnswer(script.short) if script.short else None)
 
     def retrieve(self, question: str, depth: int, history: Sequence[Turn] = ()
                  ) -> list[Retrieved] | None:

@@ -14,7 +14,7 @@ import pytest
 from eval.runner import RunOptions, ingest_corpus, run_suite
 from eval.suites import CorpusDocument, Suite, SuiteItem
 from eval.targets import EvalError, HttpTarget, answer_from_api, http_client
-from rag.types import Quote, SentenceCheck
+from rag.types import Quote, SentenceCheck, ShortAnswer
 
 KEY = "eval-key-3f9a0c"
 ANSWER = {
@@ -106,6 +106,16 @@ def test_answer_from_api_reads_the_evidence_fields() -> None:
     assert answer.sentences == (SentenceCheck("Platform 9 and 3/4 [1].", False, 0.5, ("3/4",),
                                               0),)
     assert (answer.usage.prompt_tokens, answer.timings.total_ms) == (40, 90.0)
+
+
+def test_answer_from_api_reads_the_short_answer() -> None:
+    span = {"quote": 0, "start": 25, "end": 35}
+    answer = answer_from_api(ANSWER | EVIDENCE | {"short_answer": "platform 9",
+                                                  "short_answer_span": span})
+    assert answer.short_answer == ShortAnswer("platform 9", 0, 25, 35)
+    unplaced = answer_from_api(ANSWER | {"short_answer": "9", "short_answer_span": None})
+    assert unplaced.short_answer == ShortAnswer("9")
+    assert answer_from_api(ANSWER | {"short_answer": None}).short_answer is None
 
 
 def test_answer_from_api_of_an_older_server() -> None:

@@ -270,3 +270,27 @@ def test_check_precision_counts_the_answers_passed_as_generated() -> None:
     }
     quality = _run(FakeTarget(scripts), Q1, Q2, Q3, Q4)["aggregates"]["quality"]
     assert quality["check_precision"] == 0.5
+
+
+def test_short_answers_are_scored_where_there_is_one() -> None:
+    """Exact match and F1 of the short answer where one was given; what is shown first (the
+    short answer, else the answer) on every answer; the share of answers with one."""
+    scripts = {
+        Q1.question: Script("It is 200 tokens [1].", short="200 tokens"),
+        Q3.question: Script("The index is FAISS with flat vectors [1].", short="flat vectors"),
+        Q4.question: Script("Use port 8000 [1].", checked=[True]),
+        Q2.question: Script(NO_ANSWER, mode="abstained", short="ignored"),
+    }
+    result = _run(FakeTarget(scripts), Q1, Q2, Q3, Q4)
+    rows = {row["id"]: row for row in result["items"]}
+    assert rows["q1"]["short_answer"] == "200 tokens" and rows["q2"]["short_answer"] is None
+    q1, q3, q4 = (rows[q]["scores"] for q in ("q1", "q3", "q4"))
+    assert (q1["short_exact_match"], q1["short_f1"]) == (1.0, 1.0)
+    assert (q3["short_exact_match"], q3["short_f1"]) == (0.0, 0.0)
+    assert (q4["short_exact_match"], q4["short_f1"]) == (None, None)
+    # "use port 8000" against "8000": P = 1/3, R = 1 -> F1 = 1/2
+    assert (q4["first_shown_exact_match"], q4["first_shown_f1"]) == (0.0, pytest.approx(0.5))
+    quality = result["aggregates"]["quality"]
+    assert quality["short_exact_match"] == 0.5 and quality["short_f1"] == 0.5
+    assert quality["first_shown_f1"] == pytest.approx((1 + 0 + 0.5) / 3)
+    assert quality["short_answer_rate"] == pytest.approx(2 / 3)

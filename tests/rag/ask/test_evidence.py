@@ -144,7 +144,7 @@ def test_a_stage_is_added_with_one_line(make_service: Any, tmp_path: Path) -> No
     answer = service.asking.ask(AskRequest("What must be installed before filling the tank?"))
     assert len(reverse.seen) == 1 and reverse.seen[0] >= 1  # it ran once, on the retrieved
     assert list(answer.timings.stages) == ["followup", "retrieve", "reverse", "evidence",
-                                           "prompt", "generate", "check"]
+                                           "prompt", "generate", "check", "short"]
     assert answer.timings.evidence_ms == answer.timings.stages["evidence"]
     assert answer.evidence and answer.mode in ("generated", "quote")
 
