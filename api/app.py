@@ -84,8 +84,9 @@ def _ingest_samples(service: RagService, sample_dir: Path) -> None:
     evidence = ""
     if quote is not None:
         evidence = f'; evidence: "{quote.text}" ({quote.filename}, {quote.start}-{quote.end})'
-    log.info("sample question: What is the default chunk size? -> %s (%s)%s", answer.text,
-             answer.mode, evidence)
+    short = f"{answer.short_answer.text}: " if answer.short_answer else ""
+    log.info("sample question: What is the default chunk size? -> %s%s (%s)%s", short,
+             answer.text, answer.mode, evidence)
 
 
 async def _start_ingestion(loading: asyncio.Task[None], ingestion: IngestService,

@@ -9,7 +9,9 @@ cut: "founded in 1842 by Father Sorin" keeps "1842 by Father Sorin" together) an
 at function words, except those that join a name ("University of Notre Dame"). A typed question
 (`ask.answer_type`) takes a phrase of its kind (a number for how many, a name for who; for
 which X, the phrase with X in it before a name, a name before a number); an untyped one ("what
-is the grotto?") a short run. Of those, the one nearest the question's words in the sentence.
+is the grotto?") a short run. Of those, one outside brackets before one inside (an aside
+describes), then the one nearest the question's words in the sentence; a share takes a number
+with % first.
 
 The words found are then looked up in the answer's evidence: the short answer is the
 evidence's own text at that place (with its document offsets) where it occurs there, and it
@@ -53,6 +55,8 @@ _TOKEN = re.compile(r"\[\d+\]|(?:[A-Z]\.)+(?!\w)|[$€£]?\w(?:(?:[\w'’./-]|,(
 _PREPOSITIONS = frozenset(["among", "amongst", "around", "across", "along", "behind", "beside",
                            "besides", "near", "toward", "towards", "onto", "beyond", "despite"])
 _COPULAS = frozenset(["is", "are", "was", "were", "be", "been", "being", "has", "have", "had"])
+# A number joined to what it counts: "14-story", "3-day".
+_COUNTED = re.compile(r"(\d[\d,.]*)-[^\W\d_]+")
 _stemmer = Stemmer.Stemmer("english")
 
 
@@ -165,10 +169,23 @@ def _name_part(phrase: Span) -> Span:
     return doc[start:end]
 
 
-def _fit(asked: AnswerType) -> Callable[[Span], int | None]:
+def _aside(span: Span) -> bool:
+    """Whether a span stands inside brackets."""
+    before = span.doc[: span.start]
+    return sum(t.text == "(" for t in before) > sum(t.text == ")" for t in before)
+
+
+def _fit(asked: AnswerType, percent: bool = False) -> Callable[[Span], int | None]:
     """How well a phrase is of the kind `asked`: 0 best, None not at all. An X of "which X"
-    is best the phrase with X in it, then a name, then a number."""
+    is best the phrase with X in it, then a name, then a number; a share (`percent`) is best
+    a number with % or percent."""
     nouns = asked.nouns
+
+    def quantity(phrase: Span) -> int | None:
+        if not any(is_number(t) for t in phrase):
+            return None
+        shown = any(t.text.endswith("%") or t.lower_.startswith("percent") for t in phrase)
+        return 0 if shown or not percent else 1
 
     def thing(phrase: Span) -> int | None:
         doc = phrase.doc
@@ -184,10 +201,12 @@ def _fit(asked: AnswerType) -> Callable[[Span], int | None]:
 
     match asked.kind:
         case "quantity":
-            return kind(is_number)
+            return quantity
         case "time":
             return kind(lambda t: is_number(t) or is_calendar(t))
-        case "agent" | "place":
+        case "agent":  # a name, not a path: "/v1/documents" deletes nothing
+            return kind(lambda t: _named(t) and "/" not in t.text)
+        case "place":
             return kind(_named)
         case "thing":
             return thing
@@ -215,13 +234,13 @@ def short_span(question: str, search: str, sentence: str) -> str | None:
         return None
     said = [t.i for t in doc if _echoes(t, known, stems)]
     asked = answer_type(question)
-    ranked: list[tuple[int, float, int, Span]] = []
+    ranked: list[tuple[int, bool, float, int, Span]] = []
     if asked is None:  # a run that names something or counts, before others; the nearest
-        ranked = [(0 if any(_named(t) or is_number(t) for t in r) else 1,
+        ranked = [(0 if any(_named(t) or is_number(t) for t in r) else 1, _aside(r),
                    -_nearness(r, said), r.start, r) for r in runs
                   if _span_words(r) <= MAX_WORDS]
     else:  # the phrase of the kind asked that fits best, then the nearest
-        fit = _fit(asked)
+        fit = _fit(asked, "percent" in question.casefold())
         for run in runs:
             for phrase in _phrases(run):
                 rank = fit(phrase)
@@ -229,11 +248,16 @@ def short_span(question: str, search: str, sentence: str) -> str | None:
                     continue
                 if asked.kind in ("agent", "place") or asked.kind == "thing" and rank < 2:
                     phrase = _name_part(phrase)
-                if _span_words(phrase) <= MAX_WORDS:
-                    ranked.append((rank, -_nearness(phrase, said), phrase.start, phrase))
+                if _span_words(phrase) <= MAX_WORDS:  # "(John Zahm's brother)" describes
+                    ranked.append((rank, _aside(phrase), -_nearness(phrase, said),
+                                   phrase.start, phrase))
     if not ranked:
         return None
-    return min(ranked, key=lambda r: r[:3])[3].text
+    chosen = min(ranked, key=lambda r: r[:4])[4]
+    counted = _COUNTED.fullmatch(chosen.text)
+    if asked is not None and asked.kind == "quantity" and counted:
+        return counted.group(1)  # "14-story": the number is the answer
+    return chosen.text
 
 
 def locate(words: str, quotes: Sequence[Quote], first: int | None) -> ShortAnswer:

@@ -33,6 +33,13 @@ from rag.types import Quote
     ("Where is the headquarters of the Congregation of the Holy Cross?",
      "The Congregation of the Holy Cross is headquartered in Rome, Italy [1].", "Rome"),
     ("How many students enrolled?", "About 1,250 students enrolled in 2014 [1].", "1,250"),
+    ("How many stories tall is the library?", "The library is 14-story [1].", "14"),
+    ("What percentage was admitted?", "The class admitted 3,577 (19.7%) [1].", "19.7%"),
+    ("Which professor sent the first wireless message?",
+     "Around 1899, Professor Jerome Green became the first American to send a wireless "
+     "message [1].", "Jerome Green"),
+    ("Who built the wind tunnel?", "In 1882, Albert Zahm (John Zahm's brother) built the wind "
+     "tunnel [1].", "Albert Zahm"),
     ("What port does the API listen on?", "RAG_PORT | 8000 | port the server listens on",
      "RAG_PORT"),
 ])
@@ -47,6 +54,7 @@ def test_the_words_that_say_what_the_question_does_not(question: str, sentence: 
     ("Is the cache shared?", "Yes, the cache is shared in Redis [1]."),
     ("Who founded the university?", "The university was founded long ago [1]."),  # no name
     ("When was the school founded?", "The school was founded by monks [1]."),  # no date
+    ("Who can delete documents?", "DELETE /v1/documents/{id} removes a document [1]."),
     ("What is the mission of the university?",  # too long to be short
      "Its mission is to educate the minds and hearts of students so that they may serve the "
      "world with wisdom and compassion [1]."),
