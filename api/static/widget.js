@@ -108,7 +108,7 @@
       </form>
     </section>`;
   const $ = (selector) => root.querySelector(selector);
-  const box = $(".box"), form = $("form"), input = $("textarea"), button = $("button");
+  const box = $(".box"), form = $("form"), input = $("textarea"), button = $("form button");
   const statusLine = $(".status"), errorLine = $(".error"), answerBox = $(".answer");
   const list = $(".citations"), meta = $(".took"), evidenceBox = $(".evidence");
   const threadList = $(".thread"), newButton = $("button.new"), feedbackBox = $(".feedback");
