@@ -198,6 +198,10 @@ async def _queue_round_trips(url: str, jobs: int) -> dict[str, Any]:
     queue = Queue.from_url(url, name=f"rag-bench-{uuid.uuid4().hex[:8]}")
     worker = Worker(queue, functions=[("noop", noop)], concurrency=8, dequeue_timeout=1.0)
     await queue.connect()
+    # A worker sweeps stuck jobs as it starts; a job it has just taken but not yet marked
+    # active looks stuck then and is aborted ("swept"). Sweeping first holds the sweep off
+    # (on Redis for its 60 s lock) while the round trips run.
+    await queue.sweep()
     running = asyncio.create_task(worker.start())
     try:
         waits = []

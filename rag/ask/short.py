@@ -4,8 +4,9 @@ A factual question asks who, whom, whose, where, when, which, what or how many/m
 why questions, and those with no question word, get none (no forced one). The short answer is
 read from the answer's first sentence that passed the check (or the quoted evidence sentence
 when the answer is a quote): what it says beyond the question. Its words are cut into runs at
-the question's own content words and at commas, brackets and colons (function words do not
-cut: "founded in 1842 by Father Sorin" keeps "1842 by Father Sorin" together) and into phrases
+the question's own content words, at copulas (is, was, has) and at commas, brackets and colons
+(other function words do not cut: "founded in 1842 by Father Sorin" keeps "1842 by Father
+Sorin" together) and into phrases
 at function words, except those that join a name ("University of Notre Dame"). A typed question
 (`ask.answer_type`) takes a phrase of its kind (a number for how many, a name for who; for
 which X, the phrase with X in it before a name, a name before a number); an untyped one ("what

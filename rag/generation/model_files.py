@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -131,9 +132,26 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def pick_dtype(device: torch.device, choice: str) -> torch.dtype:
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX), from Linux's CPU
+    flags; False where they cannot be read."""
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(?:avx512_bf16|amx_bf16)\b", flags) is not None
+
+
+def pick_dtype(device: torch.device, choice: str, cpu_bf16: bool | None = None) -> torch.dtype:
     """The weights' precision: `choice`, or for auto bfloat16 on a GPU that has it, float16 on
-    other GPUs, float32 on a CPU."""
+    other GPUs, float32 on a CPU. bfloat16 asked of a CPU without native bfloat16
+    (`cpu_bf16`, default: `cpu_has_bf16()`) is float32, with a warning: emulated, it is
+    several times slower than float32."""
+    native = cpu_has_bf16() if cpu_bf16 is None else cpu_bf16
+    if choice == "bfloat16" and device.type == "cpu" and not native:
+        logger.warning("RAG_GENERATOR_DTYPE=bfloat16, but this CPU has no native bfloat16 "
+                       "(AVX-512 BF16 or AMX): the model runs in float32 instead.")
+        return torch.float32
     if choice != "auto":
         return {"float32": torch.float32, "bfloat16": torch.bfloat16,
                 "float16": torch.float16}[choice]

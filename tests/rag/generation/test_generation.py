@@ -342,6 +342,24 @@ def test_gpu_generation_runs_in_half_precision(
     assert result.text and 0 < result.completion_tokens <= 16
 
 
+def test_bfloat16_on_a_cpu_without_it_is_float32_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cpu = torch.device("cpu")
+    with_bf16 = tmp_path / "cpuinfo-bf16"
+    with_bf16.write_text("flags\t\t: fpu sse avx512f avx512_vnni avx512_bf16 amx_tile\n")
+    without = tmp_path / "cpuinfo"
+    without.write_text("flags\t\t: fpu sse avx2 avx512f avx512_bf16x\n")
+    assert model_files.cpu_has_bf16(with_bf16) and not model_files.cpu_has_bf16(without)
+    assert not model_files.cpu_has_bf16(tmp_path / "missing")
+    assert model_files.pick_dtype(cpu, "bfloat16", cpu_bf16=True) == torch.bfloat16
+    assert model_files.pick_dtype(cpu, "float32", cpu_bf16=False) == torch.float32
+    assert model_files.pick_dtype(cpu, "auto", cpu_bf16=True) == torch.float32
+    with caplog.at_level("WARNING"):
+        assert model_files.pick_dtype(cpu, "bfloat16", cpu_bf16=False) == torch.float32
+    assert [r.message for r in caplog.records if "no native bfloat16" in r.message]
+
+
 # --- the OpenAI-compatible backend ---------------------------------------------------------
 
 
