@@ -175,7 +175,8 @@ class Settings(BaseSettings):
     generator_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description="Weights' precision: auto is bfloat16 on a GPU that has it (else float16) "
-        "and float32 on a CPU (bfloat16 prefills faster where the CPU has AVX-512 BF16).",
+        "and on a CPU with native bfloat16 (AVX-512 BF16 or AMX), float32 on other CPUs; "
+        "bfloat16 asked of a CPU without it runs float32, with a warning.",
     )
     generator_in_process: bool = Field(
         False,

@@ -13,6 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The suite is written against the fast packaged generator, whatever the default is; tests of
 # another model name it in their own settings.
 os.environ["RAG_GENERATOR_MODEL"] = "smollm2-135m-instruct"
+# ... in float32, so its greedy answers (and the gate baselines) are the same on CPUs with and
+# without bfloat16, which `auto` picks where the CPU has it; tests of bfloat16 name it.
+os.environ["RAG_GENERATOR_DTYPE"] = "float32"
 
 REDIS_URL = os.environ.get("RAG_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 # A server where tests may create (and drop) databases of their own.
@@ -67,7 +70,7 @@ def plain_model(generator):  # type: ignore[no-untyped-def]
     copy in a child process): for plain `model.generate` and the scheduler's own tests."""
     from rag.generation.model_files import load_causal_lm
 
-    return load_causal_lm(generator.model_dir, "auto", "auto")
+    return load_causal_lm(generator.model_dir, "auto", os.environ["RAG_GENERATOR_DTYPE"])
 
 
 @contextlib.contextmanager

@@ -342,7 +342,7 @@ def test_gpu_generation_runs_in_half_precision(
     assert result.text and 0 < result.completion_tokens <= 16
 
 
-def test_bfloat16_on_a_cpu_without_it_is_float32_with_a_warning(
+def test_bfloat16_where_the_cpu_has_it_else_float32_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cpu = torch.device("cpu")
@@ -354,7 +354,8 @@ def test_bfloat16_on_a_cpu_without_it_is_float32_with_a_warning(
     assert not model_files.cpu_has_bf16(tmp_path / "missing")
     assert model_files.pick_dtype(cpu, "bfloat16", cpu_bf16=True) == torch.bfloat16
     assert model_files.pick_dtype(cpu, "float32", cpu_bf16=False) == torch.float32
-    assert model_files.pick_dtype(cpu, "auto", cpu_bf16=True) == torch.float32
+    assert model_files.pick_dtype(cpu, "auto", cpu_bf16=True) == torch.bfloat16
+    assert model_files.pick_dtype(cpu, "auto", cpu_bf16=False) == torch.float32
     with caplog.at_level("WARNING"):
         assert model_files.pick_dtype(cpu, "bfloat16", cpu_bf16=False) == torch.float32
     assert [r.message for r in caplog.records if "no native bfloat16" in r.message]
