@@ -315,6 +315,10 @@ def bench(
         "index change log and the SAQ queues (it makes and drops scratch databases).")] = None,
     store_rows: Annotated[int, typer.Option(
         min=1, help="Chunks to build an index from at start (with --database-url).")] = 100_000,
+    compare_model: Annotated[str | None, typer.Option(
+        help="Another generator (e.g. smollm2-135m-instruct) to answer the sample questions "
+        "with, alternating with the configured one: uncached ask p50/p95 of each and their "
+        "ratio.")] = None,
 ) -> None:
     """Ingest, retrieval, ask, decode, memory and start-up figures beside the raw libraries."""
     from eval.bench import BenchOptions, run_bench
@@ -331,7 +335,7 @@ def bench(
     if not levels or min(levels) < 1:
         raise typer.BadParameter("--concurrency needs levels of 1 or more, e.g. 1,2,4,8.")
     options = BenchOptions(chunk_counts, asks, repeats, max_new_tokens, starts, rounds, corpus,
-                           levels, dtypes, database_url, store_rows)
+                           levels, dtypes, database_url, store_rows, compare_model)
     with Progress(*_columns(), console=console) as bar:
         result = run_bench(load_settings({}), options, _stage_reporter(bar))
     write_json(result, out)

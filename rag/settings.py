@@ -172,11 +172,15 @@ class Settings(BaseSettings):
     generator_device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where to generate: auto picks cuda when present, else cpu."
     )
-    generator_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+    generator_dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = Field(
         "auto",
-        description="Weights' precision: auto is bfloat16 on a GPU that has it (else float16) "
-        "and on a CPU with native bfloat16 (AVX-512 BF16 or AMX), float32 on other CPUs; "
-        "bfloat16 asked of a CPU without it runs float32, with a warning.",
+        description="Weights' format: int8 keeps most linear layers' weights as int8 with a "
+        "scale per row and computes in bfloat16 (a CPU with native bfloat16 only: AVX-512 BF16 "
+        "or AMX; its copy is made once into the models directory). auto is, on such a CPU, the "
+        "packaged model's measured format (int8 for the 0.5B default, float32 for SmolLM2), "
+        "float32 for other models and on other CPUs, bfloat16 on a GPU that has it (else "
+        "float16). bfloat16 or int8 asked of a CPU without native bfloat16 runs float32, with "
+        "a warning.",
     )
     generator_in_process: bool = Field(
         False,

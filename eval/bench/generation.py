@@ -3,14 +3,13 @@
 decoding, and both with it (the engine's own drafting, `generator_prompt_lookup`, against
 generate's `prompt_lookup_num_tokens`), so a gain from copying the sources is never counted as
 the engine's speed; and llama.cpp on the packaged GGUF as a peer where llama-cpp-python is
-installed.
+installed (`eval.bench.llama_cpp`).
 
 (Many streams at once, prefixes and dtypes are `eval.bench.serving`.)
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from eval.bench.measure import BenchOptions, Report, timed
-from rag.settings import Settings
+from eval.bench.llama_cpp import bench_llama_cpp
+from eval.bench.measure import BenchOptions, Report, speeds, timed
 
 if TYPE_CHECKING:
     from rag.generation.base import Generator
@@ -35,11 +34,13 @@ LOOKUP_TOKENS = 10  # generate's prompt_lookup_num_tokens
 
 
 def bench_generation(
-    service: RagService, question: str, options: BenchOptions, report: Report
+    service: RagService, questions: Sequence[str], options: BenchOptions, report: Report
 ) -> dict[str, Any]:
-    """Prefill and decode speed of the engine's stream beside plain `model.generate` on a stock
-    copy of the same model (loaded from the same files, none of the engine's changes), each
-    without and with prompt-lookup decoding (`RUNS`); the engine's drafts with each setting."""
+    """Prefill and decode speed of the engine's stream (on the first question's prompt) beside
+    plain `model.generate` on a stock copy of the same model (loaded from the same files, none
+    of the engine's changes), each without and with prompt-lookup decoding (`RUNS`); the
+    engine's drafts with each setting; llama.cpp on the same prompt, and on as many of the ask
+    path's prompts at once as the most concurrent serving level (`eval.bench.llama_cpp`)."""
     from rag.ask.prompt import build_prompt
     from rag.generation.local import LocalGenerator
     from rag.types import Query
@@ -47,8 +48,8 @@ def bench_generation(
     generator = service.generator
     if not isinstance(generator, LocalGenerator):
         return {"skipped": "the generator is not local"}
-    results = service.asking.retrieve(Query(question, service.settings.top_k))
-    prompt = build_prompt(question, results, generator.tokenizer, generator.context_window,
+    results = service.asking.retrieve(Query(questions[0], service.settings.top_k))
+    prompt = build_prompt(questions[0], results, generator.tokenizer, generator.context_window,
                           options.max_new_tokens)
     plain = partial(_raw_generation, _stock_model(generator), generator.tokenizer,
                     prompt.input_ids, options.max_new_tokens)
@@ -75,7 +76,8 @@ def bench_generation(
     return {"prompt_tokens": len(prompt.input_ids),
             **{name: _medians(figures) for name, figures in rounds.items()},
             "engine_drafts": drafts, "same_greedy_tokens": len(texts) == 1,
-            "llama_cpp": _llama_cpp_peer(service.settings, prompt.input_ids, options),
+            "llama_cpp": bench_llama_cpp(service.settings, prompt.input_ids, _parallel_work(
+                service, questions, max(options.concurrency)), options, report),
             "rounds": rounds}
 
 
@@ -107,34 +109,12 @@ def _drafts(generator: LocalGenerator, since: dict[str, int] | None = None) -> d
     return {k: v - (since or {}).get(k, 0) for k, v in now.items()}
 
 
-def _llama_cpp_peer(settings: Settings, input_ids: Sequence[int], options: BenchOptions
-                    ) -> dict[str, Any]:
-    """The same prompt through llama.cpp on the generator's GGUF (quantized weights, so its
-    text may differ), where llama-cpp-python is installed: a peer's prefill and decode speed."""
-    import importlib.util
+def _parallel_work(service: RagService, questions: Sequence[str], n: int) -> list[list[int]]:
+    """The prompts `eval.bench.serving` answers n at a time (the ask path's, in turn)."""
+    from eval.bench.serving import ask_prompts
 
-    if importlib.util.find_spec("llama_cpp") is None:
-        return {"skipped": "llama-cpp-python is not installed"}
-    from llama_cpp import Llama
-
-    from rag.generation.model_files import resolve_model
-
-    gguf = resolve_model(settings)  # the service's own model, as its GGUF
-    if gguf.suffix.lower() != ".gguf":
-        return {"skipped": f"the generator is not a GGUF file ({gguf.name})"}
-    llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=os.cpu_count() or 1, verbose=False)
-    rounds = []
-    for _ in range(options.rounds):
-        llm.reset()  # type: ignore[no-untyped-call,unused-ignore]
-        start = time.perf_counter()
-        first, tokens = None, 0
-        for _ in llm.create_completion(list(input_ids), max_tokens=options.max_new_tokens,
-                                       temperature=0.0, stream=True):
-            first = first or time.perf_counter()
-            tokens += 1
-        end = time.perf_counter()
-        rounds.append(_speeds(len(input_ids), tokens, (first or end) - start, end - start))
-    return {"model": gguf.name, **_medians(rounds)}
+    prompts = ask_prompts(service, questions)
+    return [list(prompts[j % len(prompts)].input_ids) for j in range(n)]
 
 
 def _stock_model(generator: Generator) -> Any:
@@ -170,7 +150,7 @@ def _engine_generation(generator: Generator, prompt: Any, max_new_tokens: int) -
     end = time.perf_counter()
     ttft = (first or end) - start
     ids = tuple(generator.tokenizer.encode(text, add_special_tokens=False))
-    return _speeds(len(prompt.input_ids), stream.usage.completion_tokens, ttft, end - start), ids
+    return speeds(len(prompt.input_ids), stream.usage.completion_tokens, ttft, end - start), ids
 
 
 def _raw_generation(
@@ -196,15 +176,7 @@ def _raw_generation(
     # the same text as the engine's, compared as the tokens its decoded text encodes to
     text = tokenizer.decode(new, skip_special_tokens=True)
     encoded = tuple(tokenizer.encode(text, add_special_tokens=False))
-    return _speeds(len(input_ids), len(new), prefill, total), encoded
-
-
-def _speeds(prompt_tokens: int, new_tokens: int, first_s: float, total_s: float
-            ) -> dict[str, float]:
-    decode_s = max(total_s - first_s, 1e-9)
-    return {"new_tokens": new_tokens, "first_token_ms": first_s * 1000,
-            "total_ms": total_s * 1000, "prefill_tokens_per_s": prompt_tokens / first_s,
-            "decode_tokens_per_s": max(new_tokens - 1, 0) / decode_s}
+    return speeds(len(input_ids), len(new), prefill, total), encoded
 
 
 def _medians(rounds: Sequence[dict[str, float]]) -> dict[str, float]:

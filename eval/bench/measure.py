@@ -36,6 +36,7 @@ class BenchOptions:
     dtypes: bool = True
     database_url: str | None = None  # a PostgreSQL server to compare stores on (scratch dbs)
     store_rows: int = 100_000
+    compare_model: str | None = None  # another generator to time the same asks with
 
 
 def peak_rss_mb(pid: int | str = "self") -> float:
@@ -68,3 +69,12 @@ def timed(call: Callable[[], object]) -> float:
     start = time.perf_counter()
     call()
     return (time.perf_counter() - start) * 1000
+
+
+def speeds(prompt_tokens: int, new_tokens: int, first_s: float, total_s: float
+           ) -> dict[str, float]:
+    """Prefill and decode speeds of one answer from its first-token and total seconds."""
+    decode_s = max(total_s - first_s, 1e-9)
+    return {"new_tokens": new_tokens, "first_token_ms": first_s * 1000,
+            "total_ms": total_s * 1000, "prefill_tokens_per_s": prompt_tokens / first_s,
+            "decode_tokens_per_s": max(new_tokens - 1, 0) / decode_s}

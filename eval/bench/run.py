@@ -21,7 +21,13 @@ from eval.bench.generation import bench_generation
 from eval.bench.ingest import bench_ingest
 from eval.bench.measure import SAMPLE_SUITE, BenchOptions, Report, peak_rss_mb
 from eval.bench.retrieval import bench_retrieval
-from eval.bench.serving import bench_ask, bench_bfloat16, bench_engines, bench_serving
+from eval.bench.serving import (
+    bench_ask,
+    bench_bfloat16,
+    bench_engines,
+    bench_models,
+    bench_serving,
+)
 from eval.bench.startup import bench_startup
 from eval.suites import load_suite
 from eval.targets import git_commit, public_settings
@@ -57,10 +63,12 @@ def run_bench(
                                                   report) for n in options.sizes},
             "ask": bench_ask(service, questions[: options.asks], report),
             "engines": bench_engines(service, questions[: options.asks], report),
-            "generation": bench_generation(service, questions[0], options, report),
+            "models": bench_models(service, options.compare_model, questions, report)
+            if options.compare_model else None,
+            "generation": bench_generation(service, questions, options, report),
             "serving": bench_serving(service, questions, options.concurrency,
                                      options.max_new_tokens, options.rounds, report),
-            "bfloat16": bench_bfloat16(service, questions, options.max_new_tokens, report)
+            "dtypes": bench_bfloat16(service, questions, options.max_new_tokens, report)
             if options.dtypes else None,
             "startup": bench_startup(settings, Path(tmp), report) if options.starts else None,
             "store": _bench_stores(base, options, questions, service, report)
@@ -132,9 +140,13 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "serving": _serving_figures(results.get("serving") or {}),
         "engines": {k: v for k, v in (results.get("engines") or {}).items()
                     if k in ("process_to_thread_ratio", "same_answers", "skipped")},
-        "bfloat16": {k: v for k, v in (results.get("bfloat16") or {}).items()
-                     if k in ("prompts", "same_greedy_answers", "speed_ratio")},
-        "memory": {"serving_peak_rss_mb": (starts.get("second") or {}).get("peak_rss_mb")},
+        "models": {k: v for k, v in (results.get("models") or {}).items()
+                   if k in ("uncached_p50_ratio", "both_answered_p50_ratio",
+                            "first_token_p50_ratio", "skipped")},
+        "dtypes": {k: v for k, v in (results.get("dtypes") or {}).items()
+                   if k in ("prompts", "same_greedy_answers", "speed_ratio")},
+        "memory": {"serving_peak_rss_mb": (starts.get("second") or {}).get("peak_rss_mb"),
+                   "engine_peak_rss_mb": (starts.get("second") or {}).get("engine_peak_rss_mb")},
         "startup": {f"{name}_ready_s": run["ready_s"] for name, run in starts.items()},
     }
 
@@ -162,7 +174,28 @@ def generation_figures(gen: dict[str, Any]) -> dict[str, Any]:
         # what prompt lookup saves each of them (whole-answer time without / with)
         "engine_prompt_lookup_speedup": _ratio(engine["total_ms"], engine_lookup["total_ms"]),
         "raw_prompt_lookup_speedup": _ratio(raw["total_ms"], raw_lookup["total_ms"]),
-        "llama_cpp_decode_tokens_per_s": gen["llama_cpp"].get("decode_tokens_per_s")}
+        **_llama_cpp_figures(engine, engine_lookup, gen["llama_cpp"])}
+
+
+def _llama_cpp_figures(engine: dict[str, float], engine_lookup: dict[str, float],
+                       peer: dict[str, Any]) -> dict[str, Any]:
+    """Our one-stream decode beside llama.cpp's on the same prompt, like for like (prompt
+    lookup off in both, then on in both), and its eight-sequence figures."""
+    if "skipped" in peer:
+        return {"llama_cpp": peer["skipped"]}
+    decode = "decode_tokens_per_s"
+    parallel = peer["parallel"]
+    return {
+        "llama_cpp_decode_tokens_per_s": peer["single"][decode],
+        "decode_ratio_to_llama_cpp": _ratio(engine[decode], peer["single"][decode]),
+        "llama_cpp_prompt_lookup_decode_tokens_per_s": peer["single_prompt_lookup"][decode],
+        "prompt_lookup_decode_ratio_to_llama_cpp": _ratio(
+            engine_lookup[decode], peer["single_prompt_lookup"][decode]),
+        "llama_cpp_first_token_ms": peer["single"]["first_token_ms"],
+        "llama_cpp_parallel_aggregate_tokens_per_s": parallel["aggregate_tokens_per_s"],
+        "llama_cpp_parallel_aggregate_ratio_to_one": parallel["aggregate_ratio_to_one"],
+        "llama_cpp_parallel_slowest_first_token_ratio_to_one":
+            parallel["slowest_first_token_ratio_to_one"]}
 
 
 def _serving_figures(serving: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from eval.bench.measure import Report, percentiles, timed
 from rag.ask.context import AskContext
-from rag.ask.pipeline import AskPipeline
+from rag.ask.pipeline import build_pipeline
 from rag.types import Prompt, Query
 
 if TYPE_CHECKING:
@@ -164,25 +164,68 @@ def bench_engines(service: RagService, questions: Sequence[str], report: Report
     """Uncached asks over `questions` with the model in a process of its own (the default) and
     in a thread of this process (the earlier design, `generator_in_process`), alternating which
     goes first question by question: answer time percentiles, their ratio, same answers."""
-    from rag.ask.generate import GenerateStage
-    from rag.ask.service import AskRequest
     from rag.generation.local import LocalGenerator
 
-    generator, pipeline = service.generator, service.asking.pipeline
-    if not isinstance(generator, LocalGenerator) or pipeline is None:
+    generator = service.generator
+    if not isinstance(generator, LocalGenerator) or service.asking.pipeline is None:
         return {"skipped": "the generator is not local"}
     mine = generator.engine.info["runs_in"]
     other = LocalGenerator(service.settings.model_copy(update={
         "generator_in_process": mine == "process"}))
+    figures = alternate_asks(service, other, questions, "ask: process vs thread engine", report)
+    figures["process_to_thread_ratio"] = (figures["process"]["uncached_p50_ms"]
+                                          / figures["thread"]["uncached_p50_ms"])
+    return figures
+
+
+def bench_models(service: RagService, model: str, questions: Sequence[str], report: Report
+                 ) -> dict[str, Any]:
+    """Uncached asks over `questions` with the service's model and with `model` (the other
+    packaged one), each with its own default settings otherwise, alternating which goes first:
+    answer time percentiles and the ratio of their medians (ours / `model`'s)."""
+    from rag.generation.local import LocalGenerator
+
+    generator = service.generator
+    if not isinstance(generator, LocalGenerator) or service.asking.pipeline is None:
+        return {"skipped": "the generator is not local"}
+    if model == service.settings.generator_model:
+        return {"skipped": f"{model} is the service's own model"}
+    other = LocalGenerator(service.settings.model_copy(update={"generator_model": model}))
+    figures = alternate_asks(service, other, questions, f"ask: vs {model}", report,
+                             names=(service.settings.generator_model, model))
+    ours, theirs = (figures[n] for n in (service.settings.generator_model, model))
+    figures["uncached_p50_ratio"] = ours["uncached_p50_ms"] / theirs["uncached_p50_ms"]
+    if ours["both_answered_p50_ms"] and theirs["both_answered_p50_ms"]:
+        figures["both_answered_p50_ratio"] = (ours["both_answered_p50_ms"]
+                                              / theirs["both_answered_p50_ms"])
+    figures["first_token_p50_ratio"] = ours["first_token_p50_ms"] / theirs["first_token_p50_ms"]
+    return figures
+
+
+def alternate_asks(service: RagService, other: LocalGenerator, questions: Sequence[str],
+                   stage: str, report: Report, names: tuple[str, str] | None = None
+                   ) -> dict[str, Any]:
+    """Uncached asks over `questions` through the service's pipeline and through a copy whose
+    generate stage uses `other` (loaded here, closed after), alternating which goes first
+    question by question. Figures are keyed by `names` (default: where each engine runs)."""
+    from rag.ask.service import AskRequest
+
+    pipeline = service.asking.pipeline
+    assert pipeline is not None
     other.load()
-    swapped = AskPipeline([GenerateStage(other, service.settings.max_new_tokens,
-                                         service.settings.stop_at_paragraph)
-                           if stage.name == "generate" else stage for stage in pipeline.stages])
-    runs: dict[str, list[Any]] = {mine: [], other.engine.info["runs_in"]: []}
-    pipelines = {mine: pipeline, other.engine.info["runs_in"]: swapped}
+    infos = (service.generator.engine.info, other.engine.info)  # type: ignore[attr-defined]
+    mine_name, other_name = names or (service.generator.engine.info["runs_in"],  # type: ignore[attr-defined]
+                                      other.engine.info["runs_in"])
+    asking = service.asking
+    assert asking.retriever is not None
+    # the whole ask path again over the same index, with `other`'s tokenizer and prompt
+    swapped = build_pipeline(service.settings, asking.retriever, asking.store,
+                             service.embedder, other)
+    runs: dict[str, list[Any]] = {mine_name: [], other_name: []}
+    pipelines = {mine_name: pipeline, other_name: swapped}
     try:
         for n, question in enumerate(questions):
-            report("ask: process vs thread engine", n, len(questions))
+            report(stage, n, len(questions))
             for name in (list(runs) if n % 2 == 0 else list(runs)[::-1]):
                 service.asking.pipeline = pipelines[name]
                 service.cache.clear()
@@ -195,17 +238,25 @@ def bench_engines(service: RagService, questions: Sequence[str], report: Report
         "uncached_p50_ms": float(np.median([a.timings.total_ms for a in answers])),
         "uncached_p95_ms": float(np.percentile([a.timings.total_ms for a in answers], 95)),
         "first_token_p50_ms": float(np.median([a.timings.first_token_ms for a in answers])),
-    } for name, answers in runs.items()}
-    figures["process_to_thread_ratio"] = (figures["process"]["uncached_p50_ms"]
-                                          / figures["thread"]["uncached_p50_ms"])
-    figures["same_answers"] = sum(a.text == b.text for a, b in zip(*runs.values(), strict=True))
+        "abstained": sum(a.mode == "abstained" for a in answers),
+        "dtype": info["dtype"],
+    } for (name, answers), info in zip(runs.items(), infos, strict=True)}
+    pairs = list(zip(*runs.values(), strict=True))
+    figures["same_answers"] = sum(a.text == b.text for a, b in pairs)
     figures["questions"] = len(questions)
+    # refusals apart: the questions that both answered (neither abstained)
+    both = [(a, b) for a, b in pairs if "abstained" not in (a.mode, b.mode)]
+    figures["both_answered"] = len(both)
+    for i, name in enumerate(runs):
+        figures[name]["both_answered_p50_ms"] = float(np.median(
+            [p[i].timings.total_ms for p in both])) if both else None
     return figures
 
 
 def bench_bfloat16(service: RagService, questions: Sequence[str], max_new_tokens: int,
                    report: Report) -> dict[str, Any]:
-    """float32 (the CPU default) beside bfloat16 on the same prompts: same greedy answers?"""
+    """The service's weight format beside float32 on the same prompts (bfloat16 where the
+    service runs float32): same greedy answers, and one-stream speed."""
     from rag.generation.local import LocalGenerator
 
     generator = service.generator

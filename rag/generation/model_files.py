@@ -102,14 +102,24 @@ def load_tokenizer_from(path: Path, gguf_file: str | None = None) -> PreTrainedT
 
 
 def load_causal_lm(model_dir: Path, device: str, dtype: str,
-                   skinny: Literal["auto", "on", "off"] = "off") -> PreTrainedModel:
+                   skinny: Literal["auto", "on", "off"] = "off",
+                   models_dir: Path | None = None, cpu_format: str = "float32"
+                   ) -> PreTrainedModel:
     """The model in `model_dir`, in eval mode on `device` (auto: cuda when present) in `dtype`
-    (auto: see `pick_dtype`), with `runtime.linear`'s skinny layers where `skinny` says so."""
+    (auto: see `pick_weights`, with `cpu_format` the model's choice on a CPU with native
+    bfloat16; int8: `runtime.int8`, its copy kept in `models_dir`), with `runtime.linear`'s
+    skinny layers where `skinny` says so."""
     from rag.generation.runtime.linear import use_skinny_linears
 
     where = pick_device(device)
+    weights = pick_weights(where, dtype, auto_format=cpu_format)
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=pick_dtype(where, dtype))
+        if weights == "int8":
+            from rag.generation.runtime.int8 import load_int8
+
+            model: PreTrainedModel = load_int8(model_dir, models_dir or model_dir.parent)  # type: ignore[assignment]
+            return model
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=pick_dtype(where, weights))
     except (OSError, ValueError, KeyError) as error:
         raise ConfigError(
             f"Could not load the generator from {model_dir}: {error}", MODEL_HINT
@@ -142,11 +152,28 @@ def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return re.search(r"\b(?:avx512_bf16|amx_bf16)\b", flags) is not None
 
 
+def pick_weights(device: torch.device, choice: str, cpu_bf16: bool | None = None,
+                 auto_format: str = "float32") -> str:
+    """The weight format: `choice`, or for auto `auto_format` (the model's measured choice:
+    `PackagedModel.cpu_format`) on a CPU with native bfloat16 (`cpu_bf16`, default:
+    `cpu_has_bf16()`), else what `pick_dtype` picks. int8 elsewhere (a GPU, or a CPU whose int8
+    kernel would run in float32, several times slower) falls back, with a warning."""
+    native = cpu_has_bf16() if cpu_bf16 is None else cpu_bf16
+    if choice == "int8" and (device.type != "cpu" or not native):
+        logger.warning("RAG_GENERATOR_DTYPE=int8 needs a CPU with native bfloat16 (AVX-512 BF16 "
+                       "or AMX); here the model runs in %s instead.",
+                       "the GPU's default precision" if device.type != "cpu" else "float32")
+        return "auto" if device.type != "cpu" else "float32"
+    if choice == "auto" and device.type == "cpu" and native:
+        return auto_format
+    return choice
+
+
 def pick_dtype(device: torch.device, choice: str, cpu_bf16: bool | None = None) -> torch.dtype:
     """The weights' precision: `choice`, or for auto bfloat16 on a GPU that has it, float16 on
-    other GPUs, bfloat16 on a CPU that has it natively (`cpu_bf16`, default:
-    `cpu_has_bf16()`), float32 on other CPUs. bfloat16 asked of a CPU without it is float32,
-    with a warning: emulated, it is several times slower than float32."""
+    other GPUs, float32 on a CPU (where `pick_weights` has already chosen the model's own
+    format). bfloat16 asked of a CPU without native bfloat16 (`cpu_bf16`, default:
+    `cpu_has_bf16()`) is float32, with a warning: emulated, it is several times slower."""
     native = cpu_has_bf16() if cpu_bf16 is None else cpu_bf16
     if choice == "bfloat16" and device.type == "cpu" and not native:
         logger.warning("RAG_GENERATOR_DTYPE=bfloat16, but this CPU has no native bfloat16 "
@@ -157,10 +184,7 @@ def pick_dtype(device: torch.device, choice: str, cpu_bf16: bool | None = None) 
                 "float16": torch.float16}[choice]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    # On a CPU with native bfloat16, the 0.5B default answered the shipped suites as well as in
-    # float32 (Notre Dame contains 0.591 vs 0.576, F1 0.176 vs 0.171; sample and follow-ups
-    # equal), with the first token 1.6-1.9x sooner: it is the default there (issue 20).
-    return torch.bfloat16 if native else torch.float32
+    return torch.float32
 
 
 def _packaged_source(model: PackagedModel, models_dir: Path) -> Path:

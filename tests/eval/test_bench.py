@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -14,6 +15,13 @@ from eval.bench import BenchOptions, run_bench
 from eval.bench.run import generation_figures
 from eval.cli import bench_app, flatten
 
+LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+LLAMA_CPP_FIGURES = (
+    "llama_cpp_decode_tokens_per_s", "decode_ratio_to_llama_cpp",
+    "llama_cpp_prompt_lookup_decode_tokens_per_s", "prompt_lookup_decode_ratio_to_llama_cpp",
+    "llama_cpp_first_token_ms", "llama_cpp_parallel_aggregate_tokens_per_s",
+    "llama_cpp_parallel_aggregate_ratio_to_one",
+    "llama_cpp_parallel_slowest_first_token_ratio_to_one")
 TINY = BenchOptions(sizes=(300,), asks=2, repeats=3, max_new_tokens=6, starts=True, rounds=1,
                     concurrency=(1, 2), dtypes=False)
 
@@ -39,15 +47,17 @@ def test_tiny_bench_has_every_figure(
         "generation.raw_prompt_lookup_decode_tokens_per_s",
         "generation.prompt_lookup_decode_ratio", "generation.prefill_tokens_per_s",
         "generation.raw_prefill_tokens_per_s", "generation.prefill_ratio",
-        "generation.first_token_ms", "memory.serving_peak_rss_mb", "startup.first_ready_s",
+        "generation.first_token_ms", "memory.serving_peak_rss_mb",
+        "memory.engine_peak_rss_mb", "startup.first_ready_s",
         "startup.second_ready_s", "serving.aggregate_tokens_per_s.1",
         "serving.aggregate_tokens_per_s.2", "serving.aggregate_ratio_at_most_concurrent",
         "serving.slowest_first_token_ratio_at_most_concurrent",
         "serving.warm_prefix_first_token_ratio",
         "generation.same_greedy_text_as_plain_generate",
         "generation.engine_prompt_lookup_speedup", "generation.raw_prompt_lookup_speedup",
-        "generation.llama_cpp_decode_tokens_per_s", "engines.process_to_thread_ratio",
-        "engines.same_answers",
+        "engines.process_to_thread_ratio", "engines.same_answers", *(
+            (f"generation.{name}" for name in LLAMA_CPP_FIGURES) if LLAMA_CPP
+            else ["generation.llama_cpp"]),
         *(f"retrieval.300.{name}" for name in (
             "dense_p50_ms", "dense_p95_ms", "hybrid_p50_ms", "hybrid_p95_ms",
             "raw_faiss_search_p50_ms", "raw_encode_and_search_p50_ms", "dense_ratio_to_raw",
@@ -59,8 +69,10 @@ def test_tiny_bench_has_every_figure(
     assert figures.pop("generation.same_greedy_text_as_plain_generate") is True
     # the engine process (skinny layers) answers as the thread engine (stock layers) does
     assert figures.pop("engines.same_answers") == result["engines"]["questions"] == TINY.asks
-    peer = figures.pop("generation.llama_cpp_decode_tokens_per_s")  # None: not installed
-    assert peer is None or peer > 0
+    if not LLAMA_CPP:
+        assert "not installed" in figures.pop("generation.llama_cpp")
+    else:  # the peer's figures are all numbers > 0, its eight (here two) sequences ran
+        assert result["generation"]["llama_cpp"]["parallel"]["sequences"] == 2
     bad = {k: v for k, v in figures.items()
            if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0}
     assert not bad, bad
@@ -104,6 +116,21 @@ def test_generation_headline_is_like_for_like() -> None:
     assert figures["raw_prompt_lookup_decode_tokens_per_s"] == 20.0
     assert figures["engine_prompt_lookup_speedup"] == 1.5
     assert figures["raw_prompt_lookup_speedup"] == 1.2
+    assert figures["llama_cpp"] == "not installed"
+
+
+def test_llama_cpp_is_set_beside_the_engine_like_for_like() -> None:
+    gen = {"engine": _speeds(20.0, 3000.0), "engine_prompt_lookup": _speeds(30.0, 2000.0),
+           "generate": _speeds(16.0, 3600.0), "generate_prompt_lookup": _speeds(20.0, 3000.0),
+           "same_greedy_tokens": True, "llama_cpp": {
+               "single": _speeds(40.0, 1800.0), "single_prompt_lookup": _speeds(50.0, 1500.0),
+               "parallel": {"aggregate_tokens_per_s": 90.0, "aggregate_ratio_to_one": 2.25,
+                            "slowest_first_token_ratio_to_one": 6.0}}}
+    figures = generation_figures(gen)
+    assert figures["decode_ratio_to_llama_cpp"] == 0.5  # 20 / 40: neither drafts
+    assert figures["prompt_lookup_decode_ratio_to_llama_cpp"] == 0.6  # 30 / 50: both draft
+    assert set(LLAMA_CPP_FIGURES) <= set(figures)
+    assert figures["llama_cpp_parallel_aggregate_ratio_to_one"] == 2.25
 
 
 def test_bench_cli_rejects_bad_sizes() -> None:

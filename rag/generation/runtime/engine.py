@@ -26,6 +26,8 @@ class EngineOptions:
     temperature: float
     prefix_cache_tokens: int
     prompt_lookup: bool = True
+    models_dir: str | None = None  # where an int8 copy is kept (runtime.int8)
+    cpu_format: str = "float32"  # what dtype auto is on a CPU with native bfloat16
 
     @classmethod
     def from_settings(cls, settings: Settings, model_dir: Path) -> EngineOptions:
@@ -35,7 +37,18 @@ class EngineOptions:
             max_batch=settings.generator_max_batch, max_waiting=settings.generator_queue_size,
             prefill_chunk=settings.generator_prefill_chunk, temperature=settings.temperature,
             prefix_cache_tokens=settings.prefix_cache_tokens,
-            prompt_lookup=settings.generator_prompt_lookup)
+            prompt_lookup=settings.generator_prompt_lookup, models_dir=str(settings.models_dir),
+            cpu_format=cpu_format(settings.generator_model))
+
+
+def cpu_format(model: str) -> str:
+    """What RAG_GENERATOR_DTYPE=auto runs `model` in on a CPU with native bfloat16: a packaged
+    model's measured choice; float32 for any other (its answers in another format are
+    unmeasured: SmolLM2's were worse in bfloat16, Qwen's were not)."""
+    from rag.generation.packaged import PACKAGED
+
+    packaged = PACKAGED.get(model)
+    return "float32" if packaged is None else packaged.cpu_format
 
 
 class Engine(Protocol):
@@ -79,7 +92,9 @@ def make_scheduler(options: EngineOptions, *, start: bool, tuned: bool) -> StepS
     from rag.generation.runtime.threads import ThreadChooser
 
     model = load_causal_lm(Path(options.model_dir), options.device, options.dtype,
-                           options.skinny if tuned else "off")
+                           options.skinny if tuned else "off",
+                           Path(options.models_dir) if options.models_dir else None,
+                           options.cpu_format)
     # in its own process the team spins: measure when one thread does better (threads.py)
     threads = ThreadChooser(torch.get_num_threads()) if (
         tuned and model.device.type == "cpu") else None
@@ -94,11 +109,14 @@ def make_scheduler(options: EngineOptions, *, start: bool, tuned: bool) -> StepS
 
 def describe(scheduler: StepScheduler, where: str) -> dict[str, str]:
     """The engine's `info`: device, dtype, where it runs, whether its layers are skinny."""
+    from rag.generation.runtime.int8 import Int8Linear
     from rag.generation.runtime.linear import SkinnyLinear
 
     model = scheduler.model
     skinny = any(isinstance(m, SkinnyLinear) for m in model.modules())
-    return {"device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."),
+    int8 = any(isinstance(m, Int8Linear) for m in model.modules())
+    return {"device": str(model.device),
+            "dtype": "int8" if int8 else str(model.dtype).removeprefix("torch."),
             "runs_in": where, "skinny_linears": str(skinny).lower()}
 
 

@@ -354,7 +354,7 @@ def test_bfloat16_where_the_cpu_has_it_else_float32_with_a_warning(
     assert not model_files.cpu_has_bf16(tmp_path / "missing")
     assert model_files.pick_dtype(cpu, "bfloat16", cpu_bf16=True) == torch.bfloat16
     assert model_files.pick_dtype(cpu, "float32", cpu_bf16=False) == torch.float32
-    assert model_files.pick_dtype(cpu, "auto", cpu_bf16=True) == torch.bfloat16
+    assert model_files.pick_dtype(cpu, "auto", cpu_bf16=True) == torch.float32
     assert model_files.pick_dtype(cpu, "auto", cpu_bf16=False) == torch.float32
     with caplog.at_level("WARNING"):
         assert model_files.pick_dtype(cpu, "bfloat16", cpu_bf16=False) == torch.float32
