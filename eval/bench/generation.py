@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -121,8 +122,11 @@ def _stock_model(generator: Generator) -> Any:
     """A fresh, unmodified transformers model from the generator's files, dtype and device."""
     from rag.generation.model_files import load_causal_lm
 
-    info = generator.engine.info  # type: ignore[attr-defined]
-    return load_causal_lm(generator.model_dir, info["device"], info["dtype"])  # type: ignore[attr-defined]
+    engine = generator.engine  # type: ignore[attr-defined]
+    options = getattr(engine, "options", None)  # where its int8 copy is kept
+    models_dir = getattr(options, "models_dir", None)
+    return load_causal_lm(generator.model_dir, engine.info["device"],  # type: ignore[attr-defined]
+                          engine.info["dtype"], models_dir=Path(models_dir) if models_dir else None)
 
 
 def _in_thread(call: Callable[[], Timed]) -> Timed:
