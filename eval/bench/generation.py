@@ -18,10 +18,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from eval.bench.llama_cpp import bench_llama_cpp
-from eval.bench.measure import BenchOptions, Report, speeds, timed
+from eval.bench.measure import BenchOptions, Report, medians, speeds, timed
 
 if TYPE_CHECKING:
     from rag.generation.base import Generator
@@ -75,7 +73,7 @@ def bench_generation(
         drafts = {name: _drafts(engines[lookup], before[lookup])
                   for name, lookup in (("engine", False), ("engine_prompt_lookup", True))}
     return {"prompt_tokens": len(prompt.input_ids),
-            **{name: _medians(figures) for name, figures in rounds.items()},
+            **{name: medians(figures) for name, figures in rounds.items()},
             "engine_drafts": drafts, "same_greedy_tokens": len(texts) == 1,
             "llama_cpp": bench_llama_cpp(service.settings, prompt.input_ids, _parallel_work(
                 service, questions, max(options.concurrency)), options, report),
@@ -181,7 +179,3 @@ def _raw_generation(
     text = tokenizer.decode(new, skip_special_tokens=True)
     encoded = tuple(tokenizer.encode(text, add_special_tokens=False))
     return speeds(len(input_ids), len(new), prefill, total), encoded
-
-
-def _medians(rounds: Sequence[dict[str, float]]) -> dict[str, float]:
-    return {key: float(np.median([r[key] for r in rounds])) for key in rounds[0]}

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from eval.bench.measure import BenchOptions, Report, speeds
+from eval.bench.measure import BenchOptions, Report, medians, speeds
 from rag.settings import Settings
 
 LOOKUP_TOKENS = 10  # drafted tokens a step, as generate's prompt_lookup_num_tokens
@@ -50,14 +50,13 @@ def bench_llama_cpp(settings: Settings, single: Sequence[int], prompts: Sequence
             runs["single_prompt_lookup"].append(
                 _one_stream(lookup, single, options.max_new_tokens))
         together = _parallel(plain, prompts, options.max_new_tokens, threads)
-        medians = {name: {k: float(np.median([r[k] for r in rounds])) for k in rounds[0]}
-                   for name, rounds in runs.items()}
         lone = _parallel(plain, prompts[:1], options.max_new_tokens, threads)
         together["aggregate_ratio_to_one"] = (together["aggregate_tokens_per_s"]
                                               / lone["aggregate_tokens_per_s"])
         together["slowest_first_token_ratio_to_one"] = (together["first_token_max_ms"]
                                                         / lone["first_token_max_ms"])
-        return {"model": gguf.name, "threads": threads, **medians,
+        return {"model": gguf.name, "threads": threads,
+                **{name: medians(rounds) for name, rounds in runs.items()},
                 "parallel": together, "parallel_one": lone}
     finally:
         plain.close()

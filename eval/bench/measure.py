@@ -78,3 +78,8 @@ def speeds(prompt_tokens: int, new_tokens: int, first_s: float, total_s: float
     return {"new_tokens": new_tokens, "first_token_ms": first_s * 1000,
             "total_ms": total_s * 1000, "prefill_tokens_per_s": prompt_tokens / first_s,
             "decode_tokens_per_s": max(new_tokens - 1, 0) / decode_s}
+
+
+def medians(rounds: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over rounds of the same measurement."""
+    return {key: float(np.median([r[key] for r in rounds])) for key in rounds[0]}

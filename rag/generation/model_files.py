@@ -112,14 +112,16 @@ def load_causal_lm(model_dir: Path, device: str, dtype: str,
     from rag.generation.runtime.linear import use_skinny_linears
 
     where = pick_device(device)
-    weights = pick_weights(where, dtype, auto_format=cpu_format)
+    native = cpu_has_bf16()
+    weights = pick_weights(where, dtype, native, auto_format=cpu_format)
     try:
         if weights == "int8":
             from rag.generation.runtime.int8 import load_int8
 
             model: PreTrainedModel = load_int8(model_dir, models_dir or model_dir.parent)  # type: ignore[assignment]
             return model
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=pick_dtype(where, weights))
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=pick_dtype(where, weights, native))
     except (OSError, ValueError, KeyError) as error:
         raise ConfigError(
             f"Could not load the generator from {model_dir}: {error}", MODEL_HINT

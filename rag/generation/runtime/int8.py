@@ -180,7 +180,6 @@ def _save(model_dir: Path, target: Path, identity: dict[str, Any]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    del model
 
 
 def _load_saved(model_dir: Path, target: Path) -> nn.Module:
