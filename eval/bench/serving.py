@@ -205,17 +205,17 @@ def bench_models(service: RagService, model: str, questions: Sequence[str], repo
 def alternate_asks(service: RagService, other: LocalGenerator, questions: Sequence[str],
                    stage: str, report: Report, names: tuple[str, str] | None = None
                    ) -> dict[str, Any]:
-    """Uncached asks over `questions` through the service's pipeline and through a copy whose
-    generate stage uses `other` (loaded here, closed after), alternating which goes first
-    question by question. Figures are keyed by `names` (default: where each engine runs)."""
+    """Uncached asks over `questions` through the service's pipeline and through the same ask
+    path built for `other` (loaded here, closed after: its own tokenizer, prompt and check),
+    alternating which goes first question by question. Figures are keyed by `names` (default:
+    where each engine runs)."""
     from rag.ask.service import AskRequest
 
     pipeline = service.asking.pipeline
     assert pipeline is not None
     other.load()
     infos = (service.generator.engine.info, other.engine.info)  # type: ignore[attr-defined]
-    mine_name, other_name = names or (service.generator.engine.info["runs_in"],  # type: ignore[attr-defined]
-                                      other.engine.info["runs_in"])
+    mine_name, other_name = names or (infos[0]["runs_in"], infos[1]["runs_in"])
     asking = service.asking
     assert asking.retriever is not None
     # the whole ask path again over the same index, with `other`'s tokenizer and prompt
