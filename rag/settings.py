@@ -74,6 +74,26 @@ class Settings(BaseSettings):
     max_unzipped_bytes: int = Field(
         500 * 1024 * 1024, gt=0, description="Zip-based files expanding beyond this are refused."
     )
+    ocr_languages: str = Field(
+        "eng", description="Tesseract languages for scanned pages and images, joined by '+' "
+        "(e.g. eng+deu); each needs its Debian package (tesseract-ocr-deu).",
+    )
+    ocr_dpi: int = Field(
+        200, ge=72, le=600, description="Resolution PDF pages without a text layer are "
+        "rendered at for OCR.",
+    )
+    ocr_page_timeout_s: float = Field(
+        60.0, gt=0, description="Most seconds Tesseract may spend on one page or image; a "
+        "page that takes longer fails its file with a clear error.",
+    )
+    ocr_max_pages: int = Field(
+        500, gt=0, description="Most pages without a text layer OCR'd in one PDF; a file "
+        "needing more is refused (split it, or raise this).",
+    )
+    max_image_pixels: int = Field(
+        60_000_000, gt=0, description="Images (and pages rendered for OCR) with more pixels "
+        "than this are refused before decoding (decompression bombs).",
+    )
 
     # Chunking and embedding
     embedding_model: str = Field(
@@ -277,6 +297,13 @@ class Settings(BaseSettings):
     )
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call the API from a browser."
+    )
+    view_token_s: int = Field(
+        900, gt=0, description="Seconds a citation's signed view_url stays valid (with keys on).",
+    )
+    view_secret: str = Field(
+        "", description="Secret that signs view URLs; empty derives one from RAG_API_KEYS, so "
+        "every process with the same keys accepts the same URLs.",
     )
     widget_key: str = Field(
         "",
