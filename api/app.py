@@ -29,8 +29,10 @@ from api.routes_conversations import ROUTES as CONVERSATION_ROUTES
 from api.routes_documents import ROUTES as DOCUMENT_ROUTES
 from api.routes_feedback import give_feedback
 from api.routes_health import health, ready
+from api.routes_view import ROUTES as VIEW_ROUTES
 from api.routes_widget import demo_page, widget_js
 from api.schemas import StrictModelSchemaPlugin
+from api.view import ViewLinks
 from ingest.service import IngestService
 from rag.ask.service import AskRequest
 from rag.errors import RagError, StoreUnavailable
@@ -155,6 +157,7 @@ def create_app(
     owned = service is None
     service = service or RagService(settings)
     ingestion = IngestService(service.settings, service.documents)  # the engine's limits
+    links = ViewLinks(settings)  # this app's keys sign and check the view URLs
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -173,12 +176,14 @@ def create_app(
 
     return Litestar(
         route_handlers=[*with_options([health, ready, metrics, ask, *DOCUMENT_ROUTES,
-                                       *CONVERSATION_ROUTES, give_feedback, widget_js,
-                                       demo_page]), CHAT_ROUTER],
+                                       *VIEW_ROUTES, *CONVERSATION_ROUTES, give_feedback,
+                                       widget_js, demo_page]), CHAT_ROUTER],
         # Each route takes the narrow part it uses, given only once the engine has loaded.
         dependencies={"asking": when_ready(service.asking),
                       "documents": when_ready(service.documents),
                       "conversations": when_ready(service.conversations),
+                      "sources": when_ready(service.sources),
+                      "view_links": Provide(lambda: links, sync_to_thread=False),
                       "ingestion": Provide(lambda: ingestion, sync_to_thread=False),
                       # /ready and /metrics answer while it loads
                       "engine_health": Provide(lambda: service.health, sync_to_thread=False),

@@ -32,8 +32,9 @@ from api.openai_schemas import (
     ModelsOut,
     RagOut,
 )
-from api.schemas import QuoteOut, citations_of, short_answer_of
+from api.schemas import citations_of, evidence_of, short_answer_of
 from api.streaming import EventFormat
+from api.view import ViewLinks
 from rag.ask.service import AskRequest, AskService
 from rag.errors import NotFound
 from rag.types import Answer, Turn, new_id
@@ -50,6 +51,7 @@ class ChatAsk:
     stops: tuple[str, ...]
     limit: int  # the answer's token cap: `finish_reason` is "length" when it was reached
     include_usage: bool  # stream_options.include_usage: a last chunk with the usage
+    links: ViewLinks  # makes the `view_url` of citations and evidence
 
 
 # --- messages to an ask -------------------------------------------------------------------
@@ -118,14 +120,15 @@ def to_request(data: ChatCompletionIn, asking: AskService, owner: str) -> AskReq
                       answer_id=new_id("ans"))
 
 
-def chat_ask(data: ChatCompletionIn, asking: AskService, owner: str) -> ChatAsk:
+def chat_ask(data: ChatCompletionIn, asking: AskService, owner: str,
+             links: ViewLinks) -> ChatAsk:
     """The chat-completion request `data` of `owner`, checked and translated."""
     request = to_request(data, asking, owner)
     stops = stops_of(data)
     limit = asking.max_new_tokens(request.max_new_tokens)
     options = getattr(data, "stream_options", None) or {}
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-    return ChatAsk(request, asking.model, stops, limit, include_usage)
+    return ChatAsk(request, asking.model, stops, limit, include_usage, links)
 
 
 # --- answers as completions ---------------------------------------------------------------
@@ -137,13 +140,12 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     return (text[: min(ends)], True) if ends else (text, False)
 
 
-def rag_of(answer: Answer) -> RagOut:
-    """What the service adds to the answer: sources, evidence, check."""
+def rag_of(answer: Answer, links: ViewLinks) -> RagOut:
+    """What the service adds to the answer: sources, evidence (with their `view_url`), check."""
     return RagOut(answer_id=answer.id, answer=answer.text, **short_answer_of(answer),
                   mode=answer.mode,
-                  groundedness=answer.groundedness, citations=citations_of(answer),
-                  evidence=[QuoteOut(**{**vars(q), "title_path": list(q.title_path)})
-                            for q in answer.evidence],
+                  groundedness=answer.groundedness, citations=citations_of(answer, links),
+                  evidence=evidence_of(answer, links),
                   cached=answer.cached, history_turns=answer.history_turns)
 
 
@@ -163,7 +165,7 @@ def usage_of(answer: Answer) -> ChatUsageOut:
 def completion_of(answer: Answer, chat: ChatAsk) -> ChatCompletionOut:
     """The whole answer as a `chat.completion`, cut at the first stop string."""
     text, stopped = cut_at_stop(answer.text, chat.stops)
-    message = ChatMessageOut(content=text, rag=rag_of(answer))
+    message = ChatMessageOut(content=text, rag=rag_of(answer, chat.links))
     finish = finish_reason(answer, chat.limit, stopped)
     return ChatCompletionOut(
         id=f"chatcmpl-{answer.id}", created=int(time.time()), model=answer.model,
@@ -187,6 +189,7 @@ class ChunkStream(EventFormat):
         self.created = int(time.time())
         self.model, self.stops, self.limit = chat.model, chat.stops, chat.limit
         self.include_usage = chat.include_usage
+        self.links = chat.links
         self.text = ""  # everything let out so far
         self.sent = 0  # characters of it already sent
         self.stopped = False
@@ -222,7 +225,7 @@ class ChunkStream(EventFormat):
         rest = kept[self.sent :]
         if rest:
             yield self.chunk({"content": rest})
-        extra = {"rag": rag_of(answer).model_dump()}
+        extra = {"rag": rag_of(answer, self.links).model_dump()}
         yield self.chunk({}, finish_reason(answer, self.limit, self.stopped), **extra)
         if self.include_usage:
             body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,

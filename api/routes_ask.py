@@ -19,6 +19,7 @@ from api.auth import owner_of, require_scope
 from api.errors import api_errors
 from api.schemas import AnswerOut, AskIn, DoneOut
 from api.streaming import AskEvents, answer_events, streamed_operation, whole_answer
+from api.view import ViewLinks
 from rag.ask.service import AskRequest, AskService
 from rag.errors import InvalidInput, NotFound
 from rag.types import Turn
@@ -117,7 +118,8 @@ def to_request(data: AskIn, owner: str = "") -> AskRequest:
     operation_class=streamed_operation(ASK_EVENTS),
 )
 async def ask(
-    data: Annotated[AskIn, ASK_BODY], asking: AskService, request: Request[Any, Any, Any]
+    data: Annotated[AskIn, ASK_BODY], asking: AskService, view_links: ViewLinks,
+    request: Request[Any, Any, Any],
 ) -> Response[Any]:
     """Answer a question from the indexed documents, citing the chunks it used, with verified
     quotes (`evidence`) and the check of each answer sentence.
@@ -127,7 +129,8 @@ async def ask(
     sent; when none passed, the quote or abstention that answers instead), then `citations` (a
     JSON list), then `done` (JSON: the final `answer`, which is the tokens joined, `mode`,
     `groundedness`, `evidence`, `sentences`, cached, usage, timings with `first_sentence_ms`,
-    `answer_id`, `conversation`). An error
+    `answer_id`, `conversation`). Every citation and quote has a `view_url`: a page that
+    shows it marked in its source (opens in a browser tab, no key needed). An error
     after the stream began arrives as an `error` event with the JSON error body. Closing the
     connection stops the generation. Needs a key with the `ask` scope.
 
@@ -138,5 +141,5 @@ async def ask(
     """
     asked = to_request(data, owner_of(request))
     if data.stream:
-        return await answer_events(asking, asked, AskEvents())
-    return Response(AnswerOut.of(await whole_answer(asking, asked)))
+        return await answer_events(asking, asked, AskEvents(view_links))
+    return Response(AnswerOut.of(await whole_answer(asking, asked), view_links))

@@ -20,6 +20,7 @@ from api.openai_errors import OPENAI_EXCEPTION_HANDLERS
 from api.openai_schemas import ChatCompletionIn, ChatCompletionOut, ModelsOut, OpenAIErrorOut
 from api.routes_ask import require_json
 from api.streaming import answer_events, streamed_operation, whole_answer
+from api.view import ViewLinks
 from rag.ask.service import AskService
 
 ERRORS = {
@@ -47,13 +48,14 @@ CHUNK_EVENTS = Schema(type=OpenAPIType.OBJECT, required=["data"], properties={
                                    "`stream: true` `chat.completion.chunk` events, then "
                                    "`data: [DONE]`."), **ERRORS})
 async def chat_completions(
-    data: ChatCompletionIn, asking: AskService, request: Request[Any, Any, Any]
+    data: ChatCompletionIn, asking: AskService, view_links: ViewLinks,
+    request: Request[Any, Any, Any],
 ) -> Response[Any]:
     """OpenAI-compatible chat completion over the documents: the last user message is the
     question, earlier turns the conversation. The answer cites `[n]`; `message.rag` (or the
     final chunk's `rag`) holds the citations, evidence and check. Needs the `ask` scope, sent as
     `Authorization: Bearer <key>`."""
-    chat = chat_ask(data, asking, owner_of(request))
+    chat = chat_ask(data, asking, owner_of(request), view_links)
     if data.stream:
         return await answer_events(asking, chat.request, ChunkStream(chat))
     return Response(completion_of(await whole_answer(asking, chat.request), chat))

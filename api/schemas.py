@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from litestar.plugins.pydantic import PydanticSchemaPlugin
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from api.view import ViewLinks
 from rag.settings import TOP_K_MAX
 from rag.types import Answer
 
@@ -88,6 +89,11 @@ class AskIn(BaseModel):
         "that keeps the conversation itself (nothing is continued then).")
 
 
+VIEW_URL = ("A page that shows the text in its source, marked (for a PDF, on its page as it "
+            "looks), relative to the API's address. With keys on it carries a short-lived "
+            "token (RAG_VIEW_TOKEN_S) that opens this document without a key header.")
+
+
 class CitationOut(BaseModel):
     """A numbered source: `[n]` in the answer refers to the citation with `number` n."""
 
@@ -100,6 +106,7 @@ class CitationOut(BaseModel):
     end: int = Field(description="Character offset just past the text.")
     page: int | None = Field(description="Page of the document, where it has pages.")
     score: float = Field(description="Retrieval score (higher is more relevant).")
+    view_url: str = Field(description=VIEW_URL)
 
 
 class QuoteOut(BaseModel):
@@ -116,6 +123,7 @@ class QuoteOut(BaseModel):
     source: int = Field(description="Number of the citation (source) the quote is in.")
     supports: int | None = Field(
         description="Number (from 1) of the answer sentence it supports, if any.")
+    view_url: str = Field(description=VIEW_URL)
 
 
 class SentenceCheckOut(BaseModel):
@@ -204,12 +212,12 @@ class AnswerOut(BaseModel):
                       "started afresh; empty otherwise.")
 
     @classmethod
-    def of(cls, answer: Answer) -> AnswerOut:
+    def of(cls, answer: Answer, links: ViewLinks) -> AnswerOut:
         return cls(
             question=answer.question,
             answer=answer.text,
-            citations=citations_of(answer),
-            **checked_of(answer),
+            citations=citations_of(answer, links),
+            **checked_of(answer, links),
             cached=answer.cached,
             usage=UsageOut(**vars(answer.usage)),
             timings=TimingsOut(**vars(answer.timings)),
@@ -225,18 +233,26 @@ def conversation_of(answer: Answer) -> dict[str, Any]:
             "history_turns": answer.history_turns, "note": answer.note}
 
 
-def citations_of(answer: Answer) -> list[CitationOut]:
-    return [CitationOut(**vars(c)) for c in answer.citations]
+def citations_of(answer: Answer, links: ViewLinks) -> list[CitationOut]:
+    """The answer's citations, each with the link that shows it in its source."""
+    return [CitationOut(**vars(c), view_url=links.view_url(c.document_id, c.start, c.end, c.page))
+            for c in answer.citations]
 
 
-def checked_of(answer: Answer) -> dict[str, Any]:
+def evidence_of(answer: Answer, links: ViewLinks) -> list[QuoteOut]:
+    """The answer's quotes, each with the link that shows it in its source."""
+    return [QuoteOut(**{**vars(q), "title_path": list(q.title_path)},
+                     view_url=links.view_url(q.document_id, q.start, q.end, q.page))
+            for q in answer.evidence]
+
+
+def checked_of(answer: Answer, links: ViewLinks) -> dict[str, Any]:
     """The fields the answer check adds: mode, groundedness, evidence, sentences, generated
     text and short answer."""
     return {
         "mode": answer.mode,
         "groundedness": answer.groundedness,
-        "evidence": [QuoteOut(**{**vars(q), "title_path": list(q.title_path)})
-                     for q in answer.evidence],
+        "evidence": evidence_of(answer, links),
         "sentences": [SentenceCheckOut(**{**vars(c), "missing": list(c.missing)})
                       for c in answer.sentences],
         "generated_text": answer.generated_text,
@@ -267,8 +283,8 @@ class DoneOut(BaseModel):
     note: str
 
     @classmethod
-    def of(cls, answer: Answer) -> DoneOut:
-        return cls(answer=answer.text, **checked_of(answer), cached=answer.cached,
+    def of(cls, answer: Answer, links: ViewLinks) -> DoneOut:
+        return cls(answer=answer.text, **checked_of(answer, links), cached=answer.cached,
                    usage=UsageOut(**vars(answer.usage)),
                    timings=TimingsOut(**vars(answer.timings)), model=answer.model,
                    index_version=answer.index_version, **conversation_of(answer))

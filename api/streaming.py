@@ -32,6 +32,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from api.errors import describe
 from api.metrics import record_answer, record_stream_error
 from api.schemas import DoneOut, citations_of
+from api.view import ViewLinks
 from rag.ask.service import AskRequest, AskService
 from rag.types import Answer
 
@@ -67,15 +68,20 @@ class EventFormat(ABC):
 
 
 class AskEvents(EventFormat):
-    """The /v1/ask events: token..., citations, done; or error."""
+    """The /v1/ask events: token..., citations, done; or error (citations and evidence with
+    the `view_url` links makes)."""
+
+    def __init__(self, links: ViewLinks) -> None:
+        self.links = links
 
     def piece(self, text: str) -> Iterable[ServerSentEventMessage]:
         yield ServerSentEventMessage(event="token", data=text)
 
     def answer(self, answer: Answer) -> Iterable[ServerSentEventMessage]:
-        data = [c.model_dump() for c in citations_of(answer)]
+        data = [c.model_dump() for c in citations_of(answer, self.links)]
         yield ServerSentEventMessage(event="citations", data=json.dumps(data))
-        yield ServerSentEventMessage(event="done", data=DoneOut.of(answer).model_dump_json())
+        done = DoneOut.of(answer, self.links)
+        yield ServerSentEventMessage(event="done", data=done.model_dump_json())
 
     def error(self, exc: Exception) -> ServerSentEventMessage:
         return ServerSentEventMessage(event="error", data=json.dumps(describe(exc)[1]))

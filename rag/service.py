@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from rag.ask.conversations import Conversations
 from rag.ask.service import AskService
 from rag.documents.indexer import DocumentIndexer
+from rag.documents.sources import Sources
 from rag.embedding import Embedder, build_embedder
 from rag.generation.base import Generator, build_generator
 from rag.index.live import IndexStatus, LiveIndex
@@ -62,6 +63,7 @@ class RagService:
         self.index = LiveIndex(s, self.store)
         self.documents = DocumentIndexer(s, self.store, self.uploads, self.embedder,
                                          self.index, self.cache)
+        self.sources = Sources(self.store, self.uploads)  # quotes shown in their source
         self.asking = AskService(s, self.store, self.index, self.embedder, self.generator,
                                  self.cache, self.conversations)
         self.loaded = False

@@ -17,6 +17,8 @@
  * the page and ends with the tab; "New conversation" starts over. Each answer can be rated
  * up or down (POST /v1/feedback). The conversation reads top to bottom: earlier turns, the
  * answer being given (a factual question's short answer first, in bold), then the ask box.
+ * Each source and quote links to its place in the document (`view_url`: the quote marked on
+ * the PDF page or in the text), opened in a new tab.
  */
 (function () {
   "use strict";
@@ -80,6 +82,7 @@
     .bar { display: flex; justify-content: space-between; align-items: baseline; }
     .bar button.new { background: none; color: #2d5bd7; padding: 0; font-size: .85rem; }
     .bar button.new[hidden] { display: none; }
+    a.open { color: #2d5bd7; font-size: .8rem; margin-left: .5rem; white-space: nowrap; }
   `;
 
   const host = document.createElement("div");
@@ -292,12 +295,30 @@
       details.id = "source-" + c.number;
       const summary = document.createElement("summary");
       summary.textContent = "[" + c.number + "] " + c.filename + (c.page ? ", page " + c.page : "");
+      const link = sourceLink(c.view_url, "source " + c.number);
+      if (link) summary.append(link);
       const quote = document.createElement("blockquote");
       quote.textContent = c.text;
       details.append(summary, quote);
       item.append(details);
       list.append(item);
     }
+  }
+
+  // A link that opens a view_url (relative to the service) in a new tab; null when there is none.
+  function sourceLink(viewUrl, name) {
+    if (!viewUrl) return null;
+    const url = new URL(viewUrl, api + "/");
+    if (url.protocol !== "http:" && url.protocol !== "https:") return null;
+    const link = document.createElement("a");
+    link.className = "open";
+    link.href = url.href;
+    link.target = "_blank";
+    link.rel = "noopener noreferrer";
+    link.textContent = "open \u2197";
+    link.title = "Open " + name + " in the document, with the quote marked (new tab)";
+    link.addEventListener("click", (event) => event.stopPropagation());  // not a toggle
+    return link;
   }
 
   // Turn the [n] markers of a finished answer into links that open source n.
@@ -347,6 +368,8 @@
       block.textContent = q.text;
       const source = document.createElement("cite");
       source.textContent = "[" + q.source + "] " + q.filename + (q.page ? ", page " + q.page : "");
+      const link = sourceLink(q.view_url, "this quote");
+      if (link) source.append(link);
       block.append(source);
       evidenceBox.append(block);
       highlight(q, cited.find((c) => c.number === q.source));

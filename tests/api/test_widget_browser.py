@@ -290,3 +290,66 @@ def test_widget_keeps_a_thread_across_reloads_with_ratings(
             page.close()
         finally:
             host.close()
+
+
+def test_a_citation_opens_its_pdf_page_with_the_quote_marked(
+    sample_service: RagService, browser: Any, tmp_path: Path
+) -> None:
+    """Click a source in the widget: a new tab shows the PDF page with the quote marked on it,
+    scrolled into view (checked on the screenshot's pixels)."""
+    from tests.api.test_view import PDF_PAGES, SHIPS
+    from tests.ingest.helpers import make_pdf
+
+    doc = sample_service.documents.ingest_file(make_pdf(tmp_path / "quillby.pdf", PDF_PAGES),
+                                               collection="sample")
+    port = free_port()
+    settings = app_settings(sample_service, api_keys={WIDGET_KEY: ["ask"]},
+                            cors_origins=[f"http://127.0.0.1:{port}"])
+    try:
+        with live_server(create_app(settings, service=sample_service)) as api:
+            host = HostPages({"/": HOST_PAGE.format(api=api, key=WIDGET_KEY)}, port)
+            try:
+                page = browser.new_page(viewport={"width": 1000, "height": 800})
+                page.goto(host.origin + "/")
+                ask(page, SHIPS)
+                page.wait_for_selector(".rag-widget[data-state=done]", timeout=180_000)
+                source = widget(page, "summary").filter(has_text="quillby.pdf").first
+                with page.context.expect_page() as opened:
+                    source.locator("a.open").click()
+                view = opened.value
+                view.wait_for_load_state("load")
+                assert view.url.startswith(f"{api}/v1/documents/{doc.id}/view?")
+                assert "token=" in view.url and "page=" in view.url
+                check_marked_page(view, tmp_path / "source-view.png")
+                view.close()
+                page.close()
+            finally:
+                host.close()
+    finally:
+        sample_service.documents.delete(doc.id)
+
+
+def check_marked_page(view: Any, shot: Path) -> None:
+    """The page image loaded, the quote's first `<mark>` box lies inside the window, and the
+    screenshot shows it: yellow over dark text within the box."""
+    from PIL import Image
+
+    assert view.locator("figure.page img").evaluate("i => i.complete && i.naturalWidth > 0")
+    box = view.locator("mark#quote").bounding_box()
+    size = view.viewport_size
+    assert box is not None and box["width"] > 20 and box["height"] > 5, box
+    assert box["x"] >= 0 and box["x"] + box["width"] <= size["width"], (box, size)
+    assert box["y"] >= 0 and box["y"] + box["height"] <= size["height"], (box, size)
+    view.screenshot(path=str(shot))
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "source-view.png").write_bytes(shot.read_bytes())
+    with Image.open(shot) as image:
+        assert image.size == (size["width"], size["height"])
+        region = image.convert("RGB").crop((int(box["x"]), int(box["y"]),
+                                            int(box["x"] + box["width"]),
+                                            int(box["y"] + box["height"])))
+        pixels = list(region.getdata())
+    yellow = sum(r > 220 and g > 190 and r - b > 60 for r, g, b in pixels)
+    dark = sum(r + g + b < 250 for r, g, b in pixels)
+    assert yellow > len(pixels) // 3, "the quote is not highlighted"
+    assert dark > 20, "no text under the highlight"

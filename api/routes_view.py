@@ -1,0 +1,124 @@
+"""The source of a quote: GET /v1/documents/{id}/view (the quote marked in its source),
+/pages/{n} (a PDF page as PNG) and /file (the original bytes).
+
+The view and its page images open with the signed token of a citation's `view_url` (no key
+header, so a browser opens them in a new tab) or with a key that has the ask scope; the file
+needs the ingest scope. In open mode (no keys) everything opens.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from litestar import MediaType, Response, get
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+from litestar.response import Stream
+from litestar.response.base import ASGIResponse
+
+from api.auth import presented_key, require_scope, scopes_of
+from api.errors import api_errors
+from api.view import HEADERS, TOKEN_HINT, ViewLinks, view_page
+from rag.documents.sources import Sources
+from rag.errors import Forbidden, NotFound
+from rag.settings import Settings
+
+ASK_SCOPES = frozenset({"ask", "admin"})
+UNKNOWN = ("No document has this id (it may have been deleted), or it has no text at "
+           "`start`-`end`, or no such page.",
+           NotFound("Document 9f86d081884c7d65 does not exist (it may have been deleted).",
+                    "Ask again: answers cite the documents there are now."))
+TOKEN_REFUSED = ("The `token` is altered, expired or for another document (and no key with "
+                 "the ask scope was sent).",
+                 Forbidden("The view link has expired.", TOKEN_HINT))
+VIEW_ERRORS = api_errors("ask", {403: TOKEN_REFUSED, 404: UNKNOWN})
+TOKEN = Parameter(description="The signed token of a `view_url` (needed with keys on, unless "
+                  "a key with the ask scope is sent).", required=False)
+
+
+class Download(Stream):
+    """A stream whose own media type wins over its route's (Litestar's `Stream` lets the
+    route's win), since each file keeps the type it was uploaded with."""
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
+        return super().to_asgi_response(*args, **{**kwargs, "media_type": None})
+
+
+def view_access(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+                ) -> None:
+    """Open mode, a key with the ask scope, or a valid token for this document; else 401
+    (nothing sent) or 403 (a bad token, or a key without the scope)."""
+    settings: Settings = connection.app.state["settings"]
+    if not settings.api_keys:
+        return
+    key = presented_key(connection.headers)
+    if key is not None and (scopes_of(settings.api_keys, key) or frozenset()) & ASK_SCOPES:
+        return
+    token = connection.query_params.get("token")
+    if token:
+        ViewLinks(settings).check(token, connection.path_params["document_id"])
+        return
+    require_scope("ask")(connection, handler)
+
+
+@get("/v1/documents/{document_id:str}/view", tags=["documents"], guards=[view_access],
+     media_type=MediaType.HTML, sync_to_thread=True, responses=VIEW_ERRORS)
+def view_source(
+    document_id: str, sources: Sources, view_links: ViewLinks,
+    start: Annotated[int, Parameter(ge=0, description="Offset of the quote in the parsed "
+                                    "document.")],
+    end: Annotated[int, Parameter(ge=1, description="Offset just past the quote.")],
+    page: Annotated[int | None, Parameter(ge=1, description="Page the quote is on.")] = None,
+    token: Annotated[str | None, TOKEN] = None,
+) -> Response[str]:
+    """A page showing the quote [start, end) in its source, marked and scrolled into view: for
+    a PDF its page as it looks with the quote marked on it, then the parsed text around the
+    quote. Citations and evidence link here (`view_url`)."""
+    passage = sources.passage(document_id, start, end, page)
+    image = (view_links.page_url(document_id, passage.page)
+             if passage.on_page is not None and passage.page is not None else None)
+    return Response(view_page(passage, image), media_type=MediaType.HTML, headers=HEADERS)
+
+
+@get("/v1/documents/{document_id:str}/pages/{page:int}", tags=["documents"],
+     guards=[view_access], media_type="image/png", sync_to_thread=True,
+     responses=api_errors("ask", {403: TOKEN_REFUSED, 404: (
+         "No document has this id, it is not a PDF, or it has no such page.", UNKNOWN[1])}))
+def page_image(
+    document_id: str, sources: Sources,
+    page: Annotated[int, Parameter(ge=1, le=100_000, description="Page number, from 1.")],
+    token: Annotated[str | None, TOKEN] = None,
+) -> Response[bytes]:
+    """Page `page` of a PDF document, rendered as PNG (the source view shows it)."""
+    return Response(sources.page_image(document_id, page), media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=300",
+                             "X-Content-Type-Options": "nosniff"})
+
+
+@get("/v1/documents/{document_id:str}/file", tags=["documents"],
+     guards=[require_scope("ingest")], media_type=MediaType.TEXT, sync_to_thread=True,
+     responses={200: ResponseSpec(bytes, description="The uploaded bytes, with the media type "
+                                  "the document was stored with.", media_type="*/*",
+                                  generate_examples=False),
+                **api_errors("ingest", {404: (
+                    "No document has this id (or its file is missing).", UNKNOWN[1])})})
+def document_file(document_id: str, sources: Sources) -> Download:
+    """The original file of a document, as uploaded, with its media type; a download
+    (Content-Disposition: attachment, with the file's name). Needs the ingest scope."""
+    doc, blocks = sources.original(document_id)
+    return Download(blocks, media_type=doc.content_type, headers={
+        "Content-Disposition": _attachment(doc.filename), "Content-Length": str(doc.size),
+        "X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"})
+
+
+def _attachment(filename: str) -> str:
+    """A download named `filename` (RFC 6266: an ASCII fallback, then the UTF-8 name)."""
+    fallback = re.sub(r"[^A-Za-z0-9._ -]", "_", filename) or "document"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+ROUTES = [view_source, page_image, document_file]
