@@ -33,8 +33,24 @@ from rag.types import Document
 # Schemas
 
 
+class VersionOut(BaseModel):
+    """One version of a document."""
+
+    id: str
+    version: int
+    size: int = Field(description="Bytes.")
+    state: str = Field(description="As the document's; `replaced` once a newer one is indexed.")
+    created_at: datetime
+
+    @classmethod
+    def of(cls, doc: Document) -> VersionOut:
+        return cls(id=doc.id, version=doc.version, size=doc.size, state=doc.state,
+                   created_at=_time(doc.created_at))
+
+
 class DocumentOut(BaseModel):
-    """An uploaded document; `id` is the SHA-256 of its bytes."""
+    """An uploaded document; `id` is the SHA-256 of its bytes. The same name in the same
+    collection uploaded with other bytes is its next version (a new id)."""
 
     id: str
     filename: str
@@ -44,20 +60,30 @@ class DocumentOut(BaseModel):
     chunk_count: int
     collection: str
     metadata: dict[str, Any]
-    state: str = Field(description="queued, processing, indexed, failed or cancelled.")
+    state: str = Field(description="queued, processing, indexed, failed, cancelled, or "
+                       "replaced (a newer version of it is indexed).")
     error: str | None
     created_at: datetime
     updated_at: datetime
     job_id: str | None = Field(description="Its latest ingestion job.")
+    version: int = Field(description="Its version number, from 1.")
+    replaces: str | None = Field(description="The version it replaces once indexed.")
+    reused_chunks: int = Field(description="Chunks whose vectors were kept from the version "
+                               "it replaced (same text); the rest were embedded.")
+    versions: list[VersionOut] | None = Field(
+        None, description="Every version, oldest first (GET of one document).")
 
     @classmethod
-    def of(cls, doc: Document, job: Job | None) -> DocumentOut:
+    def of(cls, doc: Document, job: Job | None,
+           versions: list[Document] | None = None) -> DocumentOut:
         return cls(
             id=doc.id, filename=doc.filename, content_type=doc.content_type, size=doc.size,
             pages=doc.pages, chunk_count=doc.chunk_count, collection=doc.collection,
             metadata=dict(doc.metadata), state=doc.state, error=doc.error,
             created_at=_time(doc.created_at), updated_at=_time(doc.updated_at),
-            job_id=job.id if job else None,
+            job_id=job.id if job else None, version=doc.version, replaces=doc.replaces,
+            reused_chunks=doc.reused_chunks,
+            versions=None if versions is None else [VersionOut.of(v) for v in versions],
         )
 
 
@@ -75,6 +101,8 @@ class UploadedOut(BaseModel):
     state: str = Field(description="The document's state.")
     job_state: str | None
     duplicate: bool = Field(description="These bytes were uploaded before.")
+    version: int = Field(description="Its version: above 1 when it replaces a document of the "
+                         "same name in the collection once indexed.")
 
 
 class UploadOut(BaseModel):
@@ -208,7 +236,8 @@ async def upload_documents(
 def _uploaded(a: Accepted) -> UploadedOut:
     return UploadedOut(document_id=a.document.id, job_id=a.job.id if a.job else None,
                        filename=a.document.filename, state=a.document.state,
-                       job_state=a.job.state if a.job else None, duplicate=a.duplicate)
+                       job_state=a.job.state if a.job else None, duplicate=a.duplicate,
+                       version=a.document.version)
 
 
 @get("/v1/documents", tags=["documents"], guards=INGEST, sync_to_thread=True,
@@ -220,7 +249,8 @@ def list_documents(
     offset: Annotated[int, Parameter(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
 ) -> DocumentPage:
-    """List documents, oldest first, optionally in one collection."""
+    """List documents (their current versions: none `replaced`), oldest first, optionally in
+    one collection."""
     docs, total = documents.page(collection, offset, limit)
     items = [DocumentOut.of(d, ingestion.jobs.latest_for(d.id)) for d in docs]
     return DocumentPage(items=items, total=total, offset=offset, limit=limit)
@@ -231,12 +261,13 @@ def list_documents(
 def get_document(
     document_id: str, documents: DocumentIndexer, ingestion: IngestService
 ) -> DocumentOut:
-    """One document: file, type, size, pages, chunk count, collection, metadata, state."""
+    """One document: file, type, size, pages, chunk count, collection, metadata, state, and
+    every version of it (an old version's id answers too, with state `replaced`)."""
     doc = documents.get(document_id)
     if doc is None:
         raise NotFound(f"Document {document_id} does not exist.",
                        "List documents with GET /v1/documents.")
-    return DocumentOut.of(doc, ingestion.jobs.latest_for(doc.id))
+    return DocumentOut.of(doc, ingestion.jobs.latest_for(doc.id), documents.versions(doc.id))
 
 
 @delete("/v1/documents/{document_id:str}", tags=["documents"], guards=INGEST_READY, status_code=200,
@@ -244,8 +275,9 @@ def get_document(
 async def delete_document(
     document_id: str, ingestion: IngestService
 ) -> DeletedOut:
-    """Delete a document: its vectors, chunks, stored file and every cached answer citing it.
-    Idempotent: deleting an absent document answers 200 with `deleted: false`."""
+    """Delete a document with every version of it (any version's id will do): their vectors,
+    chunks, stored files and every cached answer citing them. Idempotent: deleting an absent
+    document answers 200 with `deleted: false`."""
     deleted = await ingestion.delete_document(document_id)
     return DeletedOut(id=document_id, deleted=deleted)
 

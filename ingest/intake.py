@@ -140,11 +140,12 @@ class Intake:
     ) -> Accepted:
         existing = self.documents.get(staged.sha256)
         active = self.jobs.active_for(staged.sha256)
-        if existing is not None and (existing.state == "indexed" or active):
+        current = existing is not None and existing.state != "replaced"  # else: a revert
+        if existing is not None and current and (existing.state == "indexed" or active):
             job = active[0] if active else self.jobs.latest_for(staged.sha256)
             return Accepted(existing, job, duplicate=True, new_job=False)
         kept = self._keep(staged)
-        try:
+        try:  # a new version when its name holds a current document of the collection
             document = self.documents.register(Document(
                 id=staged.sha256, filename=staged.filename, content_type=content_type,
                 size=staged.size, collection=collection, metadata=dict(metadata)))

@@ -82,8 +82,11 @@ class IngestService:
         return job
 
     async def delete_document(self, doc_id: str) -> bool:
-        """Cancel its active jobs, then remove vectors, chunks, file and cached answers."""
-        for job in self.jobs.active_for(doc_id):
-            self.jobs.cancel(job.id)
-            await self.queue.cancel(job)
+        """Cancel the active jobs of every version, then remove them all: vectors, chunks,
+        files and cached answers."""
+        versions = await asyncio.to_thread(self.documents.versions, doc_id)
+        for version in versions:
+            for job in self.jobs.active_for(version.id):
+                self.jobs.cancel(job.id)
+                await self.queue.cancel(job)
         return await asyncio.to_thread(self.documents.delete, doc_id)

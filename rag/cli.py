@@ -28,15 +28,18 @@ def _service(generator: bool = True):  # type: ignore[no-untyped-def]
     return service
 
 
-def expand(paths: list[Path]) -> list[Path]:
-    """Files given, and every file under the folders given, sorted; hidden files skipped."""
-    files: list[Path] = []
+def expand(paths: list[Path]) -> list[tuple[Path, str]]:
+    """Files given, and every file under the folders given, sorted, with their names: a
+    file's own name, or its path under the folder given (`a/x.md` and `b/x.md` are two
+    documents; a second file of the same name would be a new version); hidden files skipped."""
+    files: list[tuple[Path, str]] = []
     for path in paths:
         if path.is_dir():
-            files.extend(p for p in sorted(path.rglob("*"))
-                         if p.is_file() and not any(part.startswith(".") for part in p.parts))
+            inside = ((p, p.relative_to(path)) for p in sorted(path.rglob("*")))
+            files.extend((p, rel.as_posix()) for p, rel in inside
+                         if p.is_file() and not any(part.startswith(".") for part in rel.parts))
         else:
-            files.append(path)
+            files.append((path, path.name))
     return files
 
 
@@ -54,10 +57,10 @@ def ingest(
                TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("ingesting", total=len(files))
-        for path in files:
+        for path, name in files:
             bar.update(task, description=f"{path.name[:40]}")
             try:
-                doc = service.documents.ingest_file(path, collection=collection)
+                doc = service.documents.ingest_file(path, name, collection=collection)
                 bar.console.print(f"[green]ok[/] {path} ({doc.chunk_count} chunks)")
             except RagError as exc:
                 failed += 1
@@ -66,6 +69,26 @@ def ingest(
     console.print(f"{len(files) - failed} ingested, {failed} failed; "
                   f"{service.documents.searchable_count()} chunks searchable")
     raise typer.Exit(1 if failed and failed == len(files) else 0)
+
+
+@app.command()
+def sync(
+    folder: Annotated[Path, typer.Argument(help="The folder to mirror.", exists=True,
+                                           file_okay=False)],
+    collection: Annotated[str, typer.Option(help="The collection that mirrors it.")] = "default",
+    watch: Annotated[bool, typer.Option(help="Keep syncing as files change (Ctrl-C stops).")
+                     ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="End with the counts as JSON.")
+                       ] = False,
+) -> None:
+    """Make a collection mirror a folder: new files added, changed ones new versions, removed
+    ones deleted, unchanged ones left alone. Exits 1 when a file failed (without --watch)."""
+    from ingest.sync import interrupt_on_sigterm, sync_command
+
+    logging.basicConfig(level=logging.WARNING)
+    interrupt_on_sigterm()
+    service = _service(generator=False)
+    raise typer.Exit(sync_command(service.documents, folder, collection, watch, as_json, console))
 
 
 @app.command()

@@ -82,7 +82,13 @@ class Element:
 
 @dataclass(frozen=True)
 class Document:
-    """An uploaded file; `id` is the SHA-256 of its bytes."""
+    """An uploaded file; `id` is the SHA-256 of its bytes.
+
+    A file uploaded under the name of a current document of its collection, with other bytes,
+    is the next `version` of that document's `lineage` (the first version's id; "" is read as
+    its own id): it `replaces` that version once indexed, which then stays listed as
+    `replaced`. `reused_chunks` of its chunks kept the replaced version's vectors.
+    """
 
     id: str
     filename: str
@@ -96,6 +102,10 @@ class Document:
     error: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    version: int = 1
+    lineage: str = ""
+    replaces: str | None = None
+    reused_chunks: int = 0
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,7 @@ class SentenceDraft:
     text: str
     page: int | None
     title_path: tuple[str, ...]
+    header: str | None = None  # a table row's header line (the row is the sentence)
 
 
 @dataclass(frozen=True)
@@ -178,6 +189,7 @@ class Sentence:
     text: str
     page: int | None = None
     title_path: tuple[str, ...] = ()
+    header: str | None = None  # a table row's header line (the row is the sentence)
 
 
 @dataclass(frozen=True)

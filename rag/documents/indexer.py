@@ -3,6 +3,11 @@
 A document is `queued` when its bytes and row are stored, `processing` while its pipeline
 runs, then `indexed`, `failed` or `cancelled`. Every change of that state goes through this
 module; the processing itself (parse -> chunk -> embed -> store) is `documents.processing`.
+
+A file under the name of a current document of its collection, with other bytes, is a new
+version (rag.stores.documents): the old one stays searchable while the new one is processed,
+then one store transaction and one index save swap them (the old becomes `replaced`, its
+chunks, vectors, bytes and cached answers go). Deleting any version deletes them all.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rag.documents.chunking import Chunker, check_window
 from rag.documents.detection import SUPPORTED, inspect_file
 from rag.documents.processing import DocumentProcessor, Progress, no_progress
 from rag.embedding import Embedder
-from rag.errors import LOADING_HINT, InvalidInput, NotReady, RagError
+from rag.errors import LOADING_HINT, InvalidInput, NotFound, NotReady, RagError
 from rag.index.live import LiveIndex
 from rag.settings import Settings
 from rag.stores.chunks import ChunkStore
@@ -90,8 +97,13 @@ class DocumentIndexer:
         return self.uploads.adopt(path, doc_id)
 
     def register(self, doc: Document) -> Document:
-        """Record an accepted upload as a `queued` document."""
-        return self.store.put_document(replace(doc, state="queued"))
+        """Record an accepted upload as a `queued` document: the next version when its name
+        holds a current document in its collection."""
+        return self.store.put_version(replace(doc, state="queued"))
+
+    def versions(self, doc_id: str) -> list[Document]:
+        """Every version of the document (oldest first); [] when it is unknown."""
+        return self.store.versions(doc_id)
 
     def drop_upload(self, doc_id: str) -> None:
         """Forget the bytes of an upload whose request failed."""
@@ -114,7 +126,12 @@ class DocumentIndexer:
         self, path: Path, filename: str | None = None, collection: str = "default",
         metadata: Mapping[str, Any] | None = None, progress: Progress = no_progress,
     ) -> Document:
-        """Parse, chunk, embed and index one file; the same bytes twice are one document."""
+        """Parse, chunk, embed and index one file; the same bytes twice are one document, and
+        new bytes under the name of a current document are its next version.
+
+        Interrupted (Ctrl-C), the new version's chunks are dropped and it is left `cancelled`:
+        the version it would replace stays current.
+        """
         name = filename or path.name
         kind = inspect_file(path, name, self.settings)  # as intake checks an API upload
         doc_id = sha256_file(path)
@@ -125,8 +142,13 @@ class DocumentIndexer:
         doc = Document(id=doc_id, filename=name, content_type=SUPPORTED[kind],
                        size=path.stat().st_size, collection=collection,
                        metadata=dict(metadata or {}), state="processing")
-        self.store.put_document(doc)
-        return self.process(doc_id, progress)
+        self.store.put_version(doc)
+        try:
+            return self.process(doc_id, progress)
+        except (KeyboardInterrupt, SystemExit):
+            self.store.clear_chunks(doc_id)
+            self.store.set_state(doc_id, "cancelled", "Its ingestion was interrupted.")
+            raise
 
     def process(
         self, doc_id: str, progress: Progress = no_progress,
@@ -135,14 +157,16 @@ class DocumentIndexer:
         """Run the pipeline for a stored document; on failure it is marked failed and raised.
 
         `timings`, when given, is filled while it runs with seconds per stage (parse, chunk,
-        embed, index). A progress callback may raise to stop the job; it is called inside the
-        index writer after `mark_indexed` and before the vectors are added, so raising there
-        still leaves nothing half-indexed.
+        embed, index). A progress callback may raise to stop the job; its last call comes just
+        before the version is promoted (inside the index writer in embedded mode), so raising
+        there still leaves nothing half-indexed and the replaced version current.
         """
         processor = self._loaded()  # before any state changes: not loaded is not the file's fault
         doc = self.store.get_document(doc_id)
         if doc is None:
             raise InvalidInput(f"Document {doc_id} is unknown.", "Upload it first.")
+        if doc.state == "replaced":  # a newer version was indexed first: nothing left to do
+            return doc
         self.store.set_state(doc_id, "processing")
         self._clear_previous(doc_id)  # a retried job starts clean
         clock = timings if timings is not None else {}
@@ -158,21 +182,35 @@ class DocumentIndexer:
             self.store.set_state(doc_id, "failed", reason)
             raise
         result = self.store.get_document(doc_id)
-        assert result is not None
+        if result is None:
+            raise NotFound(f"Document {doc_id} was deleted while it was processed.",
+                           "Upload it again to index it.")
         return result
 
     def _make_searchable(self, doc_id: str, pages: int | None, progress: Progress) -> None:
+        """Swap the document in for the version it replaces: one store transaction (with its
+        change-log entries), then in embedded mode one index save under the writer lease.
+
+        `progress` is called first: the last point at which the job may still stop."""
         if self.settings.database_url:  # searchable once committed: the log does the rest
             progress("index", 0, 1)
-            self.store.mark_indexed(doc_id, pages)
-            progress("index", 1, 1)
+            done = self.store.promote(doc_id, pages)
             self.index.refresh(force=True)
-            return
-        with self.index.writing():
-            self.store.mark_indexed(doc_id, pages)
-            progress("index", 0, 1)
-            self.index.add_document(doc_id)
-            progress("index", 1, 1)
+        else:
+            with self.index.writing():
+                progress("index", 0, 1)
+                done = self.store.promote(doc_id, pages)
+                if not done.superseded:  # else it never was in the index
+                    self.index.index.remove(np.array(done.removed_chunks, dtype=np.int64))
+                    self.index.add_document(doc_id)  # saves once, old and new together
+        self._forget(list(done.replaced))
+
+    def _forget(self, doc_ids: list[str]) -> None:
+        """Drop the bytes and cached answers of versions that were replaced or deleted."""
+        for doc_id in doc_ids:
+            self.uploads.remove(doc_id)
+        if doc_ids:
+            self.cache.forget_documents(doc_ids)
 
     def _clear_previous(self, doc_id: str) -> None:
         """Drop chunks (and any vectors) an interrupted earlier attempt left behind."""
@@ -183,17 +221,18 @@ class DocumentIndexer:
         self.store.clear_chunks(doc_id)
 
     def delete(self, doc_id: str) -> bool:
-        """Remove a document, its vectors, chunks, upload and cached answers; idempotent."""
+        """Remove a document, every version of it, their vectors, chunks, uploads and cached
+        answers; idempotent."""
         if self.store.get_document(doc_id) is None:
             return False
         if self.settings.database_url:
-            self.store.delete_document(doc_id)  # its removal goes out through the change log
+            doc_ids, _ = self.store.delete_lineage(doc_id)  # removals go out through the log
             self.index.refresh(force=True)
         else:
             with self.index.writing():
-                self.index.remove(self.store.delete_document(doc_id))
-        self.uploads.remove(doc_id)
-        self.cache.forget_documents([doc_id])
+                doc_ids, chunk_ids = self.store.delete_lineage(doc_id)
+                self.index.remove(chunk_ids)
+        self._forget(doc_ids)
         return True
 
     def reindex(self, reembed: bool = False) -> tuple[int, list[str]]:

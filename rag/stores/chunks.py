@@ -2,34 +2,34 @@
 
 It is the source of truth: the FAISS index and the BM25 index are rebuilt from it. Only
 chunks of documents in state `indexed` are searchable, so a document becomes visible in
-one transaction (`mark_indexed`) and a crash mid-ingest leaves nothing half-searchable.
+one transaction (`promote`, which also retires the version it replaces) and a crash
+mid-ingest leaves nothing half-searchable.
 The SQL is portable and lives in `ChunkStore`, the type callers use; `SqliteChunkStore` (here)
 runs it on SQLite in the data directory, `PgChunkStore` (rag.stores.chunks_postgres) on
 PostgreSQL, where it also writes the index change log. `build_store` picks one.
 
-A document's state changes only through `set_state` (guarded by TRANSITIONS) and
-`mark_indexed`; `put_document` creates it (queued, or processing for `rag ingest`).
+A document's state changes only through `set_state` (guarded by TRANSITIONS) and `promote`;
+`put_version` creates it (queued, or processing for `rag ingest`); see rag.stores.documents.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-from abc import abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from rag.settings import Settings
-from rag.stores.sql import SqlRecords
+from rag.stores.documents import DOC_COLUMNS, TRANSITIONS, DocumentRecords, Promotion
 from rag.stores.sqlite import SqliteDatabase
-from rag.types import Chunk, ChunkDraft, Document, Sentence, SentenceDraft
+from rag.types import Chunk, ChunkDraft, Sentence, SentenceDraft
 
 log = logging.getLogger(__name__)
+__all__ = ["DOC_COLUMNS", "TRANSITIONS", "ChunkStore", "Promotion", "SqliteChunkStore",
+           "build_store"]
 
 # Sentence vectors are kept in half precision: they only rank a few dozen sentences per ask.
 SENTENCE_DTYPE = np.float16
@@ -47,9 +47,15 @@ CREATE TABLE IF NOT EXISTS documents (
     state TEXT NOT NULL,
     error TEXT,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1,
+    lineage TEXT NOT NULL DEFAULT '',
+    replaces TEXT,
+    reused_chunks INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS documents_collection ON documents(collection);
+CREATE INDEX IF NOT EXISTS documents_name ON documents(collection, filename);
+CREATE INDEX IF NOT EXISTS documents_lineage ON documents(lineage, version);
 CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     document_id TEXT NOT NULL,
@@ -72,99 +78,33 @@ CREATE TABLE IF NOT EXISTS sentences (
     text TEXT NOT NULL,
     page INTEGER,
     title_path TEXT NOT NULL DEFAULT '[]',
-    vector BLOB NOT NULL
+    vector BLOB NOT NULL,
+    header TEXT
 );
 CREATE INDEX IF NOT EXISTS sentences_document ON sentences(document_id, start);
 """
 
-# For each state, the states a document may reach it from (`set_state` refuses the rest and
-# leaves the row as it is). processing -> queued: its job was interrupted or will be retried;
-# indexed -> processing: re-processed (`rag reindex --reembed`, a retried job); failed ->
-# cancelled or queued: the engine marks a stopped job's document failed, then the runner says why.
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "processing": frozenset({"queued", "failed", "cancelled", "indexed", "processing"}),
-    "queued": frozenset({"processing", "failed", "cancelled"}),
-    "failed": frozenset({"processing"}),
-    "cancelled": frozenset({"queued", "processing", "failed"}),
-}
-
 SEARCHABLE = "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id " \
     "WHERE d.state = 'indexed'"
 
-DOC_COLUMNS = (
-    "id, filename, content_type, size, collection, metadata, pages, chunk_count, state, "
-    "error, created_at, updated_at"
+# Columns later schema versions added to a table, for SQLite files written before them
+# (PostgreSQL: migration 0002).
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("sentences", "header", "TEXT"),
+    ("documents", "version", "INTEGER NOT NULL DEFAULT 1"),
+    ("documents", "lineage", "TEXT NOT NULL DEFAULT ''"),
+    ("documents", "replaces", "TEXT"),
+    ("documents", "reused_chunks", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 
-class ChunkStore(SqlRecords):
+class ChunkStore(DocumentRecords):
     """Documents, chunks and sentences in SQL tables: the queries both backends run.
 
     A backend class puts its database class first (`SqliteDatabase`, `PostgresDatabase`),
     which gives the primitives `stores.sql.SqlRecords` declares, and says what `_log` does.
+    Document rows and versions are `stores.documents.DocumentRecords`.
     """
-
-    @abstractmethod
-    def _log(self, db: Any, op: str, doc_id: str) -> None:
-        """Record the document's chunk ids as added or removed, inside transaction `db`."""
-
-    def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
-        """Run statements in one immediate transaction."""
-        with self.transaction() as db:
-            for sql, args in statements:
-                db.execute(sql, args)
-
-    # Documents
-
-    def put_document(self, doc: Document) -> Document:
-        """Insert or update a document row (created_at is kept on update)."""
-        now = time.time()
-        existing = self.get_document(doc.id)
-        created = existing.created_at if existing else (doc.created_at or now)
-        doc = replace(doc, created_at=created, updated_at=now)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in DOC_COLUMNS.split(", ")[1:])
-        self._write([(
-            f"INSERT INTO documents ({DOC_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
-            f"ON CONFLICT (id) DO UPDATE SET {updates}",
-            (
-                doc.id, doc.filename, doc.content_type, doc.size, doc.collection,
-                json.dumps(dict(doc.metadata)), doc.pages, doc.chunk_count, doc.state,
-                doc.error, doc.created_at, doc.updated_at,
-            ),
-        )])
-        return doc
-
-    def get_document(self, doc_id: str) -> Document | None:
-        rows = self._query(f"SELECT {DOC_COLUMNS} FROM documents WHERE id = ?", (doc_id,))
-        return _document(rows[0]) if rows else None
-
-    def list_documents(
-        self, collection: str | None = None, offset: int = 0, limit: int = 50
-    ) -> tuple[list[Document], int]:
-        where, args = ("WHERE collection = ?", [collection]) if collection else ("", [])
-        total = self._query(f"SELECT COUNT(*) FROM documents {where}", args)[0][0]
-        rows = self._query(
-            f"SELECT {DOC_COLUMNS} FROM documents {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
-            [*args, limit, offset],
-        )
-        return [_document(r) for r in rows], int(total)
-
-    def set_state(self, doc_id: str, state: str, error: str | None = None) -> bool:
-        """Move a document to `state` when TRANSITIONS allow it from where it is; False (and
-        a warning) when they do not or the document is gone."""
-        before = sorted(TRANSITIONS[state])
-        marks = ",".join("?" * len(before))
-        changed = self.execute(
-            f"UPDATE documents SET state = ?, error = ?, updated_at = ? WHERE id = ? "
-            f"AND state IN ({marks})", (state, error, time.time(), doc_id, *before))
-        if not changed:
-            doc = self.get_document(doc_id)
-            log.warning("document %s stays %s (not %s)", doc_id[:12],
-                        doc.state if doc else "deleted", state)
-        return bool(changed)
-
-    def collections(self) -> set[str]:
-        return {r[0] for r in self._query("SELECT DISTINCT collection FROM documents")}
 
     # Chunks
 
@@ -195,13 +135,13 @@ class ChunkStore(SqlRecords):
             raise ValueError("one vector per sentence")
         rows = [
             (doc_id, d.start, d.end, d.text, d.page, json.dumps(list(d.title_path)),
-             np.asarray(v, dtype=SENTENCE_DTYPE).tobytes())
+             np.asarray(v, dtype=SENTENCE_DTYPE).tobytes(), d.header)
             for d, v in zip(drafts, vectors, strict=True)
         ]
         with self.transaction() as db:
             db.executemany(
                 'INSERT INTO sentences (document_id, start, "end", text, page, title_path, '
-                "vector) VALUES (?,?,?,?,?,?,?)", rows)
+                "vector, header) VALUES (?,?,?,?,?,?,?,?)", rows)
 
     def sentences_within(
         self, spans: Sequence[tuple[str, int, int]]
@@ -211,31 +151,49 @@ class ChunkStore(SqlRecords):
         found: dict[int, tuple[Sentence, npt.NDArray[np.float32]]] = {}
         for doc_id, start, end in spans:
             rows = self._query(
-                'SELECT id, document_id, start, "end", text, page, title_path, vector '
+                'SELECT id, document_id, start, "end", text, page, title_path, vector, header '
                 'FROM sentences WHERE document_id = ? AND start < ? AND "end" > ? ORDER BY start',
                 (doc_id, end, start),
             )
             for r in rows:
                 sentence = Sentence(id=int(r[0]), document_id=r[1], start=r[2], end=r[3],
-                                    text=r[4], page=r[5], title_path=tuple(json.loads(r[6])))
+                                    text=r[4], page=r[5], title_path=tuple(json.loads(r[6])),
+                                    header=r[8])
                 vector = np.frombuffer(r[7], dtype=SENTENCE_DTYPE).astype(np.float32)
                 found[sentence.id] = (sentence, vector)
         return sorted(found.values(), key=lambda item: (item[0].document_id, item[0].start))
 
+    def chunk_vectors_by_text(
+        self, doc_id: str, texts: Sequence[str]
+    ) -> dict[str, npt.NDArray[np.float32]]:
+        """Vectors of the document's chunks whose text is one of `texts`, by text (a new
+        version reuses them rather than embed the same text again)."""
+        rows = self._rows_by_text("SELECT text, vector FROM chunks", doc_id, texts)
+        return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows}
+
+    def sentence_vectors_by_text(
+        self, doc_id: str, texts: Sequence[str]
+    ) -> dict[tuple[str, str | None], npt.NDArray[np.float32]]:
+        """Vectors (float32) of the document's sentences whose text is one of `texts`, by
+        (text, header): a table row is embedded with its header."""
+        rows = self._rows_by_text("SELECT text, header, vector FROM sentences", doc_id, texts)
+        return {(r[0], r[1]): np.frombuffer(r[2], dtype=SENTENCE_DTYPE).astype(np.float32)
+                for r in rows}
+
+    def _rows_by_text(
+        self, select: str, doc_id: str, texts: Sequence[str]
+    ) -> list[tuple[Any, ...]]:
+        unique = list(dict.fromkeys(texts))
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(unique), 500):
+            part = unique[start : start + 500]
+            rows.extend(self._query(f"{select} WHERE document_id = ? AND text IN "
+                                    f"({','.join('?' * len(part))})", [doc_id, *part]))
+        return rows
+
     def sentence_count(self, doc_id: str) -> int:
         rows = self._query("SELECT COUNT(*) FROM sentences WHERE document_id = ?", (doc_id,))
         return int(rows[0][0])
-
-    def mark_indexed(self, doc_id: str, pages: int | None) -> int:
-        """Make a document's chunks searchable in one transaction; returns its chunk count."""
-        with self.transaction() as db:
-            count = db.execute("SELECT COUNT(*) FROM chunks WHERE document_id = ?",
-                               (doc_id,)).fetchone()[0]
-            db.execute(
-                "UPDATE documents SET state = 'indexed', error = NULL, chunk_count = ?, "
-                "pages = ?, updated_at = ? WHERE id = ?", (count, pages, time.time(), doc_id))
-            self._log(db, "add", doc_id)
-        return int(count)
 
     def delete_document(self, doc_id: str) -> list[int]:
         """Remove a document and its chunks; returns the removed chunk ids."""
@@ -355,22 +313,21 @@ def _insert_chunk(
 ) -> int:
     return int(db.execute(INSERT_CHUNK, chunk_row(doc_id, d, vector)).fetchone()[0])
 
-def _document(row: tuple[Any, ...]) -> Document:
-    meta: Mapping[str, Any] = json.loads(row[5]) if row[5] else {}
-    return Document(
-        id=row[0], filename=row[1], content_type=row[2], size=row[3], collection=row[4],
-        metadata=meta, pages=row[6], chunk_count=row[7], state=row[8], error=row[9],
-        created_at=row[10], updated_at=row[11],
-    )
-
 
 class SqliteChunkStore(SqliteDatabase, ChunkStore):
     """The chunk store in SQLite (WAL mode); safe to share between threads and processes."""
 
     SCHEMA = SCHEMA
+    SCHEMA_VERSION = 2
+    ADDED_COLUMNS = ADDED_COLUMNS
 
     def _log(self, db: Any, op: str, doc_id: str) -> None:
         """Nothing to record: only the PostgreSQL store keeps an index change log."""
+
+    def _after_upgrade(self, db: Any, added: list[tuple[str, str]]) -> None:
+        """Documents stored before versions are each the first version of their own lineage."""
+        if ("documents", "lineage") in added:
+            db.execute("UPDATE documents SET lineage = id WHERE lineage = ''")
 
 
 def build_store(settings: Settings) -> ChunkStore:

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from cachetools import LRUCache
 
-from rag.stores.chunks import INSERT_CHUNK, ChunkStore, chunk_row
+from rag.stores.chunks import INSERT_CHUNK, ChunkStore, Promotion, chunk_row
 from rag.stores.postgres import PostgresDatabase, placeholders
 from rag.types import Chunk, ChunkDraft, Sentence
 
@@ -77,11 +77,27 @@ class PgChunkStore(PostgresDatabase, ChunkStore):
 
     def delete_document(self, doc_id: str) -> list[int]:
         ids = super().delete_document(doc_id)
-        with self._cache_lock:
-            for key in [k for k in self._sentences if k[0] == doc_id]:
-                del self._sentences[key]
-            self._names.pop(doc_id, None)
+        self._forget([doc_id])
         return ids
+
+    def delete_lineage(self, doc_id: str) -> tuple[list[str], list[int]]:
+        doc_ids, chunk_ids = super().delete_lineage(doc_id)
+        self._forget(doc_ids)
+        return doc_ids, chunk_ids
+
+    def promote(self, doc_id: str, pages: int | None) -> Promotion:
+        done = super().promote(doc_id, pages)
+        self._forget(done.replaced)
+        return done
+
+    def _forget(self, doc_ids: Sequence[str]) -> None:
+        """Drop what the read cache holds of these documents (their sentences and names)."""
+        gone = set(doc_ids)
+        with self._cache_lock:
+            for key in [k for k in self._sentences if k[0] in gone]:
+                del self._sentences[key]
+            for doc_id in gone:
+                self._names.pop(doc_id, None)
 
     def _log(self, db: Any, op: str, doc_id: str) -> None:
         self.serialize(db, LOG_LOCK)

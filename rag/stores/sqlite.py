@@ -20,6 +20,9 @@ class SqliteDatabase:
     # The schema's version, kept in SQLite's user_version: the code refuses a newer file (a
     # later release wrote it) rather than misread it. A new version adds its statements here.
     SCHEMA_VERSION = 1
+    # (table, column, declaration) a later schema version added to a table that older files
+    # have without it; added at open, before SCHEMA runs (its indexes may name them).
+    ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = ()
     dialect = "sqlite"
 
     def __init__(self, path: Path) -> None:
@@ -40,6 +43,8 @@ class SqliteDatabase:
                     _enable_wal(db)
                     db.execute("PRAGMA synchronous=FULL")
                     found = self._check_version(db)
+                    if found < self.SCHEMA_VERSION:
+                        self._upgrade(db)
                     db.executescript(self.SCHEMA)
                     if found < self.SCHEMA_VERSION:  # written once: opening must not write
                         with contextlib.suppress(sqlite3.OperationalError):  # full: next time
@@ -59,6 +64,37 @@ class SqliteDatabase:
                 "Upgrade the service to the release that wrote it, or point RAG_DATA_DIR "
                 "elsewhere.")
         return found
+
+    def _upgrade(self, db: sqlite3.Connection) -> list[tuple[str, str]]:
+        """Add the ADDED_COLUMNS an older file's existing tables lack, in one transaction
+        (looked at again inside it: another process may have just done it); returns the
+        (table, column) pairs added."""
+        if not self._missing(db):
+            return []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            added = self._missing(db)
+            declared = {(t, c): d for t, c, d in self.ADDED_COLUMNS}
+            for table, column in added:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declared[table, column]}")
+            self._after_upgrade(db, added)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return added
+
+    def _missing(self, db: sqlite3.Connection) -> list[tuple[str, str]]:
+        """The ADDED_COLUMNS absent from tables that exist."""
+        missing = []
+        for table, column, _ in self.ADDED_COLUMNS:
+            have = {r[1] for r in db.execute(f"PRAGMA table_info({table})").fetchall()}
+            if have and column not in have:  # no columns: the table is not there yet
+                missing.append((table, column))
+        return missing
+
+    def _after_upgrade(self, db: sqlite3.Connection, added: list[tuple[str, str]]) -> None:
+        """Fill columns just added (inside the upgrade's transaction); nothing by default."""
 
     @contextlib.contextmanager
     def readable(self) -> Iterator[None]:

@@ -164,6 +164,43 @@ def test_delete_then_ask(client: Client) -> None:
     check_exactly_once(service_of(client))
 
 
+def test_a_new_version_replaces_the_old_one(client: Client) -> None:
+    first = b"The Quenby ferry to Holm Island leaves the north pier at 7:10 each morning."
+    second = b"The Quenby ferry to Holm Island leaves the north pier at 8:45 each morning."
+    third = b"The Quenby ferry to Holm Island leaves the north pier at 9:20 each morning."
+    [v1] = accepted(client, [("ferry.txt", first)])
+    wait_jobs(client, [v1["job_id"]])
+    question = "When does the Quenby ferry to Holm Island leave?"
+    assert "7:10" in ask(client, question)["citations"][0]["text"]
+    [v2] = accepted(client, [("ferry.txt", second)])
+    assert v2["version"] == 2 and v2["document_id"] != v1["document_id"]
+    wait_jobs(client, [v2["job_id"]])
+    doc = client.get(f"/v1/documents/{v2['document_id']}").json()
+    assert [(v["id"], v["version"], v["state"]) for v in doc["versions"]] == [
+        (v1["document_id"], 1, "replaced"), (v2["document_id"], 2, "indexed")]
+    assert doc["replaces"] == v1["document_id"] and doc["versions"][1]["size"] == len(second)
+    old = client.get(f"/v1/documents/{v1['document_id']}").json()
+    assert old["state"] == "replaced" and len(old["versions"]) == 2
+    answer = ask(client, question)
+    assert not answer["cached"] and answer["citations"]
+    assert all(c["document_id"] == v2["document_id"] and "7:10" not in c["text"]
+               for c in answer["citations"])
+    assert "8:45" in answer["citations"][0]["text"]
+    # two new versions at once (one request, uploaded together): one ends current
+    v3, v4 = accepted(client, [("ferry.txt", third), ("ferry.txt", first + b" Or so.")])
+    assert (v3["version"], v4["version"]) == (3, 4)
+    wait_jobs(client, [v3["job_id"], v4["job_id"]])
+    listed = client.get("/v1/documents").json()
+    assert listed["total"] == 1 and listed["items"][0]["id"] == v4["document_id"]
+    states = [v["state"] for v in client.get(f"/v1/documents/{v1['document_id']}").json()[
+        "versions"]]
+    assert states == ["replaced", "replaced", "replaced", "indexed"]
+    assert client.delete(f"/v1/documents/{v2['document_id']}").json()["deleted"] is True
+    assert client.get("/v1/documents").json()["total"] == 0
+    assert client.get(f"/v1/documents/{v4['document_id']}").status_code == 404
+    check_exactly_once(service_of(client))
+
+
 def test_list_documents_pages_and_filters(client: Client) -> None:
     for n in range(5):
         accepted(client, [(f"note{n}.txt", f"Note {n}: the pantry holds {n} jars.".encode())],
@@ -340,7 +377,8 @@ HOSTILE: dict[str, tuple[dict[str, Any], int, str]] = {
     "request over the limit": ({"files": [("file", (f"{n}.txt", b"y" * 3000))
                                           for n in range(3)]}, 413, "over the limit"),
     "good file with a bad one": ({"files": [("file", ("ok.txt", b"fine text")),
-                                            ("file", ("scan.png", png()))]}, 415, "scan.png"),
+                                            ("file", ("scan.png", png()))]}, 422,
+                                 "scan.png is not a readable image"),
 }
 
 

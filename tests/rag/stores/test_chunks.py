@@ -5,7 +5,6 @@ hash), and PostgreSQL's index change log."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,30 +14,8 @@ import pytest
 from rag.errors import NotFound, StoreUnavailable, StoreUnreadable
 from rag.stores.chunks import ChunkStore, SqliteChunkStore
 from rag.stores.chunks_postgres import PgChunkStore
-from rag.stores.uploads import BLOCK, PgUploadStore, Uploads, UploadStore
+from rag.stores.uploads import BLOCK, Uploads
 from rag.types import ChunkDraft, Document
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture()
-def store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ChunkStore]:
-    made = (PgChunkStore(request.getfixturevalue("pg_url")) if backend == "postgres"
-            else SqliteChunkStore(tmp_path / "s.sqlite3"))
-    made.open()
-    yield made
-    made.close()
-
-
-@pytest.fixture()
-def uploads(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Uploads]:
-    made: Uploads = (PgUploadStore(request.getfixturevalue("pg_url"), tmp_path / "scratch")
-                     if backend == "postgres" else UploadStore(tmp_path / "uploads"))
-    made.open()
-    yield made
 
 
 def drafts(n: int) -> list[ChunkDraft]:
