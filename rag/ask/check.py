@@ -3,6 +3,8 @@
 A sentence is supported when every number and name in it occurs in the sources it cites (all
 the prompt's sources when it cites none) and enough of its content words (stemmed, function
 words left out) occur in one evidence sentence of those sources: its best supporting quote.
+A table row is read with its header ("Extension: .pdf; Format: PDF"), and the rows of one table
+shown together may support a sentence together ("You can upload PDF and DOCX files.").
 That asks only whether the claim occurs somewhere; the check that asks whether it answers the
 question (`check_answer_sentence`, the default: setting `check_answers_question`) also wants
 the claim in the evidence that holds the question's key terms (a sentence, or it and the one
@@ -31,6 +33,8 @@ from rag.ask.claims import (
     placed_sentences,
 )
 from rag.ask.context import AskContext, quiet
+from rag.ask.evidence import asks_for_list
+from rag.documents.sentences import with_header
 from rag.types import (
     NO_ANSWER,
     AnswerMode,
@@ -172,8 +176,9 @@ class CheckStage:
     def judge(self, ctx: AskContext) -> Judge:
         """The check of this ask's answer sentences (the prompt is built)."""
         shown, sources = _sources(ctx)
-        pool = [Candidate(s.item.sentence.text, s.source, s.item.sentence.document_id,
-                          s.item.sentence.id) for s in shown]
+        pool = [Candidate(with_header(s.item.sentence), s.source, s.item.sentence.document_id,
+                          s.item.sentence.id, s.item.sentence.header, s.item.sentence.text)
+                for s in shown]
         return Judge(ctx.question, pool, sources, self.min_overlap, ctx.search,
                      self.answers_question, self.min_anchor)
 
@@ -188,26 +193,28 @@ class CheckStage:
         checks = [v.check for v in claims if v.check is not None]
         supported = [c for c in checks if c.supported]
         groundedness = len(supported) / len(checks) if checks else 0.0
-        lead: int | None = None
+        lead: tuple[int, ...] = ()
         mode: AnswerMode = "generated"
         if not text:  # nothing the model said is shown
-            text, mode, lead = self._instead(declined, shown)
+            text, mode, lead = self._instead(ctx.question, declined, shown)
         best = [v.best for v in claims]
         quotes, checks = _quotes(shown, checks, best, lead, self.quotes)
         return replace(ctx, text=text, mode=mode, groundedness=round(groundedness, 4),
                        sentences=tuple(checks), quotes=quotes)
 
-    def _instead(self, declined: bool, shown: Sequence[_Shown]
-                 ) -> tuple[str, AnswerMode, int | None]:
+    def _instead(self, question: str, declined: bool, shown: Sequence[_Shown]
+                 ) -> tuple[str, AnswerMode, tuple[int, ...]]:
         """The answer when none of the model's is shown: the best evidence sentence as a quote
-        (its index into `shown`), or an abstention."""
-        strong = bool(shown) and shown[0].item.dense >= self.min_quote_score
+        (its index into `shown`), or an abstention. A list question whose best evidence is a
+        table row is answered with the rows of that table shown (their indices)."""
+        rows = _table_rows(shown) if shown and asks_for_list(question) else ()
+        strong = bool(rows) or bool(shown) and shown[0].item.dense >= self.min_quote_score
         if (declined and not (self.unsupported == "quote" and strong)
                 or self.unsupported == "drop" or not shown):
-            return NO_ANSWER, "abstained", None
-        quoted = shown[0]  # `shown` is best-ranked first
-        words = " ".join(quoted.item.sentence.text.split())
-        return f'"{words}" [{quoted.source}]', "quote", 0
+            return NO_ANSWER, "abstained", ()
+        lead = rows or (0,)  # `shown` is best-ranked first
+        quoted = "; ".join(f'"{" ".join(shown[i].item.sentence.text.split())}"' for i in lead)
+        return f"{quoted} [{shown[lead[0]].source}]", "quote", lead
 
 
 def _sources(ctx: AskContext) -> tuple[list[_Shown], dict[int, str]]:
@@ -223,7 +230,7 @@ def _sources(ctx: AskContext) -> tuple[list[_Shown], dict[int, str]]:
     for number, source in enumerate(prompt.sources, start=1):
         sentences = prompt.evidence[number - 1] if prompt.evidence else ()
         if sentences:
-            texts[number] = " ".join(s.sentence.text for s in sentences)
+            texts[number] = " ".join(with_header(s.sentence) for s in sentences)
         else:
             c = source.chunk
             texts[number] = c.text
@@ -237,13 +244,24 @@ def _sources(ctx: AskContext) -> tuple[list[_Shown], dict[int, str]]:
     return shown, texts
 
 
+def _table_rows(shown: Sequence[_Shown]) -> tuple[int, ...]:
+    """When the best evidence is a table row: the indices of the rows of its table shown, in
+    document order (empty otherwise)."""
+    first = shown[0].item.sentence
+    if not first.header:
+        return ()
+    rows = [i for i, s in enumerate(shown) if (s.item.sentence.document_id, s.item.sentence.header)
+            == (first.document_id, first.header)]
+    return tuple(sorted(rows, key=lambda i: shown[i].item.sentence.start))
+
+
 def _quotes(
     shown: Sequence[_Shown], checks: list[SentenceCheck], best: list[int | None],
-    lead: int | None, limit: int,
+    lead: tuple[int, ...], limit: int,
 ) -> tuple[tuple[Quote, ...], list[SentenceCheck]]:
-    """The answer's evidence: the quoted sentence first (if any), each sentence's best support,
+    """The answer's evidence: the quoted sentences first (if any), each sentence's best support,
     then the best-ranked rest up to `limit`; and the checks pointing at their quote."""
-    order: list[int] = [] if lead is None else [lead]
+    order: list[int] = list(lead)
     for index in best:
         if index is not None and index not in order:
             order.append(index)

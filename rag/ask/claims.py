@@ -57,10 +57,23 @@ class Candidate:
     source: int
     document: str = ""
     ordinal: int | None = None  # its sentence id: the next sentence of the document is one on
+    header: str | None = None  # a table row's header line: the rows of one table go together
+    row: str = ""  # a table row's own text, its cells
 
     @functools.cached_property
     def words(self) -> set[str]:
         return content_words(self.text)
+
+    @functools.cached_property
+    def cells(self) -> list[tuple[set[str], set[str]]]:
+        """A table row's columns: the words of each header cell and of the row's cell under
+        it (empty for text, or a row whose cells do not pair with the header's)."""
+        if not self.header:
+            return []
+        names, cells = self.header.split(" | "), self.row.split(" | ")
+        if len(names) != len(cells):
+            return []
+        return [(content_words(n), content_words(c)) for n, c in zip(names, cells, strict=True)]
 
     def next_to(self, other: Candidate) -> bool:
         """Whether `other` is the sentence just before or after this one in its document."""
@@ -151,12 +164,29 @@ def anchor_share(words: set[str], terms: Sequence[set[str]]) -> float:
 
 def windows(candidates: Sequence[Candidate], cited: set[int]) -> list[tuple[int, ...]]:
     """The evidence a claim may lean on: each candidate of the cited sources alone
-    (best-ranked first), then each with the sentence next to it when that was shown too."""
+    (best-ranked first), then each with the sentence next to it when that was shown too, then
+    the rows of each table shown (a list answered from its rows)."""
     alone = [i for i, c in enumerate(candidates) if c.source in cited]
     out: list[tuple[int, ...]] = [(i,) for i in alone]
     out += [(i, j) for i in alone for j in alone
             if i < j and candidates[i].next_to(candidates[j])]
+    tables: dict[tuple[str, str], list[int]] = {}
+    for i in alone:
+        header = candidates[i].header
+        if header:
+            tables.setdefault((candidates[i].document, header), []).append(i)
+    out += [tuple(rows) for rows in tables.values() if len(rows) > 1]
     return out
+
+
+def gives_asked_cells(words: set[str], window: Sequence[Candidate],
+                      terms: Sequence[set[str]], said: set[str]) -> bool:
+    """Whether a claim leaning on table rows carries what the question asks of them: where the
+    question names a column ("... by default?": Default), a word of that column's cell in one of
+    the rows that the question does not already say ("8000", not the variable's name)."""
+    wanted = [cell - said for c in window for name, cell in c.cells
+              if any(name & t for t in terms) and cell - said]
+    return not wanted or any(words & cell for cell in wanted)
 
 
 def check_answer_sentence(
@@ -177,7 +207,8 @@ def check_answer_sentence(
     must come from the evidence that answers the question: a window (a sentence, or it and
     the one next to it) holding `min_anchor` of the question's key terms, every name and
     number of the sentence the question does not say, and `min_overlap` of its new content
-    words; and the sentence must carry a span of the kind the question asks for (`asked`).
+    words (and, from table rows, the cells the question asks for: `gives_asked_cells`); and the
+    sentence must carry a span of the kind the question asks for (`asked`).
     """
     said = f"{question}\n{search}"
     checked, _ = check_sentence(sentence, question, (), sources, min_overlap)
@@ -194,7 +225,8 @@ def check_answer_sentence(
         text = " ".join(candidates[i].text for i in window)
         text_words = {w.casefold() for w in _WORD.findall(text)}
         if anchor_share(held, terms) < min_anchor or not all(
-                _occurs(f, text, text_words) for f in new_facts):
+                _occurs(f, text, text_words) for f in new_facts) or not gives_asked_cells(
+                words, [candidates[i] for i in window], terms, content_words(said)):
             continue
         overlap = len(words & held) / len(words)
         if overlap > best_overlap:

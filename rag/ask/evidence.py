@@ -6,6 +6,11 @@ encoded here) and by BM25 over those sentences, fused by reciprocal rank. The be
 sentence before where they lean on it ("It was ...", "He ..."), become the prompt's evidence,
 grouped by the chunk they come from.
 
+A table row is ranked as it reads with its table's header ("Extension: .pdf; Format: PDF"): its
+vector was embedded so, and BM25 reads it so. A question that asks for a list ("Which
+formats ...?") takes the rows of the table that answers it together, first: the table whose
+header names what is asked, or whose row ranked among the best.
+
 `EvidenceSelector` does the ranking and choosing, `EvidenceStage` is the ask stage (and abstains
 when nothing relevant was found); `Evidence` and `ScoredSentence` are in `rag.types`.
 """
@@ -21,9 +26,10 @@ import bm25s
 import numpy as np
 import numpy.typing as npt
 
+from rag.ask.claims import STOPWORDS, content_words
 from rag.ask.context import AskContext, Pieces, settle
 from rag.ask.ranking import fuse
-from rag.documents.sentences import sentence_spans
+from rag.documents.sentences import sentence_spans, with_header
 from rag.embedding import Embedder
 from rag.stores.chunks import ChunkStore
 from rag.types import NO_ANSWER, Evidence, ScoredChunk, ScoredSentence, Sentence
@@ -41,14 +47,53 @@ _LEANS_BACK = re.compile(
 _WORDS = re.compile(r"\w+")
 
 
-def _states(text: str) -> bool:
+# At most this many rows of one table are taken together for a list question.
+MAX_TABLE_ROWS = 12
+# Words that look plural after "what" but ask for no list ("What happens when ...").
+_NOT_PLURAL = frozenset(["happens", "causes", "makes", "means", "takes", "uses", "needs",
+                         "gets", "goes", "says", "does", "has", "is", "was", "this", "its"])
+_OBJECT_STARTS = frozenset(["the", "a", "an", "this", "that", "these", "those", "its", "their",
+                            "my", "your", "our", "his", "her"])
+_AUXILIARIES = frozenset(["are", "were", "can", "could", "do", "does", "did", "should", "will",
+                          "would", "may", "might", "must", "have", "has", "need", "exist"])
+
+
+def _states(sentence: Sentence) -> bool:
     """Whether a span can state an answer: not a question, and not a heading or label (short,
-    with no sentence end); table rows ("a | b") count as statements."""
-    text = text.rstrip()
+    with no sentence end); table rows ("a | b", a header's or not) count as statements."""
+    text = sentence.text.rstrip()
     if text.endswith("?"):
         return False
+    if sentence.header:
+        return True
     words = len(_WORDS.findall(text))
     return words >= 4 and (text[-1] in ".!;:)\"'" or words >= 7 or " | " in text)
+
+
+def asks_for_list(question: str) -> bool:
+    """Whether a question asks for several things: "Which formats ...", "What file types
+    ...", "What are ...", "List ..."."""
+    # A capitalised word after the first is a name ("Which Kubernetes operator"), no plural.
+    words = [w if n == 0 or w.islower() else "" for n, w in
+             enumerate(_WORDS.findall(question))]
+    words[:1] = [w.casefold() for w in words[:1]]
+    if not words or words[0] in ("list", "name", "enumerate"):
+        return bool(words)
+    if words[0] not in ("which", "what") or len(words) < 2:
+        return False
+    if words[1] in ("are", "were"):
+        return True
+    # "which formats can ...", not "what determines the ...": a verb takes an object
+    if _plural(words[1]) and (len(words) == 2 or words[2] not in _OBJECT_STARTS):
+        return True
+    # "which file types are ...", not "which command rebuilds the ..."
+    return (len(words) > 2 and words[1] not in STOPWORDS and _plural(words[2])
+            and (len(words) == 3 or words[3] in _AUXILIARIES))
+
+
+def _plural(word: str) -> bool:
+    return (word.endswith("s") and not word.endswith(("ss", "us", "is")) and len(word) > 3
+            and word not in STOPWORDS and word not in _NOT_PLURAL)
 
 
 class EvidenceSelector:
@@ -69,12 +114,14 @@ class EvidenceSelector:
     ) -> Evidence:
         """`vector`: the question's embedding, (dim,) or (1, dim)."""
         found = self._candidates(chunks)
-        candidates = [c for c in found if _states(c[0].text)] or found
+        candidates = [c for c in found if _states(c[0])] or found
         if not candidates:
             return Evidence((), ())
         ranked = rank(question, np.asarray(vector, dtype=np.float32).reshape(-1), candidates,
                       self.rrf_k)
         chosen = list(ranked[: self.sentences])
+        if asks_for_list(question):
+            chosen = with_table_rows(question, chosen, ranked)
         if self.neighbours:
             chosen = _with_neighbours(chosen, found)
         return Evidence(tuple(ranked), _group(chosen, chunks))
@@ -121,7 +168,7 @@ def rank(
     """Candidates best first: dense cosine and BM25 over the candidates, fused by RRF."""
     matrix = np.stack([vec for _, vec, _ in candidates])  # (n, dim), rows unit length
     dense = matrix @ vector  # (n,)
-    sparse = bm25_scores(question, [s.text for s, _, _ in candidates])
+    sparse = bm25_scores(question, [with_header(s) for s, _, _ in candidates])
     by_dense = sorted(range(len(candidates)), key=lambda i: (-dense[i], i))
     by_sparse = sorted((i for i in range(len(candidates)) if sparse[i] > 0),
                        key=lambda i: (-sparse[i], i))
@@ -146,6 +193,30 @@ def bm25_scores(question: str, texts: Sequence[str]) -> npt.NDArray[np.float32]:
     if not terms:
         return np.zeros(len(texts), dtype=np.float32)
     return np.asarray(model.get_scores(terms), dtype=np.float32)
+
+
+def with_table_rows(
+    question: str, chosen: list[ScoredSentence], ranked: Sequence[ScoredSentence]
+) -> list[ScoredSentence]:
+    """The rows of the table that answers a list question, then the rest of `chosen`, ranked
+    anew in that order (the prompt shows the table first). The table is the best-ranked one
+    among the candidates whose header names a key term of the question or whose row was
+    chosen; its rows are taken best-ranked first, at most `MAX_TABLE_ROWS`."""
+    terms = content_words(question)
+    picked = {item.sentence.id for item in chosen}
+    table = next((_table(item.sentence) for item in ranked if item.sentence.header and (
+        item.sentence.id in picked or terms & content_words(item.sentence.header))), None)
+    if table is None:
+        return chosen
+    rows = [item for item in ranked if _table(item.sentence) == table][:MAX_TABLE_ROWS]
+    ids = {item.sentence.id for item in rows}
+    rest = [item for item in chosen if item.sentence.id not in ids]
+    return [replace(item, rank=n) for n, item in enumerate([*rows, *rest], start=1)]
+
+
+def _table(sentence: Sentence) -> tuple[str, str] | None:
+    """Which table a row is of (its document and header), None for a sentence of text."""
+    return (sentence.document_id, sentence.header) if sentence.header else None
 
 
 def _with_neighbours(

@@ -1,7 +1,8 @@
 """Prompt assembly: a stable system prompt, numbered sources that fit the budget, the question.
 
 A source is a retrieved chunk: either its whole text (`chunks` context) or the evidence
-sentences chosen from it (`evidence` context, see rag.ask.evidence).
+sentences chosen from it (`evidence` context, see rag.ask.evidence). Rows of a table are shown
+under its header line, one a line; a lone row as its cells named by the header.
 
 The budget is counted with the generator's own tokenizer on the fully rendered chat template,
 so `len(prompt.input_ids) + max_new_tokens <= context_window` holds for any input.
@@ -19,8 +20,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, cast
 
 from rag.ask.context import AskContext, quiet
+from rag.documents.sentences import with_header
 from rag.errors import ConfigError, InvalidInput
-from rag.types import Evidence, Prompt, ScoredChunk, ScoredSentence, Turn
+from rag.types import Evidence, Prompt, ScoredChunk, ScoredSentence, Sentence, Turn
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -34,7 +36,7 @@ SYSTEM_PROMPT = (
     'If the sources do not answer it, say "The documents do not contain this."'
 )
 # Bump when SYSTEM_PROMPT or the layout below changes: it is part of the response cache key.
-PROMPT_TEMPLATE_VERSION = "2"
+PROMPT_TEMPLATE_VERSION = "3"
 
 # Earlier turns may take at most this share of the room left beside the question; the rest
 # is the sources'. Turns are kept newest first; the oldest are dropped first.
@@ -56,12 +58,36 @@ class _Block:
     def text(self) -> str:
         if not self.sentences:
             return self.scored.chunk.text
-        parts = [self.sentences[0].sentence.text]
-        for before, after in zip(self.sentences, self.sentences[1:], strict=False):
-            gap = after.sentence.start - before.sentence.end
-            # Neighbouring sentences read on; a gap between them is shown as one.
-            parts.append((" " if gap <= 3 else " … ") + after.sentence.text)
+        runs = _runs([s.sentence for s in self.sentences])
+        parts = [_run_text(runs[0])]
+        for before, after in zip(runs, runs[1:], strict=False):
+            gap = after[0].start - before[-1].end
+            # Neighbouring sentences read on; a gap between them is shown as one; a table
+            # stands on lines of its own.
+            table = bool(before[0].header or after[0].header)
+            parts.append(("\n" if table else " " if gap <= 3 else " … ") + _run_text(after))
         return "".join(parts)
+
+
+def _runs(sentences: Sequence[Sentence]) -> list[list[Sentence]]:
+    """Sentences (in document order) in runs: the rows of one table together, each other
+    sentence alone."""
+    runs: list[list[Sentence]] = []
+    for s in sentences:
+        last = runs[-1][-1] if runs else None
+        if last is not None and s.header and (last.header, last.document_id) == (
+                s.header, s.document_id):
+            runs[-1].append(s)
+        else:
+            runs.append([s])
+    return runs
+
+
+def _run_text(run: Sequence[Sentence]) -> str:
+    """A sentence as it is; a table's rows under its header line, a lone row with it."""
+    if len(run) == 1:
+        return with_header(run[0])
+    return "\n".join([run[0].header or "", *(s.text for s in run)])
 
 
 def build_prompt(

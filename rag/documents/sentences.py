@@ -5,18 +5,35 @@ input exactly, so offsets are sums of lengths. Text without sentence punctuation
 a list) still yields usable spans: table rows and list items are spans of their own, a piece
 longer than `max_chars` is cut at line breaks, and a line still too long into windows that end
 at whitespace.
+
+A table (rendered by the parser one row a line, cells joined by " | ") is evidence row by row:
+each row keeps its table's header line (`headed_spans`), and what a row means, as ranking,
+embedding and the prompt read it, is the row with its header (`with_header`: "Extension: .pdf;
+Format: PDF"); the span itself stays the row, so quotes keep exact offsets.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Protocol
 
 import sentencex
 
 MAX_CHARS = 400  # ~100 MiniLM tokens: longer spans are cut (the model reads at most 256)
 _LIST_ITEM = re.compile(r"\n(?=[ \t]*(?:[-*•+]|\d+[.)])\s)")
 _LINE = re.compile(r"[^\n]+")
+_CELL_SEP = " | "
+
+
+class Headed(Protocol):
+    """A span's text and, for a table row, its table's header line."""
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def header(self) -> str | None: ...
 
 
 def sentence_spans(text: str, max_chars: int = MAX_CHARS) -> list[tuple[int, int]]:
@@ -68,3 +85,38 @@ def _windows(text: str, start: int, end: int, max_chars: int) -> Iterator[tuple[
             stop = space if space > start else stop
         yield from _trimmed(text, start, stop)
         start = stop
+
+
+def headed_spans(text: str, table: bool = False,
+                 max_chars: int = MAX_CHARS) -> list[tuple[int, int, str | None]]:
+    """`sentence_spans` of `text`, each with its header: for the rows of a `table` element (the
+    parser's " | " lines), the table's first line; None for the header itself and for text."""
+    spans = sentence_spans(text, max_chars)
+    header = table_header(text) if table else None
+    if header is None:
+        return [(start, end, None) for start, end in spans]
+    below = text.index(header) + len(header)
+    return [(start, end, header if start >= below else None) for start, end in spans]
+
+
+def table_header(text: str) -> str | None:
+    """A table's header line: its first line, when it has cells and rows follow it."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    if len(lines) < 2 or _CELL_SEP not in lines[0]:
+        return None
+    return lines[0]
+
+
+def with_header(span: Headed) -> str:
+    """What a span says, as ranking, embedding and the prompt read it: a table row as its
+    header's cells paired with its own ("Extension: .pdf; Format: PDF"), or, where the cells do
+    not pair (a long row cut in windows), the header line above the row; other spans as they are.
+    """
+    if not span.header:
+        return span.text
+    names, cells = span.header.split(_CELL_SEP), span.text.split(_CELL_SEP)
+    if len(names) != len(cells):
+        return f"{span.header}\n{span.text}"
+    pairs = [f"{name.strip()}: {cell.strip()}" if name.strip() else cell.strip()
+             for name, cell in zip(names, cells, strict=True) if cell.strip()]
+    return "; ".join(pairs)
