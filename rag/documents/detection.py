@@ -1,10 +1,12 @@
 """Tell an uploaded file's kind from its content and refuse what is too large or unsafe.
 
-Magic bytes pick pdf; a zip's part folders pick docx, pptx or xlsx; anything else must look like
-text, whose encoding comes from a BOM, UTF-8 or charset detection, and whose kind is sniffed from
-its first 64 KiB (markup, JSON, an email header, markdown or rst syntax, a CSV table), with the
-extension deciding among the plain-text kinds. The limit checks run before anything is parsed: file
-size, empty files, and zips whose declared sizes would expand too far.
+Magic bytes pick pdf and the image kinds (png, jpeg, tiff, webp: read with OCR); a zip's part
+folders pick docx, pptx or xlsx; anything else must look like text, whose encoding comes from a
+BOM, UTF-8 or charset detection, and whose kind is sniffed from its first 64 KiB (markup, JSON, an
+email header, markdown or rst syntax, a CSV table), with the extension deciding among the
+plain-text kinds. The limit checks run before anything is parsed: file size, empty files, zips
+whose declared sizes would expand too far, and images whose header declares too many pixels (or
+is unreadable).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 import zipfile
 from pathlib import Path
 
+from rag.documents.ocr import IMAGE_KINDS, check_image
 from rag.errors import EmptyDocument, InvalidInput, NotFound, TooLarge, UnsupportedType
 from rag.settings import Settings
 
@@ -32,14 +35,23 @@ SUPPORTED: dict[str, str] = {
     "csv": "text/csv",
     "eml": "message/rfc822",
     "json": "application/json",
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "tiff": "image/tiff",
+    "webp": "image/webp",
 }
 _EXTENSIONS = {
     ".txt": "txt", ".text": "txt", ".log": "txt", ".md": "md", ".markdown": "md", ".rst": "rst",
     ".html": "html", ".htm": "html", ".xhtml": "html", ".xml": "xml", ".pdf": "pdf",
     ".docx": "docx", ".pptx": "pptx", ".xlsx": "xlsx", ".csv": "csv", ".eml": "eml",
-    ".json": "json",
+    ".json": "json", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".jpe": "jpeg",
+    ".tif": "tiff", ".tiff": "tiff", ".webp": "webp",
 }  # fmt: skip
 _BINARY_KINDS = frozenset({"pdf", "docx", "pptx", "xlsx"})
+_IMAGE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+)  # fmt: skip
 _PLAIN_KINDS = frozenset({"txt", "md", "rst", "csv"})
 _ZIP_MEMBERS = {"docx": "word/", "pptx": "ppt/", "xlsx": "xl/"}  # part folder of each container
 SUPPORTED_HINT = "Supported types: " + ", ".join(SUPPORTED) + "."
@@ -73,14 +85,15 @@ def detect_kind(path: Path, filename: str) -> str:
     """The kind of the file (a key of SUPPORTED), decided from its content.
 
     The extension only picks among plain-text kinds (txt, md, rst, csv); a file named as a binary
-    kind (pdf, docx, pptx, xlsx) whose content is something else is refused as a mismatch.
+    kind (pdf, docx, pptx, xlsx, an image) whose content is something else, or an image named as
+    another kind, is refused as a mismatch (one image kind named as another is fine).
     """
     claimed = _EXTENSIONS.get(Path(filename).suffix.lower())
     with path.open("rb") as stream:
         head = stream.read(_SNIFF_BYTES)
         complete = not stream.read(1)
     detected = _binary_kind(path, filename, head, claimed) or _text_kind(head, claimed, complete)
-    if claimed in _BINARY_KINDS and detected != claimed:
+    if _mismatch(claimed, detected):
         raise UnsupportedType(
             f"{filename} is named as a {claimed} file but its content is {detected} "
             f"({SUPPORTED[detected]}).",
@@ -88,6 +101,14 @@ def detect_kind(path: Path, filename: str) -> str:
             f"{SUPPORTED_HINT}",
         )
     return detected
+
+
+def _mismatch(claimed: str | None, detected: str) -> bool:
+    if claimed is None or claimed == detected:
+        return False
+    if claimed in IMAGE_KINDS and detected in IMAGE_KINDS:
+        return False  # a .jpg that is a PNG is still a photo
+    return claimed in _BINARY_KINDS or claimed in IMAGE_KINDS or detected in IMAGE_KINDS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,7 +125,10 @@ def inspect_file(path: Path, filename: str, settings: Settings) -> str:
     if not path.is_file():
         raise NotFound(f"File {filename!r} does not exist.", "Check the path.")
     check_limits(path, filename, settings)
-    return detect_kind(path, filename)
+    kind = detect_kind(path, filename)
+    if kind in IMAGE_KINDS:
+        check_image(path, filename, settings)
+    return kind
 
 
 def check_limits(path: Path, filename: str, settings: Settings) -> None:
@@ -168,6 +192,11 @@ def _binary_kind(path: Path, filename: str, head: bytes, claimed: str | None) ->
         return "pdf"
     if head.startswith(b"PK\x03\x04"):
         return _zip_kind(path, filename, claimed)
+    for magic, kind in _IMAGE_MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp"
     if _looks_text(head):
         return None
     import filetype

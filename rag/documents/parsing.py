@@ -1,13 +1,14 @@
 """Turn an uploaded file into Elements, partitioned with unstructured, fully offline.
 
 The file is checked and its kind told from its content first (`detection.inspect_file`).
-Per kind: html, xml, docx, pptx, xlsx, csv,
-eml and md go through unstructured's partitioners (md in blocks of about 1 MB so a huge file parses
-in bounded memory). pdf reads the text layer with pdfminer and classifies each text box with
-unstructured's `element_from_text`, as unstructured's "fast" strategy does, without `partition_pdf`
-(whose module needs unstructured-inference) and without OCR. txt and rst (pandoc, which
-`partition_rst` needs, is not installed) are streamed in paragraphs. Arbitrary JSON is flattened
-into "key.path: value" lines; unstructured's own element JSON goes through `partition_json`.
+Per kind: html, xml, docx, pptx, xlsx, csv, eml and md go through unstructured's partitioners (md
+in blocks of about 1 MB so a huge file parses in bounded memory). pdf reads the text layer with
+pdfminer and classifies each text box with unstructured's `element_from_text`, as unstructured's
+"fast" strategy does, without `partition_pdf` (whose module needs unstructured-inference); a page
+without a text layer is rendered and read with Tesseract (`ocr`), as are images (png, jpeg, tiff,
+webp; a TIFF's frames are pages). txt and rst (pandoc, which `partition_rst` needs, is not
+installed) are streamed in paragraphs. Arbitrary JSON is flattened into "key.path: value" lines;
+unstructured's own element JSON goes through `partition_json`.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from rag.documents import ocr
 from rag.documents.detection import SUPPORTED_HINT, file_encoding, inspect_file
 from rag.errors import ConfigError, EmptyDocument, InvalidInput, RagError, UnsupportedType
 from rag.settings import Settings
 from rag.types import Element
 
 if TYPE_CHECKING:
+    from pdfminer.layout import LTPage
     from unstructured.documents.elements import Element as UnstructuredElement
 
 _BLOCK_CHARS = 1 << 20  # text is partitioned in blocks of about this many characters
@@ -64,7 +67,7 @@ def parse(
     if kind is None:
         kind = inspect_file(path, filename, settings)
     _use_packaged_spacy_model()
-    return _elements(kind, path, filename)
+    return _elements(kind, path, filename, settings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,25 +104,27 @@ def _use_packaged_spacy_model() -> None:
 # Partitioning
 
 
-def _elements(kind: str, path: Path, filename: str) -> Iterator[Element]:
+def _elements(kind: str, path: Path, filename: str, settings: Settings) -> Iterator[Element]:
     count = 0
-    for element in _with_title_paths(_guarded(kind, path, filename)):
+    for element in _with_title_paths(_guarded(kind, path, filename, settings)):
         count += 1
         yield element
     if count:
         return
-    if kind == "pdf":
+    if kind == "pdf" or kind in ocr.IMAGE_KINDS:
+        what = "has no text layer and OCR" if kind == "pdf" else "is an image in which OCR"
         raise EmptyDocument(
-            f"{filename} has no text layer (probably a scanned image); OCR is not supported.",
-            hint="Upload a PDF with selectable text, or a text export of the document.",
+            f"{filename} {what} found no text (languages: {settings.ocr_languages}).",
+            hint="Upload a sharper scan (about 300 dpi), set RAG_OCR_LANGUAGES to the "
+            "document's language, or upload a text export of the document.",
         )
     raise EmptyDocument(f"{filename} contains no text.", hint="Upload a document with text.")
 
 
-def _guarded(kind: str, path: Path, filename: str) -> Iterator[_Piece]:
+def _guarded(kind: str, path: Path, filename: str, settings: Settings) -> Iterator[_Piece]:
     """The pieces of the file; a library's failure becomes InvalidInput naming the file."""
     try:
-        yield from _pieces(kind, path)
+        yield from _pieces(kind, path, filename, settings)
     except RagError:
         raise
     except Exception as exc:
@@ -148,14 +153,16 @@ def _with_title_paths(pieces: Iterable[_Piece]) -> Iterator[Element]:
             stack.append((depth, text))
 
 
-def _pieces(kind: str, path: Path) -> Iterator[_Piece]:
+def _pieces(kind: str, path: Path, filename: str, settings: Settings) -> Iterator[_Piece]:
+    if kind in ocr.IMAGE_KINDS:
+        return _image_pieces(path, filename, settings)
     match kind:
         case "txt" | "rst":
             return _plain_pieces(path, rst=kind == "rst")
         case "md":
             return _markdown_pieces(path)
         case "pdf":
-            return _pdf_pieces(path)
+            return _pdf_pieces(path, filename, settings)
         case "json":
             return _json_pieces(path)
         case "eml":
@@ -239,27 +246,49 @@ def _email_pieces(path: Path) -> Iterator[_Piece]:
     yield from _from_unstructured(elements)
 
 
-def _pdf_pieces(path: Path) -> Iterator[_Piece]:
-    """The text layer page by page: each pdfminer text box classified by unstructured."""
+def _image_pieces(path: Path, filename: str, settings: Settings) -> Iterator[_Piece]:
+    """The paragraphs Tesseract reads on each page of the image."""
+    for number, paragraphs in ocr.image_pages(path, filename, settings):
+        yield from _ocr_pieces(paragraphs, number)
+
+
+def _ocr_pieces(paragraphs: Iterable[str], page: int) -> Iterator[_Piece]:
+    for paragraph in paragraphs:
+        for piece in _paragraph_pieces(paragraph):
+            yield piece._replace(page=page)
+
+
+def _pdf_pieces(path: Path, filename: str, settings: Settings) -> Iterator[_Piece]:
+    """The text layer page by page, or Tesseract's reading of a page without one."""
     from pdfminer.high_level import extract_pages
+
+    with ocr.ScannedPages(path, filename, settings) as scans:  # refuses too many before OCR
+        for number, page in enumerate(extract_pages(path), start=1):
+            if number in scans.numbers:
+                yield from _ocr_pieces(scans.read(number), number)
+            else:
+                yield from _text_layer_pieces(page, number)
+
+
+def _text_layer_pieces(page: LTPage, number: int) -> Iterator[_Piece]:
+    """Each pdfminer text box of the page, classified by unstructured."""
     from pdfminer.layout import LTTextContainer
     from unstructured.cleaners.core import clean_extra_whitespace
     from unstructured.documents.coordinates import PixelSpace
     from unstructured.partition.text import element_from_text
 
-    for number, page in enumerate(extract_pages(path), start=1):
-        system = PixelSpace(width=page.width, height=page.height)
-        for box in page:
-            if not isinstance(box, LTTextContainer):
-                continue
-            text = clean_extra_whitespace(box.get_text())
-            if not text:
-                continue
-            x1, y1, x2, y2 = box.bbox  # PDF space: origin at the bottom left
-            top, bottom = page.height - y2, page.height - y1
-            points = ((x1, top), (x1, bottom), (x2, bottom), (x2, top))
-            element = element_from_text(text, coordinates=points, coordinate_system=system)
-            yield _Piece(element.text, element.category, number)
+    system = PixelSpace(width=page.width, height=page.height)
+    for box in page:
+        if not isinstance(box, LTTextContainer):
+            continue
+        text = clean_extra_whitespace(box.get_text())
+        if not text:
+            continue
+        x1, y1, x2, y2 = box.bbox  # PDF space: origin at the bottom left
+        top, bottom = page.height - y2, page.height - y1
+        points = ((x1, top), (x1, bottom), (x2, bottom), (x2, top))
+        element = element_from_text(text, coordinates=points, coordinate_system=system)
+        yield _Piece(element.text, element.category, number)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ def test_tiny_bench_has_every_figure(
     figures = dict(flatten(result["figures"]))
     expected = {
         "ingest.chunks_per_s", "ingest.tokens_per_s", "ingest.raw_encode_chunks_per_s",
-        "ingest.ratio_to_raw_encode", "ask.uncached_p50_ms", "ask.uncached_p95_ms",
+        "ingest.ratio_to_raw_encode", "ocr.pages_per_s", "ocr.raw_pages_per_s",
+        "ocr.ratio_to_raw", "ocr.character_accuracy", "ask.uncached_p50_ms", "ask.uncached_p95_ms",
         "ask.cached_p50_ms", "ask.cached_p95_ms", "ask.first_token_p50_ms",
         "generation.decode_tokens_per_s", "generation.raw_decode_tokens_per_s",
         "generation.decode_ratio", "generation.prompt_lookup_decode_tokens_per_s",
@@ -78,6 +79,7 @@ def test_tiny_bench_has_every_figure(
     assert not bad, bad
     assert result["retrieval"]["300"]["index_kind"] == "flat"
     assert result["ingest"]["chunks"] > 0 and result["memory"]["bench_peak_rss_mb"] > 0
+    assert result["ocr"]["pages"] == 2 and figures["ocr.character_accuracy"] > 0.9
     generation = result["generation"]
     assert generation["engine"]["new_tokens"] <= 6
     # like for like: the headline engine run drafted nothing, the prompt-lookup one did, and

@@ -99,6 +99,7 @@ def make_html(path: Path) -> Path:
 def test_supported_kinds() -> None:
     assert set(SUPPORTED) == {
         "txt", "md", "rst", "html", "xml", "pdf", "docx", "pptx", "xlsx", "csv", "eml", "json",
+        "png", "jpeg", "tiff", "webp",
     }  # fmt: skip
 
 
@@ -376,9 +377,9 @@ def test_pdf_without_text_layer(tmp_path: Path) -> None:
     pdf.rect(20, 20, 100, 50, style="F")
     path = tmp_path / "upload"
     pdf.output(str(path))
-    with pytest.raises(EmptyDocument, match="no text layer.*OCR is not supported") as caught:
+    with pytest.raises(EmptyDocument, match="no text layer and OCR found no text") as caught:
         _parse(path, "scan.pdf")
-    assert "text" in caught.value.hint
+    assert "RAG_OCR_LANGUAGES" in caught.value.hint
 
 
 def test_too_large_is_refused_before_reading(

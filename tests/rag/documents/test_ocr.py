@@ -1,0 +1,290 @@
+"""OCR: scans made here (text drawn at 150 dpi, speckle, a slight tilt) read as images and as
+PDF pages without a text layer, with pages, titles and exact offsets; and every bad scan
+(corrupt, a pixel bomb, blank, thousands of blank pages, too slow) fails alone and clearly."""
+
+from __future__ import annotations
+
+import struct
+import time
+import tracemalloc
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fpdf import FPDF
+from PIL import Image as PILImage
+from PIL.Image import Image
+
+from eval.scans import character_accuracy, render_pages, save_pdf
+from rag.documents.chunking import SEPARATOR
+from rag.documents.detection import SUPPORTED, detect_kind, inspect_file
+from rag.documents.parsing import parse
+from rag.errors import ConfigError, EmptyDocument, InvalidInput, TooLarge, UnsupportedType
+from rag.settings import Settings
+from rag.types import Element
+
+TITLE = "Tide Tables of Port Vell"
+BODY = ("High tide in Port Vell comes at seven in the morning on Mondays. The harbour master "
+        "posts the times on the door of the lighthouse every week.")
+SECOND = ("The ferry to Sant Elm leaves from the north pier at nine. Tickets are sold on "
+          "board and cost four euros.")
+
+
+@pytest.fixture(autouse=True)
+def one_thread_tesseract(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tesseract's OpenMP threads only slow it down on the two shared cores tests run on."""
+    monkeypatch.setenv("OMP_THREAD_LIMIT", "1")
+
+
+def scan(*paragraphs: str, seed: int = 0) -> Image:
+    """One short page (Tesseract takes about a second on it) holding all the paragraphs."""
+    pages = render_pages(paragraphs, seed=seed, inches=(8.5, 2.0 + 0.6 * len(paragraphs)))
+    assert len(pages) == 1
+    return pages[0]
+
+
+def elements(path: Path, name: str, **settings: Any) -> list[Element]:
+    return list(parse(path, name, Settings(**settings)))
+
+
+def text_of(found: Sequence[Element]) -> str:
+    return SEPARATOR.join(e.text for e in found)
+
+
+# ---------------------------------------------------------------------------------------------
+# Images read like text
+
+
+@pytest.mark.parametrize(("name", "kind"), [("scan.png", "png"), ("photo.jpg", "jpeg"),
+                                            ("page.webp", "webp")])
+def test_an_image_reads_like_a_text_file(tmp_path: Path, name: str, kind: str) -> None:
+    path = tmp_path / "upload"
+    scan(TITLE, BODY).save(path, format={"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}[kind],
+                           dpi=(150, 150))
+    assert inspect_file(path, name, Settings()) == kind
+    found = elements(path, name)
+    title = found[0]
+    assert title.category == "Title" and character_accuracy(TITLE, title.text) > 0.9
+    body = next(e for e in found if "harbour" in e.text)
+    assert body.category == "NarrativeText" and body.title_path == (title.text,)
+    assert {e.page for e in found} == {1}
+    assert character_accuracy(TITLE + " " + BODY, text_of(found)) > 0.95
+
+
+def test_a_photo_taken_sideways_is_read_upright(tmp_path: Path) -> None:
+    path = tmp_path / "sideways.jpg"
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # Orientation: shown turned 90 degrees clockwise
+    scan(BODY).rotate(90, expand=True).save(path, exif=exif, quality=90)
+    assert "lighthouse" in text_of(elements(path, path.name))
+
+
+def test_each_page_of_a_tiff_is_a_page(tmp_path: Path) -> None:
+    path = tmp_path / "fax.tiff"
+    first, second = scan(TITLE, BODY), scan(SECOND, seed=1)
+    first.save(path, save_all=True, append_images=[second], compression="tiff_lzw")
+    found = elements(path, path.name)
+    assert "lighthouse" in text_of([e for e in found if e.page == 1])
+    assert "north pier" in text_of([e for e in found if e.page == 2])
+    assert {e.page for e in found} == {1, 2}
+
+
+def test_a_mixed_pdf_keeps_its_text_layer_and_reads_its_scanned_page(tmp_path: Path) -> None:
+    image = tmp_path / "page2.png"
+    scan(TITLE, BODY).save(image, dpi=(150, 150))
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_y(60)
+    pdf.set_font("helvetica", size=11)
+    pdf.multi_cell(w=0, text=SECOND)
+    pdf.add_page()
+    pdf.image(str(image), x=0, y=0, w=210)
+    path = tmp_path / "mixed.pdf"
+    pdf.output(str(path))
+    found = elements(path, "mixed.pdf")
+    pages = {page: text_of([e for e in found if e.page == page]) for page in (1, 2)}
+    assert pages[1] == SECOND  # the text layer, verbatim: not OCR'd
+    assert "lighthouse" in pages[2] and "Tide Tables" in pages[2]
+    assert next(e for e in found if e.page == 2).category == "Title"
+
+
+def test_a_scanned_pdf_of_prose_reads_accurately(tmp_path: Path) -> None:
+    path = save_pdf(render_pages([TITLE, BODY, SECOND], seed=4, inches=(8.5, 3.2)),
+                    tmp_path / "scan.pdf")
+    found = elements(path, "scan.pdf", ocr_dpi=150)
+    assert character_accuracy("\n".join([TITLE, BODY, SECOND]), text_of(found)) > 0.95
+
+
+def test_quotes_from_an_ocrd_image_are_exact_slices_of_the_parsed_text(
+    make_service: Any, tmp_path: Path
+) -> None:
+    service = make_service()
+    path = tmp_path / "tides.png"
+    scan(TITLE, BODY, SECOND, seed=2).save(path, dpi=(150, 150))
+    doc = service.documents.ingest_file(path)
+    assert doc.content_type == "image/png" and doc.state == "indexed"
+    parsed = text_of(elements(path, path.name))  # Tesseract reads the same image the same way
+    chunks = service.store.get_chunks(service.store.chunk_ids(doc.id)).values()
+    assert chunks and all(c.text == parsed[c.start:c.end] and c.page == 1 for c in chunks)
+    sentences = [s for s, _ in service.store.sentences_within([(doc.id, 0, len(parsed))])]
+    assert len(sentences) >= 3
+    assert all(s.text == parsed[s.start:s.end] for s in sentences)
+    assert any("north pier" in s.text for s in sentences)
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection
+
+
+def test_image_kinds_come_from_content_and_a_misnamed_image_is_refused(tmp_path: Path) -> None:
+    image = scan("x", seed=0).resize((40, 20))
+    for fmt, kind in (("PNG", "png"), ("JPEG", "jpeg"), ("TIFF", "tiff"), ("WEBP", "webp")):
+        path = tmp_path / kind
+        image.save(path, format=fmt)
+        assert detect_kind(path, "upload") == kind
+        assert SUPPORTED[kind] == f"image/{kind}"
+    assert detect_kind(tmp_path / "jpeg", "holiday.png") == "jpeg"  # one image kind for another
+    with pytest.raises(UnsupportedType, match=r"notes\.txt is named as a txt file.*image/png"):
+        detect_kind(tmp_path / "png", "notes.txt")
+    (tmp_path / "words").write_text("plain words, not a picture")
+    with pytest.raises(UnsupportedType, match=r"scan\.png is named as a png file"):
+        detect_kind(tmp_path / "words", "scan.png")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad scans
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares `width` x `height` (1 bit grey) with a few bytes of pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(bytes(4096))) + chunk(b"IEND", b""))
+
+
+def test_an_image_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_header(200_000, 200_000))  # 40 gigapixels in 4 kB
+    tracemalloc.start()
+    started = time.perf_counter()
+    with pytest.raises(TooLarge, match=r"bomb\.png is 40,000,000,000 pixels, over the limit "
+                                       r"of 60,000,000 pixels \(RAG_MAX_IMAGE_PIXELS\)"):
+        inspect_file(path, "bomb.png", Settings())
+    with pytest.raises(TooLarge, match="RAG_MAX_IMAGE_PIXELS"):
+        elements(path, "bomb.png")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert time.perf_counter() - started < 5 and peak < 20 << 20
+    small = tmp_path / "small.png"
+    small.write_bytes(png_header(300, 300))
+    with pytest.raises(TooLarge, match=r"small\.png is 300 x 300 = 90,000 pixels"):
+        inspect_file(small, "small.png", Settings(max_image_pixels=50_000))
+
+
+def test_a_corrupt_image_is_invalid_and_named(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(300))
+    with pytest.raises(InvalidInput, match=r"broken\.png is not a readable image"):
+        inspect_file(garbage, "broken.png", Settings())
+    cut = tmp_path / "cut"
+    scan(TITLE, BODY).save(cut, format="PNG")
+    cut.write_bytes(cut.read_bytes()[:3000])  # the header reads; the pixels are cut short
+    assert inspect_file(cut, "cut.png", Settings()) == "png"
+    with pytest.raises(InvalidInput, match=r"cut\.png could not be read as png"):
+        elements(cut, "cut.png")
+
+
+def test_an_image_without_text_is_an_empty_document(tmp_path: Path) -> None:
+    path = tmp_path / "blank.png"
+    scan("").save(path)
+    with pytest.raises(EmptyDocument, match=r"blank\.png is an image in which OCR found no text"):
+        elements(path, "blank.png")
+
+
+def blank_pdf(path: Path, pages: int) -> Path:
+    """A PDF of `pages` blank scans (image-only pages, no text layer)."""
+    page = scan("").resize((128, 165))
+    page.save(path, save_all=True, append_images=[page] * (pages - 1), resolution=15)
+    return path
+
+
+def test_a_pdf_with_too_many_pages_to_read_is_refused_before_any_ocr(tmp_path: Path) -> None:
+    path = blank_pdf(tmp_path / "blank.pdf", 12)
+    started = time.perf_counter()
+    with pytest.raises(TooLarge, match=r"more than 5 pages without a text layer \(of 12\).*"
+                                       r"RAG_OCR_MAX_PAGES") as caught:
+        elements(path, "blank.pdf", ocr_max_pages=5)
+    assert "Split the PDF" in caught.value.hint
+    assert time.perf_counter() - started < 2  # 6 pages of OCR would take longer
+    with pytest.raises(EmptyDocument, match=r"has no text layer and OCR found no text"):
+        elements(blank_pdf(tmp_path / "three.pdf", 3), "three.pdf")
+
+
+def test_two_thousand_blank_pages_fail_within_seconds(tmp_path: Path) -> None:
+    path = blank_pdf(tmp_path / "archive.pdf", 2000)
+    started = time.perf_counter()
+    with pytest.raises(TooLarge, match="more than 500 pages"):
+        elements(path, "archive.pdf")  # the default RAG_OCR_MAX_PAGES
+    assert time.perf_counter() - started < 5
+
+
+def test_a_page_over_the_time_limit_fails_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "slow.png"
+    scan(TITLE, BODY).save(path)
+    with pytest.raises(InvalidInput, match=r"OCR of slow\.png took longer than 0\.01 s "
+                                           r"\(RAG_OCR_PAGE_TIMEOUT_S\)"):
+        elements(path, "slow.png", ocr_page_timeout_s=0.01)
+
+
+def test_missing_tesseract_or_language_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pytesseract
+
+    path = tmp_path / "page.png"
+    scan(TITLE).save(path)
+    if "chi_sim" in pytesseract.get_languages(config=""):
+        pytest.skip("chi_sim is installed here")
+    with pytest.raises(ConfigError, match="chi_sim") as caught:
+        elements(path, "page.png", ocr_languages="eng+chi_sim")
+    assert "apt-get install tesseract-ocr-chi-sim" in caught.value.hint
+    monkeypatch.setenv("PATH", str(tmp_path))  # no tesseract on it
+    with pytest.raises(ConfigError, match="Tesseract is not installed") as caught:
+        elements(path, "page.png")
+    assert "apt-get install tesseract-ocr" in caught.value.hint
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the API
+
+
+@pytest.mark.slow
+def test_a_png_uploaded_to_the_live_api_is_indexed_and_cited(
+    tmp_path: Path, embedder: Any, generator: Any, models_dir: Path
+) -> None:
+    from tests.api.helpers import live_api
+
+    image = tmp_path / "harbour.png"
+    scan(TITLE, BODY, seed=5).save(image, dpi=(150, 150))
+    with live_api(tmp_path, embedder, generator, models_dir) as base, \
+            httpx.Client(base_url=base, timeout=60) as client:
+        response = client.post("/v1/documents",
+                               files=[("file", ("harbour.png", image.read_bytes(), "image/png"))])
+        assert response.status_code == 202, response.text
+        job_id = response.json()["documents"][0]["job_id"]
+        deadline = time.monotonic() + 120
+        while (job := client.get(f"/v1/jobs/{job_id}").json())["state"] not in ("done", "failed"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.1)
+        assert job["state"] == "done", job
+        answer = client.post("/v1/ask", json={"question": "Where are the harbour master's "
+                                              "tide times posted?"}).json()
+        top = answer["citations"][0]
+        assert top["filename"] == "harbour.png" and top["page"] == 1
+        assert "lighthouse" in top["text"]
