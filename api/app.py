@@ -32,7 +32,7 @@ from api.routes_health import health, ready
 from api.routes_view import ROUTES as VIEW_ROUTES
 from api.routes_widget import demo_page, widget_js
 from api.schemas import StrictModelSchemaPlugin
-from api.view import ViewLinks
+from api.view_links import RedactTokens, ViewLinks
 from ingest.service import IngestService
 from rag.ask.service import AskRequest
 from rag.errors import RagError, StoreUnavailable
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import uvicorn
 
 log = logging.getLogger(__name__)
+REDACT_TOKENS = RedactTokens()
 
 
 def _start(service: RagService, state: State, sample_dir: Path | None) -> None:
@@ -122,7 +123,9 @@ def server_config(app: Litestar, settings: Settings, **overrides: Any) -> uvicor
         "limit_concurrency": settings.max_connections,
         "timeout_keep_alive": settings.keep_alive_s, "timeout_graceful_shutdown": 10,
     }
-    return uvicorn.Config(app, **{**values, **overrides})
+    config = uvicorn.Config(app, **{**values, **overrides})  # configures uvicorn's logging
+    logging.getLogger("uvicorn.access").addFilter(REDACT_TOKENS)  # view tokens stay out
+    return config
 
 
 def with_options(handlers: Sequence[HTTPRouteHandler]) -> list[HTTPRouteHandler]:
@@ -196,7 +199,7 @@ def create_app(
         # as the schema says; the schema says which bodies forbid unknown fields.
         plugins=[PydanticInitPlugin(validate_strict=True), StrictModelSchemaPlugin()],
         cors_config=_cors(settings),
-        state=State({"settings": settings, "service": service}),
+        state=State({"settings": settings, "service": service, "view_links": links}),
         openapi_config=OpenAPIConfig(title="RAG service", version="0.1.0", path="/schema",
                                      use_handler_docstrings=True),
     )

@@ -63,6 +63,14 @@ def owner_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     return key_id(key) if settings.api_keys and key else ""
 
 
+def has_scope(connection: ASGIConnection[Any, Any, Any, Any], *scopes: Scope) -> bool:
+    """Whether the request carries a configured key with any of `scopes` (or `admin`)."""
+    settings: Settings = connection.app.state["settings"]
+    key = presented_key(connection.headers)
+    granted = scopes_of(settings.api_keys, key) if key is not None else None
+    return bool(granted and granted & (frozenset(scopes) | {"admin"}))
+
+
 def require_scope(*scopes: Scope) -> Guard:
     """A guard that lets a request through when its key has any of `scopes` (or `admin`).
 

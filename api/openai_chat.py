@@ -34,7 +34,7 @@ from api.openai_schemas import (
 )
 from api.schemas import citations_of, evidence_of, short_answer_of
 from api.streaming import EventFormat
-from api.view import ViewLinks
+from api.view_links import ViewLinks
 from rag.ask.service import AskRequest, AskService
 from rag.errors import NotFound
 from rag.types import Answer, Turn, new_id

@@ -19,7 +19,7 @@ from api.auth import owner_of, require_scope
 from api.errors import api_errors
 from api.schemas import AnswerOut, AskIn, DoneOut
 from api.streaming import AskEvents, answer_events, streamed_operation, whole_answer
-from api.view import ViewLinks
+from api.view_links import ViewLinks
 from rag.ask.service import AskRequest, AskService
 from rag.errors import InvalidInput, NotFound
 from rag.types import Turn

@@ -20,7 +20,7 @@ from api.openai_errors import OPENAI_EXCEPTION_HANDLERS
 from api.openai_schemas import ChatCompletionIn, ChatCompletionOut, ModelsOut, OpenAIErrorOut
 from api.routes_ask import require_json
 from api.streaming import answer_events, streamed_operation, whole_answer
-from api.view import ViewLinks
+from api.view_links import ViewLinks
 from rag.ask.service import AskService
 
 ERRORS = {

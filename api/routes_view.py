@@ -14,20 +14,22 @@ from urllib.parse import quote
 
 from litestar import MediaType, Response, get
 from litestar.connection import ASGIConnection
+from litestar.exceptions import ValidationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.openapi.spec import OpenAPIFormat
+from litestar.params import KwargDefinition, Parameter
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 
-from api.auth import presented_key, require_scope, scopes_of
+from api.auth import has_scope, require_scope
 from api.errors import api_errors
-from api.view import HEADERS, TOKEN_HINT, ViewLinks, view_page
+from api.view import HEADERS, view_page
+from api.view_links import TOKEN_HINT, ViewLinks
 from rag.documents.sources import Sources
-from rag.errors import Forbidden, NotFound
+from rag.errors import Forbidden, NotFound, Overloaded
 from rag.settings import Settings
 
-ASK_SCOPES = frozenset({"ask", "admin"})
 UNKNOWN = ("No document has this id (it may have been deleted), or it has no text at "
            "`start`-`end`, or no such page.",
            NotFound("Document 9f86d081884c7d65 does not exist (it may have been deleted).",
@@ -35,7 +37,26 @@ UNKNOWN = ("No document has this id (it may have been deleted), or it has no tex
 TOKEN_REFUSED = ("The `token` is altered, expired or for another document (and no key with "
                  "the ask scope was sent).",
                  Forbidden("The view link has expired.", TOKEN_HINT))
-VIEW_ERRORS = api_errors("ask", {403: TOKEN_REFUSED, 404: UNKNOWN})
+REVERSED = ValidationException("Validation failed for GET /v1/documents/9f86d081884c7d65/view",
+                               extra=[{"message": "`end` must be greater than `start`",
+                                       "key": "end", "source": "query"}])
+BAD_PARAMETER = ("A parameter of the wrong type or out of range, or `end` not greater than "
+                 "`start`; `details` lists them.", REVERSED)
+BUSY = ("Models or index not loaded yet (see /ready), or PDF pages are busy being rendered "
+        "(with Retry-After).",
+        Overloaded("PDF pages are busy being read (waited 10 s for pdfium).",
+                   "Retry in a few seconds."))
+VIEW_ERRORS = api_errors("ask", {400: BAD_PARAMETER, 403: TOKEN_REFUSED, 404: UNKNOWN,
+                                 503: BUSY})
+PAGE_ERRORS = api_errors("ask", {403: TOKEN_REFUSED, 503: BUSY, 404: (
+    "No document has this id, it is not a PDF, it has no such page, or its uploaded file is "
+    "missing or unreadable.", UNKNOWN[1])})
+VIEW_OK = ("The HTML page: the quote marked in its source (for a PDF, boxed on its rendered "
+           "page, then in the parsed text around it).")
+PNG = ResponseSpec(Annotated[bytes, KwargDefinition(format=OpenAPIFormat.BINARY)],
+                   description="The page rendered as a PNG image (at most 8 million pixels).",
+                   media_type="image/png", generate_examples=False)
+NEEDS_ASK = require_scope("ask")  # 401 or 403 as every ask route answers
 TOKEN = Parameter(description="The signed token of a `view_url` (needed with keys on, unless "
                   "a key with the ask scope is sent).", required=False)
 
@@ -53,31 +74,34 @@ def view_access(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRou
     """Open mode, a key with the ask scope, or a valid token for this document; else 401
     (nothing sent) or 403 (a bad token, or a key without the scope)."""
     settings: Settings = connection.app.state["settings"]
-    if not settings.api_keys:
-        return
-    key = presented_key(connection.headers)
-    if key is not None and (scopes_of(settings.api_keys, key) or frozenset()) & ASK_SCOPES:
+    if not settings.api_keys or has_scope(connection, "ask"):
         return
     token = connection.query_params.get("token")
     if token:
-        ViewLinks(settings).check(token, connection.path_params["document_id"])
+        links: ViewLinks = connection.app.state["view_links"]
+        links.check(token, connection.path_params["document_id"])
         return
-    require_scope("ask")(connection, handler)
+    NEEDS_ASK(connection, handler)
 
 
 @get("/v1/documents/{document_id:str}/view", tags=["documents"], guards=[view_access],
-     media_type=MediaType.HTML, sync_to_thread=True, responses=VIEW_ERRORS)
+     media_type=MediaType.HTML, sync_to_thread=True, response_description=VIEW_OK,
+     responses=VIEW_ERRORS)
 def view_source(
     document_id: str, sources: Sources, view_links: ViewLinks,
     start: Annotated[int, Parameter(ge=0, description="Offset of the quote in the parsed "
                                     "document.")],
-    end: Annotated[int, Parameter(ge=1, description="Offset just past the quote.")],
+    end: Annotated[int, Parameter(ge=1, description="Offset just past the quote "
+                                  "(greater than `start`).")],
     page: Annotated[int | None, Parameter(ge=1, description="Page the quote is on.")] = None,
     token: Annotated[str | None, TOKEN] = None,
 ) -> Response[str]:
     """A page showing the quote [start, end) in its source, marked and scrolled into view: for
     a PDF its page as it looks with the quote marked on it, then the parsed text around the
     quote. Citations and evidence link here (`view_url`)."""
+    if end <= start:
+        raise ValidationException(f"Validation failed for GET /v1/documents/{document_id}/view",
+                                  extra=REVERSED.extra)
     passage = sources.passage(document_id, start, end, page)
     image = (view_links.page_url(document_id, passage.page)
              if passage.on_page is not None and passage.page is not None else None)
@@ -86,8 +110,7 @@ def view_source(
 
 @get("/v1/documents/{document_id:str}/pages/{page:int}", tags=["documents"],
      guards=[view_access], media_type="image/png", sync_to_thread=True,
-     responses=api_errors("ask", {403: TOKEN_REFUSED, 404: (
-         "No document has this id, it is not a PDF, or it has no such page.", UNKNOWN[1])}))
+     responses={200: PNG, **PAGE_ERRORS})
 def page_image(
     document_id: str, sources: Sources,
     page: Annotated[int, Parameter(ge=1, le=100_000, description="Page number, from 1.")],

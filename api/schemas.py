@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from litestar.plugins.pydantic import PydanticSchemaPlugin
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from api.view import ViewLinks
+from api.view_links import ViewLinks
 from rag.settings import TOP_K_MAX
 from rag.types import Answer
 

@@ -32,7 +32,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from api.errors import describe
 from api.metrics import record_answer, record_stream_error
 from api.schemas import DoneOut, citations_of
-from api.view import ViewLinks
+from api.view_links import ViewLinks
 from rag.ask.service import AskRequest, AskService
 from rag.types import Answer
 

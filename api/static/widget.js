@@ -306,9 +306,16 @@
   }
 
   // A link that opens a view_url (relative to the service) in a new tab; null when there is none.
+  // A view_url starting with "/" is under the API's address, path prefix included.
   function sourceLink(viewUrl, name) {
     if (!viewUrl) return null;
-    const url = new URL(viewUrl, api + "/");
+    let url;
+    try {
+      url = viewUrl.startsWith("/") ? new URL(api + viewUrl, location.href)
+        : new URL(viewUrl, new URL(api + "/", location.href));
+    } catch (error) {
+      return null;
+    }
     if (url.protocol !== "http:" && url.protocol !== "https:") return null;
     const link = document.createElement("a");
     link.className = "open";

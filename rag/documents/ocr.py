@@ -14,11 +14,11 @@ import itertools
 import re
 import shutil
 import statistics
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from rag.documents.pdfium import PDFIUM_LOCK
 from rag.errors import ConfigError, InvalidInput, TooLarge
 from rag.settings import Settings
 
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from pypdfium2 import PdfDocument, PdfPage
 
 IMAGE_KINDS = frozenset({"png", "jpeg", "tiff", "webp"})
-# pdfium is not thread-safe: every use of it in this process (OCR renders, page views) holds this.
-PDFIUM_LOCK = threading.Lock()
 _WORD = re.compile(r"\w")
 _HYPHENATED = re.compile(r"(?<=[a-z])-$")
 _SHORT_LINE = 0.7  # a line ending before this share of its block's width ends a paragraph

@@ -5,16 +5,24 @@ The parsed text comes back from the stored chunks, whose offsets point into it e
 (`text == parsed_text[start:end]`; consecutive windows overlap, and what lies between two that do
 not is the separator of two elements). Only the chunks around the quote are read: they are found
 by bisection over the document's chunk ids, which follow the text.
+
+Rendered pages and quotes' places on them are kept in small LRU caches: a document's id is the
+hash of its bytes, so what was computed for it never goes stale. Where only the page image is
+unavailable (the upload is missing, or pdfium cannot read it) the passage comes without it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from rag.documents.chunking import SEPARATOR
 from rag.documents.pages import PageQuote, quote_on_page, render_page
-from rag.errors import NotFound
+from rag.errors import InvalidInput, NotFound
 from rag.stores.chunks import ChunkStore
 from rag.stores.uploads import BLOCK, Uploads
 from rag.types import Chunk, Document
@@ -22,6 +30,33 @@ from rag.types import Chunk, Document
 CONTEXT_CHARS = 2000  # parsed text shown on each side of a quote
 MAX_QUOTE_CHARS = 20_000  # a longer span is marked as far as this
 PDF = "application/pdf"
+PAGE_IMAGES_CACHED = 32  # rendered pages kept (PNG, ~0.1-1 MB each)
+PAGE_QUOTES_CACHED = 512  # quotes' places on their pages kept
+
+log = logging.getLogger(__name__)
+V = TypeVar("V")
+
+
+class Lru(Generic[V]):
+    """A small thread-safe least-recently-used cache of computed values."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[Hashable, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, compute: Callable[[], V]) -> V:
+        """The value kept for `key`, else `compute()` kept (two threads may both compute)."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = compute()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
 
 
 @dataclass(frozen=True)
@@ -46,6 +81,8 @@ class Sources:
     def __init__(self, store: ChunkStore, uploads: Uploads) -> None:
         self.store = store
         self.uploads = uploads
+        self._images: Lru[bytes] = Lru(PAGE_IMAGES_CACHED)
+        self._places: Lru[PageQuote] = Lru(PAGE_QUOTES_CACHED)
 
     def document(self, doc_id: str) -> Document:
         """The document, or NotFound (never uploaded, or deleted since the link was made)."""
@@ -57,12 +94,17 @@ class Sources:
 
     def passage(self, doc_id: str, start: int, end: int, page: int | None = None) -> Passage:
         """The text [start, end) of a document with CONTEXT_CHARS around it and, for a PDF,
-        where it stands on its page (`page`, or the page of the chunk that holds it)."""
+        where it stands on its page (`page`, or the page of the chunk that holds it): None where
+        the page image is unavailable. InvalidInput for `end <= start`; NotFound for no such
+        document, text or page."""
+        if end <= start:
+            raise InvalidInput(f"The quote's end ({end}) is not after its start ({start}).",
+                               "Give `end` greater than `start`: the text is [start, end).")
         doc = self.document(doc_id)
         end = min(end, start + MAX_QUOTE_CHARS)
         chunks, more_after = self._chunks_around(doc_id, start - CONTEXT_CHARS,
                                                  end + CONTEXT_CHARS)
-        if not chunks or end <= start or start < chunks[0].start or end > chunks[-1].end:
+        if not chunks or start < chunks[0].start or end > chunks[-1].end:
             raise NotFound(f"Document {doc_id} ({doc.filename}) has no text at {start}-{end}.",
                            "Open the view_url of a current answer; offsets are into the "
                            "document's parsed text.")
@@ -73,21 +115,48 @@ class Sources:
         number = page or next((c.page for c in chunks if c.start <= start < c.end), None)
         on_page = None
         if doc.content_type == PDF and number is not None:
-            with self.uploads.local(doc_id) as path:
-                on_page = quote_on_page(path, number, quote)
+            on_page = self._place(doc, number, quote)
         return Passage(document=doc, start=start, end=end, before=text[: start - low],
                        quote=quote, after=text[end - low :], more_before=low > 0,
                        more_after=more_after or high < chunks[-1].end, page=number,
                        on_page=on_page)
 
     def page_image(self, doc_id: str, number: int) -> bytes:
-        """Page `number` of a PDF document as PNG; NotFound for a document without pages."""
+        """Page `number` of a PDF document as PNG; NotFound for a document without pages, no
+        such page, or one whose upload is missing or unreadable."""
         doc = self.document(doc_id)
         if doc.content_type != PDF:
             raise NotFound(f"{doc.filename} is not a PDF: it has no page images.",
                            "Open its view_url to see the quote in its text.")
-        with self.uploads.local(doc_id) as path:
-            return render_page(path, number)
+
+        def render() -> bytes:
+            with self.uploads.local(doc_id) as path:
+                return render_page(path, number)
+
+        try:
+            return self._images.get((doc_id, number), render)
+        except InvalidInput as exc:  # pdfium cannot read the stored file
+            raise NotFound(f"The pages of {doc.filename} cannot be shown: {exc.message}",
+                           "Open its view_url to see the quote in its text.") from exc
+
+    def _place(self, doc: Document, number: int, quote: str) -> PageQuote | None:
+        """Where `quote` stands on page `number` of a PDF; None (logged) when the upload is
+        missing or pdfium cannot read it. NotFound for a page the PDF does not have."""
+        if not self.uploads.has(doc.id):
+            log.warning("source view of %s (%s) without its page: the upload is missing",
+                        doc.id, doc.filename)
+            return None
+
+        def find() -> PageQuote:
+            with self.uploads.local(doc.id) as path:
+                return quote_on_page(path, number, quote)
+
+        try:
+            return self._places.get((doc.id, number, quote), find)
+        except InvalidInput as exc:
+            log.warning("source view of %s (%s) without its page: %s", doc.id, doc.filename,
+                        exc.message)
+            return None
 
     def original(self, doc_id: str) -> tuple[Document, Iterator[bytes]]:
         """The document and its uploaded bytes, read in blocks as they are sent."""
@@ -137,7 +206,7 @@ def _joined(chunks: list[Chunk], low: int, high: int) -> str:
             continue
         if c.start > at:  # between two windows: the separator of two elements
             gap = c.start - at
-            parts.append(SEPARATOR[:gap] + " " * max(0, gap - len(SEPARATOR)))
+            parts.append(SEPARATOR if gap == len(SEPARATOR) else " " * gap)
             at = c.start
         if c.end > at:
             parts.append(c.text[at - c.start :])

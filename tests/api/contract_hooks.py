@@ -66,6 +66,7 @@ def unpreventable(failure: Failure, case: Case[Any], response: Response) -> str 
     - An upload "made invalid" by turning the `collection` text field into a number or boolean:
       on the wire `collection=7` is the text "7", a valid name, so the service rightly accepts
       it. Schemathesis knows this for query and header parameters but not for form fields.
+    - A view URL refused because its `end` is not after its `start` (`reversed_view_span`).
     """
     if (isinstance(failure, RejectedPositiveData) and case.path == "/v1/chat/completions"
             and response.status_code == 400):
@@ -76,6 +77,22 @@ def unpreventable(failure: Failure, case: Case[Any], response: Response) -> str 
     if (isinstance(failure, AcceptedNegativeData) and case.path == "/v1/documents"
             and FORM_TEXT.search(failure.message) is not None):
         return UPLOAD_FORM_TEXT
+    if (isinstance(failure, RejectedPositiveData) and response.status_code == 400
+            and case.path == "/v1/documents/{document_id}/view"):
+        return reversed_view_span(response)
+    return None
+
+
+def reversed_view_span(response: Response) -> str | None:
+    """A view URL whose `end` is not after its `start`: JSON Schema cannot relate two query
+    parameters, so the document cannot state this refusal."""
+    try:
+        details = response.json().get("details")
+    except ValueError:
+        return None
+    if details == [{"message": "`end` must be greater than `start`", "key": "end",
+                    "source": "query"}]:
+        return "view: `end` not after `start`"
     return None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import time
 from collections.abc import Iterator
 from html import escape
@@ -18,7 +19,9 @@ from litestar import Litestar
 from litestar.testing import TestClient
 from PIL import Image
 
-from api.view import ViewLinks, view_page
+from api.app import REDACT_TOKENS, server_config
+from api.view import view_page
+from api.view_links import ViewLinks
 from rag.documents.pages import PageQuote
 from rag.documents.sources import Passage
 from rag.service import RagService
@@ -173,6 +176,11 @@ def test_tokens_open_one_document_until_they_expire(
     # A later expiry cannot be claimed with the old signature.
     later = f"{int(token.split('.')[0]) + 3600}.{token.split('.')[1]}"
     assert opened(client, f"{base}&token={later}").status_code == 403
+    # Another document's token opens neither this document's view nor its page images.
+    pdf = document(view_service, "quillby.pdf")
+    on_pages = opened(client, f"/v1/documents/{pdf.id}/pages/1?token={token}")
+    assert on_pages.status_code == 403 and on_pages.json()["error"] == "Forbidden"
+    assert opened(client, links.page_url(pdf.id, 1)).status_code == 200
 
     assert opened(client, base).status_code == 401  # neither token nor key
     assert opened(client, base, **ASK).status_code == 200  # a key with the ask scope
@@ -191,7 +199,10 @@ def test_unknown_spans_pages_and_deleted_documents_are_404(
     links = ViewLinks(client.app.state["settings"])
     bees, pdf = document(view_service, "bees.txt"), document(view_service, "quillby.pdf")
     assert opened(client, links.view_url(bees.id, 0, 10_000, None)).status_code == 404
-    assert opened(client, links.view_url(bees.id, 20, 10, None)).status_code == 404
+    reversed_ = opened(client, links.view_url(bees.id, 20, 10, None))
+    assert reversed_.status_code == 400 and reversed_.json()["details"][0]["key"] == "end"
+    assert opened(client, links.view_url(bees.id, 20, 20, None)).status_code == 400
+    assert opened(client, links.view_url(pdf.id, 0, 20, 9)).status_code == 404  # no page 9
     assert opened(client, links.page_url(pdf.id, 3)).status_code == 404
     assert opened(client, links.page_url(bees.id, 1)).status_code == 404  # not a PDF
 
@@ -263,3 +274,46 @@ def test_a_scanned_page_shows_its_image_and_the_quote_marked_in_its_text() -> No
     assert '<img src="/v1/documents/abab/pages/1?token=1.x" width="793" height="1123"' in page
     assert '<mark id="quote">the &lt;quote&gt;</mark>' in page and "no text layer" in page
     assert 'class="box"' not in page
+
+
+def test_a_pdf_whose_upload_is_missing_or_unreadable_is_shown_as_text(
+    client: TestClient[Litestar], view_service: RagService, tmp_path: Path
+) -> None:
+    text = "The Ormsby canal lock opens at dawn and closes when the bell rings at dusk."
+    doc = view_service.documents.ingest_file(make_pdf(tmp_path / "ormsby.pdf", [text]))
+    links = ViewLinks(client.app.state["settings"])
+    chunk = next(iter(view_service.store.get_chunks(view_service.store.chunk_ids(doc.id))
+                      .values()))
+    url = links.view_url(doc.id, chunk.start, chunk.end, 1)
+    upload = view_service.uploads.path(doc.id)  # type: ignore[attr-defined]
+    upload.write_bytes(b"%PDF-1.4 damaged beyond reading")
+    for _ in ("unreadable", "missing"):
+        page = opened(client, url)
+        assert page.status_code == 200 and marked(page.text, chunk.text)
+        assert "<img" not in page.text and "page image is not available" in page.text
+        assert opened(client, links.page_url(doc.id, 1)).status_code == 404
+        upload.unlink(missing_ok=True)
+
+
+def test_pages_are_rendered_once_and_kept(view_service: RagService) -> None:
+    pdf = document(view_service, "quillby.pdf")
+    first = view_service.sources.page_image(pdf.id, 1)
+    assert view_service.sources.page_image(pdf.id, 1) is first  # the cached bytes
+    passage = view_service.sources.passage(pdf.id, 0, 40, 1)
+    assert view_service.sources.passage(pdf.id, 0, 40, 1).on_page is passage.on_page
+
+
+def test_view_tokens_are_kept_out_of_the_access_log(
+    view_service: RagService, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = app_settings(view_service, api_keys=KEYS)
+    server_config(object(), settings, log_config=None)  # type: ignore[arg-type]
+    access = logging.getLogger("uvicorn.access")
+    assert REDACT_TOKENS in access.filters
+    token = ViewLinks(settings).sign("ab" * 32, int(time.time()) + 60)
+    path = f"/v1/documents/{'ab' * 32}/view?start=0&end=9&token={token}"
+    with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+        # what uvicorn's access logger writes for a request
+        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", path, "1.1", 200)
+    logged = caplog.records[-1].getMessage()
+    assert token not in logged and "start=0&end=9&token=[redacted]" in logged

@@ -13,6 +13,7 @@ import openpyxl
 import pptx
 import pytest
 
+from eval.scans import render_pages
 from rag.ask.context import AskContext, quiet
 from rag.ask.pipeline import AskPipeline
 from rag.ask.service import AskRequest
@@ -88,6 +89,13 @@ def _files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "eml": write("report.eml", bytes(message)),
         "json": write("widget.json", json.dumps({"name": "widget", "weight": "3 kg"})),
     }
+    # One short scan (Tesseract reads it in about a second), saved in each image format.
+    page = render_pages(["The lighthouse keeper lights the lamp at dusk every evening."],
+                        inches=(8.5, 2.6))[0]
+    for kind, name in (("png", "lamp.png"), ("jpeg", "lamp.jpg"), ("tiff", "lamp.tif"),
+                       ("webp", "lamp.webp")):
+        page.save(tmp_path / name)
+        files[kind] = tmp_path / name
     assert set(files) == set(SUPPORTED)
     return {kind: (path, path.name) for kind, path in files.items()}
 
