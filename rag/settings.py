@@ -80,11 +80,19 @@ class Settings(BaseSettings):
     )
     ocr_dpi: int = Field(
         200, ge=72, le=600, description="Resolution PDF pages without a text layer are "
-        "rendered at for OCR.",
+        "rendered at for OCR (or the scan's own resolution when lower, at least 150).",
     )
     ocr_page_timeout_s: float = Field(
         60.0, gt=0, description="Most seconds Tesseract may spend on one page or image; a "
         "page that takes longer fails its file with a clear error.",
+    )
+    ocr_file_timeout_s: float = Field(
+        1800.0, gt=0, description="Most seconds OCR may spend on one file (all its pages); a "
+        "file that needs longer fails with a clear error.",
+    )
+    ocr_threads: int = Field(
+        1, ge=1, description="Threads each Tesseract run uses (its OMP_THREAD_LIMIT). One is "
+        "fastest on small machines, where its threads would compete with the models'.",
     )
     ocr_max_pages: int = Field(
         500, gt=0, description="Most pages without a text layer OCR'd in one PDF; a file "
