@@ -1,39 +1,48 @@
-"""Read text from page images with Tesseract (pytesseract): scans, photos and image-only PDF pages.
+"""Read text from page images with Tesseract: scans, photos and the scanned pages of PDFs.
 
-Images are checked from their header before anything is decoded (an image bomb is refused by
-its declared width x height), each page gets at most `ocr_page_timeout_s` of Tesseract's time,
-and Tesseract's output comes back as paragraphs: the lines of a paragraph joined with spaces
-(a word hyphenated at a line end joined again), so titles, paragraphs and sentences come out
-as they do for text files. PDF pages are rendered with pypdfium2 at `ocr_dpi` (or their scans'
-own resolution when lower).
+Images are checked from their headers before anything is decoded (an image bomb is refused by
+its declared width x height, frame by frame), each page gets at most `ocr_page_timeout_s` of
+Tesseract's time and each file at most `ocr_file_timeout_s`, and Tesseract (run with
+`ocr_threads` OpenMP threads, set for its process alone) gives back paragraphs: the lines of a
+paragraph joined with spaces (a word hyphenated at a line end joined again), so titles,
+paragraphs and sentences come out as they do for text files. A PDF page is read with OCR only
+when images cover most of it and its text layer is short; it is rendered with pypdfium2 at
+`ocr_dpi` (or its scans' own resolution when lower).
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import itertools
+import os
 import re
 import shutil
 import statistics
+import struct
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from rag.documents.pdfium import PDFIUM_LOCK
 from rag.errors import ConfigError, InvalidInput, TooLarge
 from rag.settings import Settings
 
 if TYPE_CHECKING:
     from PIL.Image import Image
-    from pypdfium2 import PdfDocument, PdfPage
 
 IMAGE_KINDS = frozenset({"png", "jpeg", "tiff", "webp"})
-_WORD = re.compile(r"\w")
+WORD = re.compile(r"\w")
 _HYPHENATED = re.compile(r"(?<=[a-z])-$")
 _SHORT_LINE = 0.7  # a line ending before this share of its block's width ends a paragraph
-_LEAST_DPI = 150  # a scan of lower resolution is rendered enlarged to this
 _SURE = 60  # Tesseract's confidence (0-100) in a word that sets the page's letter size
-_MIN_WORD_CHARS = 16  # a PDF page whose text layer has fewer word characters is OCR'd
+_MAX_SIDE = 32767  # Tesseract reads no image wider or higher than this
 _INSTALL_HINT = "Install it with `apt-get install tesseract-ocr` (the README's system parts)."
+# What Pillow raises on a damaged header or frame, besides OSError and ValueError.
+_PILLOW_ERRORS = (OSError, ValueError, TypeError, SyntaxError, struct.error, EOFError,
+                  IndexError, KeyError)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,6 +75,29 @@ def _language_package(lang: str) -> str:
     return "tesseract-ocr-" + lang.lower().replace("_", "-")
 
 
+class Deadline:
+    """The time one file's OCR may still take (`ocr_file_timeout_s` from its creation)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ends = time.monotonic() + settings.ocr_file_timeout_s
+
+    def page_timeout(self, label: str) -> tuple[float, bool]:
+        """(seconds the next page may take, whether the file's time is what bounds it)."""
+        left = self.ends - time.monotonic()
+        if left <= 0:
+            raise self.exceeded(label)
+        page = self.settings.ocr_page_timeout_s
+        return min(page, left), left < page
+
+    def exceeded(self, label: str) -> InvalidInput:
+        return InvalidInput(
+            f"OCR of {label} ran past its file's limit of {self.settings.ocr_file_timeout_s:g} "
+            "s (RAG_OCR_FILE_TIMEOUT_S).",
+            hint="Split the file, upload cleaner scans, or raise RAG_OCR_FILE_TIMEOUT_S.",
+        )
+
+
 class _Word(NamedTuple):
     """One word Tesseract read: its paragraph and line, confidence (0-100), box in pixels."""
 
@@ -78,7 +110,8 @@ class _Word(NamedTuple):
     height: int
 
 
-def page_paragraphs(image: Image, settings: Settings, label: str) -> list[str]:
+def page_paragraphs(image: Image, settings: Settings, label: str,
+                    deadline: Deadline | None = None) -> list[str]:
     """The paragraphs Tesseract reads on one page image (`label` names the page in errors).
 
     A page without one word read with confidence gives nothing (a blank page's speckle is
@@ -87,8 +120,8 @@ def page_paragraphs(image: Image, settings: Settings, label: str) -> list[str]:
     a line ending well short of its block's right edge (a title, a list item, a paragraph's end)
     closes a paragraph.
     """
-    words = _read_words(image, settings, label)
-    letters = [w.height for w in words if w.confidence >= _SURE and _WORD.search(w.text)]
+    words = _read_words(grey(image), label, deadline or Deadline(settings))
+    letters = [w.height for w in words if w.confidence >= _SURE and WORD.search(w.text)]
     if not letters:
         return []  # nothing read with confidence: a blank or unreadable page, not text
     size = statistics.median(letters)
@@ -103,39 +136,76 @@ def page_paragraphs(image: Image, settings: Settings, label: str) -> list[str]:
     return found
 
 
-def _read_words(image: Image, settings: Settings, label: str) -> list[_Word]:
-    import pytesseract
+def grey(image: Image) -> Image:
+    """The image as 8-bit grey: 16-bit and 32-bit grey scaled to 0-255 (by the brightest
+    pixel when that is over 255), transparency laid on white (black text on a transparent
+    background reads as black on white)."""
+    from PIL import Image as PILImage
 
-    if image.mode not in ("1", "L", "RGB"):
-        image = image.convert("RGB" if image.mode in ("RGBA", "P", "CMYK", "LA") else "L")
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        wide = image.convert("I") if image.mode.startswith("I;16") else image
+        brightest = wide.getextrema()[1]
+        if isinstance(brightest, (int, float)) and brightest > 255:
+            scale = 255 / brightest
+            wide = wide.point(lambda value: value * scale)
+        return wide.convert("L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        white = PILImage.new("RGBA", image.size, (255, 255, 255, 255))
+        white.alpha_composite(image.convert("RGBA"))
+        return white.convert("L")
+    return image if image.mode == "L" else image.convert("L")
+
+
+def _read_words(image: Image, label: str, deadline: Deadline) -> list[_Word]:
+    """Tesseract's words on the (8-bit grey) image: `tesseract stdin stdout tsv` run with
+    ocr_threads OpenMP threads, in its environment only (never this process's, where the limit
+    would bind torch and faiss too), for at most the page's or the file's time left."""
+    settings = deadline.settings
+    timeout, file_bound = deadline.page_timeout(label)
+    pixels = io.BytesIO()
+    image.save(pixels, format="PPM")  # PGM: raw grey bytes, nothing to compress
+    command = ["tesseract", "stdin", "stdout", "-l", settings.ocr_languages, "tsv"]
+    env = {**os.environ, "OMP_THREAD_LIMIT": str(settings.ocr_threads)}
     try:
-        data = pytesseract.image_to_data(
-            image, lang=settings.ocr_languages, timeout=settings.ocr_page_timeout_s,
-            output_type=pytesseract.Output.DICT,
-        )
-    except pytesseract.TesseractNotFoundError as exc:
+        done = subprocess.run(command, input=pixels.getvalue(), capture_output=True, env=env,
+                              timeout=timeout, check=False)
+    except FileNotFoundError as exc:
         raise ConfigError("Tesseract is not installed (no `tesseract` on PATH).",
                           hint=_INSTALL_HINT) from exc
-    except RuntimeError as exc:  # pytesseract's timeout
-        if "timeout" not in str(exc).lower():
-            raise
+    except subprocess.TimeoutExpired as exc:
+        if file_bound:
+            raise deadline.exceeded(label) from exc
         raise InvalidInput(
             f"OCR of {label} took longer than {settings.ocr_page_timeout_s:g} s "
             "(RAG_OCR_PAGE_TIMEOUT_S).",
             hint="Upload a cleaner or smaller scan, or raise RAG_OCR_PAGE_TIMEOUT_S.",
         ) from exc
-    return [
-        _Word((data["block_num"][i], data["par_num"][i]), data["line_num"][i], text.strip(),
-              float(data["conf"][i]), data["left"][i], data["left"][i] + data["width"][i],
-              data["height"][i])
-        for i, text in enumerate(data["text"])
-        if data["level"][i] == 5 and text.strip()
-    ]
+    if done.returncode != 0:
+        said = done.stderr.decode(errors="replace").strip().splitlines()
+        raise InvalidInput(f"Tesseract could not read {label} (exit {done.returncode}: "
+                           f"{said[-1] if said else 'no message'}).",
+                           hint="Check that the page opens in an image viewer, or re-scan it.")
+    return _tsv_words(done.stdout.decode(errors="replace"))
+
+
+def _tsv_words(tsv: str) -> list[_Word]:
+    """The words (level 5 rows with text) of Tesseract's TSV output."""
+    rows = csv.DictReader(io.StringIO(tsv), delimiter="\t", quoting=csv.QUOTE_NONE)
+    words = []
+    for row in rows:
+        text = (row.get("text") or "").strip()
+        if row.get("level") != "5" or not text:
+            continue
+        left = int(row["left"])
+        words.append(_Word((int(row["block_num"]), int(row["par_num"])), int(row["line_num"]),
+                           text, float(row["conf"]), left, left + int(row["width"]),
+                           int(row["height"])))
+    return words
 
 
 def _is_text(word: _Word, letter_height: float) -> bool:
     """Not speckle: a word read with confidence or letter-sized; punctuation alone, confidently."""
-    if _WORD.search(word.text):
+    if WORD.search(word.text):
         return word.confidence >= 40 or word.height >= 0.7 * letter_height
     return word.confidence >= 70
 
@@ -166,61 +236,100 @@ def _join_lines(lines: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Image files
+# Image files: a TIFF's frames are its pages; other formats' later frames (an animated PNG or
+# WebP, an MPO JPEG's preview) are not pages of a document, so only the first is read
 
 
 def check_image(path: Path, filename: str, settings: Settings) -> None:
-    """Refuse an image from its header alone: unreadable, too many pixels, or too many pages."""
+    """Refuse an image from its headers alone: unreadable, a frame of too many pixels, or more
+    frames than ocr_max_pages (counted no further than that)."""
     with _open_image(path, filename, settings) as image:
-        _check_pixels(image.width, image.height, filename, settings)
-        frames = getattr(image, "n_frames", 1)
+        _count_frames(image, filename, settings)
+
+
+def _count_frames(image: Image, filename: str, settings: Settings) -> int:
+    """The number of frames, each frame's size checked; TooLarge past ocr_max_pages."""
+    frames = 0
+    while _seek(image, frames, filename) and (frames == 0 or image.format == "TIFF"):
+        frames += 1
         if frames > settings.ocr_max_pages:
             raise TooLarge(
-                f"{filename} has {frames} pages, over the limit of {settings.ocr_max_pages} "
-                "pages read with OCR (RAG_OCR_MAX_PAGES).",
+                f"{filename} has more than {settings.ocr_max_pages} pages, the limit of pages "
+                "read with OCR (RAG_OCR_MAX_PAGES).",
                 hint="Split the file, or raise RAG_OCR_MAX_PAGES.",
             )
+        label = f"{filename} page {frames}" if frames > 1 else filename
+        check_pixels(image.width, image.height, label, settings)
+    return frames
 
 
 def image_pages(path: Path, filename: str, settings: Settings) -> Iterator[tuple[int, list[str]]]:
-    """(1-based page, paragraphs) for each page of the image (a multi-page TIFF has several)."""
+    """(1-based page, paragraphs) for each frame of the image, within ocr_file_timeout_s."""
     from PIL import ImageOps
 
     check_tesseract(settings)
-    check_image(path, filename, settings)
+    deadline = Deadline(settings)
     with _open_image(path, filename, settings) as image:
-        frames = getattr(image, "n_frames", 1)
+        frames = _count_frames(image, filename, settings)
         for number in range(1, frames + 1):
-            image.seek(number - 1)
-            _check_pixels(image.width, image.height, filename, settings)
+            _seek(image, number - 1, filename)
             label = f"{filename} page {number}" if frames > 1 else filename
             upright = ImageOps.exif_transpose(image)  # a photo taken sideways, as shown
-            yield number, page_paragraphs(upright, settings, label)
+            yield number, page_paragraphs(upright, settings, label, deadline)
+
+
+def _seek(image: Image, index: int, filename: str) -> bool:
+    """Move to frame `index` (0-based); False when there is none; InvalidInput when damaged."""
+    with _unreadable(filename):
+        try:
+            image.seek(index)
+        except EOFError:
+            return False
+    return True
 
 
 def _open_image(path: Path, filename: str, settings: Settings) -> Image:
-    """The image, opened lazily (Pillow reads the header only); InvalidInput when unreadable."""
-    from PIL import Image as PILImage
-    from PIL import UnidentifiedImageError
+    """The image, opened lazily (Pillow reads the header only); InvalidInput when unreadable.
 
-    PILImage.MAX_IMAGE_PIXELS = settings.max_image_pixels  # Pillow's own bomb check, as backup
+    Pillow's global MAX_IMAGE_PIXELS is left as it is (its own check refuses only images far
+    over its default); `_check_pixels` applies max_image_pixels to every frame."""
+    from PIL import Image as PILImage
+
     try:
-        return PILImage.open(path)
+        with _unreadable(filename, str(path)):
+            return PILImage.open(path)
     except PILImage.DecompressionBombError as exc:  # over twice Pillow's limit
         count = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(count.group(1)):,} pixels" if count else "too many pixels"
         raise _too_many_pixels(filename, size, settings) from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        detail = str(exc).replace(str(path), filename)  # never the staging path
+
+
+@contextlib.contextmanager
+def _unreadable(filename: str, path: str = "") -> Iterator[None]:
+    """Pillow's errors on a damaged header or frame as InvalidInput naming the file."""
+    from PIL import Image as PILImage
+
+    try:
+        yield
+    except PILImage.DecompressionBombError:
+        raise
+    except _PILLOW_ERRORS as exc:
+        detail = str(exc).replace(path, filename) if path else str(exc)  # never staging paths
         raise InvalidInput(
             f"{filename} is not a readable image ({type(exc).__name__}: {detail}).",
             hint="Check that it opens in an image viewer, save it again and re-upload it.",
         ) from exc
 
 
-def _check_pixels(width: int, height: int, name: str, settings: Settings) -> None:
+def check_pixels(width: int, height: int, name: str, settings: Settings) -> None:
     if width * height > settings.max_image_pixels:
         raise _too_many_pixels(name, f"{width} x {height} = {width * height:,} pixels", settings)
+    if max(width, height) > _MAX_SIDE:
+        raise TooLarge(
+            f"{name} is {width} x {height} pixels; Tesseract reads at most {_MAX_SIDE} pixels "
+            "a side.",
+            hint="Split or scale down the image (a PDF page: lower RAG_OCR_DPI) and re-upload.",
+        )
 
 
 def _too_many_pixels(name: str, size: str, settings: Settings) -> TooLarge:
@@ -230,96 +339,3 @@ def _too_many_pixels(name: str, size: str, settings: Settings) -> TooLarge:
         hint="This looks like a decompression bomb; upload a smaller image, or raise "
         "RAG_MAX_IMAGE_PIXELS.",
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# PDF pages without a text layer
-
-
-def pages_to_ocr(path: Path, filename: str, settings: Settings) -> frozenset[int]:
-    """The 1-based pages whose text layer holds no real text; refuses more than ocr_max_pages.
-
-    Only pdfium's text extraction runs here (milliseconds a page), so a PDF of thousands of
-    blank scans is refused before any page is rendered.
-    """
-    import pypdfium2
-
-    found = []
-    with PDFIUM_LOCK:
-        document = pypdfium2.PdfDocument(path)
-        try:
-            for index in range(len(document)):
-                page = document[index]
-                textpage = page.get_textpage()
-                text = textpage.get_text_bounded()
-                textpage.close()
-                page.close()
-                if len(_WORD.findall(text)) < _MIN_WORD_CHARS:
-                    found.append(index + 1)
-                if len(found) > settings.ocr_max_pages:
-                    raise TooLarge(
-                        f"{filename} has more than {settings.ocr_max_pages} pages without a "
-                        f"text layer (of {len(document)}); at most {settings.ocr_max_pages} "
-                        "are read with OCR (RAG_OCR_MAX_PAGES).",
-                        hint="Split the PDF, or raise RAG_OCR_MAX_PAGES.",
-                    )
-        finally:
-            document.close()
-    if found:
-        check_tesseract(settings)
-    return frozenset(found)
-
-
-class ScannedPages:
-    """The pages of a PDF to read with OCR (`numbers`, 1-based) and their reading, one by one.
-
-    A context manager: the PDF stays open in pdfium while its pages are read.
-    """
-
-    def __init__(self, path: Path, filename: str, settings: Settings) -> None:
-        self.path, self.filename, self.settings = path, filename, settings
-        self.numbers = pages_to_ocr(path, filename, settings)
-        self._document: PdfDocument | None = None
-
-    def __enter__(self) -> ScannedPages:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._document is not None:
-            with PDFIUM_LOCK:
-                self._document.close()
-            self._document = None
-
-    def read(self, number: int) -> list[str]:
-        """Render page `number` (see `_render_dpi`) and return the paragraphs Tesseract reads."""
-        import pypdfium2
-
-        label = f"page {number} of {self.filename}"
-        with PDFIUM_LOCK:
-            if self._document is None:
-                self._document = pypdfium2.PdfDocument(self.path)
-            page = self._document[number - 1]
-            try:
-                scale = _render_dpi(page, self.settings.ocr_dpi) / 72
-                width, height = page.get_size()  # points
-                _check_pixels(round(width * scale), round(height * scale), label, self.settings)
-                bitmap = page.render(scale=scale, grayscale=True)
-            finally:
-                page.close()  # here, under the lock, not whenever the collector runs
-        image = bitmap.to_pil()  # shares the bitmap's memory: `bitmap` stays alive meanwhile
-        return page_paragraphs(image, self.settings, label)
-
-
-def _render_dpi(page: PdfPage, most: int) -> float:
-    """`most` (ocr_dpi), or the resolution of the page's scans when lower (not under
-    _LEAST_DPI): enlarging a scan adds no detail, and Tesseract reads its speckle as marks."""
-    import pypdfium2.raw as pdfium_c
-
-    native = 0.0
-    for image in page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE]):
-        left, bottom, right, top = image.get_bounds()  # points
-        pixels_wide, pixels_high = image.get_px_size()
-        if right - left > 1 and top - bottom > 1:
-            native = max(native, pixels_wide * 72 / (right - left),
-                         pixels_high * 72 / (top - bottom))
-    return min(most, max(native, _LEAST_DPI)) if native else most

@@ -4,11 +4,12 @@ The file is checked and its kind told from its content first (`detection.inspect
 Per kind: html, xml, docx, pptx, xlsx, csv, eml and md go through unstructured's partitioners (md
 in blocks of about 1 MB so a huge file parses in bounded memory). pdf reads the text layer with
 pdfminer and classifies each text box with unstructured's `element_from_text`, as unstructured's
-"fast" strategy does, without `partition_pdf` (whose module needs unstructured-inference); a page
-without a text layer is rendered and read with Tesseract (`ocr`), as are images (png, jpeg, tiff,
-webp; a TIFF's frames are pages). txt and rst (pandoc, which `partition_rst` needs, is not
-installed) are streamed in paragraphs. Arbitrary JSON is flattened into "key.path: value" lines;
-unstructured's own element JSON goes through `partition_json`.
+"fast" strategy does, without `partition_pdf` (whose module needs unstructured-inference); a
+scanned page (images covering most of it, little text: `ocr_pdf`) is rendered and read with
+Tesseract (`ocr`), as are images (png, jpeg, tiff, webp; every frame of one is a page). txt and
+rst (pandoc, which `partition_rst` needs, is not installed) are streamed in paragraphs. Arbitrary
+JSON is flattened into "key.path: value" lines; unstructured's own element JSON goes through
+`partition_json`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from rag.documents import ocr
+from rag.documents import ocr, ocr_pdf
 from rag.documents.detection import SUPPORTED_HINT, file_encoding, inspect_file
 from rag.errors import ConfigError, EmptyDocument, InvalidInput, RagError, UnsupportedType
 from rag.settings import Settings
@@ -259,10 +260,10 @@ def _ocr_pieces(paragraphs: Iterable[str], page: int) -> Iterator[_Piece]:
 
 
 def _pdf_pieces(path: Path, filename: str, settings: Settings) -> Iterator[_Piece]:
-    """The text layer page by page, or Tesseract's reading of a page without one."""
+    """The text layer page by page, or Tesseract's reading of a scanned page."""
     from pdfminer.high_level import extract_pages
 
-    with ocr.ScannedPages(path, filename, settings) as scans:  # refuses too many before OCR
+    with ocr_pdf.ScannedPages(path, filename, settings) as scans:  # refuses too many before OCR
         for number, page in enumerate(extract_pages(path), start=1):
             if number in scans.numbers:
                 yield from _ocr_pieces(scans.read(number), number)

@@ -52,3 +52,24 @@ def pdf_document(path: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[PdfDocumen
             document.close()
     finally:
         PDFIUM_LOCK.release()
+
+
+@contextmanager
+def pdf_pages(path: Path, filename: str) -> Iterator[PdfDocument]:
+    """The PDF at `path` open in pdfium, PDFIUM_LOCK held only while it is opened and closed:
+    the caller holds it around each use (a page at a time), so page views are not kept waiting
+    behind a whole file's reading. InvalidInput naming `filename` when pdfium cannot open it.
+    """
+    import pypdfium2
+
+    with PDFIUM_LOCK:
+        try:
+            document = pypdfium2.PdfDocument(path)
+        except pypdfium2.PdfiumError as exc:
+            raise InvalidInput(f"{filename} could not be read as pdf (PdfiumError: {exc}).",
+                               "Check that it opens in a PDF viewer, or save it again.") from exc
+    try:
+        yield document
+    finally:
+        with PDFIUM_LOCK:
+            document.close()
