@@ -60,9 +60,10 @@ class JobRunner:
     def run(self, job_id: str, stop: threading.Event, attempt: int | None = None) -> Outcome:
         """Run one attempt; `attempt` is the queue's count when it keeps one (SAQ does).
 
-        A document an earlier attempt left in any state, even indexed (its worker died between
-        indexing and recording the job done, maybe before the index was saved), is processed
-        again from a clean slate: the engine drops its old chunks and vectors first.
+        A document an earlier attempt left part-processed is processed again from a clean
+        slate (the engine drops its old chunks and vectors first); one it left indexed (its
+        worker died between the swap and recording the job done, maybe before the index was
+        saved) is kept as it is, the index rebuilt when its last save missed the swap.
         """
         job = self.jobs.begin_attempt(job_id, self.worker, attempt)
         if job is None:

@@ -8,6 +8,11 @@ A file under the name of a current document of its collection, with other bytes,
 version (rag.stores.documents): the old one stays searchable while the new one is processed,
 then one store transaction and one index save swap them (the old becomes `replaced`, its
 chunks, vectors, bytes and cached answers go). Deleting any version deletes them all.
+
+Once that transaction has committed, the store is the truth: nothing that fails or is
+interrupted afterwards (the index save, a full disk, Ctrl-C) clears or fails the document; the
+index is rebuilt from the store then, or at the next start, which compares the saved index's
+checksum of chunk ids with the store's.
 """
 
 from __future__ import annotations
@@ -19,8 +24,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from rag.documents.chunking import Chunker, check_window
 from rag.documents.detection import SUPPORTED, inspect_file
 from rag.documents.processing import DocumentProcessor, Progress, no_progress
@@ -28,7 +31,7 @@ from rag.embedding import Embedder
 from rag.errors import LOADING_HINT, InvalidInput, NotFound, NotReady, RagError
 from rag.index.live import LiveIndex
 from rag.settings import Settings
-from rag.stores.chunks import ChunkStore
+from rag.stores.chunks import ChunkStore, Promotion
 from rag.stores.response_cache import ResponseCache
 from rag.stores.uploads import Uploads, sha256_file
 from rag.types import Document
@@ -129,8 +132,9 @@ class DocumentIndexer:
         """Parse, chunk, embed and index one file; the same bytes twice are one document, and
         new bytes under the name of a current document are its next version.
 
-        Interrupted (Ctrl-C), the new version's chunks are dropped and it is left `cancelled`:
-        the version it would replace stays current.
+        Interrupted (Ctrl-C) before it was swapped in, the new version's chunks are dropped
+        and it is left `cancelled`: the version it would replace stays current. Interrupted
+        after, it stays indexed (the index is rebuilt from the store at the next start).
         """
         name = filename or path.name
         kind = inspect_file(path, name, self.settings)  # as intake checks an API upload
@@ -146,15 +150,22 @@ class DocumentIndexer:
         try:
             return self.process(doc_id, progress)
         except (KeyboardInterrupt, SystemExit):
-            self.store.clear_chunks(doc_id)
-            self.store.set_state(doc_id, "cancelled", "Its ingestion was interrupted.")
+            now = self.store.get_document(doc_id)
+            if now is not None and now.state != "indexed":  # not swapped in (or retired)
+                self.store.clear_chunks(doc_id)
+            if now is not None and now.state == "processing":
+                self.store.set_state(doc_id, "cancelled", "Its ingestion was interrupted.")
             raise
 
     def process(
         self, doc_id: str, progress: Progress = no_progress,
-        timings: dict[str, float] | None = None,
+        timings: dict[str, float] | None = None, again: bool = False,
     ) -> Document:
         """Run the pipeline for a stored document; on failure it is marked failed and raised.
+
+        A document already indexed (a retried job whose attempt died after the swap) is
+        returned as it is, once the index is checked against the store; `again` processes it
+        anew (`rag reindex --reembed`): it is unsearchable while that runs.
 
         `timings`, when given, is filled while it runs with seconds per stage (parse, chunk,
         embed, index). A progress callback may raise to stop the job; its last call comes just
@@ -166,44 +177,83 @@ class DocumentIndexer:
         if doc is None:
             raise InvalidInput(f"Document {doc_id} is unknown.", "Upload it first.")
         if doc.state == "replaced":  # a newer version was indexed first: nothing left to do
+            if self.store.chunk_ids(doc_id):  # but what a dead attempt stored after that
+                self.store.clear_chunks(doc_id)
+            return doc
+        if doc.state == "indexed" and not again:  # swapped in by an attempt that then died
+            self.index.reconcile()  # which may have been before the index was saved
             return doc
         self.store.set_state(doc_id, "processing")
         self._clear_previous(doc_id)  # a retried job starts clean
         clock = timings if timings is not None else {}
+        committed: list[Promotion] = []
         try:
             with self.uploads.local(doc.id) as path:
                 pages = processor.run(doc, path, progress, clock)
             started = time.perf_counter()
-            self._make_searchable(doc_id, pages, progress)
+            self._make_searchable(doc_id, pages, progress, committed)
             clock["index"] = time.perf_counter() - started
-        except Exception as exc:
-            self.store.clear_chunks(doc_id)
-            reason = str(exc) if isinstance(exc, RagError) else f"{type(exc).__name__}: {exc}"
-            self.store.set_state(doc_id, "failed", reason)
-            raise
+        except BaseException as exc:
+            if committed:  # swapped in: the store is the truth, the index follows it
+                self._index_failed(doc_id, committed[0], exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                if isinstance(exc, Exception):
+                    self._fail(doc_id, exc)
+                raise
         result = self.store.get_document(doc_id)
         if result is None:
             raise NotFound(f"Document {doc_id} was deleted while it was processed.",
                            "Upload it again to index it.")
         return result
 
-    def _make_searchable(self, doc_id: str, pages: int | None, progress: Progress) -> None:
+    def _make_searchable(
+        self, doc_id: str, pages: int | None, progress: Progress, committed: list[Promotion]
+    ) -> None:
         """Swap the document in for the version it replaces: one store transaction (with its
-        change-log entries), then in embedded mode one index save under the writer lease.
+        change-log entries), then in embedded mode one index swap and save under the writer
+        lease. The promotion is appended to `committed` as soon as it has committed.
 
         `progress` is called first: the last point at which the job may still stop."""
         if self.settings.database_url:  # searchable once committed: the log does the rest
             progress("index", 0, 1)
             done = self.store.promote(doc_id, pages)
+            committed.append(done)
             self.index.refresh(force=True)
         else:
             with self.index.writing():
                 progress("index", 0, 1)
                 done = self.store.promote(doc_id, pages)
+                committed.append(done)
                 if not done.superseded:  # else it never was in the index
-                    self.index.index.remove(np.array(done.removed_chunks, dtype=np.int64))
-                    self.index.add_document(doc_id)  # saves once, old and new together
+                    self.index.swap(done.removed_chunks, doc_id)  # saves once
         self._forget(list(done.replaced))
+
+    def _fail(self, doc_id: str, exc: Exception) -> None:
+        """Drop a version's chunks and mark it failed (it was never swapped in)."""
+        self.store.clear_chunks(doc_id)
+        reason = str(exc) if isinstance(exc, RagError) else f"{type(exc).__name__}: {exc}"
+        self.store.set_state(doc_id, "failed", reason)
+
+    def _index_failed(self, doc_id: str, done: Promotion, exc: BaseException) -> None:
+        """After the swap committed, updating the index failed or was interrupted: keep the
+        document, drop what it replaced, and rebuild the index from the store (an interrupt
+        leaves that to the next start, which finds the saved index's checksum stale; with
+        PostgreSQL the change log already carries the swap)."""
+        log.warning("document %s is indexed but the index was not updated (%s: %s); %s",
+                    doc_id[:12], type(exc).__name__, exc,
+                    "rebuilding it" if isinstance(exc, Exception) else "it is rebuilt at start")
+        if not isinstance(exc, Exception):
+            return
+        self._forget(list(done.replaced))
+        if self.settings.database_url:  # the change log carries the swap to every index
+            return
+        try:
+            self.index.rebuild()
+        except Exception as again:  # e.g. still a full disk: the next start rebuilds it
+            log.warning("rebuilding the index failed too (%s); it is rebuilt at the next "
+                        "start", again)
 
     def _forget(self, doc_ids: list[str]) -> None:
         """Drop the bytes and cached answers of versions that were replaced or deleted."""
@@ -236,7 +286,9 @@ class DocumentIndexer:
         return True
 
     def reindex(self, reembed: bool = False) -> tuple[int, list[str]]:
-        """Rebuild the index from the stored vectors, or re-process every upload (`reembed`).
+        """Rebuild the index from the stored vectors, or re-process every upload (`reembed`:
+        each document is unsearchable while it is processed again; one that fails is left
+        `failed`, its error kept, and is listed).
 
         Returns (documents indexed, ids that failed).
         """
@@ -249,7 +301,7 @@ class DocumentIndexer:
         failed = []
         for doc in docs:
             try:
-                self.process(doc.id)
+                self.process(doc.id, again=True)
             except RagError as exc:
                 log.warning("re-indexing %s (%s) failed: %s", doc.filename, doc.id, exc)
                 failed.append(doc.id)

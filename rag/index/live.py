@@ -99,11 +99,34 @@ class LiveIndex:
             return
         readable = fresh or self._read_saved()
         with self.store.readable():
-            searchable = self.store.searchable_count()
-        if not readable or (not fresh and self.index.count != searchable):
-            log.warning("index (%d vectors) disagrees with the chunk store (%d); rebuilding",
-                        self.index.count, searchable)
+            agrees = readable and (fresh or self._agrees())
+        if not agrees:
+            log.warning("the saved index (%d vectors) disagrees with the chunk store; "
+                        "rebuilding", self.index.count)
             self.rebuild()
+
+    def _agrees(self) -> bool:
+        """Whether the loaded index holds what the store makes searchable: the checksum of
+        chunk ids it was saved with (its count alone, for an index saved before checksums)."""
+        index = self._faiss()
+        if index.store_mark:
+            return index.store_mark == self.store.searchable_mark()
+        return index.count == self.store.searchable_count()
+
+    def reconcile(self) -> bool:
+        """Rebuild the index when its last save does not match the store (a writer died
+        between committing a swap and saving the index); True when it rebuilt. Embedded mode;
+        with PostgreSQL the change log carries every committed change."""
+        if self.settings.database_url:
+            return False
+        with self.writing():
+            manifest = read_manifest(self._faiss().directory)
+            if manifest is not None and manifest.store_mark == self.store.searchable_mark():
+                return False
+            log.warning("the saved index does not match the chunk store; rebuilding")
+            self.index.rebuild(self.store.searchable_vectors())
+            self._save()
+        return True
 
     def _follow(self, fresh: bool) -> None:
         """Resume the saved index from the change log, or build it from the store; then
@@ -183,7 +206,13 @@ class LiveIndex:
     def _replace(self, batches: Iterable[tuple[Ids, Vectors]]) -> None:
         with self.writing():
             self.index.rebuild(batches)
-            self.index.save()
+            self._save()
+
+    def _save(self) -> None:
+        """Save, recording the store's checksum of searchable chunks (inside `writing()`)."""
+        index = self._faiss()
+        index.store_mark = self.store.searchable_mark()
+        index.save()
 
     def add_document(self, doc_id: str) -> None:
         """Add a document's stored vectors and save (inside `writing()`)."""
@@ -194,7 +223,21 @@ class LiveIndex:
             index.add(part, self.store.vectors(part))
         if index.needs_approximate():
             index.rebuild(self.store.searchable_vectors())
-        index.save()
+        self._save()
+
+    def swap(self, removed: Iterable[int], doc_id: str) -> None:
+        """Replace one version's vectors by the next's in one step of the index (no search
+        sees neither or both) and save once (inside `writing()`)."""
+        index = self._faiss()
+        ids = np.array(self.store.chunk_ids(doc_id), dtype=np.int64)
+        parts = [self.store.vectors(ids[start : start + ADD_BATCH])
+                 for start in range(0, len(ids), ADD_BATCH)]
+        vectors = (np.concatenate(parts) if parts
+                   else np.zeros((0, index.dimension), dtype=np.float32))
+        index.swap(np.array(list(removed), dtype=np.int64), ids, vectors)
+        if index.needs_approximate():
+            index.rebuild(self.store.searchable_vectors())
+        self._save()
 
     def remove(self, chunk_ids: list[int], always_save: bool = True) -> None:
         """Remove vectors by chunk id and save (inside `writing()`); with `always_save` off,
@@ -203,7 +246,7 @@ class LiveIndex:
         before = index.count
         index.remove(np.array(chunk_ids, dtype=np.int64))
         if always_save or index.count != before:
-            index.save()
+            self._save()
 
     def status(self) -> IndexStatus:
         """Readable from disk, and where the change log stands (blocking: reads files)."""

@@ -91,6 +91,7 @@ class IndexFollower:
         for _, op, chunk_id in changes:  # the last change of each chunk wins
             last[chunk_id] = op
         adds = [cid for cid, op in last.items() if op == "add"]
+        self.store.forget_chunks(cid for cid, op in last.items() if op == "remove")
         ids, vectors = self.store.searchable_vectors_of(adds)  # deleted since: not there
         with self.lock:
             self.index.remove(np.array(list(last), dtype=np.int64))  # re-adding never doubles

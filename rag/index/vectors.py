@@ -42,6 +42,8 @@ class Manifest:
     index_id: str = ""
     # With PostgreSQL: the last change-log entry this saved index holds (0: none followed).
     log_seq: int = 0
+    # The chunk store's `searchable_mark()` this index was saved for ("": not recorded).
+    store_mark: str = ""
 
 
 class VectorIndex(Protocol):
@@ -140,6 +142,7 @@ class FaissIndex:
         self.version = 0
         self.index_id = uuid.uuid4().hex
         self.log_seq = 0
+        self.store_mark = ""  # what `save` records: the store's searchable_mark() it matches
         self._lock = threading.RLock()
         self._cpu: Any = self._flat()
         self._gpu: Any = None
@@ -180,6 +183,14 @@ class FaissIndex:
         with self._lock:
             self._cpu.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
             self._gpu = None
+
+    def swap(self, remove: Ids, ids: Ids, vectors: Vectors) -> None:
+        """Remove some ids and add others in one step: a search sees both or neither."""
+        if len(ids):
+            self._check_dim(vectors)
+        with self._lock:
+            self.remove(remove)
+            self.add(ids, vectors)
 
     def rebuild(self, batches: Iterable[tuple[Ids, Vectors]]) -> None:
         """Replace the contents with the given vectors; IVF when above the threshold."""
@@ -265,7 +276,7 @@ class FaissIndex:
             name = f"index-{version}.faiss"
             write_atomic(self.directory / name, faiss.serialize_index(self._cpu).tobytes())
             manifest = Manifest(self.embedding_model, self.dimension, version, self.count,
-                                self.kind, name, self.index_id, self.log_seq)
+                                self.kind, name, self.index_id, self.log_seq, self.store_mark)
             write_atomic(self.directory / MANIFEST, json.dumps(asdict(manifest)).encode())
             self.version = version
             self._remove_stale(name)
@@ -315,6 +326,6 @@ class FaissIndex:
             if isinstance(index, faiss.IndexIVF):
                 index.nprobe = self.nprobe
             self._cpu, self._gpu, self.version = index, None, manifest.version
-            self.log_seq = manifest.log_seq
+            self.log_seq, self.store_mark = manifest.log_seq, manifest.store_mark
             self.index_id = manifest.index_id or str(self.directory.resolve())
         return manifest

@@ -243,6 +243,14 @@ class ChunkStore(DocumentRecords):
     def searchable_count(self) -> int:
         return int(self._query(f"SELECT COUNT(*) FROM ({SEARCHABLE}) AS searchable")[0][0])
 
+    def searchable_mark(self) -> str:
+        """A checksum of the searchable chunk ids ("count:max:sum mod 2^63"), which the saved
+        index records: equal counts of different chunks (a swap committed, its index save
+        lost) still differ. Ids only grow, so a changed set changes its max or its sum."""
+        row = self._query("SELECT COUNT(*), COALESCE(MAX(id), 0), COALESCE(SUM(id), 0) FROM "
+                          f"({SEARCHABLE}) AS searchable")[0]
+        return f"{int(row[0])}:{int(row[1])}:{int(row[2]) % 2**63}"
+
     def searchable_ids(
         self, collection: str | None = None, document_ids: Sequence[str] | None = None
     ) -> npt.NDArray[np.int64]:

@@ -9,9 +9,11 @@ API processes listen on (rag.index.log_follower).
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -28,14 +30,17 @@ Span = tuple[str, int, int]  # (document id, start, end)
 
 CHANNEL = "rag_index"  # NOTIFY channel of the index change log
 LOG_LOCK = "rag:index-log"  # advisory lock key that orders the log's writers
+LOG_PAGE = ("SELECT seq, op, chunk_id, xmin::text FROM index_log WHERE seq > ? "
+            "ORDER BY seq LIMIT ?")
 
 
 class PgChunkStore(PostgresDatabase, ChunkStore):
     """Documents, chunks, sentences and the index change log in PostgreSQL.
 
     What asks read (chunks by id, their sentences, file names) is kept in a bounded LRU as
-    well: chunk ids are never reused, so it never goes stale, it saves round trips on popular
-    sources, and while the database is away asks over recently read sources still answer.
+    well: chunk ids are never reused, and removed ones are evicted (here and by the log
+    follower), so it never goes stale; it saves round trips on popular sources, and while the
+    database is away asks over recently read sources still answer.
     """
 
     def __init__(self, url: str, read_cache: int = 5_000) -> None:
@@ -83,12 +88,21 @@ class PgChunkStore(PostgresDatabase, ChunkStore):
     def delete_lineage(self, doc_id: str) -> tuple[list[str], list[int]]:
         doc_ids, chunk_ids = super().delete_lineage(doc_id)
         self._forget(doc_ids)
+        self.forget_chunks(chunk_ids)
         return doc_ids, chunk_ids
 
     def promote(self, doc_id: str, pages: int | None) -> Promotion:
         done = super().promote(doc_id, pages)
         self._forget(done.replaced)
+        self.forget_chunks(done.removed_chunks)
         return done
+
+    def forget_chunks(self, chunk_ids: Iterable[int]) -> None:
+        """Drop removed chunks from the read cache (the log follower calls it for removals
+        other processes made), so that a removed chunk is never served from it."""
+        with self._cache_lock:
+            for chunk_id in chunk_ids:
+                self._chunks.pop(chunk_id, None)
 
     def _forget(self, doc_ids: Sequence[str]) -> None:
         """Drop what the read cache holds of these documents (their sentences and names)."""
@@ -131,9 +145,17 @@ class PgChunkStore(PostgresDatabase, ChunkStore):
         return int(self._query("SELECT COALESCE(MIN(seq), 0) FROM index_log")[0][0])
 
     def changes_since(self, seq: int, limit: int = 20_000) -> list[tuple[int, str, int]]:
-        """(seq, op, chunk id) after `seq`, oldest first."""
-        rows = self._query("SELECT seq, op, chunk_id FROM index_log WHERE seq > ? "
-                           "ORDER BY seq LIMIT ?", (seq, limit))
+        """(seq, op, chunk id) after `seq`, oldest first: about `limit` of them, never ending
+        inside one transaction's block (a promote's removals and additions are applied as
+        one). A transaction's entries are consecutive (LOG_LOCK) and share its `xmin`."""
+        rows = self._query(LOG_PAGE, (seq, limit))
+        full = len(rows) == limit
+        while full and rows:  # the page may end inside a block: take the rest of it
+            block = rows[-1][3]
+            more = self._query(LOG_PAGE, (rows[-1][0], limit))
+            tail = list(itertools.takewhile(partial(_in_block, block), more))
+            rows += tail
+            full = len(tail) == limit
         return [(int(r[0]), r[1], int(r[2])) for r in rows]
 
     def prune_log(self, older_than_s: float) -> int:
@@ -141,3 +163,8 @@ class PgChunkStore(PostgresDatabase, ChunkStore):
         process further behind rebuilds its index."""
         return self.execute("DELETE FROM index_log WHERE at < ? AND seq < "
                             "(SELECT MAX(seq) FROM index_log)", (time.time() - older_than_s,))
+
+
+def _in_block(block: str, row: tuple[Any, ...]) -> bool:
+    """Whether a log row (seq, op, chunk id, xmin) was written by transaction `block`."""
+    return bool(row[3] == block)

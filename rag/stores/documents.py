@@ -1,10 +1,15 @@
 """Document rows and their versions: the part of the chunk store about documents.
 
 A document row is one version of a file. The same name in the same collection with new bytes
-is a new row (its id is the hash of its bytes) with the next `version` of the same `lineage`
-(the first version's id). Until it is indexed, the version it replaces stays searchable; then
-`promote` swaps them in one transaction: the new chunks become searchable, the older versions
-of the lineage lose their chunks and sentences and stay listed as `replaced`. Registering and
+is a new row (its id is the hash of its bytes) with the next `version` of the same `lineage`:
+a fresh id given to the first version, never a document's id (a replaced document's bytes may
+come back under another name). Rows stored before versions have their own id as lineage, and
+rows an older release inserts during a rolling upgrade have '', read as their own id.
+
+Until it is indexed, the version it replaces stays searchable; then `promote` swaps them in
+one transaction: the new chunks become searchable, the older versions of the lineage, and any
+other current document of the same name and collection (duplicates a release before versions
+made), lose their chunks and sentences and stay listed as `replaced`. Registering and
 promoting a version hold a lock on the name, so uploads racing on one name get distinct
 version numbers and end with one current version: a version finishing after a newer one was
 promoted is itself `replaced`.
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -47,6 +53,8 @@ UPSERT = (
     + ", ".join(f"{c} = excluded.{c}" for c in DOC_COLUMNS.split(", ")[1:])
 )
 CURRENT = "state <> 'replaced'"
+# The rows of a lineage (args: lineage, lineage): '' is read as the row's own id.
+IN_LINEAGE = "(lineage = ? OR (id = ? AND lineage = ''))"
 
 
 @dataclass(frozen=True)
@@ -92,16 +100,17 @@ class DocumentRecords(SqlRecords):
             if same is not None:
                 doc = replace(doc, version=same.version, lineage=same.lineage,
                               replaces=same.replaces, created_at=same.created_at)
-            elif named:
-                lineage = named[0].lineage
-                top = db.execute("SELECT MAX(version) FROM documents WHERE lineage = ?",
-                                 (lineage,)).fetchone()[0]
-                indexed = next((d.id for d in named
-                                if d.lineage == lineage and d.state == "indexed"), None)
-                doc = replace(doc, version=int(top) + 1, lineage=lineage, replaces=indexed,
-                              created_at=time.time())
+            elif named:  # the newest current one's lineage (duplicates have their own)
+                newest = max(named, key=lambda d: (d.created_at or 0.0, d.version))
+                top = db.execute(f"SELECT MAX(version) FROM documents WHERE {IN_LINEAGE}",
+                                 (newest.lineage, newest.lineage)).fetchone()[0]
+                indexed = max((d for d in named if d.state == "indexed"),
+                              key=lambda d: (d.created_at or 0.0, d.version), default=None)
+                doc = replace(doc, version=int(top or newest.version) + 1,
+                              lineage=newest.lineage,
+                              replaces=indexed.id if indexed else None, created_at=time.time())
             else:
-                doc = replace(doc, version=1, lineage=doc.id, replaces=None,
+                doc = replace(doc, version=1, lineage=new_lineage(), replaces=None,
                               created_at=time.time())
             return _upsert(db, replace(doc, reused_chunks=0))
 
@@ -111,10 +120,12 @@ class DocumentRecords(SqlRecords):
 
     def versions(self, doc_id: str) -> list[Document]:
         """Every version of the document's lineage, oldest first ([] when it is unknown)."""
+        doc = self.get_document(doc_id)
+        if doc is None:
+            return []
         rows = self._query(
-            f"SELECT {DOC_COLUMNS} FROM documents WHERE lineage = "
-            "(SELECT lineage FROM documents WHERE id = ?) ORDER BY version, created_at",
-            (doc_id,))
+            f"SELECT {DOC_COLUMNS} FROM documents WHERE {IN_LINEAGE} ORDER BY version, created_at",
+            (doc.lineage, doc.lineage))
         return [_document(r) for r in rows]
 
     def list_documents(
@@ -159,14 +170,12 @@ class DocumentRecords(SqlRecords):
                 return Promotion(0, superseded=True)
             self.serialize(db, _name_key(doc.collection, doc.filename))
             doc = _get(db, doc_id) or doc
-            others = [_document(r) for r in db.execute(
-                f"SELECT {DOC_COLUMNS} FROM documents WHERE lineage = ? AND id <> ? "
-                f"AND {CURRENT}", (doc.lineage, doc_id)).fetchall()]
+            others = _rivals(db, doc)
             if doc.state == "replaced" or any(
-                    o.version > doc.version and o.state == "indexed" for o in others):
+                    _newer(o, doc) and o.state == "indexed" for o in others):
                 _retire(db, doc_id)
                 return Promotion(0, superseded=True, replaced=(doc_id,))
-            older = [o.id for o in others if o.version < doc.version]
+            older = [o.id for o in others if not _newer(o, doc)]
             removed = _chunk_ids(db, older)
             reused = _reused(db, doc_id, doc.replaces) if doc.replaces else 0
             for old in older:
@@ -193,8 +202,8 @@ class DocumentRecords(SqlRecords):
             if doc is None:
                 return [], []
             self.serialize(db, _name_key(doc.collection, doc.filename))
-            ids = [r[0] for r in db.execute("SELECT id FROM documents WHERE lineage = ?",
-                                            (doc.lineage,)).fetchall()] or [doc_id]
+            ids = [r[0] for r in db.execute(f"SELECT id FROM documents WHERE {IN_LINEAGE}",
+                                            (doc.lineage, doc.lineage)).fetchall()] or [doc_id]
             removed = _chunk_ids(db, ids)
             for one in ids:
                 self._log(db, "remove", one)
@@ -202,6 +211,29 @@ class DocumentRecords(SqlRecords):
                 db.execute("DELETE FROM sentences WHERE document_id = ?", (one,))
                 db.execute("DELETE FROM documents WHERE id = ?", (one,))
         return ids, removed
+
+
+def new_lineage() -> str:
+    """A fresh lineage id: never a document id, so a replaced document's bytes uploaded again
+    under another name never join (or delete with) the versions that replaced them."""
+    return f"lineage-{uuid.uuid4().hex}"
+
+
+def _rivals(db: Any, doc: Document) -> list[Document]:
+    """The other current rows of the document's lineage, and of its name and collection."""
+    rows = db.execute(
+        f"SELECT {DOC_COLUMNS} FROM documents WHERE id <> ? AND {CURRENT} AND ({IN_LINEAGE} "
+        "OR (collection = ? AND filename = ?))",
+        (doc.id, doc.lineage, doc.lineage, doc.collection, doc.filename)).fetchall()
+    return [_document(r) for r in rows]
+
+
+def _newer(other: Document, doc: Document) -> bool:
+    """Whether `other` came after `doc`: a later version of its lineage, or (a duplicate of
+    its name in another lineage) uploaded later."""
+    if other.lineage == doc.lineage:
+        return other.version > doc.version
+    return (other.created_at or 0.0) > (doc.created_at or 0.0)
 
 
 def _name_key(collection: str, filename: str) -> str:
@@ -214,7 +246,7 @@ def _get(db: Any, doc_id: str) -> Document | None:
 
 
 def _upsert(db: Any, doc: Document) -> Document:
-    doc = replace(doc, updated_at=time.time(), lineage=doc.lineage or doc.id)
+    doc = replace(doc, updated_at=time.time(), lineage=doc.lineage or new_lineage())
     db.execute(UPSERT, (
         doc.id, doc.filename, doc.content_type, doc.size, doc.collection,
         json.dumps(dict(doc.metadata)), doc.pages, doc.chunk_count, doc.state, doc.error,

@@ -148,3 +148,29 @@ def test_index_identity_survives_reload_and_differs_between_dirs(tmp_path: Path)
     again = FaissIndex(tmp_path / "a", "m", 16, device="cpu")
     again.load()
     assert again.index_id == a.index_id != b.index_id
+
+
+def test_a_swap_is_one_step_and_the_store_mark_is_saved(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    index = make(tmp_path)
+    old = unit(rng, 3)
+    index.add(np.array([1, 2, 3]), old)
+    new = unit(rng, 2)
+    seen: list[int] = []
+    real_add = index.add
+
+    def add(ids: np.ndarray, vectors: np.ndarray) -> None:
+        seen.append(index._lock._is_owned())  # type: ignore[attr-defined]
+        real_add(ids, vectors)
+
+    index.add = add  # type: ignore[method-assign]
+    index.swap(np.array([1, 2, 3]), np.array([7, 8]), new)
+    assert seen == [True]  # added under the lock the removal held: no search in between
+    _, hits = index.search(new, 1)
+    assert hits[:, 0].tolist() == [7, 8] and index.count == 2
+    index.store_mark = "2:8:15"
+    index.save()
+    again = make(tmp_path)
+    again.load()
+    saved = read_manifest(tmp_path / "index")
+    assert again.store_mark == "2:8:15" and saved is not None and saved.store_mark == "2:8:15"

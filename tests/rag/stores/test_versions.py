@@ -5,9 +5,13 @@ deleting removes the lineage, and a version can take its predecessor's vectors b
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
+from rag.index.log_follower import IndexFollower
+from rag.index.vectors import FaissIndex
 from rag.stores.chunks import ChunkStore
 from rag.stores.chunks_postgres import PgChunkStore
 from rag.types import ChunkDraft, Document, SentenceDraft
@@ -30,9 +34,10 @@ def indexed(store: ChunkStore, doc_id: str, *texts: str, name: str = "guide.md")
 
 def test_a_new_version_replaces_the_old_in_one_step(store: ChunkStore) -> None:
     first = indexed(store, "v1", "alpha", "beta")
-    assert (first.version, first.lineage, first.replaces) == (1, "v1", None)
+    assert (first.version, first.replaces) == (1, None)
+    assert first.lineage.startswith("lineage-")  # fresh, never a document's id
     second = store.put_version(doc("v2"))
-    assert (second.version, second.lineage, second.replaces) == (2, "v1", "v1")
+    assert (second.version, second.lineage, second.replaces) == (2, first.lineage, "v1")
     store.add_chunks("v2", chunks("alpha", "gamma", "delta"), np.ones((3, 4), np.float32))
     searchable = store.get_chunks(list(store.searchable_ids()))
     assert sorted(c.text for c in searchable.values()) == ["alpha", "beta"]  # old until swapped
@@ -52,7 +57,7 @@ def test_a_new_version_replaces_the_old_in_one_step(store: ChunkStore) -> None:
 def test_names_are_per_collection_and_a_retry_keeps_its_version(store: ChunkStore) -> None:
     indexed(store, "a1", "alpha")
     other = store.put_version(doc("b1", collection="other"))
-    assert (other.version, other.lineage) == (1, "b1")
+    assert other.version == 1 and other.lineage not in ("b1", store.versions("a1")[0].lineage)
     pending = store.put_version(doc("a2"))
     again = store.put_version(doc("a2"))  # the same upload retried
     assert pending.version == again.version == 2 and again.created_at == pending.created_at
@@ -135,3 +140,94 @@ def test_a_swap_is_one_block_of_the_change_log(pg_url: str) -> None:
         *(("remove", cid) for cid in old), *(("add", cid) for cid in new)]
     assert [seq for seq, _, _ in changes] == list(range(before + 1, before + 5))
     store.close()
+
+
+def test_a_replaced_documents_bytes_under_a_new_name_start_their_own_lineage(
+    store: ChunkStore,
+) -> None:
+    """X (a.md) replaced by Y; X's bytes uploaded as b.md must not join or take Y's lineage."""
+    indexed(store, "X", "ex", name="a.md")
+    indexed(store, "Y", "why", name="a.md")
+    back = indexed(store, "X", "ex again", name="b.md")
+    x, y = store.get_document("X"), store.get_document("Y")
+    assert x is not None and (x.state, x.filename, x.version) == ("indexed", "b.md", 1)
+    assert y is not None and y.state == "indexed" and back.lineage != y.lineage
+    assert [d.id for d in store.versions("Y")] == ["Y"]
+    assert [d.id for d in store.versions("X")] == ["X"]
+    doc_ids, _ = store.delete_lineage("X")
+    assert doc_ids == ["X"] and store.get_document("Y") is not None
+
+
+def test_duplicates_from_before_versions_are_retired_by_the_next_version(
+    store: ChunkStore,
+) -> None:
+    """The release before versions stored a second row on re-upload of a name; each got its
+    own lineage in the upgrade. The next version takes the newest's lineage and retires both."""
+    for n, doc_id in enumerate(("d1", "d2")):  # as the upgrade leaves them
+        store.put_document(replace(doc(doc_id), state="indexed", lineage=doc_id,
+                                   created_at=100.0 + n))
+        store.add_chunks(doc_id, chunks(f"dup {n}"), np.ones((1, 4), np.float32))
+    new = store.put_version(doc("d3"))
+    assert (new.lineage, new.version, new.replaces) == ("d2", 2, "d2")
+    store.add_chunks("d3", chunks("fresh"), np.ones((1, 4), np.float32))
+    done = store.promote("d3", None)
+    assert sorted(done.replaced) == ["d1", "d2"] and len(done.removed_chunks) == 2
+    listed, total = store.list_documents()
+    assert total == 1 and [d.id for d in listed] == ["d3"]
+    texts = [c.text for c in store.get_chunks(list(store.searchable_ids())).values()]
+    assert texts == ["fresh"]
+
+
+def test_a_promote_block_is_never_split_across_pages_of_the_log(pg_url: str) -> None:
+    store = PgChunkStore(pg_url)
+    indexed(store, "v1", "one", "two", "three")
+    store.put_version(doc("v2"))
+    store.add_chunks("v2", chunks("four", "five", "six"), np.ones((3, 4), np.float32))
+    before = store.log_position()
+    store.promote("v2", None)  # 3 removes and 3 adds in one transaction
+    indexed(store, "w1", "seven", name="other.md")  # the next transaction's block
+    page = store.changes_since(before, limit=2)
+    assert [op for _, op, _ in page] == ["remove"] * 3 + ["add"] * 3
+    rest = store.changes_since(page[-1][0], limit=2)
+    assert [op for _, op, _ in rest] == ["add"]
+    store.close()
+
+
+def test_rows_an_older_release_inserts_have_a_usable_lineage(store: ChunkStore) -> None:
+    """During a rolling upgrade, the release before versions inserts rows without lineage
+    (PostgreSQL's default and SQLite's are ''): read as their own id, next versions work."""
+    store.execute("INSERT INTO documents (id, filename, content_type, size, collection, "
+                  "metadata, state, created_at, updated_at) VALUES "
+                  "('old', 'o.md', 'text/markdown', 3, 'default', '{}', 'indexed', 1, 1)")
+    store.execute("INSERT INTO documents (id, filename, content_type, size, collection, "
+                  "metadata, state, created_at, updated_at) VALUES "
+                  "('old2', 'p.md', 'text/markdown', 3, 'default', '{}', 'indexed', 1, 1)")
+    got = store.get_document("old")
+    assert got is not None and (got.lineage, got.version) == ("old", 1)
+    assert [d.id for d in store.versions("old")] == ["old"]  # not every '' row
+    new = store.put_version(doc("new", name="o.md"))
+    assert (new.version, new.lineage, new.replaces) == (2, "old", "old")
+    store.add_chunks("new", chunks("n"), np.ones((1, 4), np.float32))
+    assert store.promote("new", None).replaced == ("old",)
+    assert [d.id for d in store.versions("new")] == ["old", "new"]
+    assert [d.id for d in store.versions("old2")] == ["old2"]
+
+
+def test_the_log_follower_evicts_removed_chunks_from_the_read_cache(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Another process swaps a new version in: applying its removals drops the old chunks
+    from this process's read cache, so they are never served from it."""
+    here, there = PgChunkStore(pg_url), PgChunkStore(pg_url)
+    indexed(here, "v1", "one", "two")
+    old = here.chunk_ids("v1")
+    assert set(here.get_chunks(old)) == set(old)  # now cached here
+    there.put_version(doc("v2"))
+    there.add_chunks("v2", chunks("three"), np.ones((1, 4), np.float32))
+    there.promote("v2", None)
+    follower = IndexFollower(here, FaissIndex(tmp_path, "m", 4), threading.Lock())
+    follower.catch_up()
+    assert here.get_chunks(old) == {}  # read again: gone from the store
+    assert follower.index.count == 1
+    here.close()
+    there.close()

@@ -3,6 +3,8 @@
 A document uploaded under the name of a current one in the same collection (with new bytes)
 is the next `version` of its `lineage` (the first version's id); `replaces` names the version
 it was uploaded to replace, `reused_chunks` how many of its chunks kept that version's vectors.
+`lineage` defaults to '' (read as the row's own id), so that processes of the release before
+still insert rows during a rolling upgrade.
 A sentence cut from a table row carries the table's `header` line.
 
 Revision ID: 0002
@@ -23,6 +25,7 @@ ALTER TABLE documents ADD COLUMN lineage TEXT;
 ALTER TABLE documents ADD COLUMN replaces TEXT;
 ALTER TABLE documents ADD COLUMN reused_chunks INTEGER NOT NULL DEFAULT 0;
 UPDATE documents SET lineage = id WHERE lineage IS NULL;
+ALTER TABLE documents ALTER COLUMN lineage SET DEFAULT '';
 ALTER TABLE documents ALTER COLUMN lineage SET NOT NULL;
 CREATE INDEX documents_name ON documents (collection, filename);
 CREATE INDEX documents_lineage ON documents (lineage, version);
