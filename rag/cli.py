@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rag.errors import RagError
+from rag.errors import InvalidInput, RagError
 from rag.settings import Settings
 
 app = typer.Typer(help="Retrieval-augmented question answering over your own documents.",
@@ -29,18 +30,40 @@ def _service(generator: bool = True):  # type: ignore[no-untyped-def]
 
 
 def expand(paths: list[Path]) -> list[tuple[Path, str]]:
-    """Files given, and every file under the folders given, sorted, with their names: a
-    file's own name, or its path under the folder given (`a/x.md` and `b/x.md` are two
-    documents; a second file of the same name would be a new version); hidden files skipped."""
+    """Files given, and every file under the folders given, sorted, with their names.
+
+    One argument: a file is named by its own name, files under a folder by their path under
+    it (`rag ingest docs` names `docs/faq.txt` faq.txt). Several: every file by its path under
+    the arguments' common parent (`rag ingest a/ b/` names a/README.md and b/README.md), since
+    a second file of one name would replace the first as its new version. Hidden files are
+    skipped; a name given twice is refused before anything is ingested.
+    """
+    given = list(dict.fromkeys(Path(os.path.abspath(p)) for p in paths))
+    if len(given) == 1:
+        base = given[0] if given[0].is_dir() else given[0].parent
+    else:
+        base = Path(os.path.commonpath(given))
+        if not base.is_dir():
+            base = base.parent
     files: list[tuple[Path, str]] = []
-    for path in paths:
-        if path.is_dir():
-            inside = ((p, p.relative_to(path)) for p in sorted(path.rglob("*")))
-            files.extend((p, rel.as_posix()) for p, rel in inside
-                         if p.is_file() and not any(part.startswith(".") for part in rel.parts))
-        else:
-            files.append((path, path.name))
+    for path in given:
+        inside = sorted(path.rglob("*")) if path.is_dir() else [path]
+        files.extend((p, p.relative_to(base).as_posix()) for p in inside
+                     if not path.is_dir() or p.is_file()
+                     and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    _refuse_duplicates(files)
     return files
+
+
+def _refuse_duplicates(files: list[tuple[Path, str]]) -> None:
+    seen: dict[str, Path] = {}
+    for path, name in files:
+        if name in seen:
+            raise InvalidInput(
+                f"{name} would be ingested twice ({seen[name]} and {path}): the second would "
+                "replace the first as its new version.",
+                "Give each file once (a folder already includes its files).")
+        seen[name] = path
 
 
 @app.command()
@@ -48,10 +71,15 @@ def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders to ingest.")],
     collection: Annotated[str, typer.Option(help="Collection to put them in.")] = "default",
 ) -> None:
-    """Parse, chunk, embed and index files and folders."""
+    """Parse, chunk, embed and index files and folders. One folder: its files are named by
+    their path under it; several arguments: by their path under the arguments' common folder."""
     logging.basicConfig(level=logging.WARNING)
+    try:
+        files = expand(paths)
+    except RagError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
     service = _service(generator=False)
-    files = expand(paths)
     failed = 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
@@ -73,22 +101,29 @@ def ingest(
 
 @app.command()
 def sync(
-    folder: Annotated[Path, typer.Argument(help="The folder to mirror.", exists=True,
-                                           file_okay=False)],
-    collection: Annotated[str, typer.Option(help="The collection that mirrors it.")] = "default",
+    folder: Annotated[Path, typer.Argument(help="The folder to mirror.")],
+    collection: Annotated[str | None, typer.Option(
+        help="The collection that mirrors it (default: the folder's name, so rag sync "
+             "~/notes mirrors into notes).", show_default=False)] = None,
     watch: Annotated[bool, typer.Option(help="Keep syncing as files change (Ctrl-C stops).")
                      ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="End with the counts as JSON.")
-                       ] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print each pass's counts as a JSON line on stdout, the last line "
+                       "whatever happens (messages go to stderr).")] = False,
+    delete_many: Annotated[bool, typer.Option(
+        help="Allow a pass to remove more than half of the collection's documents, or all "
+             "of them (refused otherwise: an empty or unmounted folder).")] = False,
 ) -> None:
     """Make a collection mirror a folder: new files added, changed ones new versions, removed
-    ones deleted, unchanged ones left alone. Exits 1 when a file failed (without --watch)."""
-    from ingest.sync import interrupt_on_sigterm, sync_command
+    ones deleted, unchanged ones left alone; hidden and temporary files are not synced.
+    Ctrl-C stops after the current file. Exits 1 when a file failed (without --watch), 2 on
+    bad input, 130 when stopped before the pass was done."""
+    from ingest.sync_command import SyncOptions, sync_command
 
     logging.basicConfig(level=logging.WARNING)
-    interrupt_on_sigterm()
-    service = _service(generator=False)
-    raise typer.Exit(sync_command(service.documents, folder, collection, watch, as_json, console))
+    options = SyncOptions(folder, collection, watch, as_json, delete_many)
+    out = Console(stderr=True) if as_json else console
+    raise typer.Exit(sync_command(lambda: _service(generator=False).documents, options, out))
 
 
 @app.command()

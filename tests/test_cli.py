@@ -60,3 +60,37 @@ def test_ask_with_empty_question_fails_clearly(tmp_path: Path, generator, models
            "RAG_CONVERTED_MODELS_DIR": str(models_dir)}
     asked = rag("ask", "   ", env=env)
     assert asked.returncode == 2 and "question is empty" in asked.stdout
+
+
+def test_ingest_names_files_under_the_arguments_common_folder(tmp_path: Path) -> None:
+    """Two README.md from two folders stay two documents (before, the second replaced the
+    first); one folder's files keep their own names; a file given twice is refused before
+    anything is loaded or ingested."""
+    from rag.cli import SAMPLES, expand
+
+    for sub in ("a", "b"):
+        (tmp_path / sub / "deep").mkdir(parents=True)
+        (tmp_path / sub / "README.md").write_text(f"About {sub}.")
+        (tmp_path / sub / "deep" / "x.md").write_text(f"Deep in {sub}.")
+    (tmp_path / "a" / ".hidden.md").write_text("never ingested")
+    names = [name for _, name in expand([tmp_path / "a", tmp_path / "b"])]
+    assert names == ["a/README.md", "a/deep/x.md", "b/README.md", "b/deep/x.md"]
+    files = expand([tmp_path / "a" / "README.md", tmp_path / "b" / "README.md"])
+    assert [name for _, name in files] == ["a/README.md", "b/README.md"]
+    assert expand([tmp_path / "a" / "README.md"])[0][1] == "README.md"
+    assert [n for _, n in expand([tmp_path / "a" / "deep" / "x.md", tmp_path / "a" / "README.md"])
+            ] == ["deep/x.md", "README.md"]
+    assert "faq.txt" in [name for _, name in expand([SAMPLES])]  # as the README says
+    env = {**os.environ, "RAG_DATA_DIR": str(tmp_path / "data")}
+    twice = rag("ingest", str(tmp_path / "a"), str(tmp_path / "a" / "README.md"), env=env)
+    assert twice.returncode == 2 and "README.md would be ingested twice" in twice.stdout
+    assert not (tmp_path / "data").exists()  # refused before the service was built
+
+
+def test_sync_refuses_a_missing_folder(tmp_path: Path) -> None:
+    env = {**os.environ, "RAG_DATA_DIR": str(tmp_path / "data")}
+    missing = rag("sync", str(tmp_path / "nowhere"), "--json", env=env)
+    assert missing.returncode == 2 and "is not a folder" in missing.stderr
+    assert missing.stdout.splitlines()[-1].startswith('{"added": 0')
+    helped = rag("sync", "--help", env={**env, "COLUMNS": "200"})
+    assert "default: the folder's name" in helped.stdout and "--delete-many" in helped.stdout
