@@ -3,8 +3,9 @@
 A sentence is supported when every number and name in it occurs in the sources it cites (all
 the prompt's sources when it cites none) and enough of its content words (stemmed, function
 words left out) occur in one evidence sentence of those sources: its best supporting quote.
-A table row is read with its header ("Extension: .pdf; Format: PDF"), and the rows of one table
-shown together may support a sentence together ("You can upload PDF and DOCX files.").
+A table row is read with its header ("Extension: .pdf; Format: PDF"), but anchors a claim by
+its own cells only; a list question's answer may lean on the rows of one table shown together,
+each of its items ("PDF", "DOCX files") on one row ("You can upload PDF and DOCX files.").
 That asks only whether the claim occurs somewhere; the check that asks whether it answers the
 question (`check_answer_sentence`, the default: setting `check_answers_question`) also wants
 the claim in the evidence that holds the question's key terms (a sentence, or it and the one
@@ -27,13 +28,14 @@ from rag.ask.answer_type import answer_type
 from rag.ask.claims import (
     MIN_ANCHOR,
     Candidate,
-    check_answer_sentence,
+    answer_support,
     check_sentence,
+    content_words,
     makes_claim,
     placed_sentences,
 )
 from rag.ask.context import AskContext, quiet
-from rag.ask.evidence import asks_for_list
+from rag.ask.evidence import MIN_TABLE_SCORE, asks_for_list
 from rag.documents.sentences import with_header
 from rag.types import (
     NO_ANSWER,
@@ -47,6 +49,8 @@ from rag.types import (
 _DECLINES = re.compile(r"\b(?:do|does) not (?:contain|mention|say)\b|\bcannot (?:answer|find)\b")
 
 UnsupportedAnswer = Literal["quote", "flag", "drop"]
+# A list question answered with a table's rows quotes at most this many of them.
+MAX_QUOTED_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class Judge:
         self.answers_question = answers_question
         self.min_anchor = min_anchor
         self.asked = answer_type(question) if answers_question else None
+        self.listing = asks_for_list(question)  # a table's rows may answer it together
+        self._support: dict[tuple[str, str], tuple[int, ...]] = {}
 
     def verdict(self, sentence: str, sep: str = "") -> SentenceVerdict:
         """The verdict on one complete sentence of the answer (`sep`: the whitespace before
@@ -86,15 +92,27 @@ class Judge:
             # The answer's first sentence is the one that answers: it must be of the kind
             # asked; those after it may add to it (the beekeeper's name, then her hives).
             asked = None if sep else self.asked
-            check, best = check_answer_sentence(
+            check, support = answer_support(
                 sentence, self.question, self.search, asked, self.pool, self.sources,
-                self.min_overlap, self.min_anchor)
+                self.min_overlap, self.min_anchor, self.listing,
+                self.asked.nouns if self.asked is not None else frozenset())
+            self._support[sep, sentence] = support
+            best = support[0] if support else None
         else:
             check, best = check_sentence(sentence, self.question, self.pool, self.sources,
                                          self.min_overlap)
+            self._support[sep, sentence] = () if best is None else (best,)
         if declines:
             check = replace(check, supported=False)
         return SentenceVerdict(sentence, sep, check, best, declines)
+
+    def support(self, verdict: SentenceVerdict) -> tuple[int, ...]:
+        """Every evidence sentence (index into `pool`) that supports a verdict's sentence: its
+        best one, or each table row that supports an item of a list."""
+        if (verdict.sep, verdict.text) not in self._support:
+            self.verdict(verdict.text, verdict.sep)
+        found = self._support.get((verdict.sep, verdict.text), ())
+        return found or ((verdict.best,) if verdict.best is not None else ())
 
     def verdicts(self, text: str, known: Sequence[SentenceVerdict] = ()) -> list[SentenceVerdict]:
         """The verdict on each sentence of the answer `text`; those `known` (given on its first
@@ -186,7 +204,8 @@ class CheckStage:
     def run(self, ctx: AskContext) -> AskContext:
         assert ctx.prompt is not None and ctx.evidence is not None
         shown, _ = _sources(ctx)
-        verdicts = self.judge(ctx).verdicts(ctx.generated, ctx.verdicts)
+        judge = self.judge(ctx)
+        verdicts = judge.verdicts(ctx.generated, ctx.verdicts)
         text = shown_text(verdicts, self.unsupported, ended=True)
         declined = not ctx.generated or any(v.declines for v in verdicts)
         claims = [] if declined and not text else [v for v in verdicts if v.check is not None]
@@ -197,24 +216,50 @@ class CheckStage:
         mode: AnswerMode = "generated"
         if not text:  # nothing the model said is shown
             text, mode, lead = self._instead(ctx.question, declined, shown)
+        support = [judge.support(v) if v.passed else () for v in claims]
         best = [v.best for v in claims]
-        quotes, checks = _quotes(shown, checks, best, lead, self.quotes)
+        quotes, checks = _quotes(shown, checks, best, support, lead, self.quotes)
         return replace(ctx, text=text, mode=mode, groundedness=round(groundedness, 4),
                        sentences=tuple(checks), quotes=quotes)
 
     def _instead(self, question: str, declined: bool, shown: Sequence[_Shown]
                  ) -> tuple[str, AnswerMode, tuple[int, ...]]:
         """The answer when none of the model's is shown: the best evidence sentence as a quote
-        (its index into `shown`), or an abstention. A list question whose best evidence is a
-        table row is answered with the rows of that table shown (their indices)."""
+        (its index into `shown`), or an abstention; either only when that evidence's cosine to
+        the question reaches `min_quote_score`, if the model declined. A list question whose
+        best evidence is a table row is answered with its table: the header line, then the
+        rows shown (at most `MAX_QUOTED_ROWS`, their indices), one a line."""
         rows = _table_rows(shown) if shown and asks_for_list(question) else ()
-        strong = bool(rows) or bool(shown) and shown[0].item.dense >= self.min_quote_score
+        floor = self.min_quote_score
+        if rows and content_words(question) & content_words(shown[rows[0]].item.sentence.header
+                                                             or ""):
+            # The header names what the list asks for ("formats" and "Format"): a row's own
+            # cells ("`.docx` | Microsoft Word") say little to the question by themselves.
+            floor = min(floor, MIN_TABLE_SCORE)
+        strong = bool(shown) and max(shown[i].item.dense for i in rows or (0,)) >= floor
         if (declined and not (self.unsupported == "quote" and strong)
                 or self.unsupported == "drop" or not shown):
             return NO_ANSWER, "abstained", ()
-        lead = rows or (0,)  # `shown` is best-ranked first
-        quoted = "; ".join(f'"{" ".join(shown[i].item.sentence.text.split())}"' for i in lead)
-        return f"{quoted} [{shown[lead[0]].source}]", "quote", lead
+        if not rows:  # `shown` is best-ranked first
+            return f'{_quoted(shown[0].item.sentence.text)} [{shown[0].source}]', "quote", (0,)
+        quoted = tuple(sorted(rows[:MAX_QUOTED_ROWS], key=lambda i: shown[i].item.sentence.start))
+        return _table_answer(shown, quoted, len(rows)), "quote", quoted
+
+
+def _quoted(text: str) -> str:
+    return f'"{" ".join(text.split())}"'
+
+
+def _table_answer(shown: Sequence[_Shown], quoted: Sequence[int], total: int) -> str:
+    """A table's rows as an answer: its header line (an exact span of the document) with the
+    sources of the rows, then each row quoted on a line of its own, and when not all the
+    `total` rows shown are quoted, how many are."""
+    cites = "".join(f"[{n}]" for n in sorted({shown[i].source for i in quoted}))
+    lines = [f"{_quoted(shown[quoted[0]].item.sentence.header or '')} {cites}"]
+    lines += [f"{_quoted(shown[i].item.sentence.text)} [{shown[i].source}]" for i in quoted]
+    if len(quoted) < total:
+        lines.append(f"({len(quoted)} of {total} rows)")
+    return "\n".join(lines)
 
 
 def _sources(ctx: AskContext) -> tuple[list[_Shown], dict[int, str]]:
@@ -245,24 +290,24 @@ def _sources(ctx: AskContext) -> tuple[list[_Shown], dict[int, str]]:
 
 
 def _table_rows(shown: Sequence[_Shown]) -> tuple[int, ...]:
-    """When the best evidence is a table row: the indices of the rows of its table shown, in
-    document order (empty otherwise)."""
+    """When the best evidence is a table row: the indices of the rows of its table shown,
+    best-ranked first (empty otherwise)."""
     first = shown[0].item.sentence
     if not first.header:
         return ()
-    rows = [i for i, s in enumerate(shown) if (s.item.sentence.document_id, s.item.sentence.header)
-            == (first.document_id, first.header)]
-    return tuple(sorted(rows, key=lambda i: shown[i].item.sentence.start))
+    return tuple(i for i, s in enumerate(shown) if (
+        s.item.sentence.document_id, s.item.sentence.header) == (first.document_id, first.header))
 
 
 def _quotes(
     shown: Sequence[_Shown], checks: list[SentenceCheck], best: list[int | None],
-    lead: tuple[int, ...], limit: int,
+    support: list[tuple[int, ...]], lead: tuple[int, ...], limit: int,
 ) -> tuple[tuple[Quote, ...], list[SentenceCheck]]:
     """The answer's evidence: the quoted sentences first (if any), each sentence's best support,
-    then the best-ranked rest up to `limit`; and the checks pointing at their quote."""
+    every other sentence that supports one (the rows of a list), then the best-ranked rest up
+    to `limit`; and the checks pointing at their best quote."""
     order: list[int] = list(lead)
-    for index in best:
+    for index in [*best, *(i for rows in support for i in rows)]:
         if index is not None and index not in order:
             order.append(index)
     for index in range(len(shown)):
@@ -271,8 +316,8 @@ def _quotes(
         if index not in order:
             order.append(index)
     supports: dict[int, int] = {}
-    for number, index in enumerate(best, start=1):
-        if index is not None and checks[number - 1].supported:
+    for number, rows in enumerate(support, start=1):
+        for index in rows if checks[number - 1].supported else ():
             supports.setdefault(index, number)
     position = {index: at for at, index in enumerate(order)}
     quotes = tuple(_quote(shown[i], supports.get(i)) for i in order)

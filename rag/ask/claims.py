@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import Stemmer
 
 from rag.ask.answer_type import AnswerType, fits
+from rag.documents.sentences import cells
 from rag.generation.stopping import split_sentences
 from rag.types import SentenceCheck
 
@@ -65,15 +66,21 @@ class Candidate:
         return content_words(self.text)
 
     @functools.cached_property
+    def own(self) -> set[str]:
+        """The words the candidate itself says: a table row's cells without its header's words
+        (they are in every row, so they anchor none), else all its words."""
+        return content_words(self.row) if self.header else self.words
+
+    @functools.cached_property
     def cells(self) -> list[tuple[set[str], set[str]]]:
         """A table row's columns: the words of each header cell and of the row's cell under
         it (empty for text, or a row whose cells do not pair with the header's)."""
         if not self.header:
             return []
-        names, cells = self.header.split(" | "), self.row.split(" | ")
-        if len(names) != len(cells):
+        names, values = cells(self.header), cells(self.row)
+        if len(names) != len(values):
             return []
-        return [(content_words(n), content_words(c)) for n, c in zip(names, cells, strict=True)]
+        return [(content_words(n), content_words(c)) for n, c in zip(names, values, strict=True)]
 
     def next_to(self, other: Candidate) -> bool:
         """Whether `other` is the sentence just before or after this one in its document."""
@@ -162,16 +169,18 @@ def anchor_share(words: set[str], terms: Sequence[set[str]]) -> float:
     return max((len(t & words) / len(t) for t in terms), default=1.0)
 
 
-def windows(candidates: Sequence[Candidate], cited: set[int]) -> list[tuple[int, ...]]:
+def windows(candidates: Sequence[Candidate], cited: set[int],
+            listing: bool = False) -> list[tuple[int, ...]]:
     """The evidence a claim may lean on: each candidate of the cited sources alone
-    (best-ranked first), then each with the sentence next to it when that was shown too, then
-    the rows of each table shown (a list answered from its rows)."""
+    (best-ranked first), then each with the sentence next to it when that was shown too, then,
+    for a question that asks for a list (`listing`), the rows of each table shown."""
     alone = [i for i, c in enumerate(candidates) if c.source in cited]
     out: list[tuple[int, ...]] = [(i,) for i in alone]
-    out += [(i, j) for i in alone for j in alone
-            if i < j and candidates[i].next_to(candidates[j])]
+    # Rows of a table read on only as a list's rows (`item_rows`), not as sentences do.
+    out += [(i, j) for i in alone for j in alone if i < j and not candidates[i].header
+            and not candidates[j].header and candidates[i].next_to(candidates[j])]
     tables: dict[tuple[str, str], list[int]] = {}
-    for i in alone:
+    for i in alone if listing else []:
         header = candidates[i].header
         if header:
             tables.setdefault((candidates[i].document, header), []).append(i)
@@ -179,14 +188,71 @@ def windows(candidates: Sequence[Candidate], cited: set[int]) -> list[tuple[int,
     return out
 
 
-def gives_asked_cells(words: set[str], window: Sequence[Candidate],
-                      terms: Sequence[set[str]], said: set[str]) -> bool:
-    """Whether a claim leaning on table rows carries what the question asks of them: where the
-    question names a column ("... by default?": Default), a word of that column's cell in one of
-    the rows that the question does not already say ("8000", not the variable's name)."""
-    wanted = [cell - said for c in window for name, cell in c.cells
-              if any(name & t for t in terms) and cell - said]
+def _anchoring(group: Sequence[Candidate], terms: Sequence[set[str]],
+               table: bool) -> tuple[set[str], Sequence[set[str]]]:
+    """What a window anchors by, and the terms it must hold. A table row anchors by its own
+    cells: its header's words are in every row, so they hold none of the question, and the
+    columns the question names ("state", "mean") are asked of, not looked for. A list's table
+    window holds what its header names too ("Which formats ...": Format)."""
+    header = content_words(group[0].header or "")
+    if table:
+        return set().union(*(c.own for c in group), header), terms
+    own = set().union(*(c.own for c in group))
+    named = [t - header for t in terms if t - header] if header else terms
+    return own, named or terms
+
+
+def gives_asked_cells(words: set[str], window: Sequence[Candidate], terms: Sequence[set[str]],
+                      said: set[str], nouns: frozenset[str] = frozenset()) -> bool:
+    """Whether a claim leaning on table rows carries what the question asks of them: the cell
+    under the column its "which X" names (`nouns`: "Which variable ...": Variable), or where it
+    names none so, under each column it names ("... by default?": Default) but for those it
+    already says half of a row's cell under (the variable's name, the state asked about); a word
+    of that cell the question does not say ("8000")."""
+    wanted: list[set[str]] = []
+    for c in window:
+        named = [cell for name, cell in c.cells if name & nouns]
+        named = named or [cell for name, cell in c.cells if any(name & t for t in terms)
+                          and len(cell & said) * 2 < len(cell)]
+        wanted += [cell - said for cell in named if cell - said]
     return not wanted or any(words & cell for cell in wanted)
+
+
+# Where a list answer's items part: commas, semicolons, "and", "or".
+_ITEMS = re.compile(r"[,;]|\b(?:and|or)\b")
+
+
+def item_rows(sentence: str, rows: Sequence[Candidate], terms: Sequence[set[str]], said: str,
+              min_overlap: float, nouns: frozenset[str] = frozenset()
+              ) -> tuple[int, ...] | None:
+    """The rows (indices into `rows`, of one table) that support a list answer item by item:
+    each item of `sentence` (its parts between commas, "and", "or") must have its names and
+    numbers and `min_overlap` of its content words in one row, words the question (`said`) or
+    the table's header says aside, and carry the cell the question asks of that row; None when
+    an item has no such row (a sentence that mixes facts of different rows)."""
+    said_words = {w.casefold() for w in _WORD.findall(f"{said}\n{rows[0].header or ''}")}
+    free = content_words(said) | content_words(rows[0].header or "")
+    found: list[int] = []
+    for item in _ITEMS.split(_CITATION.sub(" ", sentence)):
+        words = content_words(item) - free
+        new = [f for f in facts(item) if not all(
+            p.casefold() in said_words for p in _WORD.findall(f))]
+        if not words and not new:
+            continue
+        row = next((n for n, c in enumerate(rows) if _holds(c, words, new, min_overlap)
+                    and gives_asked_cells(words, [c], terms, content_words(said), nouns)), None)
+        if row is None:
+            return None
+        found.append(row)
+    return tuple(dict.fromkeys(found)) or None
+
+
+def _holds(row: Candidate, words: set[str], new_facts: Sequence[str],
+           min_overlap: float) -> bool:
+    """Whether one row holds an item: its new names and numbers, and enough of its words."""
+    row_words = {w.casefold() for w in _WORD.findall(row.text)}
+    return all(_occurs(f, row.text, row_words) for f in new_facts) and (
+        not words or len(words & row.words) / len(words) >= min_overlap)
 
 
 def check_answer_sentence(
@@ -198,18 +264,42 @@ def check_answer_sentence(
     sources: dict[int, str],
     min_overlap: float,
     min_anchor: float = MIN_ANCHOR,
+    listing: bool = False,
 ) -> tuple[SentenceCheck, int | None]:
     """Check one answer sentence as an answer to `question` (`search`: its retrieval query,
     "" when it is the question itself); also returns the index into `candidates` of its best
-    quote.
+    quote (`answer_support` gives all the rows that support it).
 
     Beyond `check_sentence` (its names and numbers occur in the sources it cites), the claim
     must come from the evidence that answers the question: a window (a sentence, or it and
-    the one next to it) holding `min_anchor` of the question's key terms, every name and
-    number of the sentence the question does not say, and `min_overlap` of its new content
-    words (and, from table rows, the cells the question asks for: `gives_asked_cells`); and the
-    sentence must carry a span of the kind the question asks for (`asked`).
+    the one next to it) holding `min_anchor` of the question's key terms (a table row by its
+    own cells, not its header's), every name and number of the sentence the question does not
+    say, and `min_overlap` of its new content words (and, from a table row, the cell the
+    question asks for: `gives_asked_cells`); and the sentence must carry a span of the kind the
+    question asks for (`asked`). A question that asks for a list (`listing`) may be answered
+    from the rows of one table together, each item of the sentence from one row (`item_rows`).
     """
+    nouns = asked.nouns if asked is not None else frozenset()
+    check, support = answer_support(sentence, question, search, asked, candidates, sources,
+                                     min_overlap, min_anchor, listing, nouns)
+    return check, support[0] if support else None
+
+
+def answer_support(
+    sentence: str,
+    question: str,
+    search: str,
+    asked: AnswerType | None,
+    candidates: Sequence[Candidate],
+    sources: dict[int, str],
+    min_overlap: float,
+    min_anchor: float = MIN_ANCHOR,
+    listing: bool = False,
+    nouns: frozenset[str] = frozenset(),
+) -> tuple[SentenceCheck, tuple[int, ...]]:
+    """`check_answer_sentence`, with every candidate that supports the sentence (the best
+    window's first sentence, or each row of a table that supports an item of it); `nouns`:
+    the X of the question's "which X" (`AnswerType.nouns`), for every sentence of the answer."""
     said = f"{question}\n{search}"
     checked, _ = check_sentence(sentence, question, (), sources, min_overlap)
     cited = cited_sources(sentence) & set(sources) or set(sources)
@@ -219,20 +309,29 @@ def check_answer_sentence(
                  if not all(p.casefold() in said_words for p in _WORD.findall(f))]
     # Words the question or its query already say are no claim.
     words = content_words(_CITATION.sub(" ", sentence)) - content_words(said)
-    best, best_overlap = None, 0.0
-    for window in windows(candidates, cited) if words else []:
-        held = set().union(*(candidates[i].words for i in window))
-        text = " ".join(candidates[i].text for i in window)
-        text_words = {w.casefold() for w in _WORD.findall(text)}
-        if anchor_share(held, terms) < min_anchor or not all(
-                _occurs(f, text, text_words) for f in new_facts) or not gives_asked_cells(
-                words, [candidates[i] for i in window], terms, content_words(said)):
+    best: tuple[int, ...] = ()
+    best_overlap = 0.0
+    for window in windows(candidates, cited, listing) if words else []:
+        group = [candidates[i] for i in window]
+        held = set().union(*(c.words for c in group))
+        # A list question reads rows as a table's: by its header, item by item.
+        table = listing and bool(group[0].header)
+        if anchor_share(*_anchoring(group, terms, table)) < min_anchor:
             continue
+        if table:
+            rows = item_rows(sentence, group, terms, said, min_overlap, nouns)
+            support = tuple(window[r] for r in rows) if rows else ()
+        else:
+            text = " ".join(c.text for c in group)
+            text_words = {w.casefold() for w in _WORD.findall(text)}
+            fine = all(_occurs(f, text, text_words) for f in new_facts) and gives_asked_cells(
+                words, group, terms, content_words(said), nouns)
+            support = window[:1] if fine else ()
         overlap = len(words & held) / len(words)
-        if overlap > best_overlap:
-            best, best_overlap = window[0], overlap
+        if support and overlap > best_overlap:
+            best, best_overlap = support, overlap
     fitting = asked is None or fits(sentence, asked, said)
-    supported = (not checked.missing and best is not None and best_overlap >= min_overlap
+    supported = (not checked.missing and bool(best) and best_overlap >= min_overlap
                  and fitting)
     return replace(checked, supported=supported, overlap=round(best_overlap, 4)), best
 

@@ -54,6 +54,12 @@ _NOT_PLURAL = frozenset(["happens", "causes", "makes", "means", "takes", "uses",
                          "gets", "goes", "says", "does", "has", "is", "was", "this", "its"])
 _OBJECT_STARTS = frozenset(["the", "a", "an", "this", "that", "these", "those", "its", "their",
                             "my", "your", "our", "his", "her"])
+# Words of a question that compares things rather than asks for a list of them.
+_COMPARES = frozenset(["difference", "differences", "differ", "between", "versus", "vs",
+                       "compare", "compared", "comparison"])
+# A table whose header names what a list question asks, but none of whose rows ranked among
+# the best, answers it only when its best row's cosine to the question reaches this.
+MIN_TABLE_SCORE = 0.35
 _AUXILIARIES = frozenset(["are", "were", "can", "could", "do", "does", "did", "should", "will",
                           "would", "may", "might", "must", "have", "has", "need", "exist"])
 
@@ -72,17 +78,22 @@ def _states(sentence: Sentence) -> bool:
 
 def asks_for_list(question: str) -> bool:
     """Whether a question asks for several things: "Which formats ...", "What file types
-    ...", "What are ...", "List ..."."""
+    ...", "What are the ...", "List ...", "Name the ...s", "Give me the ...s"; not "What are
+    embeddings?" (what they are) nor "What are the differences between ..." (a comparison)."""
     # A capitalised word after the first is a name ("Which Kubernetes operator"), no plural.
     words = [w if n == 0 or w.islower() else "" for n, w in
              enumerate(_WORDS.findall(question))]
     words[:1] = [w.casefold() for w in words[:1]]
-    if not words or words[0] in ("list", "name", "enumerate"):
-        return bool(words)
-    if words[0] not in ("which", "what") or len(words) < 2:
+    if not words:
+        return False
+    if words[0] in ("list", "enumerate"):
+        return True
+    if words[0] in ("name", "tell", "give", "show") and words[1:2] != ["of"]:
+        return any(_plural(w) for w in words[1:])
+    if words[0] not in ("which", "what") or len(words) < 2 or set(words) & _COMPARES:
         return False
     if words[1] in ("are", "were"):
-        return True
+        return len(words) > 3  # "what are embeddings" asks what they are
     # "which formats can ...", not "what determines the ...": a verb takes an object
     if _plural(words[1]) and (len(words) == 2 or words[2] not in _OBJECT_STARTS):
         return True
@@ -200,12 +211,19 @@ def with_table_rows(
 ) -> list[ScoredSentence]:
     """The rows of the table that answers a list question, then the rest of `chosen`, ranked
     anew in that order (the prompt shows the table first). The table is the best-ranked one
-    among the candidates whose header names a key term of the question or whose row was
-    chosen; its rows are taken best-ranked first, at most `MAX_TABLE_ROWS`."""
-    terms = content_words(question)
-    picked = {item.sentence.id for item in chosen}
-    table = next((_table(item.sentence) for item in ranked if item.sentence.header and (
-        item.sentence.id in picked or terms & content_words(item.sentence.header))), None)
+    with a row among those `chosen`, else one whose header names a key term of the question
+    and whose best row's cosine reaches `MIN_TABLE_SCORE`; its rows are taken best-ranked
+    first, at most `MAX_TABLE_ROWS`."""
+    table = next((_table(item.sentence) for item in chosen if item.sentence.header), None)
+    if table is None:
+        terms = content_words(question)
+        best: dict[tuple[str, str], float] = {}
+        for item in ranked:
+            key = _table(item.sentence)
+            if key is not None:
+                best[key] = max(best.get(key, -1.0), item.dense)
+        table = next((key for key, score in best.items() if score >= MIN_TABLE_SCORE
+                      and terms & content_words(key[1])), None)
     if table is None:
         return chosen
     rows = [item for item in ranked if _table(item.sentence) == table][:MAX_TABLE_ROWS]

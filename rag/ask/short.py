@@ -1,7 +1,8 @@
 """Short answers: the few words of a checked answer that answer a factual question.
 
 A factual question asks who, whom, whose, where, when, which, what or how many/much; how and
-why questions, and those with no question word, get none (no forced one). The short answer is
+why questions, those with no question word, and those that ask for a list (`asks_for_list`:
+a few words would name one item of it) get none (no forced one). The short answer is
 read from the answer's first sentence that passed the check (or the quoted evidence sentence
 when the answer is a quote): what it says beyond the question. Its words are cut into runs at
 the question's own content words, at copulas (is, was, has) and at commas, brackets and colons
@@ -32,6 +33,7 @@ from rag.ask.answer_type import AnswerType, answer_type, is_calendar, is_name, i
 from rag.ask.check import CheckStage
 from rag.ask.claims import STOPWORDS
 from rag.ask.context import AskContext, quiet
+from rag.ask.evidence import asks_for_list
 from rag.types import Quote, ShortAnswer
 
 # The most words a short answer has; a longer run is no short answer.
@@ -312,7 +314,8 @@ class ShortAnswerStage:
 
     @quiet
     def run(self, ctx: AskContext) -> AskContext:
-        if ctx.mode == "abstained" or ctx.prompt is None or not factual(ctx.question):
+        if (ctx.mode == "abstained" or ctx.prompt is None or not factual(ctx.question)
+                or asks_for_list(ctx.question)):  # a few words would name one item of many
             return ctx
         first: int | None = 0
         if ctx.mode == "quote":

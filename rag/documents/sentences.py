@@ -6,7 +6,8 @@ a list) still yields usable spans: table rows and list items are spans of their 
 longer than `max_chars` is cut at line breaks, and a line still too long into windows that end
 at whitespace.
 
-A table (rendered by the parser one row a line, cells joined by " | ") is evidence row by row:
+A table (rendered by the parser one row a line, cells joined by " | ") is evidence row by row,
+cut only at its line breaks (a long row into windows), never inside a row at a full stop:
 each row keeps its table's header line (`headed_spans`), and what a row means, as ranking,
 embedding and the prompt read it, is the row with its header (`with_header`: "Extension: .pdf;
 Format: PDF"); the span itself stays the row, so quotes keep exact offsets.
@@ -91,12 +92,24 @@ def headed_spans(text: str, table: bool = False,
                  max_chars: int = MAX_CHARS) -> list[tuple[int, int, str | None]]:
     """`sentence_spans` of `text`, each with its header: for the rows of a `table` element (the
     parser's " | " lines), the table's first line; None for the header itself and for text."""
-    spans = sentence_spans(text, max_chars)
+    spans = line_spans(text, max_chars) if table else sentence_spans(text, max_chars)
     header = table_header(text) if table else None
     if header is None:
         return [(start, end, None) for start, end in spans]
     below = text.index(header) + len(header)
     return [(start, end, header if start >= below else None) for start, end in spans]
+
+
+def line_spans(text: str, max_chars: int = MAX_CHARS) -> list[tuple[int, int]]:
+    """(start, end) of each line of `text` (a table's rows), a line longer than `max_chars` cut
+    into windows; never split inside a line at sentence punctuation ("No." in a cell)."""
+    return [span for line in _LINE.finditer(text)
+            for span in _windows(text, line.start(), line.end(), max_chars)]
+
+
+def cells(line: str) -> list[str]:
+    """A table line's cells, each stripped; empty ones kept ("| Q1 | Q2": "", "Q1", "Q2")."""
+    return [cell.strip() for cell in line.split("|")]
 
 
 def table_header(text: str) -> str | None:
@@ -114,9 +127,9 @@ def with_header(span: Headed) -> str:
     """
     if not span.header:
         return span.text
-    names, cells = span.header.split(_CELL_SEP), span.text.split(_CELL_SEP)
-    if len(names) != len(cells):
+    names, values = cells(span.header), cells(span.text)
+    if len(names) != len(values):
         return f"{span.header}\n{span.text}"
-    pairs = [f"{name.strip()}: {cell.strip()}" if name.strip() else cell.strip()
-             for name, cell in zip(names, cells, strict=True) if cell.strip()]
+    pairs = [f"{name}: {value}" if name else value
+             for name, value in zip(names, values, strict=True) if value]
     return "; ".join(pairs)
