@@ -1,19 +1,18 @@
 """Short answers: the few words of a checked answer that answer a factual question.
 
-A factual question asks who, whom, whose, where, when, which, what or how many/much; how and
-why questions, those with no question word, and those that ask for a list (`asks_for_list`:
-a few words would name one item of it) get none (no forced one). The short answer is
-read from the answer's first sentence that passed the check (or the quoted evidence sentence
-when the answer is a quote): what it says beyond the question. Its words are cut into runs at
-the question's own content words, at copulas (is, was, has) and at commas, brackets and colons
-(other function words do not cut: "founded in 1842 by Father Sorin" keeps "1842 by Father
-Sorin" together) and into phrases
-at function words, except those that join a name ("University of Notre Dame"). A typed question
-(`ask.answer_type`) takes a phrase of its kind (a number for how many, a name for who; for
-which X, the phrase with X in it before a name, a name before a number); an untyped one ("what
-is the grotto?") a short run. Of those, one outside brackets before one inside (an aside
-describes), then the one nearest the question's words in the sentence; a share takes a number
-with % first.
+A factual question asks who, whom, whose, where, when, which, what or how many/much; how and why
+questions, those with no question word, and list questions answered from table rows
+(`asks_for_list`: a few words would name one row of many) get none (no forced one). The short
+answer is read from the answer's first sentence that passed the check (or the quoted evidence
+sentence when the answer is a quote): what it says beyond the question. Its words are cut into
+runs at the question's own content words, at copulas (is, was, has) and at commas, brackets and
+colons (other function words do not cut: "founded in 1842 by Father Sorin" keeps "1842 by Father
+Sorin" together) and into phrases at function words, except those that join a name ("University
+of Notre Dame"). A typed question (`ask.answer_type`) takes a phrase of its kind (a number for
+how many, a name for who; for which X, the phrase with X in it before a name, a name before a
+number); an untyped one ("what is the grotto?") a short run. Of those, one outside brackets
+before one inside (an aside describes), then the one nearest the question's words in the
+sentence; a share takes a number with % first.
 
 The words found are then looked up in the answer's evidence: the short answer is the
 evidence's own text at that place (with its document offsets) where it occurs there, and it
@@ -304,6 +303,13 @@ def _find(text: str, wanted: str) -> tuple[int, int] | None:
     return None
 
 
+def _lists_rows(ctx: AskContext) -> bool:
+    """A list question answered from table rows: each row is one item, so a few words would
+    name one of them. (A list in prose, "Navy Blue and Gold", can still be a short answer.)"""
+    return (asks_for_list(ctx.question) and ctx.evidence is not None
+            and any(item.sentence.header for _, group in ctx.evidence.groups for item in group))
+
+
 class ShortAnswerStage:
     """Ask stage: the short answer of a factual question, from the checked answer."""
 
@@ -315,7 +321,7 @@ class ShortAnswerStage:
     @quiet
     def run(self, ctx: AskContext) -> AskContext:
         if (ctx.mode == "abstained" or ctx.prompt is None or not factual(ctx.question)
-                or asks_for_list(ctx.question)):  # a few words would name one item of many
+                or _lists_rows(ctx)):  # a few words would name one row of many
             return ctx
         first: int | None = 0
         if ctx.mode == "quote":

@@ -225,7 +225,8 @@ OPEN_ROUTES = ["/health", "/ready", "/metrics", "/widget.js", "/", "/schema/open
 
 
 def concrete(path: str) -> str:
-    return path.replace("{document_id}", "0" * 64).replace("{job_id}", "no-such-job")
+    return (path.replace("{document_id}", "0" * 64).replace("{job_id}", "no-such-job")
+            .replace("{page}", "1"))
 
 
 def test_each_scope_reaches_only_its_routes(corpus_service: RagService) -> None:

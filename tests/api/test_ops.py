@@ -273,8 +273,9 @@ def test_every_error_status_of_every_route_uses_the_one_error_schema(
 
     with serving(corpus_service, api_keys=KEYS) as client:
         schema = client.get("/schema/openapi.json").json()
-        allow = {path: client.options(re.sub(r"\{[^}]+\}", "x", path)).headers["allow"]
-                 for path in schema["paths"]}
+        allow = {path: client.options(re.sub(r"\{[^}]+\}", "x", path.replace("{page}", "1"))
+                                      ).headers["allow"]
+                 for path in schema["paths"]}  # {page} is a number
     fields = set(ErrorOut.model_fields)
     assert set(schema["components"]["schemas"]["ErrorOut"]["properties"]) == fields
     for path, operations in schema["paths"].items():
