@@ -277,11 +277,20 @@ def _json(response: httpx.Response, ok: tuple[int, ...]) -> dict[str, Any]:
 
 def answer_from_api(data: dict[str, Any]) -> Answer:
     """An `Answer` from the JSON of POST /v1/ask; an older server's body (no `mode`,
-    `groundedness`, `evidence`, `sentences`, `generated_text`) gets the defaults."""
+    `groundedness`, `evidence`, `sentences`, `generated_text`, `view_url`) gets the defaults.
+    Any other field off the contract is an error."""
     try:
         short = data.get("short_answer")
         span = data.get("short_answer_span") or {}
         return Answer.from_dict({**data, "text": data["answer"],
+                                 "citations": [_unlinked(c) for c in data["citations"]],
+                                 "evidence": [_unlinked(q) for q in data.get("evidence", ())],
                                  "short_answer": {"text": short, **span} if short else None})
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise EvalError(f"POST /v1/ask answered an unexpected body: {exc}") from exc
+
+
+def _unlinked(item: dict[str, Any]) -> dict[str, Any]:
+    """A citation or quote without its `view_url` (a link for people, not part of `Answer`)."""
+    return {k: v for k, v in item.items() if k != "view_url"}
+

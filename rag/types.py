@@ -307,7 +307,7 @@ class Answer:
         return cls(
             question=data["question"],
             text=data["text"],
-            citations=tuple(Citation(**_known(Citation, c)) for c in data["citations"]),
+            citations=tuple(Citation(**c) for c in data["citations"]),
             mode=data.get("mode", "generated"),
             groundedness=data.get("groundedness", 0.0),
             evidence=tuple(_quote(q) for q in data.get("evidence", ())),
@@ -330,7 +330,7 @@ class Answer:
 
 
 def _quote(data: Mapping[str, Any]) -> Quote:
-    return Quote(**{**_known(Quote, data), "title_path": tuple(data.get("title_path", ()))})
+    return Quote(**{**data, "title_path": tuple(data.get("title_path", ()))})
 
 
 def _check(data: Mapping[str, Any]) -> SentenceCheck:
