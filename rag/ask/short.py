@@ -303,7 +303,7 @@ def _find(text: str, wanted: str) -> tuple[int, int] | None:
     return None
 
 
-def _lists_rows(ctx: AskContext) -> bool:
+def lists_table_rows(ctx: AskContext) -> bool:
     """A list question answered from table rows: each row is one item, so a few words would
     name one of them. (A list in prose, "Navy Blue and Gold", can still be a short answer.)"""
     return (asks_for_list(ctx.question) and ctx.evidence is not None
@@ -321,7 +321,7 @@ class ShortAnswerStage:
     @quiet
     def run(self, ctx: AskContext) -> AskContext:
         if (ctx.mode == "abstained" or ctx.prompt is None or not factual(ctx.question)
-                or _lists_rows(ctx)):  # a few words would name one row of many
+                or lists_table_rows(ctx)):  # a few words would name one row of many
             return ctx
         first: int | None = 0
         if ctx.mode == "quote":

@@ -277,14 +277,14 @@ def test_a_list_question_gets_no_short_answer() -> None:
 
 def test_a_list_in_prose_keeps_its_short_answer() -> None:
     """Only a list answered from table rows loses its short answer; "Navy Blue and Gold" is one."""
-    from rag.ask.short import _lists_rows
+    from rag.ask.short import lists_table_rows
 
     items = sentences()
     rows = _declined("Which formats can I upload?",
                      tuple(scored([*items[3:6], items[0]], dense=0.6)))
-    assert _lists_rows(rows)
+    assert lists_table_rows(rows)
     prose = _declined("Which formats can I upload?", tuple(scored([items[0]], dense=0.6)))
-    assert not _lists_rows(prose)
+    assert not lists_table_rows(prose)
 
 
 def _declined(question: str, shown: tuple[ScoredSentence, ...]) -> AskContext:
