@@ -38,11 +38,7 @@ def pdf_document(path: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[PdfDocumen
         raise Overloaded(f"PDF pages are busy being read (waited {wait_s:g} s for pdfium).",
                          "Retry in a few seconds.", retry_after_s=RETRY_AFTER_S)
     try:
-        try:
-            document = pypdfium2.PdfDocument(path)
-        except pypdfium2.PdfiumError as exc:
-            raise InvalidInput(f"The stored PDF cannot be opened: {exc}.",
-                               "Upload the file again.") from exc
+        document = _open(path, "The stored PDF cannot be opened", "Upload the file again.")
         try:
             yield document
         except pypdfium2.PdfiumError as exc:  # a damaged page
@@ -60,16 +56,22 @@ def pdf_pages(path: Path, filename: str) -> Iterator[PdfDocument]:
     the caller holds it around each use (a page at a time), so page views are not kept waiting
     behind a whole file's reading. InvalidInput naming `filename` when pdfium cannot open it.
     """
-    import pypdfium2
 
     with PDFIUM_LOCK:
-        try:
-            document = pypdfium2.PdfDocument(path)
-        except pypdfium2.PdfiumError as exc:
-            raise InvalidInput(f"{filename} could not be read as pdf (PdfiumError: {exc}).",
-                               "Check that it opens in a PDF viewer, or save it again.") from exc
+        document = _open(path, f"{filename} could not be read as pdf (PdfiumError)",
+                         "Check that it opens in a PDF viewer, or save it again.")
     try:
         yield document
     finally:
         with PDFIUM_LOCK:
             document.close()
+
+
+def _open(path: Path, failure: str, hint: str) -> PdfDocument:
+    """pdfium's document at `path` (call under PDFIUM_LOCK); InvalidInput saying `failure`."""
+    import pypdfium2
+
+    try:
+        return pypdfium2.PdfDocument(path)
+    except pypdfium2.PdfiumError as exc:
+        raise InvalidInput(f"{failure}: {exc}.", hint) from exc

@@ -288,11 +288,11 @@ def test_missing_tesseract_or_language_is_a_config_error(
 
     path = tmp_path / "page.png"
     scan(TITLE).save(path)
-    if "chi_sim" in pytesseract.get_languages(config=""):
-        pytest.skip("chi_sim is installed here")
-    with pytest.raises(ConfigError, match="chi_sim") as caught:
-        elements(path, "page.png", ocr_languages="eng+chi_sim")
-    assert "apt-get install tesseract-ocr-chi-sim" in caught.value.hint
+    installed = set(pytesseract.get_languages(config=""))
+    missing = next(lang for lang in ("chi_sim", "tam_old", "xqz_test") if lang not in installed)
+    with pytest.raises(ConfigError, match=missing) as caught:
+        elements(path, "page.png", ocr_languages=f"eng+{missing}")
+    assert f"apt-get install tesseract-ocr-{missing.replace('_', '-')}" in caught.value.hint
     monkeypatch.setenv("PATH", str(tmp_path))  # no tesseract on it
     with pytest.raises(ConfigError, match="Tesseract is not installed") as caught:
         elements(path, "page.png")
