@@ -12,6 +12,7 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from litestar.connection import ASGIConnection
@@ -20,6 +21,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Guard
 
+from rag.access import ALL_TENANTS, DEFAULT_TENANT, EVERYONE, Reader
 from rag.errors import ConfigError
 from rag.settings import Settings
 
@@ -61,6 +63,43 @@ def owner_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     settings: Settings = connection.app.state["settings"]
     key = presented_key(connection.headers)
     return key_id(key) if settings.api_keys and key else ""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: its key's id (whose conversations and answers are its own), the
+    tenant its uploads belong to, what it may read, and its scopes."""
+
+    owner: str
+    tenant: str
+    reader: Reader
+    scopes: frozenset[str]
+
+    @property
+    def operator(self) -> bool:
+        """Whether it manages every tenant (tenant `*`, or open mode)."""
+        return self.reader.everything
+
+    @property
+    def upload_tenant(self) -> str:
+        """The tenant its uploads belong to (the operator's: `default`)."""
+        return DEFAULT_TENANT if self.tenant == ALL_TENANTS else self.tenant
+
+
+OPEN_CALLER = Caller("", DEFAULT_TENANT, EVERYONE, frozenset({"ask", "ingest", "admin"}))
+
+
+def caller_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
+    """The request's caller. Guards have already refused a missing or unknown key, so a route
+    behind `require_scope` always gets its key's caller (open mode: everyone's)."""
+    settings: Settings = connection.app.state["settings"]
+    key = presented_key(connection.headers)
+    if not settings.api_keys or key is None:
+        return OPEN_CALLER if not settings.api_keys else Caller(
+            "", DEFAULT_TENANT, Reader(DEFAULT_TENANT), frozenset())
+    scopes = scopes_of(settings.api_keys, key) or frozenset()
+    tenant = DEFAULT_TENANT
+    return Caller(key_id(key), tenant, Reader(tenant, frozenset(), "admin" in scopes), scopes)
 
 
 def has_scope(connection: ASGIConnection[Any, Any, Any, Any], *scopes: Scope) -> bool:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from rag.access import Reader
+
+if TYPE_CHECKING:
+    from rag.filters import MetadataFilter
 
 # What the engine answers when no source is relevant; evaluation detects abstention by it.
 NO_ANSWER = "The documents do not contain an answer to this question."
@@ -82,7 +87,8 @@ class Element:
 
 @dataclass(frozen=True)
 class Document:
-    """An uploaded file; `id` is the SHA-256 of its bytes.
+    """An uploaded file; `id` is the SHA-256 of its bytes (in a tenant other than `default`,
+    of the tenant and that hash: `rag.access.document_id`).
 
     A file uploaded under the name of a current document of its collection, with other bytes,
     is the next `version` of that document's `lineage` (the first version's id; "" is read as
@@ -106,6 +112,8 @@ class Document:
     lineage: str = ""
     replaces: str | None = None
     reused_chunks: int = 0
+    tenant: str = "default"  # the uploading key's tenant
+    access: tuple[str, ...] = ()  # groups that may read it (empty: the whole tenant)
 
 
 @dataclass(frozen=True)
@@ -348,6 +356,8 @@ class Query:
     top_k: int = 5
     collection: str | None = None
     document_ids: tuple[str, ...] = ()
+    reader: Reader | None = None  # whose documents it may search (None: everyone's)
+    metadata: MetadataFilter | None = None  # and which of them, by their metadata
 
 
 @dataclass(frozen=True)

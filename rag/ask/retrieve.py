@@ -97,9 +97,9 @@ class Retriever:
 
     def search(self, query: Query) -> Retrieval:
         """`retrieve`, with the question's embedding."""
-        allowed = None
-        if query.collection or query.document_ids:
-            allowed = self.store.searchable_ids(query.collection, query.document_ids)
+        # Only what the reader may read, narrowed by collection, documents and metadata, is
+        # searched at all (None: everything), so a hidden document never takes a reader's slot.
+        allowed = self.store.readable_ids(query)
         n = max(self.candidates, query.top_k * 3)
         vector = self.embedder.embed([query.text])
         scores, ids = self.index.search(vector, n, allowed)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
+from rag.access import EVERYONE, REFUSED, Reader
 from rag.ask.answer import assemble_answer
 from rag.ask.context import AskContext
 from rag.ask.conversations import Conversations, Thread
@@ -20,6 +21,7 @@ from rag.ask.prompt import PROMPT_TEMPLATE_VERSION
 from rag.ask.retrieve import Retriever
 from rag.embedding import Embedder
 from rag.errors import LOADING_HINT, InvalidInput, NotFound, NotReady
+from rag.filters import MetadataFilter
 from rag.generation.base import Generator
 from rag.index.live import LiveIndex
 from rag.settings import TOP_K_MAX, Settings
@@ -40,6 +42,8 @@ class AskRequest:
     owner: str = ""  # whose conversation it is (a key id; "" in open mode)
     max_new_tokens: int | None = None  # a lower cap on the answer than the setting's
     answer_id: str | None = None  # the id to give the answer (default: a new one)
+    reader: Reader | None = None  # whose documents it may read (None: everyone's)
+    metadata: MetadataFilter | None = None  # only documents whose metadata match
 
 
 class AskService:
@@ -101,20 +105,21 @@ class AskService:
         started = time.perf_counter()
         question = self.check_question(request.question)
         top_k = self.check_top_k(request.top_k)
-        self._check_collection(request.collection)
+        self._check_collection(request.collection, request.reader)
         thread = self.conversations.thread(request.conversation_id, request.history,
                                            request.keep, request.owner)
         self.index.refresh()
         limit = self.max_new_tokens(request.max_new_tokens)
         key = self._cache_key(question, top_k, limit, request, thread.history)
-        cached = self.cache.get(key)
+        cached = self._readable(self.cache.get(key), request.reader)
         if cached is not None:
             total = (time.perf_counter() - started) * 1000
             yield cached.text
             yield self._given(replace(cached, cached=True, timings=Timings(total_ms=total)),
                               request, thread)
             return
-        query = Query(question, top_k, request.collection, request.document_ids)
+        query = Query(question, top_k, request.collection, request.document_ids,
+                      request.reader, request.metadata)
         answer = yield from self._answer(AskContext(query, stop, thread.history, limit), started)
         if stop is None or not stop.is_set():
             self.cache.put(key, answer)
@@ -128,6 +133,18 @@ class AskService:
             raise NotReady("The service is still loading.", LOADING_HINT)
         ctx = yield from self.pipeline.run(ctx)
         return assemble_answer(ctx, started, self.generator.name, self.index.index.version)
+
+    def _readable(self, cached: Answer | None, reader: Reader | None) -> Answer | None:
+        """A cached answer when `reader` may read every document it rests on (its key holds
+        the reader, so this only turns away what changed since); else None, counted."""
+        if cached is None or reader is None or reader.everything:
+            return cached
+        sources = {c.document_id for c in cached.citations} | {
+            q.document_id for q in cached.evidence}
+        if self.store.readable_documents(sources, reader) == sources:
+            return cached
+        REFUSED.add("cache")
+        return None
 
     def _given(self, answer: Answer, request: AskRequest, thread: Thread) -> Answer:
         """The answer with its own id and conversation, kept for that conversation and for
@@ -176,8 +193,8 @@ class AskService:
             )
         return question
 
-    def _check_collection(self, collection: str | None) -> None:
-        if collection and collection not in self.store.collections():
+    def _check_collection(self, collection: str | None, reader: Reader | None) -> None:
+        if collection and collection not in self.store.collections(reader or EVERYONE):
             raise NotFound(
                 f"Collection {collection!r} does not exist.",
                 "Leave it out to search everything, or upload documents into it first.",
@@ -190,6 +207,8 @@ class AskService:
             "history": [[t.question, t.answer] for t in history],
             "followup_rewrite": s.followup_rewrite,
             "top_k": top_k, "collection": request.collection,
+            "reader": (request.reader or EVERYONE).fingerprint(),
+            "metadata": request.metadata.cache_key() if request.metadata else None,
             "documents": sorted(request.document_ids), "index": index.version,
             "index_id": index.index_id,
             "model": self.generator.name, "embedder": s.embedding_model,

@@ -22,10 +22,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from rag.access import EVERYONE, Reader
 from rag.settings import Settings
-from rag.stores.documents import DOC_COLUMNS, TRANSITIONS, DocumentRecords, Promotion
+from rag.stores.documents import (
+    DOC_COLUMNS,
+    TRANSITIONS,
+    DocumentRecords,
+    Promotion,
+    reader_clause,
+)
 from rag.stores.sqlite import SqliteDatabase
-from rag.types import Chunk, ChunkDraft, Sentence, SentenceDraft
+from rag.types import Chunk, ChunkDraft, Query, Sentence, SentenceDraft
 
 log = logging.getLogger(__name__)
 __all__ = ["DOC_COLUMNS", "TRANSITIONS", "ChunkStore", "Promotion", "SqliteChunkStore",
@@ -51,11 +58,14 @@ CREATE TABLE IF NOT EXISTS documents (
     version INTEGER NOT NULL DEFAULT 1,
     lineage TEXT NOT NULL DEFAULT '',
     replaces TEXT,
-    reused_chunks INTEGER NOT NULL DEFAULT 0
+    reused_chunks INTEGER NOT NULL DEFAULT 0,
+    tenant TEXT NOT NULL DEFAULT 'default',
+    access TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS documents_collection ON documents(collection);
 CREATE INDEX IF NOT EXISTS documents_name ON documents(collection, filename);
 CREATE INDEX IF NOT EXISTS documents_lineage ON documents(lineage, version);
+CREATE INDEX IF NOT EXISTS documents_tenant ON documents(tenant, collection);
 CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     document_id TEXT NOT NULL,
@@ -95,6 +105,8 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("documents", "lineage", "TEXT NOT NULL DEFAULT ''"),
     ("documents", "replaces", "TEXT"),
     ("documents", "reused_chunks", "INTEGER NOT NULL DEFAULT 0"),
+    ("documents", "tenant", "TEXT NOT NULL DEFAULT 'default'"),
+    ("documents", "access", "TEXT NOT NULL DEFAULT '[]'"),
 )
 
 
@@ -252,16 +264,38 @@ class ChunkStore(DocumentRecords):
         return f"{int(row[0])}:{int(row[1])}:{int(row[2]) % 2**63}"
 
     def searchable_ids(
-        self, collection: str | None = None, document_ids: Sequence[str] | None = None
+        self, collection: str | None = None, document_ids: Sequence[str] | None = None,
+        reader: Reader = EVERYONE,
     ) -> npt.NDArray[np.int64]:
-        """Ids of searchable chunks, optionally limited to a collection or documents."""
-        sql, args = SEARCHABLE, []
-        if collection:
-            sql += " AND d.collection = ?"
-            args.append(collection)
-        if document_ids:
-            sql += f" AND d.id IN ({','.join('?' * len(document_ids))})"
-            args.extend(document_ids)
+        """Ids of searchable chunks `reader` may read, optionally limited to a collection or
+        documents."""
+        where, args = _searchable_where(collection, document_ids, reader)
+        return self._ids(f"SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id "
+                         f"WHERE {where}", args)
+
+    def readable_ids(self, query: Query) -> npt.NDArray[np.int64] | None:
+        """The searchable chunk ids `query` may search (its reader's, collection, documents
+        and metadata filter), or None when that is every searchable chunk."""
+        reader = query.reader or EVERYONE
+        if not (query.collection or query.document_ids or query.metadata):
+            if reader.everything:
+                return None
+            readable, args = reader_clause(reader, "d")
+            hidden = self._query("SELECT COUNT(*) FROM documents d WHERE d.state = 'indexed' "
+                                 f"AND NOT ({readable})", args)[0][0]
+            if not hidden:  # the reader may read every indexed document: no filter to apply
+                return None
+        if query.metadata is None:
+            return self.searchable_ids(query.collection, query.document_ids, reader)
+        where, args = _searchable_where(query.collection, query.document_ids, reader)
+        rows = self._query(f"SELECT d.id, d.metadata FROM documents d WHERE {where}", args)
+        kept = query.metadata.select([(r[0], json.loads(r[1] or "{}")) for r in rows])
+        parts = [self._ids(f"SELECT id FROM chunks WHERE document_id IN "
+                           f"({','.join('?' * len(kept[i:i + 500]))})", kept[i:i + 500])
+                 for i in range(0, len(kept), 500)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def _ids(self, sql: str, args: Sequence[Any]) -> npt.NDArray[np.int64]:
         return np.array([r[0] for r in self._query(sql, args)], dtype=np.int64)
 
     def searchable_vectors(self, batch: int = 4096) -> Iterator[tuple[Any, Any]]:
@@ -306,6 +340,21 @@ class ChunkStore(DocumentRecords):
         )
         return np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
 
+def _searchable_where(
+    collection: str | None, document_ids: Sequence[str] | None, reader: Reader
+) -> tuple[str, list[Any]]:
+    """The condition on `documents d` for indexed rows `reader` may read, narrowed."""
+    readable, args = reader_clause(reader, "d")
+    sql = f"d.state = 'indexed' AND {readable}"
+    if collection:
+        sql += " AND d.collection = ?"
+        args.append(collection)
+    if document_ids:
+        sql += f" AND d.id IN ({','.join('?' * len(document_ids))})"
+        args.extend(document_ids)
+    return sql, args
+
+
 INSERT_CHUNK = (
     'INSERT INTO chunks (document_id, ordinal, text, start, "end", page, title_path, '
     "token_count, vector) VALUES (?,?,?,?,?,?,?,?,?) RETURNING id"
@@ -326,7 +375,7 @@ class SqliteChunkStore(SqliteDatabase, ChunkStore):
     """The chunk store in SQLite (WAL mode); safe to share between threads and processes."""
 
     SCHEMA = SCHEMA
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
     ADDED_COLUMNS = ADDED_COLUMNS
 
     def _log(self, db: Any, op: str, doc_id: str) -> None:

@@ -22,10 +22,11 @@ import logging
 import time
 import uuid
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from rag.access import EVERYONE, Reader
 from rag.stores.sql import SqlRecords
 from rag.types import Document
 
@@ -45,10 +46,10 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 
 DOC_COLUMNS = (
     "id, filename, content_type, size, collection, metadata, pages, chunk_count, state, "
-    "error, created_at, updated_at, version, lineage, replaces, reused_chunks"
+    "error, created_at, updated_at, version, lineage, replaces, reused_chunks, tenant, access"
 )
 UPSERT = (
-    f"INSERT INTO documents ({DOC_COLUMNS}) VALUES ({','.join('?' * 16)}) "
+    f"INSERT INTO documents ({DOC_COLUMNS}) VALUES ({','.join('?' * 18)}) "
     "ON CONFLICT (id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in DOC_COLUMNS.split(", ")[1:])
 )
@@ -91,11 +92,11 @@ class DocumentRecords(SqlRecords):
         their lineage, replacing the indexed one; a new name starts a lineage at version 1.
         """
         with self.transaction() as db:
-            self.serialize(db, _name_key(doc.collection, doc.filename))
+            self.serialize(db, _name_key(doc))
             named = [_document(r) for r in db.execute(
-                f"SELECT {DOC_COLUMNS} FROM documents WHERE collection = ? AND filename = ? "
-                f"AND {CURRENT} ORDER BY version DESC, created_at DESC",
-                (doc.collection, doc.filename)).fetchall()]
+                f"SELECT {DOC_COLUMNS} FROM documents WHERE tenant = ? AND collection = ? "
+                f"AND filename = ? AND {CURRENT} ORDER BY version DESC, created_at DESC",
+                (doc.tenant, doc.collection, doc.filename)).fetchall()]
             same = next((d for d in named if d.id == doc.id), None)
             if same is not None:
                 doc = replace(doc, version=same.version, lineage=same.lineage,
@@ -118,6 +119,16 @@ class DocumentRecords(SqlRecords):
         rows = self._query(f"SELECT {DOC_COLUMNS} FROM documents WHERE id = ?", (doc_id,))
         return _document(rows[0]) if rows else None
 
+    def readable_documents(self, doc_ids: Iterable[str], reader: Reader) -> set[str]:
+        """Those of `doc_ids` that exist and `reader` may read."""
+        ids = sorted(set(doc_ids))
+        if not ids:
+            return set()
+        readable, args = reader_clause(reader)
+        rows = self._query(f"SELECT id FROM documents WHERE id IN ({','.join('?' * len(ids))}) "
+                           f"AND {readable}", [*ids, *args])
+        return {r[0] for r in rows}
+
     def versions(self, doc_id: str) -> list[Document]:
         """Every version of the document's lineage, oldest first ([] when it is unknown)."""
         doc = self.get_document(doc_id)
@@ -129,12 +140,14 @@ class DocumentRecords(SqlRecords):
         return [_document(r) for r in rows]
 
     def list_documents(
-        self, collection: str | None = None, offset: int = 0, limit: int = 50
+        self, collection: str | None = None, offset: int = 0, limit: int = 50,
+        reader: Reader = EVERYONE,
     ) -> tuple[list[Document], int]:
-        """Current versions (not `replaced`), oldest first, and their total."""
-        where, args = f"WHERE {CURRENT}", []
+        """Current versions (not `replaced`) `reader` may read, oldest first, and their total."""
+        readable, args = reader_clause(reader)
+        where = f"WHERE {CURRENT} AND {readable}"
         if collection:
-            where, args = f"{where} AND collection = ?", [collection]
+            where, args = f"{where} AND collection = ?", [*args, collection]
         total = self._query(f"SELECT COUNT(*) FROM documents {where}", args)[0][0]
         rows = self._query(
             f"SELECT {DOC_COLUMNS} FROM documents {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
@@ -156,8 +169,11 @@ class DocumentRecords(SqlRecords):
                         doc.state if doc else "deleted", state)
         return bool(changed)
 
-    def collections(self) -> set[str]:
-        return {r[0] for r in self._query("SELECT DISTINCT collection FROM documents")}
+    def collections(self, reader: Reader = EVERYONE) -> set[str]:
+        """The collections holding a document `reader` may read."""
+        readable, args = reader_clause(reader)
+        return {r[0] for r in self._query(
+            f"SELECT DISTINCT collection FROM documents WHERE {readable}", args)}
 
     def promote(self, doc_id: str, pages: int | None) -> Promotion:
         """Make a processed version searchable and replace its lineage's older versions, in
@@ -168,7 +184,7 @@ class DocumentRecords(SqlRecords):
                 db.execute("DELETE FROM chunks WHERE document_id = ?", (doc_id,))
                 db.execute("DELETE FROM sentences WHERE document_id = ?", (doc_id,))
                 return Promotion(0, superseded=True)
-            self.serialize(db, _name_key(doc.collection, doc.filename))
+            self.serialize(db, _name_key(doc))
             doc = _get(db, doc_id) or doc
             others = _rivals(db, doc)
             if doc.state == "replaced" or any(
@@ -201,7 +217,7 @@ class DocumentRecords(SqlRecords):
             doc = _get(db, doc_id)
             if doc is None:
                 return [], []
-            self.serialize(db, _name_key(doc.collection, doc.filename))
+            self.serialize(db, _name_key(doc))
             ids = [r[0] for r in db.execute(f"SELECT id FROM documents WHERE {IN_LINEAGE}",
                                             (doc.lineage, doc.lineage)).fetchall()] or [doc_id]
             removed = _chunk_ids(db, ids)
@@ -211,6 +227,20 @@ class DocumentRecords(SqlRecords):
                 db.execute("DELETE FROM sentences WHERE document_id = ?", (one,))
                 db.execute("DELETE FROM documents WHERE id = ?", (one,))
         return ids, removed
+
+
+def reader_clause(reader: Reader, table: str = "") -> tuple[str, list[Any]]:
+    """A SQL condition on `documents` (aliased `table`) true for the rows `reader` may read,
+    and its arguments. Group names are plain (`rag.access.valid_name`); the LIKE escapes `_`."""
+    if reader.everything:
+        return "1 = 1", []
+    column = f"{table}." if table else ""
+    sql, args = f"{column}tenant = ?", [reader.tenant]
+    if not reader.all_groups:
+        likes = [f"{column}access LIKE ? ESCAPE '\\'" for _ in sorted(reader.groups)]
+        args += ['%"' + g.replace("_", "\\_") + '"%' for g in sorted(reader.groups)]
+        sql += f" AND ({column}access = '[]'{''.join(' OR ' + like for like in likes)})"
+    return sql, args
 
 
 def new_lineage() -> str:
@@ -223,8 +253,8 @@ def _rivals(db: Any, doc: Document) -> list[Document]:
     """The other current rows of the document's lineage, and of its name and collection."""
     rows = db.execute(
         f"SELECT {DOC_COLUMNS} FROM documents WHERE id <> ? AND {CURRENT} AND ({IN_LINEAGE} "
-        "OR (collection = ? AND filename = ?))",
-        (doc.id, doc.lineage, doc.lineage, doc.collection, doc.filename)).fetchall()
+        "OR (tenant = ? AND collection = ? AND filename = ?))",
+        (doc.id, doc.lineage, doc.lineage, doc.tenant, doc.collection, doc.filename)).fetchall()
     return [_document(r) for r in rows]
 
 
@@ -236,8 +266,8 @@ def _newer(other: Document, doc: Document) -> bool:
     return (other.created_at or 0.0) > (doc.created_at or 0.0)
 
 
-def _name_key(collection: str, filename: str) -> str:
-    return f"rag:document-name:{collection}/{filename}"
+def _name_key(doc: Document) -> str:
+    return f"rag:document-name:{doc.tenant}/{doc.collection}/{doc.filename}"
 
 
 def _get(db: Any, doc_id: str) -> Document | None:
@@ -251,7 +281,7 @@ def _upsert(db: Any, doc: Document) -> Document:
         doc.id, doc.filename, doc.content_type, doc.size, doc.collection,
         json.dumps(dict(doc.metadata)), doc.pages, doc.chunk_count, doc.state, doc.error,
         doc.created_at, doc.updated_at, doc.version, doc.lineage, doc.replaces,
-        doc.reused_chunks))
+        doc.reused_chunks, doc.tenant, json.dumps(list(doc.access))))
     return doc
 
 
@@ -286,5 +316,6 @@ def _document(row: Sequence[Any]) -> Document:
         id=row[0], filename=row[1], content_type=row[2], size=row[3], collection=row[4],
         metadata=meta, pages=row[6], chunk_count=row[7], state=row[8], error=row[9],
         created_at=row[10], updated_at=row[11], version=row[12], lineage=row[13] or row[0],
-        replaces=row[14], reused_chunks=row[15],
+        replaces=row[14], reused_chunks=row[15], tenant=row[16],
+        access=tuple(json.loads(row[17] or "[]")),
     )

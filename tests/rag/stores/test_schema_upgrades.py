@@ -49,6 +49,7 @@ def test_documents_are_their_own_first_version_by_default(store: ChunkStore) -> 
 def _check_upgraded(store: ChunkStore) -> None:
     old = store.get_document("old")
     assert old is not None and (old.filename, old.version, old.lineage) == ("a.md", 1, "old")
+    assert (old.tenant, old.access) == ("default", ())  # rows before tenants: the default's
     found = store.sentences_within([("old", 0, 3)])
     assert [(s.text, s.header) for s, _ in found] == [("Hi.", None)]
     store.add_sentences("old", [SentenceDraft(4, 8, "Row.", None, (), "H")],
@@ -67,7 +68,7 @@ def test_a_sqlite_file_of_the_first_schema_is_upgraded_in_place(tmp_path: Path) 
     _check_upgraded(store)
     store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     again = SqliteChunkStore(path)  # a second open finds nothing to add
     assert again.get_document("old") is not None
     again.close()
