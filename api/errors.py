@@ -33,6 +33,7 @@ from rag.errors import (
     ConfigError,
     DiskFull,
     Forbidden,
+    InvalidFilter,
     InvalidInput,
     NotFound,
     NotReady,
@@ -65,6 +66,7 @@ HTTP_ERRORS = {
 RAG_STATUSES: dict[type[RagError], int] = {
     RagError: 400,
     InvalidInput: 422,
+    InvalidFilter: 400,  # a request field's value, like a malformed body's
     SlowRequest: 408,
     NotFound: 404,
     JobFinished: 409,

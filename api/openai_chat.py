@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from litestar.response import ServerSentEventMessage
 
+from api.auth import Caller
 from api.openai_errors import invalid, openai_error
 from api.openai_schemas import (
     HISTORY_ROLES,
@@ -32,7 +33,7 @@ from api.openai_schemas import (
     ModelsOut,
     RagOut,
 )
-from api.schemas import citations_of, evidence_of, short_answer_of
+from api.schemas import AskFilters, citations_of, evidence_of, short_answer_of
 from api.streaming import EventFormat
 from api.view_links import ViewLinks
 from rag.ask.service import AskRequest, AskService
@@ -107,7 +108,7 @@ def stops_of(data: ChatCompletionIn) -> tuple[str, ...]:
     return tuple(stops)
 
 
-def to_request(data: ChatCompletionIn, asking: AskService, owner: str) -> AskRequest:
+def to_request(data: ChatCompletionIn, asking: AskService, caller: Caller) -> AskRequest:
     """The ask of a chat completion: 404 for another model, 400 for n other than 1."""
     if data.model != asking.model:
         raise NotFound(f"The model {data.model!r} does not exist here.",
@@ -115,15 +116,18 @@ def to_request(data: ChatCompletionIn, asking: AskService, owner: str) -> AskReq
     if data.n not in (None, 1):
         raise invalid("Only n=1 is supported.", "n")
     question, history = question_and_history(data.messages)
-    return AskRequest(question, data.top_k, data.collection, history=history, owner=owner,
+    filters = data.filters or AskFilters()
+    return AskRequest(question, data.top_k, data.collection, tuple(filters.document_ids),
+                      history=history, owner=caller.owner,
                       max_new_tokens=data.max_completion_tokens or data.max_tokens,
-                      answer_id=new_id("ans"))
+                      answer_id=new_id("ans"), reader=caller.reader,
+                      metadata=filters.metadata_filter())
 
 
-def chat_ask(data: ChatCompletionIn, asking: AskService, owner: str,
+def chat_ask(data: ChatCompletionIn, asking: AskService, caller: Caller,
              links: ViewLinks) -> ChatAsk:
-    """The chat-completion request `data` of `owner`, checked and translated."""
-    request = to_request(data, asking, owner)
+    """The chat-completion request `data` of `caller`, checked and translated."""
+    request = to_request(data, asking, caller)
     stops = stops_of(data)
     limit = asking.max_new_tokens(request.max_new_tokens)
     options = getattr(data, "stream_options", None) or {}

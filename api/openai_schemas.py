@@ -13,6 +13,7 @@ from pydantic.config import JsonDict
 from api.schemas import (
     SHORT_ANSWER,
     SHORT_ANSWER_SPAN,
+    AskFilters,
     CitationOut,
     JsonInt,
     QuoteOut,
@@ -73,6 +74,9 @@ class ChatCompletionIn(BaseModel):
     top_k: JsonInt | None = Field(None, ge=1, le=TOP_K_MAX,
                                   description="Sources to retrieve (extra).")
     collection: str | None = Field(None, description="Search only this collection (extra).")
+    filters: AskFilters | None = Field(
+        None, description="Only these documents, or those whose metadata match, as in "
+        "POST /v1/ask (extra; OpenAI SDKs send it with `extra_body`).")
 
 
 class RagOut(BaseModel):

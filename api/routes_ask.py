@@ -15,7 +15,7 @@ from litestar.openapi.spec import (
 )
 from litestar.params import Body
 
-from api.auth import owner_of, require_scope
+from api.auth import Caller, caller_of, require_scope
 from api.errors import api_errors
 from api.schemas import AnswerOut, AskIn, DoneOut
 from api.streaming import AskEvents, answer_events, streamed_operation, whole_answer
@@ -42,7 +42,8 @@ ASK_RESPONSES = {
         "`citations`, `done` (and on failure `error`) events instead.",
     ),
     **api_errors("ask", {
-        400: ("Malformed JSON, fields of the wrong type (e.g. `stream: 0`) or unknown fields.",
+        400: ("Malformed JSON, fields of the wrong type (e.g. `stream: 0`) or unknown fields, or "
+              "a metadata filter with an unknown operator or a value of the wrong type.",
               ValidationException("Validation failed for POST /v1/ask", extra=[
                   {"message": "Input should be a valid boolean", "key": "stream",
                    "source": "body"}])),
@@ -100,11 +101,13 @@ def require_json(request: Request[Any, Any, Any]) -> None:
         )
 
 
-def to_request(data: AskIn, owner: str = "") -> AskRequest:
+def to_request(data: AskIn, caller: Caller) -> AskRequest:
+    """The engine's ask for `data` from `caller`: what it may read, narrowed by its filters."""
     return AskRequest(data.question, data.top_k, data.collection,
                       tuple(data.filters.document_ids), conversation_id=data.conversation,
                       history=tuple(Turn(t.question, t.answer) for t in data.history),
-                      keep=not data.history, owner=owner)
+                      keep=not data.history, owner=caller.owner, reader=caller.reader,
+                      metadata=data.filters.metadata_filter())
 
 
 @post(
@@ -139,7 +142,7 @@ async def ask(
     id; an expired one starts afresh, said in `note`). A client that keeps the turns itself
     sends them as `history` instead.
     """
-    asked = to_request(data, owner_of(request))
+    asked = to_request(data, caller_of(request))
     if data.stream:
         return await answer_events(asking, asked, AskEvents(view_links))
     return Response(AnswerOut.of(await whole_answer(asking, asked), view_links))

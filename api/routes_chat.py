@@ -14,7 +14,7 @@ from litestar import Request, Response, Router, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Schema
 
-from api.auth import owner_of, require_scope
+from api.auth import caller_of, require_scope
 from api.openai_chat import ChunkStream, chat_ask, completion_of, models_of
 from api.openai_errors import OPENAI_EXCEPTION_HANDLERS
 from api.openai_schemas import ChatCompletionIn, ChatCompletionOut, ModelsOut, OpenAIErrorOut
@@ -55,7 +55,7 @@ async def chat_completions(
     question, earlier turns the conversation. The answer cites `[n]`; `message.rag` (or the
     final chunk's `rag`) holds the citations, evidence and check. Needs the `ask` scope, sent as
     `Authorization: Bearer <key>`."""
-    chat = chat_ask(data, asking, owner_of(request), view_links)
+    chat = chat_ask(data, asking, caller_of(request), view_links)
     if data.stream:
         return await answer_events(asking, chat.request, ChunkStream(chat))
     return Response(completion_of(await whole_answer(asking, chat.request), chat))

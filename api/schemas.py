@@ -8,6 +8,7 @@ from litestar.plugins.pydantic import PydanticSchemaPlugin
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from api.view_links import ViewLinks
+from rag.filters import MetadataFilter
 from rag.settings import TOP_K_MAX
 from rag.types import Answer
 
@@ -49,6 +50,16 @@ JsonInt = Annotated[int, BeforeValidator(_integral)]
 class AskFilters(BaseModel):
     model_config = ConfigDict(extra="forbid")
     document_ids: list[str] = Field(default_factory=list, description="Only these documents.")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description='Only documents whose upload metadata match, all '
+        'fields together: `{"year": {"$gte": 2020}, "dept": {"$in": ["hr", "legal"]}}`. A '
+        "plain value is equality; operators `$eq`, `$ne`, `$in`, `$gte`, `$lte` on numbers, "
+        "ISO dates and strings. Applied before ranking; an unknown operator or a value of "
+        "the wrong type is a 400 naming the field.")
+
+    def metadata_filter(self) -> MetadataFilter | None:
+        """The parsed metadata filter (None when empty); InvalidFilter (400) names the field."""
+        return MetadataFilter.parse(self.metadata) if self.metadata else None
 
 
 class TurnIn(BaseModel):

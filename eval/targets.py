@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from rag.service import RagService
 
 # Settings that may hold secrets are never written into a result.
-SECRET_SETTINGS = frozenset({"api_keys", "openai_api_key", "redis_url", "widget_key"})
+SECRET_SETTINGS = frozenset({"api_keys", "api_keys_file", "openai_api_key", "redis_url",
+                             "database_url", "view_secret", "widget_key"})
 JOB_DONE, JOB_FAILED = "done", frozenset({"failed", "cancelled"})
 UPLOAD_BATCH = 16
 

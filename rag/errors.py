@@ -29,6 +29,10 @@ class InvalidInput(RagError):
     """The request or file is malformed or out of range."""
 
 
+class InvalidFilter(InvalidInput):
+    """A filter of an ask is malformed: an unknown operator, or a value of the wrong type."""
+
+
 class SlowRequest(RagError):
     """The client stopped sending the request body."""
 

@@ -1,7 +1,7 @@
 """Metadata filters on asks: `{"year": {"$gte": 2020}, "dept": {"$in": ["hr", "legal"]}}`.
 
 A filter is a JSON object of fields; every field's conditions must hold (AND). It is parsed
-once, when the request arrives (`MetadataFilter.parse`, which raises `InvalidInput`, a 400
+once, when the request arrives (`MetadataFilter.parse`, which raises `InvalidFilter`, a 400
 naming the field), and applied before ranking to the documents the asker may read (`select`).
 
 Writing a filter
@@ -18,11 +18,13 @@ Writing a filter
   metadata keys may hold dots (file names, URLs), and a path syntax would make them unreachable.
 
 Kinds and comparison
-- Four kinds: number (int or float; a boolean is not a number), string, date, boolean.
+- Four kinds: number (int or float, finite; a boolean is not a number), string, date, boolean.
+  Document values are taken as JSON decodes them (exact `int`, `float`, `str`, `bool`).
 - A string that reads as an ISO 8601 date or date-time (`2021-03-04`, `2021-03-04T10:00:00Z`,
-  `2021-03-04 10:00+01:00`) is a date; one without an offset is taken as UTC. In a filter, a
-  date without a time stands for the whole day: `$gte` from its first instant, `$lte` to its
-  last, equality any instant of it. In a document, a date without a time is its first instant.
+  `2021-03-04 10:00+01:00`) is a date; one without an offset is taken as UTC, so naive and
+  aware values compare. One that only looks like a date (`2021-02-30`) is a plain string.
+  In a filter, a date without a time stands for the whole day: `$gte` from its first instant,
+  `$lte` to its last, equality any instant of it. In a document, it is its first instant.
 - `$gte`/`$lte` take a number, a date or a string (compared by code point); a boolean has no
   order. Values compare only with values of the same kind (2020 equals 2020.0; 2020 never
   equals "2020").
@@ -35,7 +37,7 @@ Matching
   filter's kind, none of them equal. Each condition looks at the whole list on its own.
 - Type mismatch: when some of the documents given to `select` hold the field but none of them
   holds a value of the filter's kind there (`$gte 2020` where every document stores the year
-  as the string "2020"), `select` raises `InvalidInput` saying what the documents hold. When no
+  as the string "2020"), `select` raises `InvalidFilter` saying what the documents hold. When no
   document holds the field, nothing matches and the ask abstains; that is not an error.
 """
 
@@ -44,14 +46,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal
 
-from rag.errors import InvalidInput
+from rag.errors import InvalidFilter
 
 Kind = Literal["number", "string", "date", "boolean"]
 
@@ -96,53 +98,27 @@ class Condition:
     value: Any  # as given (a tuple for $in), for messages
     kind: Kind
     operands: tuple[Operand, ...]
-    members: frozenset[Any] = dataclass_field(init=False, repr=False, compare=False)
+    # built from the above once (not compared): the per-document tests `select` runs
+    accepts: Callable[[Any], bool] = dataclass_field(init=False, repr=False, compare=False)
+    equal: Callable[[Any], bool] = dataclass_field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # a set for equality and $in on exact kinds; dates compare as ranges (a day)
-        exact = frozenset() if self.kind == "date" else frozenset(o.low for o in self.operands)
-        object.__setattr__(self, "members", exact)
-
-    def matches(self, raw: Any) -> bool:
-        """Whether a document's raw value of the field satisfies this condition."""
-        if isinstance(raw, list | tuple):
-            hits = [v for v in map(self.comparable, raw) if v is not None]
-            if not hits:
-                return False
-            if self.op == "$ne":
-                return not any(self.equals(v) for v in hits)
-            return any(self.test(v) for v in hits)
-        value = self.comparable(raw)
-        return value is not None and self.test(value)
-
-    def test(self, value: Any) -> bool:
-        """The operator on one value of this condition's kind."""
-        op = self.op
-        if op == "$gte":
-            return bool(value >= self.operands[0].low)
-        if op == "$lte":
-            return bool(value <= self.operands[0].high)
-        return self.equals(value) != (op == "$ne")
+        equal = equality(self.kind, self.operands)
+        object.__setattr__(self, "equal", equal)
+        object.__setattr__(self, "accepts", scalar_test(self.kind, self.op, self.operands, equal))
 
     def comparable(self, raw: Any) -> Any:
         """`raw` as a value of this condition's kind, or None when it is of another kind."""
-        kind = self.kind
-        if kind == "number":
-            return raw if isinstance(raw, int | float) and not isinstance(raw, bool) else None
-        if kind == "boolean":
-            return raw if isinstance(raw, bool) else None
-        if not isinstance(raw, str):
-            return None
-        instant = parse_date(raw)
-        if kind == "date":
-            return instant
-        return raw if instant is None else None
+        return CONVERTERS[self.kind](raw)
 
-    def equals(self, value: Any) -> bool:
-        """Whether `value` (of this condition's kind) equals one of the operands."""
-        if self.kind != "date":
-            return value in self.members
-        return any(o.low <= value <= o.high for o in self.operands)
+    def matches(self, raw: Any) -> bool:
+        """Whether a document's raw value of the field (a list: any element) satisfies this."""
+        if type(raw) not in SEQUENCES:
+            return self.accepts(raw)
+        if self.op != "$ne":
+            return any(map(self.accepts, raw))
+        hits = [v for v in map(self.comparable, raw) if v is not None]
+        return bool(hits) and not any(map(self.equal, hits))
 
     def canonical(self) -> list[Any]:
         """`[field, op, value]` in canonical form; `$in` values deduplicated and sorted."""
@@ -165,12 +141,12 @@ class MetadataFilter:
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> MetadataFilter:
-        """Parse the request's `filters.metadata` object; `InvalidInput` names the bad field."""
+        """Parse the request's `filters.metadata` object; `InvalidFilter` names the bad field."""
         if not isinstance(raw, Mapping):
-            raise InvalidInput("The metadata filter must be a JSON object of fields.",
+            raise InvalidFilter("The metadata filter must be a JSON object of fields.",
                                OPERATORS_HINT)
         if len(raw) > MAX_FIELDS:
-            raise InvalidInput(f"The metadata filter has {len(raw)} fields; at most "
+            raise InvalidFilter(f"The metadata filter has {len(raw)} fields; at most "
                                f"{MAX_FIELDS} are allowed.", "Filter on fewer fields.")
         conditions: list[Condition] = []
         for name, spec in raw.items():
@@ -181,15 +157,16 @@ class MetadataFilter:
     def select(self, docs: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
         """Ids of the documents whose metadata match, in input order.
 
-        Raises `InvalidInput` when documents hold a field but none of them in the filter's kind.
+        Raises `InvalidFilter` when documents hold a field but none of them in the filter's kind.
         """
         for c in self.conditions:
             check_kind(c, docs)
-        conditions = self.conditions
+        tests = [(c.field, c.accepts, c.matches) for c in self.conditions]
         chosen: list[str] = []
         for doc_id, metadata in docs:
-            for c in conditions:
-                if not c.matches(metadata.get(c.field)):
+            for name, accepts, matches in tests:
+                raw = metadata.get(name)
+                if not (matches(raw) if type(raw) in SEQUENCES else accepts(raw)):
                     break
             else:
                 chosen.append(doc_id)
@@ -204,15 +181,15 @@ class MetadataFilter:
 # --- parsing ---------------------------------------------------------------------------------
 
 
-def invalid(field: str, problem: str, hint: str = OPERATORS_HINT) -> InvalidInput:
+def invalid(field: str, problem: str, hint: str = OPERATORS_HINT) -> InvalidFilter:
     """The 400 for a bad condition, naming its field."""
-    return InvalidInput(f'Metadata filter on "{field[:MAX_FIELD_LENGTH]}": {problem}', hint)
+    return InvalidFilter(f'Metadata filter on "{field[:MAX_FIELD_LENGTH]}": {problem}', hint)
 
 
 def check_field_name(name: Any) -> None:
     """Field names are non-empty strings of at most MAX_FIELD_LENGTH characters, not `$...`."""
     if not isinstance(name, str):
-        raise InvalidInput(f"Metadata filter field {name!r} is not a string.",
+        raise InvalidFilter(f"Metadata filter field {name!r} is not a string.",
                            "Name fields by their metadata keys.")
     if not name:
         raise invalid(name, "the field name is empty.", "Name fields by their metadata keys.")
@@ -283,17 +260,18 @@ def parse_operand(name: str, op: str, value: Any) -> Operand:
     if isinstance(value, bool):
         return Operand("boolean", value, value, value)
     if isinstance(value, int | float):
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise invalid(name, f"{op} takes finite numbers only.", VALUE_HINT)
         canonical = int(value) if isinstance(value, float) and value.is_integer() else value
         return Operand("number", value, value, canonical)
     if isinstance(value, str):
         return string_operand(value)
     if isinstance(value, list | tuple):
-        raise invalid(name, f"{op} takes one value, not a list (use $in for several).",
-                      VALUE_HINT)
-    raise invalid(name, f"{op} takes a string, number, boolean or date, not "
-                  f"{type(value).__name__}.", VALUE_HINT)
+        several = "single values" if op == "$in" else "one value (use $in for several)"
+        raise invalid(name, f"{op} takes {several}, not a list.", VALUE_HINT)
+    shape = "an object" if isinstance(value, Mapping) else type(value).__name__
+    raise invalid(name, f"{op} takes a string, number, boolean or date, not {shape}.",
+                  VALUE_HINT)
 
 
 def string_operand(text: str) -> Operand:
@@ -302,8 +280,8 @@ def string_operand(text: str) -> Operand:
     if instant is None:
         return Operand("string", text, text, text)
     if len(text) == 10:  # a date without a time: the whole day
-        high = instant + DAY if instant < datetime.max.replace(tzinfo=UTC) - DAY else instant
-        return Operand("date", instant, high, instant.date().isoformat())
+        # the last instant of 9999-12-31 is datetime.max: no overflow
+        return Operand("date", instant, instant + DAY, instant.date().isoformat())
     return Operand("date", instant, instant, instant.isoformat())
 
 
@@ -317,11 +295,62 @@ def parse_date(text: str) -> datetime | None:
         return None
     try:
         instant = datetime.fromisoformat(text)
-        if instant.tzinfo is None:
-            return instant.replace(tzinfo=UTC)
-        return instant.astimezone(UTC)
-    except (ValueError, OverflowError):
+    except ValueError:
         return None
+    if instant.tzinfo is None:
+        return instant.replace(tzinfo=UTC)
+    try:
+        return instant.astimezone(UTC)
+    except OverflowError:  # an offset that crosses year 1 or 9999: the calendar's end
+        return (datetime.min if instant.year == 1 else datetime.max).replace(tzinfo=UTC)
+
+
+def as_number(raw: Any) -> Any:
+    """`raw` if it is a number (a boolean is not), else None."""
+    return raw if type(raw) in NUMBERS else None
+
+
+def as_boolean(raw: Any) -> Any:
+    """`raw` if it is a boolean, else None."""
+    return raw if type(raw) is bool else None
+
+
+def as_string(raw: Any) -> Any:
+    """`raw` if it is a string that is not a date, else None."""
+    return raw if type(raw) is str and parse_date(raw) is None else None
+
+
+def as_date(raw: Any) -> Any:
+    """The UTC instant of a date string, else None."""
+    return parse_date(raw) if type(raw) is str else None
+
+
+NUMBERS = (int, float)  # exact types: type(True) is bool, so booleans are not numbers
+SEQUENCES = (list, tuple)
+CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "number": as_number, "boolean": as_boolean, "string": as_string, "date": as_date}
+
+
+def equality(kind: Kind, operands: tuple[Operand, ...]) -> Callable[[Any], bool]:
+    """Whether a value of `kind` equals an operand: a set lookup, or within a date's range."""
+    if kind != "date":
+        return frozenset(o.low for o in operands).__contains__
+    ranges = tuple((o.low, o.high) for o in operands)
+    return lambda v: any(low <= v <= high for low, high in ranges)
+
+
+def scalar_test(kind: Kind, op: str, operands: tuple[Operand, ...],
+                equal: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """The test of one raw document value: of `kind`, and passing the operator."""
+    convert = CONVERTERS[kind]
+    low, high = operands[0].low, operands[0].high
+    if op == "$gte":
+        return lambda raw: (v := convert(raw)) is not None and v >= low
+    if op == "$lte":
+        return lambda raw: (v := convert(raw)) is not None and v <= high
+    if op == "$ne":
+        return lambda raw: (v := convert(raw)) is not None and not equal(v)
+    return lambda raw: (v := convert(raw)) is not None and equal(v)
 
 
 def check_kind(condition: Condition, docs: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
@@ -330,7 +359,7 @@ def check_kind(condition: Condition, docs: Sequence[tuple[str, Mapping[str, Any]
         values = as_list(metadata.get(condition.field))
         if any(condition.comparable(v) is not None for v in values):
             return
-    held = {classify_scalar(v)[0] for _, metadata in docs
+    held = {kind_of(v) for _, metadata in docs
             for v in as_list(metadata.get(condition.field)) if v is not None}
     if held:
         raise mismatch(condition, held)
@@ -341,21 +370,17 @@ def as_list(raw: Any) -> list[Any] | tuple[Any, ...]:
     return raw if isinstance(raw, list | tuple) else (raw,)
 
 
-def classify_scalar(value: Any) -> tuple[str, Any]:
-    """(kind, comparable) of one value; objects and nested lists compare with nothing."""
-    if isinstance(value, bool):
-        return "boolean", value
-    if isinstance(value, int | float):
-        return "number", value
-    if isinstance(value, str):
-        instant = parse_date(value)
-        return ("string", value) if instant is None else ("date", instant)
+def kind_of(value: Any) -> str:
+    """The kind of one document value, as the converters see it, or what else it is."""
+    for kind, convert in CONVERTERS.items():
+        if convert(value) is not None:
+            return kind
     if isinstance(value, Mapping):
-        return "object", None
-    return ("list", None) if isinstance(value, list | tuple) else ("other", None)
+        return "object"
+    return "list" if isinstance(value, list | tuple) else "other"
 
 
-def mismatch(condition: Condition, held: set[str]) -> InvalidInput:
+def mismatch(condition: Condition, held: set[str]) -> InvalidFilter:
     """The 400 for a filter whose kind no document holds in that field."""
     kinds = [PLURAL[k] for k in sorted(held)]
     holds = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " and " + kinds[-1]
