@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from rag.access import EVERYONE, Reader
 from rag.ask.ranking import fuse
 from rag.ask.retrieve import Retriever, merge_overlaps
+from rag.errors import InvalidFilter
+from rag.filters import MetadataFilter
 from rag.index.vectors import FaissIndex
 from rag.stores.chunks import SqliteChunkStore
 from rag.types import Chunk, ChunkDraft, Document, Query, ScoredChunk
@@ -81,3 +85,50 @@ def test_filters_by_collection_and_document(retriever: Retriever) -> None:
     assert {r.filename for r in only} == {"cats.txt"}
     docs = retriever.retrieve(Query("volcano", top_k=3, document_ids=("doc2",)))
     assert {r.filename for r in docs} == {"bread.txt"}
+
+
+def _tenanted(retriever: Retriever) -> None:
+    """volcano.txt and code.txt belong to tenant `acme`, code.txt to its `ops` group only; the
+    rest to `default`; each document's year in its metadata."""
+    store = retriever.store
+    for n, (tenant, access) in enumerate([("default", ()), ("acme", ()), ("default", ()),
+                                          ("acme", ("ops",))]):
+        doc = store.get_document(f"doc{n}")
+        assert doc is not None
+        store.put_document(replace(doc, tenant=tenant, access=access,
+                                   metadata={"year": 2010 + n}))
+
+
+def test_a_reader_searches_only_what_it_may_read_before_ranking(retriever: Retriever) -> None:
+    _tenanted(retriever)
+    acme, ops = Reader("acme"), Reader("acme", frozenset({"ops"}))
+    # Its only readable document comes first, wherever it would rank among all of them.
+    assert [r.filename for r in retriever.retrieve(Query("ZX-4471", 4, reader=acme))] == [
+        "volcano.txt"]
+    assert {r.filename for r in retriever.retrieve(Query("ZX-4471", 4, reader=ops))} == {
+        "volcano.txt", "code.txt"}
+    everyone = {r.filename for r in retriever.retrieve(Query("ZX-4471", 4, reader=EVERYONE))}
+    assert everyone == set(FACTS)
+    default = {r.filename for r in retriever.retrieve(Query("bread or cats", 4, reader=Reader()))}
+    assert default == {"cats.txt", "bread.txt"}
+    assert retriever.retrieve(Query("ZX-4471", 4, reader=Reader("nobody"))) == []
+
+
+def test_a_reader_of_everything_indexed_is_not_filtered_at_all(retriever: Retriever) -> None:
+    store = retriever.store
+    assert store.readable_ids(Query("x", reader=Reader())) is None  # all are default's
+    _tenanted(retriever)
+    assert store.readable_ids(Query("x", reader=EVERYONE)) is None
+    assert store.readable_ids(Query("x", reader=Reader("acme", all_groups=True))) is not None
+
+
+def test_metadata_filters_narrow_the_search_before_ranking(retriever: Retriever) -> None:
+    _tenanted(retriever)
+    recent = MetadataFilter.parse({"year": {"$gte": 2012}})
+    found = retriever.retrieve(Query("volcano in Sicily", 4, metadata=recent))
+    assert {r.filename for r in found} == {"bread.txt", "code.txt"}
+    both = retriever.retrieve(Query("volcano", 4, reader=Reader("acme"), metadata=recent))
+    assert found and both == []  # code.txt is acme's, but only its ops group's
+    with pytest.raises(InvalidFilter, match='"year"'):
+        retriever.retrieve(Query("volcano", 4, metadata=MetadataFilter.parse(
+            {"year": {"$gte": "a string"}})))
