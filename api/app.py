@@ -156,11 +156,11 @@ def create_app(
     settings: Settings, sample_dir: Path | None = None, service: RagService | None = None
 ) -> Litestar:
     """The API over one engine instance (tests pass a service sharing loaded models)."""
-    check_open_access(settings)
+    keys = check_open_access(settings)  # the key table (hashes only), or a ConfigError
     owned = service is None
     service = service or RagService(settings)
     ingestion = IngestService(service.settings, service.documents)  # the engine's limits
-    links = ViewLinks(settings)  # this app's keys sign and check the view URLs
+    links = ViewLinks(settings, keys)  # this app's keys sign and check the view URLs
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -199,7 +199,8 @@ def create_app(
         # as the schema says; the schema says which bodies forbid unknown fields.
         plugins=[PydanticInitPlugin(validate_strict=True), StrictModelSchemaPlugin()],
         cors_config=_cors(settings),
-        state=State({"settings": settings, "service": service, "view_links": links}),
+        state=State({"settings": settings, "keys": keys, "service": service,
+                     "view_links": links}),
         openapi_config=OpenAPIConfig(title="RAG service", version="0.1.0", path="/schema",
                                      use_handler_docstrings=True),
     )

@@ -1,17 +1,17 @@
-"""API keys and scopes: who may call which route.
+"""API keys and scopes: who may call which route, as whom.
 
-Keys come from `RAG_API_KEYS` (`{"key": ["ask", "ingest", "admin"]}`) and are sent as
-`Authorization: Bearer <key>` or `X-API-Key: <key>`. `admin` grants every scope. With no keys
-configured the service is open, which `check_open_access` allows only on a loopback address.
+Keys come from `RAG_API_KEYS` and `RAG_API_KEYS_FILE` (parsed once at start by `api.keys` into
+a table of hashes, `app.state["keys"]`) and are sent as `Authorization: Bearer <key>` or
+`X-API-Key: <key>`. `admin` grants every scope. Each key has a tenant and groups, which make the
+request's `Caller`. With no keys configured the service is open, which `check_open_access`
+allows only on a loopback address.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import ipaddress
 import logging
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,6 +21,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Guard
 
+from api.keys import KeySpec, KeyTable, load_keys, short_keys
 from rag.access import ALL_TENANTS, DEFAULT_TENANT, EVERYONE, Reader
 from rag.errors import ConfigError
 from rag.settings import Settings
@@ -28,7 +29,6 @@ from rag.settings import Settings
 log = logging.getLogger(__name__)
 
 Scope = Literal["ask", "ingest", "admin"]
-KeyTable = Mapping[str, Sequence[str]]
 
 
 def presented_key(headers: Headers) -> str | None:
@@ -39,18 +39,25 @@ def presented_key(headers: Headers) -> str | None:
     return headers.get("x-api-key", "").strip() or None
 
 
-def scopes_of(keys: KeyTable, presented: str) -> frozenset[str] | None:
-    """The scopes of `presented`, or None if it is no configured key.
+def keys_of(connection: ASGIConnection[Any, Any, Any, Any]) -> KeyTable:
+    """The app's key table (`create_app` puts it in `app.state["keys"]`; an app built without
+    it gets its settings' table, made once)."""
+    state = connection.app.state
+    keys: KeyTable | None = state.get("keys")
+    if keys is None:
+        keys = state["keys"] = load_keys(state["settings"])
+    return keys
 
-    Every configured key is compared in constant time, as digests of equal length, so timing
-    says nothing about which key matched, how much of one, or how long keys are.
-    """
-    found: frozenset[str] | None = None
-    candidate = hashlib.sha256(presented.encode()).digest()
-    for key, scopes in keys.items():
-        if hmac.compare_digest(hashlib.sha256(key.encode()).digest(), candidate):
-            found = frozenset(scopes)
-    return found
+
+def keys_on(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """Whether keys are configured (from the environment or the key file): not open mode."""
+    return bool(keys_of(connection))
+
+
+def spec_of(connection: ASGIConnection[Any, Any, Any, Any]) -> KeySpec | None:
+    """The spec of the key the request carries, or None (no key, or no configured one)."""
+    key = presented_key(connection.headers)
+    return keys_of(connection).find(key) if key is not None else None
 
 
 def key_id(key: str) -> str:
@@ -60,9 +67,8 @@ def key_id(key: str) -> str:
 
 def owner_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     """Whose conversations a request sees: its key's id ("" in open mode or without a key)."""
-    settings: Settings = connection.app.state["settings"]
     key = presented_key(connection.headers)
-    return key_id(key) if settings.api_keys and key else ""
+    return key_id(key) if keys_on(connection) and key else ""
 
 
 @dataclass(frozen=True)
@@ -89,25 +95,33 @@ class Caller:
 OPEN_CALLER = Caller("", DEFAULT_TENANT, EVERYONE, frozenset({"ask", "ingest", "admin"}))
 
 
+NOBODY = Reader("")  # no document has the empty tenant
+
+
 def caller_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
-    """The request's caller. Guards have already refused a missing or unknown key, so a route
-    behind `require_scope` always gets its key's caller (open mode: everyone's)."""
-    settings: Settings = connection.app.state["settings"]
+    """The request's caller: its key's id, tenant, groups and scopes. Guards have already
+    refused a missing or unknown key, so a route behind `require_scope` always gets its key's
+    caller (open mode: everyone's); without a valid key it has no scopes and reads nothing
+    (a source view opened by its token checks the token instead)."""
+    if not keys_on(connection):
+        return OPEN_CALLER
     key = presented_key(connection.headers)
-    if not settings.api_keys or key is None:
-        return OPEN_CALLER if not settings.api_keys else Caller(
-            "", DEFAULT_TENANT, Reader(DEFAULT_TENANT), frozenset())
-    scopes = scopes_of(settings.api_keys, key) or frozenset()
-    tenant = DEFAULT_TENANT
-    return Caller(key_id(key), tenant, Reader(tenant, frozenset(), "admin" in scopes), scopes)
+    spec = keys_of(connection).find(key) if key is not None else None
+    if key is None or spec is None:
+        return Caller("", DEFAULT_TENANT, NOBODY, frozenset())
+    return Caller(key_id(key), spec.tenant, spec.reader, spec.scopes)
+
+
+def known_groups(connection: ASGIConnection[Any, Any, Any, Any], tenant: str) -> frozenset[str]:
+    """The groups some configured key of `tenant` holds (an operator key's count for every
+    tenant): a document's `access` naming another group is readable by its admins only."""
+    return keys_of(connection).groups_of(tenant)
 
 
 def has_scope(connection: ASGIConnection[Any, Any, Any, Any], *scopes: Scope) -> bool:
     """Whether the request carries a configured key with any of `scopes` (or `admin`)."""
-    settings: Settings = connection.app.state["settings"]
-    key = presented_key(connection.headers)
-    granted = scopes_of(settings.api_keys, key) if key is not None else None
-    return bool(granted and granted & (frozenset(scopes) | {"admin"}))
+    spec = spec_of(connection)
+    return spec is not None and bool(spec.scopes & (frozenset(scopes) | {"admin"}))
 
 
 def require_scope(*scopes: Scope) -> Guard:
@@ -120,20 +134,18 @@ def require_scope(*scopes: Scope) -> Guard:
     needed = " or ".join(scopes)
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        settings: Settings = connection.app.state["settings"]
-        if not settings.api_keys:
+        if not keys_on(connection):
             return
-        key = presented_key(connection.headers)
-        if key is None:
+        if presented_key(connection.headers) is None:
             raise NotAuthorizedException(
                 "No API key was sent.", headers={"WWW-Authenticate": "Bearer"}
             )
-        granted = scopes_of(settings.api_keys, key)
-        if granted is None:
+        spec = spec_of(connection)
+        if spec is None:
             raise NotAuthorizedException(
                 "The API key is not valid.", headers={"WWW-Authenticate": "Bearer"}
             )
-        if not granted & wanted:
+        if not spec.scopes & wanted:
             raise PermissionDeniedException(f"This key lacks the {needed} scope.")
 
     return guard
@@ -149,30 +161,46 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_open_access(settings: Settings) -> None:
-    """Refuse to serve without keys beyond localhost; say at start how access is controlled."""
-    if settings.api_keys:
-        log.info("API keys: %d configured; every /v1 route needs one", len(settings.api_keys))
-        _check_widget_key(settings)
-        return
+def check_open_access(settings: Settings) -> KeyTable:
+    """The key table of `settings`, checked: refuse malformed keys, and serving without keys
+    beyond localhost; say at start how access is controlled (never a key or its hash)."""
+    keys = load_keys(settings)
+    if keys:
+        log.info("API keys: %d configured (tenants: %s); every /v1 route needs one",
+                 len(keys), ", ".join(keys.tenants()))
+        _warn_weak(settings)
+        _check_widget_key(settings, keys)
+        return keys
     if not is_loopback(settings.host):
         raise ConfigError(
             f"No API keys are configured and the service would listen on {settings.host}: "
             "it refuses to run open to other machines.",
-            'Set RAG_API_KEYS (e.g. {"<a long random key>": ["ask", "ingest"]}), '
-            "or bind to 127.0.0.1 (RAG_HOST).",
+            'Set RAG_API_KEYS (e.g. {"<a long random key>": ["ask", "ingest"]}) or '
+            "RAG_API_KEYS_FILE (`rag keys new`), or bind to 127.0.0.1 (RAG_HOST).",
         )
     log.warning("No API keys configured: the API is open to anyone on this machine (bound to %s)",
                 settings.host)
+    return keys
 
 
-def _check_widget_key(settings: Settings) -> None:
+def _warn_weak(settings: Settings) -> None:
+    short = short_keys(settings.api_keys)
+    if short:
+        log.warning("RAG_API_KEYS entries %s are short keys, easier to guess: make long random "
+                    "ones with `rag keys new`", ", ".join(map(str, short)))
+    if not settings.api_keys and not settings.view_secret:
+        log.warning("View URLs are signed with a secret derived from the key file's hashes: "
+                    "anyone who can read RAG_API_KEYS_FILE could make them. Set "
+                    "RAG_VIEW_SECRET to a long random value (the same in every process).")
+
+
+def _check_widget_key(settings: Settings, keys: KeyTable) -> None:
     if not settings.widget_key:
         return
-    scopes = scopes_of(settings.api_keys, settings.widget_key)
-    if scopes is None or scopes != {"ask"}:
+    spec = keys.find(settings.widget_key)
+    if spec is None or spec.scopes != {"ask"}:
         raise ConfigError(
-            "RAG_WIDGET_KEY must be one of RAG_API_KEYS with the `ask` scope only: "
+            "RAG_WIDGET_KEY must be one of the configured keys with the `ask` scope only: "
             "the demo page shows it to everyone.",
             "Add an ask-only key to RAG_API_KEYS and use it, or leave RAG_WIDGET_KEY empty.",
         )

@@ -21,7 +21,7 @@ from litestar.stores.base import Store
 from litestar.stores.memory import MemoryStore
 from litestar.stores.redis import RedisStore
 
-from api.auth import key_id, presented_key, scopes_of
+from api.auth import key_id, presented_key, spec_of
 from rag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def rate_limit_middleware(settings: Settings) -> list[DefineMiddleware]:
     def client_id(request: Request[Any, Any, Any]) -> str:
         """A valid key's own bucket; anything else counts against the client address."""
         key = presented_key(request.headers)
-        if key is not None and scopes_of(settings.api_keys, key) is not None:
+        if key is not None and spec_of(request) is not None:
             return f"key:{key_id(key)}"
         return f"addr:{get_remote_address(request)}"
 

@@ -198,16 +198,57 @@ def serve(
 
     from api.app import create_app, server_config
 
-    settings = Settings()
-    updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    settings = settings.model_copy(update=updates)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
+        settings = Settings()
+        updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+        settings = settings.model_copy(update=updates)
         application = create_app(settings, sample_dir=SAMPLES if sample else None)
     except RagError as exc:  # e.g. open mode on a non-loopback address
         console.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from exc
     uvicorn.Server(server_config(application, settings)).run()
+
+
+keys_app = typer.Typer(help="Make API keys for RAG_API_KEYS_FILE.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@keys_app.command("new")
+def new_key(
+    scopes: Annotated[str, typer.Option(help="Its scopes, comma-separated: ask, ingest, admin."
+                                        )] = "ask",
+    tenant: Annotated[str, typer.Option(help="Its tenant (`*`: the operator, every tenant).")
+                      ] = "default",
+    groups: Annotated[str, typer.Option(help="The groups it reads, comma-separated.")] = "",
+    name: Annotated[str, typer.Option(help="A label for people (not secret).")] = "",
+    as_json: Annotated[bool, typer.Option(
+        "--json", help='Print {"key": ..., "entry": ...} as one JSON line.')] = False,
+) -> None:
+    """Make a random key: print it once, and its entry for RAG_API_KEYS_FILE (which keeps only
+    the key's SHA-256). Give the key to its user; add the entry to the file's list."""
+    import json
+    import secrets
+
+    from api.keys import digest, parse_entry
+
+    try:
+        spec = parse_entry({"scopes": _names(scopes), "tenant": tenant,
+                            "groups": _names(groups), "name": name}, "the new key", "")
+    except RagError as exc:
+        console.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from exc
+    key = secrets.token_urlsafe(32)
+    entry = spec.file_entry(digest(key).hex())
+    if as_json:
+        typer.echo(json.dumps({"key": key, "entry": entry}))
+        return
+    typer.echo(f"key (shown only now; send it as Authorization: Bearer <key>):\n{key}\n")
+    typer.echo(f"entry for RAG_API_KEYS_FILE (add it to the file's list):\n{json.dumps(entry)}")
 
 
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}

