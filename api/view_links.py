@@ -2,8 +2,9 @@
 token that opens one document's view without a key header.
 
 With keys on, a view URL carries `token=<expiry>.<signature>`: HMAC-SHA256, over the document id
-and the expiry, with RAG_VIEW_SECRET or, when that is empty, a secret derived from RAG_API_KEYS
-(so every process with the same keys accepts it). It opens that one document, in a new tab with
+and the expiry, with RAG_VIEW_SECRET or, when that is empty, a secret derived from the configured
+keys (RAG_API_KEYS and the hashes, tenants and groups of RAG_API_KEYS_FILE: every process with
+the same keys accepts it). It opens that one document, in a new tab with
 no key header, until it expires. Without keys (open mode, loopback only) URLs carry no token.
 Tokens are kept out of the access log (`RedactTokens`).
 """
@@ -18,6 +19,7 @@ import re
 import time
 from urllib.parse import quote, urlencode
 
+from api.keys import KeyTable, load_keys
 from rag.errors import Forbidden
 from rag.settings import Settings
 
@@ -30,14 +32,14 @@ TOKEN_HINT = "Open the citation of a fresh answer (its view_url), or send a key 
 class ViewLinks:
     """Makes and checks the signed view URLs of one configuration."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.signed = bool(settings.api_keys)
+    def __init__(self, settings: Settings, keys: KeyTable | None = None) -> None:
+        keys = load_keys(settings) if keys is None else keys  # `create_app` passes its table
+        self.signed = bool(keys)
         self.ttl_s = settings.view_token_s
         if settings.view_secret:
             self._secret = settings.view_secret.encode()
         else:  # the same for every process with the same keys
-            keys = "\n".join(sorted(settings.api_keys)).encode()
-            self._secret = hmac.new(keys, SECRET_LABEL, hashlib.sha256).digest()
+            self._secret = hmac.new(keys.seed, SECRET_LABEL, hashlib.sha256).digest()
 
     def sign(self, doc_id: str, expires: int) -> str:
         """The token that opens `doc_id` until `expires` (Unix seconds)."""
@@ -58,6 +60,16 @@ class ViewLinks:
                             TOKEN_HINT)
         if expires < time.time():
             raise Forbidden("The view link has expired.", TOKEN_HINT)
+
+    def opens(self, token: str | None, doc_id: str) -> bool:
+        """Whether `token` is a valid, unexpired token for `doc_id`."""
+        if not token or not self.signed:
+            return False
+        try:
+            self.check(token, doc_id)
+        except Forbidden:
+            return False
+        return True
 
     def view_url(self, doc_id: str, start: int, end: int, page: int | None) -> str:
         """Where the quote [start, end) of `doc_id` is shown in its source (relative to the
