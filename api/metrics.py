@@ -2,7 +2,8 @@
 answers (latency, first token, tokens, cache hits and misses), ingestion queue depth and index size.
 
 The queue depth is read at scrape time from the app's IngestService: the jobs waiting in its
-queue (in-process, or SAQ on Redis or PostgreSQL), not the running ones.
+queue (in-process, or SAQ on Redis or PostgreSQL), not the running ones. Reads refused for
+access (`rag_access_refused_total`) are counted by kind only, never by document or key.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from ingest.queue import QUEUE_ERRORS
 from ingest.service import IngestService
+from rag.access import REFUSED
 from rag.service import Figures
 from rag.types import Answer
 
@@ -82,6 +84,23 @@ class GeneratorCollector:
 
 GENERATOR = GeneratorCollector()
 REGISTRY.register(GENERATOR)
+REFUSED_KINDS = ("document", "job", "view", "cache", "conversation", "feedback")
+
+
+class RefusedCollector:
+    """Reads refused because the key may not see the record, by kind (rag.access.REFUSED)."""
+
+    def collect(self) -> list[Metric]:
+        counts = REFUSED.snapshot()
+        refused = CounterMetricFamily(
+            "rag_access_refused", "Reads refused (answered as unknown) because the key may "
+            "not see the record, by kind.", labels=["kind"])
+        for kind in sorted({*REFUSED_KINDS, *counts}):
+            refused.add_metric([kind], counts.get(kind, 0))
+        return [refused]
+
+
+REGISTRY.register(RefusedCollector())
 
 
 def record_answer(answer: Answer, stream: bool) -> None:

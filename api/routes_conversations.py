@@ -13,7 +13,7 @@ from litestar import Request, delete, get
 from litestar.params import Parameter
 from pydantic import BaseModel, Field
 
-from api.auth import owner_of, require_scope
+from api.auth import caller_of, require_scope
 from api.errors import api_errors
 from rag.ask.conversations import Conversations
 from rag.errors import NotFound
@@ -73,7 +73,7 @@ async def list_conversations(
     limit: Annotated[int, LIMIT] = 50,
 ) -> ConversationsOut:
     """This key's live conversations, most recently continued first."""
-    found = await anyio.to_thread.run_sync(conversations.recent, owner_of(request),
+    found = await anyio.to_thread.run_sync(conversations.recent, caller_of(request).owner,
                                            limit)
     return ConversationsOut(conversations=[ConversationOut.of(c) for c in found])
 
@@ -85,7 +85,7 @@ async def get_conversation(
 ) -> ConversationOut:
     """One conversation with its turns, oldest first."""
     found = await anyio.to_thread.run_sync(conversations.get, conversation_id,
-                                           owner_of(request))
+                                           caller_of(request).owner)
     return ConversationOut.of(found, turns=True)
 
 
@@ -96,7 +96,7 @@ async def delete_conversation(
 ) -> None:
     """Forget a conversation and its answers (feedback already given is kept)."""
     await anyio.to_thread.run_sync(conversations.delete, conversation_id,
-                                   owner_of(request))
+                                   caller_of(request).owner)
 
 
 ROUTES = [list_conversations, get_conversation, delete_conversation]

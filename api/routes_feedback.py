@@ -1,14 +1,18 @@
-"""Feedback on answers: POST /v1/feedback. `rag eval export-feedback` turns it into a suite."""
+"""Feedback on answers: POST /v1/feedback. `rag eval export-feedback` turns it into a suite.
+
+An answer is rated only by the key it was given to (in open mode, by anyone): another key's
+answer id is a 404, as an unknown one.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import anyio.to_thread
-from litestar import post
+from litestar import Request, post
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.auth import require_scope
+from api.auth import caller_of, require_scope
 from api.errors import api_errors
 from api.routes_ask import require_json
 from rag.ask.conversations import Conversations
@@ -38,12 +42,15 @@ class FeedbackOut(BaseModel):
 @post("/v1/feedback", status_code=201, tags=["feedback"],
       guards=[require_scope("ask")], before_request=require_json,
       responses=api_errors("ask", {404: (
-          "No such answer (or it expired).",
+          "No such answer given to this key (or it expired).",
           NotFound("Answer 'a-1' is unknown.", "Rate an answer id from a recent response."))}))
-async def give_feedback(data: FeedbackIn, conversations: Conversations) -> FeedbackOut:
-    """Rate an answer up or down, with an optional comment and the expected answer; kept
-    with the question and answer it rates, for `rag eval export-feedback`."""
+async def give_feedback(
+    data: FeedbackIn, conversations: Conversations, request: Request[Any, Any, Any]
+) -> FeedbackOut:
+    """Rate an answer this key was given up or down, with an optional comment and the expected
+    answer; kept with the question and answer it rates, for `rag eval export-feedback`."""
     answer_id = data.answer_id.removeprefix(CHAT_PREFIX)
     feedback = await anyio.to_thread.run_sync(
-        conversations.rate, answer_id, data.rating, data.comment, data.expected_answer)
+        conversations.rate, answer_id, data.rating, data.comment, data.expected_answer,
+        caller_of(request).owner)
     return FeedbackOut(id=feedback.id, answer_id=feedback.answer_id, rating=feedback.rating)

@@ -4,6 +4,11 @@
 The view and its page images open with the signed token of a citation's `view_url` (no key
 header, so a browser opens them in a new tab) or with a key that has the ask scope; the file
 needs the ingest scope. In open mode (no keys) everything opens.
+
+A key reads only the documents its tenant and groups may read: any other is a 404 exactly like
+an unknown document (never 403, which would confirm it exists), counted as a refused `view`. A
+valid token opens its one document whoever sends it: it was minted in an answer given to a key
+that could read it.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ import re
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from litestar import MediaType, Response, get
+from litestar import MediaType, Request, Response, get
 from litestar.connection import ASGIConnection
+from litestar.di import Provide
 from litestar.exceptions import ValidationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
@@ -22,16 +28,16 @@ from litestar.params import KwargDefinition, Parameter
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 
-from api.auth import has_scope, require_scope
+from api.auth import caller_of, has_scope, keys_on, require_scope
 from api.errors import api_errors
 from api.view import HEADERS, view_page
 from api.view_links import TOKEN_HINT, ViewLinks
+from rag.access import EVERYONE, Reader
 from rag.documents.sources import Sources
 from rag.errors import Forbidden, NotFound, Overloaded
-from rag.settings import Settings
 
-UNKNOWN = ("No document has this id (it may have been deleted), or it has no text at "
-           "`start`-`end`, or no such page.",
+UNKNOWN = ("No document has this id that the key may read (it may have been deleted), or "
+           "it has no text at `start`-`end`, or no such page.",
            NotFound("Document 9f86d081884c7d65 does not exist (it may have been deleted).",
                     "Ask again: answers cite the documents there are now."))
 TOKEN_REFUSED = ("The `token` is altered, expired or for another document (and no key with "
@@ -73,8 +79,7 @@ def view_access(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRou
                 ) -> None:
     """Open mode, a key with the ask scope, or a valid token for this document; else 401
     (nothing sent) or 403 (a bad token, or a key without the scope)."""
-    settings: Settings = connection.app.state["settings"]
-    if not settings.api_keys or has_scope(connection, "ask"):
+    if not keys_on(connection) or has_scope(connection, "ask"):
         return
     token = connection.query_params.get("token")
     if token:
@@ -84,11 +89,29 @@ def view_access(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRou
     NEEDS_ASK(connection, handler)
 
 
+def view_reader(request: Request[Any, Any, Any], view_links: ViewLinks) -> Reader:
+    """Who reads a view or page: anyone, for the one document a valid token was minted for;
+    else the key's reader (open mode: everyone)."""
+    if view_links.opens(request.query_params.get("token"), request.path_params["document_id"]):
+        return EVERYONE
+    return caller_of(request).reader
+
+
+def key_reader(request: Request[Any, Any, Any]) -> Reader:
+    """What the request's key may read (open mode: everything)."""
+    return caller_of(request).reader
+
+
+VIEW_READER = {"reader": Provide(view_reader, sync_to_thread=False)}
+KEY_READER = {"reader": Provide(key_reader, sync_to_thread=False)}
+
+
 @get("/v1/documents/{document_id:str}/view", tags=["documents"], guards=[view_access],
+     dependencies=VIEW_READER,
      media_type=MediaType.HTML, sync_to_thread=True, response_description=VIEW_OK,
      responses=VIEW_ERRORS)
 def view_source(
-    document_id: str, sources: Sources, view_links: ViewLinks,
+    document_id: str, sources: Sources, view_links: ViewLinks, reader: Reader,
     start: Annotated[int, Parameter(ge=0, description="Offset of the quote in the parsed "
                                     "document.")],
     end: Annotated[int, Parameter(ge=1, description="Offset just past the quote "
@@ -102,37 +125,41 @@ def view_source(
     if end <= start:
         raise ValidationException(f"Validation failed for GET /v1/documents/{document_id}/view",
                                   extra=REVERSED.extra)
-    passage = sources.passage(document_id, start, end, page)
+    passage = sources.passage(document_id, start, end, page, reader)
     image = (view_links.page_url(document_id, passage.page)
              if passage.on_page is not None and passage.page is not None else None)
     return Response(view_page(passage, image), media_type=MediaType.HTML, headers=HEADERS)
 
 
 @get("/v1/documents/{document_id:str}/pages/{page:int}", tags=["documents"],
-     guards=[view_access], media_type="image/png", sync_to_thread=True,
+     guards=[view_access], dependencies=VIEW_READER, media_type="image/png",
+     sync_to_thread=True,
      responses={200: PNG, **PAGE_ERRORS})
 def page_image(
-    document_id: str, sources: Sources,
+    document_id: str, sources: Sources, reader: Reader,
     page: Annotated[int, Parameter(ge=1, le=100_000, description="Page number, from 1.")],
     token: Annotated[str | None, TOKEN] = None,
 ) -> Response[bytes]:
     """Page `page` of a PDF document, rendered as PNG (the source view shows it)."""
-    return Response(sources.page_image(document_id, page), media_type="image/png",
+    return Response(sources.page_image(document_id, page, reader), media_type="image/png",
                     headers={"Cache-Control": "private, max-age=300",
                              "X-Content-Type-Options": "nosniff"})
 
 
 @get("/v1/documents/{document_id:str}/file", tags=["documents"],
-     guards=[require_scope("ingest")], media_type=MediaType.TEXT, sync_to_thread=True,
+     guards=[require_scope("ingest")], dependencies=KEY_READER, media_type=MediaType.TEXT,
+     sync_to_thread=True,
      responses={200: ResponseSpec(bytes, description="The uploaded bytes, with the media type "
                                   "the document was stored with.", media_type="*/*",
                                   generate_examples=False),
                 **api_errors("ingest", {404: (
-                    "No document has this id (or its file is missing).", UNKNOWN[1])})})
-def document_file(document_id: str, sources: Sources) -> Download:
+                    "No document has this id that this key may read (or its file is "
+                    "missing).", UNKNOWN[1])})})
+def document_file(document_id: str, sources: Sources, reader: Reader) -> Download:
     """The original file of a document, as uploaded, with its media type; a download
-    (Content-Disposition: attachment, with the file's name). Needs the ingest scope."""
-    doc, blocks = sources.original(document_id)
+    (Content-Disposition: attachment, with the file's name). Needs the ingest scope and a key
+    that may read the document."""
+    doc, blocks = sources.original(document_id, reader)
     return Download(blocks, media_type=doc.content_type, headers={
         "Content-Disposition": _attachment(doc.filename), "Content-Length": str(doc.size),
         "X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"})

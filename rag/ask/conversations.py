@@ -4,6 +4,10 @@
 stored conversation, cut to the newest `max_turns`; an expired conversation starts afresh with a
 note, an unknown id is refused); `keep` stores the answer, `rate` takes feedback on it. The
 stores themselves are in rag.stores.conversations, the record types in rag.types.
+
+A conversation and its answers are their owner's (the key that asked; "" in open mode): another
+owner's conversation or answer is NotFound exactly like an unknown one, and counted in
+`REFUSED` (`conversation`, `feedback`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rag.access import REFUSED
 from rag.errors import InvalidInput, NotFound, NotReady
 from rag.stores.conversations import ConversationStore
 from rag.types import AnswerRecord, Conversation, Feedback, Rating, Turn, new_id
@@ -48,6 +53,7 @@ class Conversations:
             return Thread(new_id("conv") if keep else None, self._recent(history))
         state, found = self.store.lookup(conversation_id, owner)
         if state == "unknown":
+            self._count_refused(conversation_id, owner)
             raise NotFound(f"Conversation {conversation_id!r} is unknown.",
                            "Leave the conversation id out to start a new one, or list your "
                            "conversations to find the one you meant.")
@@ -74,6 +80,8 @@ class Conversations:
     def get(self, conversation_id: str, owner: str = "") -> Conversation:
         """A live conversation with its turns; NotFound when it expired or is unknown."""
         state, found = self.store.lookup(conversation_id, owner)
+        if state == "unknown":
+            self._count_refused(conversation_id, owner)
         if found is None:
             hint = ("It expired; its next turn starts it afresh." if state == "expired"
                     else "List your conversations to find its id.")
@@ -87,13 +95,23 @@ class Conversations:
     def delete(self, conversation_id: str, owner: str = "") -> None:
         """Forget a conversation and its turns; NotFound when it is not `owner`'s."""
         if not self.store.delete(conversation_id, owner):
+            self._count_refused(conversation_id, owner)
             raise NotFound(f"Conversation {conversation_id!r} is unknown.",
                            "List your conversations to find its id.")
 
+    def _count_refused(self, conversation_id: str, owner: str) -> None:
+        """Count a lookup that found the conversation `unknown` because it is another's."""
+        if self.store.owner(conversation_id) not in (None, owner):
+            REFUSED.add("conversation")
+
     def rate(self, answer_id: str, rating: Rating, comment: str = "",
-             expected: str = "") -> Feedback:
-        """Feedback on an answer given within the conversation TTL."""
+             expected: str = "", owner: str = "") -> Feedback:
+        """Feedback on an answer given to `owner` within the conversation TTL; NotFound for an
+        unknown or expired answer, or one given to another owner (counted as refused)."""
         record = self.store.answer(answer_id)
+        if record is not None and record.owner != owner:
+            REFUSED.add("feedback")
+            record = None
         if record is None:
             raise NotFound(f"Answer {answer_id!r} is unknown or has expired.",
                            "Rate an answer by the `answer_id` (or chat completion `id`) it "

@@ -9,6 +9,9 @@ by bisection over the document's chunk ids, which follow the text.
 Rendered pages and quotes' places on them are kept in small LRU caches: a document's id is the
 hash of its bytes, so what was computed for it never goes stale. Where only the page image is
 unavailable (the upload is missing, or pdfium cannot read it) the passage comes without it.
+
+Every read names its `Reader`: a document it may not read is NotFound exactly as an unknown one
+(its existence is not confirmed), and counted in `REFUSED` as a `view`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from rag.access import EVERYONE, REFUSED, Reader
 from rag.documents.chunking import SEPARATOR
 from rag.documents.pages import PageQuote, quote_on_page, render_page
 from rag.errors import InvalidInput, NotFound
@@ -84,23 +88,28 @@ class Sources:
         self._images: Lru[bytes] = Lru(PAGE_IMAGES_CACHED)
         self._places: Lru[PageQuote] = Lru(PAGE_QUOTES_CACHED)
 
-    def document(self, doc_id: str) -> Document:
-        """The document, or NotFound (never uploaded, or deleted since the link was made)."""
+    def document(self, doc_id: str, reader: Reader = EVERYONE) -> Document:
+        """The document, or NotFound (never uploaded, deleted since the link was made, or not
+        readable by `reader`: the same NotFound, counted as a refused `view`)."""
         doc = self.store.get_document(doc_id)
+        if doc is not None and not reader.may_read(doc.tenant, doc.access):
+            REFUSED.add("view")
+            doc = None
         if doc is None:
             raise NotFound(f"Document {doc_id} does not exist (it may have been deleted).",
                            "Ask again: answers cite the documents there are now.")
         return doc
 
-    def passage(self, doc_id: str, start: int, end: int, page: int | None = None) -> Passage:
+    def passage(self, doc_id: str, start: int, end: int, page: int | None = None,
+                reader: Reader = EVERYONE) -> Passage:
         """The text [start, end) of a document with CONTEXT_CHARS around it and, for a PDF,
         where it stands on its page (`page`, or the page of the chunk that holds it): None where
         the page image is unavailable. InvalidInput for `end <= start`; NotFound for no such
-        document, text or page."""
+        document (or none `reader` may read), text or page."""
         if end <= start:
             raise InvalidInput(f"The quote's end ({end}) is not after its start ({start}).",
                                "Give `end` greater than `start`: the text is [start, end).")
-        doc = self.document(doc_id)
+        doc = self.document(doc_id, reader)
         end = min(end, start + MAX_QUOTE_CHARS)
         chunks, more_after = self._chunks_around(doc_id, start - CONTEXT_CHARS,
                                                  end + CONTEXT_CHARS)
@@ -121,10 +130,11 @@ class Sources:
                        more_after=more_after or high < chunks[-1].end, page=number,
                        on_page=on_page)
 
-    def page_image(self, doc_id: str, number: int) -> bytes:
-        """Page `number` of a PDF document as PNG; NotFound for a document without pages, no
-        such page, or one whose upload is missing or unreadable."""
-        doc = self.document(doc_id)
+    def page_image(self, doc_id: str, number: int, reader: Reader = EVERYONE) -> bytes:
+        """Page `number` of a PDF document as PNG; NotFound for a document without pages (or
+        that `reader` may not read), no such page, or one whose upload is missing or
+        unreadable."""
+        doc = self.document(doc_id, reader)
         if doc.content_type != PDF:
             raise NotFound(f"{doc.filename} is not a PDF: it has no page images.",
                            "Open its view_url to see the quote in its text.")
@@ -158,9 +168,11 @@ class Sources:
                         exc.message)
             return None
 
-    def original(self, doc_id: str) -> tuple[Document, Iterator[bytes]]:
-        """The document and its uploaded bytes, read in blocks as they are sent."""
-        doc = self.document(doc_id)
+    def original(self, doc_id: str, reader: Reader = EVERYONE
+                 ) -> tuple[Document, Iterator[bytes]]:
+        """The document and its uploaded bytes, read in blocks as they are sent; NotFound for
+        no such document, one `reader` may not read, or a missing upload."""
+        doc = self.document(doc_id, reader)
         if not self.uploads.has(doc_id):
             raise NotFound(f"The uploaded file of {doc.filename} is missing.",
                            "Upload the file again.")

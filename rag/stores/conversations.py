@@ -45,6 +45,10 @@ class ConversationStore(Protocol):
         """Whether the conversation is live (with its turns, oldest first), expired or unknown."""
         ...
 
+    def owner(self, conversation_id: str) -> str | None:
+        """Whose conversation it is (live, or expired and still remembered); None if unknown."""
+        ...
+
     def save(self, record: AnswerRecord) -> None:
         """Keep an answer; with a conversation id, as that conversation's newest turn (an
         expired conversation starts afresh with it)."""
@@ -132,6 +136,10 @@ class SqlConversations(SqlRecords):
         turns = self._query("SELECT record FROM answers WHERE conversation_id = ? "
                             "ORDER BY created_at", (conversation_id,))
         return "live", _conversation(rows[0], tuple(_record(json.loads(r[0])) for r in turns))
+
+    def owner(self, conversation_id: str) -> str | None:
+        rows = self._query("SELECT owner FROM conversations WHERE id = ?", (conversation_id,))
+        return str(rows[0][0]) if rows else None
 
     def save(self, record: AnswerRecord) -> None:
         now = time.time()
@@ -277,6 +285,12 @@ class RedisConversations:
         raw = self._redis.mget([self.answers + i for i in ids]) if ids else []
         turns = tuple(_record(json.loads(r)) for r in raw if r)
         return "live", _redis_conversation(conversation_id, data, turns)
+
+    @_reachable
+    def owner(self, conversation_id: str) -> str | None:
+        live = self._redis.hget(self.prefix + conversation_id, "owner")
+        known = self._redis.get(self.known + conversation_id)
+        return str(live) if live is not None else None if known is None else str(known)
 
     @_reachable
     def save(self, record: AnswerRecord) -> None:

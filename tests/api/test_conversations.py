@@ -14,6 +14,7 @@ from eval.cli import eval_app
 from eval.runner import RunOptions, ingest_corpus, run_suite
 from eval.suites import load_suite
 from eval.targets import LocalTarget
+from rag.access import REFUSED
 from rag.service import RagService
 from tests.api.helpers import ADMIN_KEY, ASK_KEY, KEYS, serving
 from tests.api.helpers import ingest_corpus as ingest
@@ -61,6 +62,54 @@ def test_a_conversation_over_ask_is_listed_continued_and_deleted(
             "question": FOLLOW_UP, "conversation": conversation,
             "history": [{"question": BEES, "answer": "Miriam Oduya."}]})
         assert both.status_code == 422, both.text
+
+
+def refused_since(before: dict[str, int], kind: str) -> int:
+    """How many reads of `kind` were refused since `before` (a REFUSED snapshot)."""
+    return REFUSED.snapshot().get(kind, 0) - before.get(kind, 0)
+
+
+def test_another_keys_conversation_is_unknown_to_every_route(
+    corpus_service: RagService,
+) -> None:
+    """Not listed, and 404 exactly as an unknown id on get, delete and continuing it; those
+    refusals are counted, unknown ids are not; its owner still has it afterwards."""
+    with serving(corpus_service, api_keys=KEYS) as client:
+        mine = client.post("/v1/ask", json={"question": BEES}, headers=ASKER).json()
+        conversation = mine["conversation"]
+        before = REFUSED.snapshot()
+        listed = client.get("/v1/conversations", headers=OTHER).json()["conversations"]
+        assert conversation not in [c["id"] for c in listed]
+        for method, headers in ((client.get, OTHER), (client.delete, OTHER)):
+            theirs = method(f"/v1/conversations/{conversation}", headers=headers)
+            unknown = method("/v1/conversations/conv_nope", headers=headers)
+            assert theirs.status_code == unknown.status_code == 404
+            assert theirs.text.replace(conversation, "conv_nope") == unknown.text
+        continued = client.post("/v1/ask", headers=OTHER, json={
+            "question": FOLLOW_UP, "conversation": conversation})
+        assert continued.status_code == 404, continued.text
+        assert refused_since(before, "conversation") == 3
+        shown = client.get(f"/v1/conversations/{conversation}", headers=ASKER)
+        assert shown.status_code == 200 and len(shown.json()["turns"]) == 1
+
+
+def test_only_the_key_given_an_answer_rates_it(corpus_service: RagService) -> None:
+    """Another key's answer (or chat completion) id is a 404 as an unknown one, counted."""
+    with serving(corpus_service, api_keys=KEYS) as client:
+        asked = client.post("/v1/ask", json={"question": BEES}, headers=ASKER).json()
+        chat = client.post("/v1/chat/completions", headers=ASKER, json={
+            "model": corpus_service.asking.model,
+            "messages": [{"role": "user", "content": BEES}]}).json()
+        before = REFUSED.snapshot()
+        for answer_id in (asked["answer_id"], chat["id"]):
+            rating = {"answer_id": answer_id, "rating": "up"}
+            theirs = client.post("/v1/feedback", json=rating, headers=OTHER)
+            unknown = client.post("/v1/feedback", headers=OTHER,
+                                  json={**rating, "answer_id": "ans_nope"})
+            assert theirs.status_code == unknown.status_code == 404, theirs.text
+            assert theirs.json()["hint"] == unknown.json()["hint"]
+            assert client.post("/v1/feedback", json=rating, headers=ASKER).status_code == 201
+        assert refused_since(before, "feedback") == 2
 
 
 def test_an_expired_conversation_starts_afresh_and_says_so(

@@ -9,6 +9,7 @@ import io
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from PIL import Image
 from api.app import REDACT_TOKENS, server_config
 from api.view import view_page
 from api.view_links import ViewLinks
+from rag.access import REFUSED
 from rag.documents.pages import PageQuote
 from rag.documents.sources import Passage
 from rag.service import RagService
@@ -317,3 +319,47 @@ def test_view_tokens_are_kept_out_of_the_access_log(
         access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", path, "1.1", 200)
     logged = caplog.records[-1].getMessage()
     assert token not in logged and "start=0&end=9&token=[redacted]" in logged
+
+
+def same_as_unknown(refused: Any, unknown: Any, doc_id: str, fake_id: str) -> bool:
+    """Whether a refused read answers exactly as an unknown id does (its own id aside)."""
+    return bool(refused.status_code == unknown.status_code == 404
+                and refused.text.replace(doc_id, fake_id) == unknown.text)
+
+
+def test_a_key_opens_no_view_page_or_file_of_another_tenant(
+    client: TestClient[Litestar], view_service: RagService, tmp_path: Path
+) -> None:
+    """A document of tenant `acme` is, for the `default` tenant's keys (admin included), a 404
+    exactly like an unknown id; a token minted for it still opens it (and only it)."""
+    path = make_pdf(tmp_path / "harrow.pdf", ["The Harrowgate vault opens with code 5521."])
+    doc = view_service.store.put_document(replace(
+        view_service.documents.ingest_file(path), tenant="acme"))
+    fake = "f" * 64
+    links = ViewLinks(client.app.state["settings"])
+    view, page = "/v1/documents/{}/view?start=0&end=10", "/v1/documents/{}/pages/1"
+    before = REFUSED.snapshot().get("view", 0)
+    for key in (ASK_KEY, ADMIN_KEY):
+        auth = {"Authorization": f"Bearer {key}"}
+        for route in (view, page):
+            refused = opened(client, route.format(doc.id), **auth)
+            assert same_as_unknown(refused, opened(client, route.format(fake), **auth),
+                                   doc.id, fake), refused.text
+    for key in (INGEST_KEY, ADMIN_KEY):
+        auth = {"X-API-Key": key}
+        refused = client.get(f"/v1/documents/{doc.id}/file", headers=auth)
+        assert same_as_unknown(refused, client.get(f"/v1/documents/{fake}/file", headers=auth),
+                               doc.id, fake), refused.text
+    assert REFUSED.snapshot().get("view", 0) - before == 6  # unknown ids are not counted
+
+    minted = links.view_url(doc.id, 0, 10, 1)  # as an answer to an acme key would carry it
+    shown = opened(client, minted)
+    assert shown.status_code == 200 and "vault opens with code 5521" in shown.text
+    assert opened(client, links.page_url(doc.id, 1)).status_code == 200
+    assert opened(client, minted, **ASK).status_code == 200  # the token, whoever sends it
+    token = parse_qs(urlsplit(minted).query)["token"][0]
+    bees, pdf = document(view_service, "bees.txt"), document(view_service, "quillby.pdf")
+    for other in (f"/v1/documents/{bees.id}/view?start=0&end=10&token={token}",
+                  f"/v1/documents/{pdf.id}/pages/1?token={token}"):
+        assert opened(client, other).status_code == 403
+    assert opened(client, view.format(bees.id), **ASK).status_code == 200  # its own tenant's
