@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from litestar import Request, delete, get, post
+from litestar.di import Provide
 from litestar.openapi.spec import (
     Encoding,
     OpenAPIFormat,
@@ -19,13 +20,14 @@ from litestar.openapi.spec import (
 from litestar.params import Parameter
 from pydantic import BaseModel, Field
 
-from api.auth import require_scope
+from api.auth import caller_of, require_scope
 from api.errors import api_errors
 from api.readiness import engine_ready
-from api.uploads import COLLECTION_PATTERN, read_upload
+from api.uploads import ACCESS_PATTERN, COLLECTION_PATTERN, accept_upload
 from ingest.intake import Accepted
 from ingest.jobs import Job
 from ingest.service import IngestService, JobFinished
+from rag.access import Reader
 from rag.documents.indexer import DocumentIndexer
 from rag.errors import InvalidInput, NotFound, TooLarge, UnsupportedType
 from rag.types import Document
@@ -49,11 +51,15 @@ class VersionOut(BaseModel):
 
 
 class DocumentOut(BaseModel):
-    """An uploaded document; `id` is the SHA-256 of its bytes. The same name in the same
-    collection uploaded with other bytes is its next version (a new id)."""
+    """An uploaded document; `id` is the SHA-256 of its bytes (in a tenant other than
+    `default`, of the tenant and that hash). The same name in the same collection uploaded
+    with other bytes is its next version (a new id)."""
 
     id: str
     filename: str
+    tenant: str = Field(description="The tenant of the key that uploaded it.")
+    access: list[str] = Field(description="The groups that may read it within its tenant "
+                              "(with its admin keys); empty: the whole tenant.")
     content_type: str
     size: int = Field(description="Bytes.")
     pages: int | None = Field(description="Pages, slides or sheets where the format has them.")
@@ -77,8 +83,9 @@ class DocumentOut(BaseModel):
     def of(cls, doc: Document, job: Job | None,
            versions: list[Document] | None = None) -> DocumentOut:
         return cls(
-            id=doc.id, filename=doc.filename, content_type=doc.content_type, size=doc.size,
-            pages=doc.pages, chunk_count=doc.chunk_count, collection=doc.collection,
+            id=doc.id, filename=doc.filename, tenant=doc.tenant, access=list(doc.access),
+            content_type=doc.content_type, size=doc.size, pages=doc.pages,
+            chunk_count=doc.chunk_count, collection=doc.collection,
             metadata=dict(doc.metadata), state=doc.state, error=doc.error,
             created_at=_time(doc.created_at), updated_at=_time(doc.updated_at),
             job_id=job.id if job else None, version=doc.version, replaces=doc.replaces,
@@ -100,7 +107,7 @@ class UploadedOut(BaseModel):
     filename: str
     state: str = Field(description="The document's state.")
     job_state: str | None
-    duplicate: bool = Field(description="These bytes were uploaded before.")
+    duplicate: bool = Field(description="These bytes were uploaded before (in this tenant).")
     version: int = Field(description="Its version: above 1 when it replaces a document of the "
                          "same name in the collection once indexed.")
 
@@ -109,6 +116,9 @@ class UploadOut(BaseModel):
     """Accepted: the files are stored and their jobs queued; poll GET /v1/jobs/{job_id}."""
 
     documents: list[UploadedOut]
+    warnings: list[str] = Field(
+        description="What the upload did not do as asked, or may not be meant: an access "
+        "group no key of the tenant holds, a duplicate keeping its earlier access.")
 
 
 class DeletedOut(BaseModel):
@@ -187,6 +197,11 @@ class _UploadOperation(Operation):
                                  description="Collection (empty or absent: default)."),
             "metadata": Schema(type=OpenAPIType.OBJECT,
                                description="A JSON object kept with each file."),
+            "access": Schema(type=text, pattern=ACCESS_PATTERN,
+                             description='A JSON list of at most 32 groups, e.g. ["legal"]: '
+                             "only keys holding one of them (and the tenant's admin keys) "
+                             "read the files. Absent or empty: every key of the uploading "
+                             "key's tenant."),
         })
         encoding = {"file": Encoding(content_type=", ".join(DOCUMENT_MEDIA_TYPES)),
                     "metadata": Encoding(content_type="application/json")}
@@ -214,9 +229,16 @@ UPLOAD_ERRORS = api_errors("ingest", {
           "(judged by its content).",
           UnsupportedType("Uploads must be multipart/form-data, not application/json.", USAGE)),
     422: ("No files, an empty or corrupt file, a malformed body, an unknown field, or a bad "
-          "collection name or metadata.",
+          "collection name, metadata or access list.",
           InvalidInput("The request holds no files.", USAGE)),
 })
+
+
+def _reader(request: Request[Any, Any, Any]) -> Reader:
+    return caller_of(request).reader
+
+
+READER = {"reader": Provide(_reader, sync_to_thread=False)}  # what the request's key may read
 
 
 @post("/v1/documents", status_code=202, tags=["documents"], guards=INGEST_READY,
@@ -225,12 +247,12 @@ async def upload_documents(
     request: Request[Any, Any, Any], ingestion: IngestService
 ) -> UploadOut:
     """Upload one or more files (multipart/form-data) to be parsed, chunked, embedded and
-    indexed. Answers 202 once the files and their jobs are stored; the same bytes uploaded
-    again point at the existing document. Refuses oversized requests or files (413), types
-    it cannot read, judged by content (415), and empty or malformed uploads (422)."""
-    form = await read_upload(request, ingestion.intake)
-    accepted = await ingestion.accept(form.files, form.collection, form.metadata)
-    return UploadOut(documents=[_uploaded(a) for a in accepted])
+    indexed, in the tenant of the key, readable by the `access` groups if given. Answers 202
+    once the files and their jobs are stored; the same bytes uploaded again in the tenant point
+    at the existing document. Refuses oversized requests or files (413), types it cannot read,
+    judged by content (415), and empty or malformed uploads (422)."""
+    accepted, warnings = await accept_upload(request, ingestion)
+    return UploadOut(documents=[_uploaded(a) for a in accepted], warnings=warnings)
 
 
 def _uploaded(a: Accepted) -> UploadedOut:
@@ -241,63 +263,65 @@ def _uploaded(a: Accepted) -> UploadedOut:
 
 
 @get("/v1/documents", tags=["documents"], guards=INGEST, sync_to_thread=True,
-     responses=api_errors("ingest", {}))
+     dependencies=READER, responses=api_errors("ingest", {}))
 def list_documents(
     documents: DocumentIndexer,
     ingestion: IngestService,
+    reader: Reader,
     collection: str | None = None,
     offset: Annotated[int, Parameter(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
 ) -> DocumentPage:
-    """List documents (their current versions: none `replaced`), oldest first, optionally in
-    one collection."""
-    docs, total = documents.page(collection, offset, limit)
+    """List the documents the key may read (their current versions: none `replaced`),
+    oldest first, optionally in one collection."""
+    docs, total = documents.page(collection, offset, limit, reader)
     items = [DocumentOut.of(d, ingestion.jobs.latest_for(d.id)) for d in docs]
     return DocumentPage(items=items, total=total, offset=offset, limit=limit)
 
 
 @get("/v1/documents/{document_id:str}", tags=["documents"], guards=INGEST,
-     sync_to_thread=True, responses=api_errors("ingest", {404: UNKNOWN_DOCUMENT}))
+     sync_to_thread=True, dependencies=READER,
+     responses=api_errors("ingest", {404: UNKNOWN_DOCUMENT}))
 def get_document(
-    document_id: str, documents: DocumentIndexer, ingestion: IngestService
+    document_id: str, documents: DocumentIndexer, ingestion: IngestService, reader: Reader
 ) -> DocumentOut:
     """One document: file, type, size, pages, chunk count, collection, metadata, state, and
-    every version of it (an old version's id answers too, with state `replaced`)."""
-    doc = documents.get(document_id)
-    if doc is None:
-        raise NotFound(f"Document {document_id} does not exist.",
-                       "List documents with GET /v1/documents.")
-    return DocumentOut.of(doc, ingestion.jobs.latest_for(doc.id), documents.versions(doc.id))
+    every version of it (an old version's id answers too, with state `replaced`). A document
+    the key may not read answers 404, as one that does not exist."""
+    doc = documents.readable(document_id, reader)
+    return DocumentOut.of(doc, ingestion.jobs.latest_for(doc.id),
+                          documents.versions(doc.id, reader))
 
 
 @delete("/v1/documents/{document_id:str}", tags=["documents"], guards=INGEST_READY, status_code=200,
-        responses=api_errors("ingest", {}))
+        dependencies=READER, responses=api_errors("ingest", {}))
 async def delete_document(
-    document_id: str, ingestion: IngestService
+    document_id: str, ingestion: IngestService, reader: Reader
 ) -> DeletedOut:
     """Delete a document with every version of it (any version's id will do): their vectors,
     chunks, stored files and every cached answer citing them. Idempotent: deleting an absent
-    document answers 200 with `deleted: false`."""
-    deleted = await ingestion.delete_document(document_id)
-    return DeletedOut(id=document_id, deleted=deleted)
+    document, or one the key may not read, answers 200 with `deleted: false`."""
+    return DeletedOut(id=document_id,
+                      deleted=await ingestion.delete_document(document_id, reader))
 
 
 @get("/v1/jobs/{job_id:str}", tags=["jobs"], guards=INGEST, sync_to_thread=True,
-     responses=api_errors("ingest", {404: UNKNOWN_JOB}))
-def get_job(job_id: str, ingestion: IngestService) -> JobOut:
-    """An ingestion job: state, stage, progress with ETA, timings, attempts and error."""
-    return JobOut.of(ingestion.job(job_id))
+     dependencies=READER, responses=api_errors("ingest", {404: UNKNOWN_JOB}))
+def get_job(job_id: str, ingestion: IngestService, reader: Reader) -> JobOut:
+    """An ingestion job: state, stage, progress with ETA, timings, attempts and error. The job
+    of a document the key may not read answers 404, as an unknown one."""
+    return JobOut.of(ingestion.job(job_id, reader))
 
 
 @post("/v1/jobs/{job_id:str}/cancel", tags=["jobs"], guards=INGEST, status_code=200,
-        responses=api_errors("ingest", {404: UNKNOWN_JOB, 409: (
+      dependencies=READER, responses=api_errors("ingest", {404: UNKNOWN_JOB, 409: (
             "The job already finished (done or failed).",
             JobFinished("Job 42 already finished (done).",
                         "To remove its document, DELETE /v1/documents/{document_id}."))}))
-async def cancel_job(job_id: str, ingestion: IngestService) -> JobOut:
+async def cancel_job(job_id: str, ingestion: IngestService, reader: Reader) -> JobOut:
     """Cancel a queued or running job (409 when it already finished); nothing of it stays
     indexed. The job stays readable with state `cancelled`; cancelling it again is fine."""
-    return JobOut.of(await ingestion.cancel(job_id))
+    return JobOut.of(await ingestion.cancel(job_id, reader))
 
 
 ROUTES = [upload_documents, list_documents, get_document, delete_document, get_job, cancel_job]

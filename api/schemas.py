@@ -8,7 +8,7 @@ from litestar.plugins.pydantic import PydanticSchemaPlugin
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from api.view_links import ViewLinks
-from rag.filters import MetadataFilter
+from rag.filters import MAX_FIELD_LENGTH, MAX_FIELDS, MAX_IN_VALUES, MetadataFilter
 from rag.settings import TOP_K_MAX
 from rag.types import Answer
 
@@ -47,11 +47,33 @@ def _integral(value: object) -> object:
 JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 
+def _conditions(kind: dict[str, Any], ordered: bool) -> dict[str, Any]:
+    """The operator object of one kind of value (a boolean has no order: no $gte/$lte)."""
+    properties = {"$eq": kind, "$ne": kind, "$in": {
+        "type": "array", "items": kind, "minItems": 1, "maxItems": MAX_IN_VALUES}}
+    if ordered:
+        properties |= {"$gte": kind, "$lte": kind}
+    return {"type": "object", "properties": properties, "additionalProperties": False,
+            "minProperties": 1}
+
+
+# What `rag.filters.MetadataFilter.parse` takes, for the OpenAPI document: per field a value
+# (equality) or an object of operators whose values are all of one kind.
+_SCALARS = ({"type": "string"}, {"type": "number"}, {"type": "boolean"})
+METADATA_FILTER_SCHEMA: dict[str, Any] = {
+    "maxProperties": MAX_FIELDS,
+    "propertyNames": {"minLength": 1, "maxLength": MAX_FIELD_LENGTH, "pattern": "^[^$]"},
+    "additionalProperties": {"anyOf": [
+        *_SCALARS, *(_conditions(kind, kind["type"] != "boolean") for kind in _SCALARS)]},
+}
+
+
 class AskFilters(BaseModel):
     model_config = ConfigDict(extra="forbid")
     document_ids: list[str] = Field(default_factory=list, description="Only these documents.")
     metadata: dict[str, Any] = Field(
-        default_factory=dict, description='Only documents whose upload metadata match, all '
+        default_factory=dict, json_schema_extra=METADATA_FILTER_SCHEMA,
+        description='Only documents whose upload metadata match, all '
         'fields together: `{"year": {"$gte": 2020}, "dept": {"$in": ["hr", "legal"]}}`. A '
         "plain value is equality; operators `$eq`, `$ne`, `$in`, `$gte`, `$lte` on numbers, "
         "ISO dates and strings. Applied before ranking; an unknown operator or a value of "

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -25,18 +25,29 @@ from multipart import (
     PushMultipartParser,
 )
 
-from ingest.intake import Intake, StagedFile, sanitize_filename
+from api.auth import Caller, caller_of, keys_on, known_groups
+from ingest.intake import Accepted, Intake, StagedFile, sanitize_filename
+from ingest.service import IngestService
+from rag.access import NAME_PATTERN, group_list, valid_name
 from rag.documents.detection import check_size
 from rag.errors import InvalidInput, RagError, SlowRequest, TooLarge, UnsupportedType
 from rag.files import disk_full, is_disk_full
 from rag.settings import Settings
+from rag.types import Document
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("collection", "metadata")
+FIELDS = ("collection", "metadata", "access")
 MAX_FIELD_BYTES = 64 * 1024
 COLLECTION_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})?$"  # empty: the default collection
 COLLECTION = re.compile(COLLECTION_PATTERN)
+MAX_ACCESS_GROUPS = 32
+# The `access` field as the OpenAPI document states it: a JSON list of at most 32 group names
+# (JSON whitespace around the tokens), or nothing.
+JSON_SPACE = " \t\n\r"
+_SPACE, _GROUP = r"[ \t\n\r]*", '"' + NAME_PATTERN.strip("^$") + '"'
+ACCESS_PATTERN = (rf"^{_SPACE}(\[{_SPACE}({_GROUP}{_SPACE}(,{_SPACE}{_GROUP}{_SPACE})"
+                  rf"{{0,{MAX_ACCESS_GROUPS - 1}}})?\]{_SPACE})?$")
 USAGE = ("Send multipart/form-data with one or more `file` parts, e.g. "
          "`curl -F file=@report.pdf -F collection=docs http://host/v1/documents`.")
 
@@ -47,6 +58,7 @@ class UploadForm:
     fields: dict[str, str] = field(default_factory=dict)
     collection: str = "default"
     metadata: dict[str, Any] = field(default_factory=dict)
+    access: tuple[str, ...] = ()  # groups that may read the files (empty: the whole tenant)
 
 
 def _collection(fields: dict[str, str]) -> str:
@@ -70,6 +82,65 @@ def _metadata(fields: dict[str, str]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInput("The metadata field must be a JSON object.", hint)
     return value
+
+
+def _access(fields: dict[str, str]) -> tuple[str, ...]:
+    """The `access` field: a JSON list of group names (absent, empty or `[]`: none)."""
+    raw = fields.get("access", "").strip(JSON_SPACE)
+    if not raw:
+        return ()
+    hint = (f'Send a JSON list of at most {MAX_ACCESS_GROUPS} group names, e.g. ["legal"]: '
+            "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"The access field is not valid JSON ({exc}).", hint) from exc
+    if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
+        raise InvalidInput("The access field must be a JSON list of group names.", hint)
+    if len(value) > MAX_ACCESS_GROUPS:
+        raise InvalidInput(f"The access field names {len(value)} groups, over the limit of "
+                           f"{MAX_ACCESS_GROUPS}.", hint)
+    bad = next((g for g in value if not valid_name(g)), None)
+    if bad is not None:
+        raise InvalidInput(f"Group name {bad[:80]!r} in the access field is not allowed.", hint)
+    return group_list(value)
+
+
+async def accept_upload(
+    request: Request[Any, Any, Any], ingestion: IngestService
+) -> tuple[list[Accepted], list[str]]:
+    """Read the form and store its files in the caller's tenant: what became of each file,
+    and warnings about the access it asked for."""
+    caller = caller_of(request)
+    form = await read_upload(request, ingestion.intake)
+    accepted = await ingestion.accept(form.files, form.collection, form.metadata,
+                                      caller.upload_tenant, form.access)
+    warnings = [w for a in accepted for w in a.warnings]
+    return accepted, warnings + access_warnings(request, caller, accepted)
+
+
+def access_warnings(
+    request: Request[Any, Any, Any], caller: Caller, accepted: list[Accepted]
+) -> list[str]:
+    """Warnings for access groups no key of the tenant holds, and for documents the uploading
+    key cannot read itself (none in open mode)."""
+    if not keys_on(request):
+        return []
+    tenant = caller.upload_tenant
+    docs = [a.document for a in accepted]
+    unknown = sorted({g for d in docs for g in d.access} - known_groups(request, tenant))
+    warnings = [f'Group "{group}" in access is held by no API key of tenant "{tenant}"; only '
+                f"its admin keys can read {_names(d for d in docs if group in d.access)}."
+                for group in unknown]
+    hidden = [d for d in docs if not caller.reader.may_read(d.tenant, d.access)]
+    if hidden:
+        warnings.append(f"This key holds none of the access groups of {_names(hidden)}: it "
+                        "cannot read them or their jobs (the tenant's admin keys can).")
+    return warnings
+
+
+def _names(docs: Iterable[Document]) -> str:
+    return ", ".join(sorted({d.filename for d in docs}))
 
 
 async def read_upload(request: Request[Any, Any, Any], intake: Intake) -> UploadForm:
@@ -108,6 +179,7 @@ async def read_upload(request: Request[Any, Any, Any], intake: Intake) -> Upload
         if not form.files:
             raise InvalidInput("The request holds no files.", USAGE)
         form.collection, form.metadata = _collection(form.fields), _metadata(form.fields)
+        form.access = _access(form.fields)
     except RagError:
         reader.abandon()
         raise

@@ -1,15 +1,19 @@
-"""Accepting uploads: check each file, keep it by its hash, record its document and job.
+"""Accepting uploads: check each file, keep it by its id, record its document and job.
 
 The API streams each uploaded file into a staging folder next to the uploads (same file
 system, so keeping it is a rename), hashing it on the way. `Intake.accept` then checks every
 file of the request before storing any of them, so a request is taken whole or refused whole.
 When `accept` returns, the bytes, the document row and the job record are all on disk
 (fsync'd), which is what lets the API answer 202.
+
+A document's id is its hash within the uploading tenant (`rag.access.document_id`): the same
+bytes in one tenant are one document, in two tenants two.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import shutil
@@ -18,11 +22,12 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ingest.jobs import Job, JobStore
+from rag.access import DEFAULT_TENANT, document_id, group_list
 from rag.documents.detection import SUPPORTED, inspect_file
 from rag.documents.indexer import DocumentIndexer
 from rag.files import disk_full, is_disk_full
@@ -53,8 +58,20 @@ class Accepted:
 
     document: Document
     job: Job | None  # None only for a document indexed before job records existed
-    duplicate: bool  # the same bytes were already uploaded
+    duplicate: bool  # the same bytes were already uploaded (in this tenant)
     new_job: bool  # a job was created for this upload (and must be enqueued)
+    warnings: tuple[str, ...] = ()  # e.g. a duplicate kept its own access groups
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a request's files go: collection and metadata, the uploading key's tenant and the
+    groups that may read them (empty: the whole tenant)."""
+
+    collection: str = "default"
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    tenant: str = DEFAULT_TENANT
+    access: tuple[str, ...] = ()
 
 
 def sanitize_filename(name: str | None) -> str:
@@ -103,16 +120,19 @@ class Intake:
         return SUPPORTED[inspect_file(staged.path, staged.filename, self.settings)]
 
     def accept(
-        self, files: Sequence[StagedFile], collection: str, metadata: Mapping[str, Any]
+        self, files: Sequence[StagedFile], collection: str, metadata: Mapping[str, Any],
+        tenant: str = DEFAULT_TENANT, access: Sequence[str] = (),
     ) -> list[Accepted]:
-        """Check every file, then keep each one durably with its document and job."""
+        """Check every file, then keep each one durably with its document and job, in
+        `tenant`, readable by `access` groups (none: the whole tenant)."""
+        place = Placement(collection, metadata, tenant, group_list(access))
         try:
             types = [self.check(staged) for staged in files]
             with self._lock:
                 done: list[Accepted] = []
                 try:
                     for staged, content_type in zip(files, types, strict=True):
-                        done.append(self._accept_one(staged, content_type, collection, metadata))
+                        done.append(self._accept_one(staged, content_type, place))
                 except BaseException as exc:
                     self._undo(done)  # the request is taken whole or refused whole
                     if is_disk_full(exc):
@@ -135,31 +155,38 @@ class Intake:
             except Exception as exc:  # the disk may still refuse; the sweep at start retries
                 log.error("could not undo the upload of %s: %s", item.document.id, exc)
 
-    def _accept_one(
-        self, staged: StagedFile, content_type: str, collection: str, metadata: Mapping[str, Any]
-    ) -> Accepted:
-        existing = self.documents.get(staged.sha256)
-        active = self.jobs.active_for(staged.sha256)
+    def _accept_one(self, staged: StagedFile, content_type: str, place: Placement) -> Accepted:
+        doc_id = document_id(staged.sha256, place.tenant)
+        existing = self.documents.get(doc_id)
+        active = self.jobs.active_for(doc_id)
         current = existing is not None and existing.state != "replaced"  # else: a revert
         if existing is not None and current and (existing.state == "indexed" or active):
-            job = active[0] if active else self.jobs.latest_for(staged.sha256)
-            return Accepted(existing, job, duplicate=True, new_job=False)
-        kept = self._keep(staged)
+            job = active[0] if active else self.jobs.latest_for(doc_id)
+            return Accepted(existing, job, duplicate=True, new_job=False,
+                            warnings=_kept_access(existing, place.access))
+        kept = self.documents.keep_upload(staged.path, doc_id)
         try:  # a new version when its name holds a current document of the collection
             document = self.documents.register(Document(
-                id=staged.sha256, filename=staged.filename, content_type=content_type,
-                size=staged.size, collection=collection, metadata=dict(metadata)))
-            job, created = self.jobs.submit(staged.sha256, staged.filename, content_type,
+                id=doc_id, filename=staged.filename, content_type=content_type,
+                size=staged.size, collection=place.collection, metadata=dict(place.metadata),
+                tenant=place.tenant, access=place.access))
+            job, created = self.jobs.submit(doc_id, staged.filename, content_type,
                                             staged.size, self.settings.job_attempts)
         except BaseException:
             if kept:  # first the bytes (frees space), then the row they belonged to
-                self.documents.drop_upload(staged.sha256)
+                self.documents.drop_upload(doc_id)
             if existing is None:
                 with contextlib.suppress(Exception):
-                    self.documents.drop_record(staged.sha256)
+                    self.documents.drop_record(doc_id)
             raise
         return Accepted(document, job, duplicate=existing is not None, new_job=created)
 
-    def _keep(self, staged: StagedFile) -> bool:
-        """Keep the staged bytes durably by their hash; False when already there."""
-        return self.documents.keep_upload(staged.path, staged.sha256)
+
+def _kept_access(existing: Document, access: tuple[str, ...]) -> tuple[str, ...]:
+    """The warning for a duplicate upload whose access groups differ from the kept ones."""
+    if tuple(existing.access) == access:
+        return ()
+    groups = json.dumps(list(existing.access))
+    return (f"{existing.filename} was uploaded before with access {groups}; it keeps that "
+            f"access (delete it and upload it again to change it).",)
+

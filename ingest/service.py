@@ -9,6 +9,7 @@ from typing import Any
 from ingest.intake import Accepted, Intake, StagedFile
 from ingest.jobs import Job, JobStore, job_store
 from ingest.queue import JobQueue, build_queue
+from rag.access import DEFAULT_TENANT, EVERYONE, REFUSED, Reader
 from rag.documents.indexer import DocumentIndexer
 from rag.errors import NotFound, RagError
 from rag.settings import Settings
@@ -45,10 +46,13 @@ class IngestService:
         self.jobs.close()
 
     async def accept(
-        self, files: Sequence[StagedFile], collection: str, metadata: Mapping[str, Any]
+        self, files: Sequence[StagedFile], collection: str, metadata: Mapping[str, Any],
+        tenant: str = DEFAULT_TENANT, access: Sequence[str] = (),
     ) -> list[Accepted]:
-        """Store the files durably, then queue their new jobs; safe to answer 202 after."""
-        accepted = await asyncio.to_thread(self.intake.accept, files, collection, metadata)
+        """Store the files durably in `tenant` (readable by `access` groups; none: the whole
+        tenant), then queue their new jobs; safe to answer 202 after."""
+        accepted = await asyncio.to_thread(self.intake.accept, files, collection, metadata,
+                                           tenant, access)
         for item in accepted:
             if item.new_job and item.job is not None:
                 await self.queue.enqueue(item.job)
@@ -58,33 +62,49 @@ class IngestService:
         """Jobs waiting in the queue, not the running ones; 0 until the queue has started."""
         return await self.queue.depth() if self.started else 0
 
-    def job(self, job_id: str) -> Job:
-        """A job record; once it is done, this process searches the index version it made.
+    def job(self, job_id: str, reader: Reader = EVERYONE) -> Job:
+        """A job record, when `reader` may read its document (else NotFound, as for an unknown
+        job); once it is done, this process searches the index version it made.
 
         Asks pick up new index versions on their own, but at most every 0.5 s; a client that
         polled its job to done should find the document in its very next ask.
         """
         job = self.jobs.get(job_id)
-        if job is None:
+        if job is None or not self._readable(job, reader):
             raise NotFound(f"Job {job_id} does not exist.",
                            "Use the job_id that POST /v1/documents returned.")
         if job.state == "done":
             self.documents.refresh_index()
         return job
 
-    async def cancel(self, job_id: str) -> Job:
-        """Cancel a queued or running job; cancelling a cancelled job again is fine."""
-        job = self.jobs.cancel(self.job(job_id).id) or self.job(job_id)
+    def _readable(self, job: Job, reader: Reader) -> bool:
+        """Whether `reader` may read the job's document (a refusal is counted); the job of a
+        deleted document only the operator still reads (its tenant is gone with it)."""
+        if reader.everything:
+            return True
+        doc = self.documents.get(job.document_id)
+        if doc is not None and not reader.may_read(doc.tenant, doc.access):
+            REFUSED.add("job")
+            return False
+        return doc is not None
+
+    async def cancel(self, job_id: str, reader: Reader = EVERYONE) -> Job:
+        """Cancel a queued or running job `reader` may read; cancelling a cancelled job again
+        is fine."""
+        job = self.jobs.cancel(self.job(job_id, reader).id) or self.job(job_id, reader)
         if job.state != "cancelled":
             raise JobFinished(f"Job {job_id} already finished ({job.state}).",
                               "To remove its document, DELETE /v1/documents/{document_id}.")
         await self.queue.cancel(job)
         return job
 
-    async def delete_document(self, doc_id: str) -> bool:
+    async def delete_document(self, doc_id: str, reader: Reader = EVERYONE) -> bool:
         """Cancel the active jobs of every version, then remove them all: vectors, chunks,
-        files and cached answers."""
-        versions = await asyncio.to_thread(self.documents.versions, doc_id)
+        files and cached answers. False when there is no such document, or `reader` may not
+        read every version of it (a refusal, answered alike)."""
+        versions = await asyncio.to_thread(self.documents.deletable, doc_id, reader)
+        if not versions:
+            return False
         for version in versions:
             for job in self.jobs.active_for(version.id):
                 self.jobs.cancel(job.id)

@@ -26,10 +26,15 @@ from pathlib import Path
 from watchfiles import Change, DefaultFilter, watch
 
 from ingest.folder_walk import Walk, ignored, temporary, walk
+from rag.access import DEFAULT_TENANT, Reader
 from rag.documents.indexer import ALL_DOCUMENTS, DocumentIndexer
 from rag.errors import InvalidInput, RagError, UnsupportedType
 from rag.stores.uploads import sha256_file
 from rag.types import Document
+
+# The folder mirrors the collection in the tenant it writes (`default`, as `rag ingest`):
+# another tenant's documents of the same collection are not its to replace or remove.
+SYNCED_TENANT = Reader(DEFAULT_TENANT, all_groups=True)
 
 DEBOUNCE_MS = 1600  # changes within this long of each other are synced as one batch
 
@@ -99,7 +104,7 @@ class FolderSync:
     def current(self) -> dict[str, Document]:
         """Name -> the collection's current document of that name: its indexed version, else
         its newest."""
-        docs, _ = self.documents.page(self.collection, 0, ALL_DOCUMENTS)
+        docs, _ = self.documents.page(self.collection, 0, ALL_DOCUMENTS, SYNCED_TENANT)
         best: dict[str, Document] = {}
         for doc in docs:
             kept = best.get(doc.filename)

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 
 DEFAULT_TENANT = "default"
 ALL_TENANTS = "*"  # a key of this tenant (the operator) reads and manages every tenant
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a tenant or group name
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"  # a tenant or group name
 _NAME = re.compile(NAME_PATTERN)
 
 
 def valid_name(name: str) -> bool:
     """Whether `name` is a well-formed tenant or group name (letters, digits, `._-`, <= 64)."""
-    return bool(_NAME.match(name))
+    return bool(_NAME.fullmatch(name))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from rag.access import DEFAULT_TENANT, EVERYONE, REFUSED, Reader, document_id
 from rag.documents.chunking import Chunker, check_window
 from rag.documents.detection import SUPPORTED, inspect_file
 from rag.documents.processing import DocumentProcessor, Progress, no_progress
@@ -78,11 +79,24 @@ class DocumentIndexer:
     def get(self, doc_id: str) -> Document | None:
         return self.store.get_document(doc_id)
 
+    def readable(self, doc_id: str, reader: Reader) -> Document:
+        """The document, when `reader` may read it; else NotFound, as for an absent one (a
+        refusal never confirms that it exists, and is counted in `REFUSED`)."""
+        doc = self.store.get_document(doc_id)
+        if doc is not None and not reader.may_read(doc.tenant, doc.access):
+            REFUSED.add("document")
+            doc = None
+        if doc is None:
+            raise NotFound(f"Document {doc_id} does not exist.",
+                           "List documents with GET /v1/documents.")
+        return doc
+
     def page(
-        self, collection: str | None = None, offset: int = 0, limit: int = 50
+        self, collection: str | None = None, offset: int = 0, limit: int = 50,
+        reader: Reader = EVERYONE,
     ) -> tuple[list[Document], int]:
-        """One page of documents (oldest first) and the total."""
-        return self.store.list_documents(collection, offset, limit)
+        """One page of the documents `reader` may read (oldest first) and their total."""
+        return self.store.list_documents(collection, offset, limit, reader)
 
     def searchable_count(self) -> int:
         return self.store.searchable_count()
@@ -104,9 +118,20 @@ class DocumentIndexer:
         holds a current document in its collection."""
         return self.store.put_version(replace(doc, state="queued"))
 
-    def versions(self, doc_id: str) -> list[Document]:
-        """Every version of the document (oldest first); [] when it is unknown."""
-        return self.store.versions(doc_id)
+    def versions(self, doc_id: str, reader: Reader = EVERYONE) -> list[Document]:
+        """Every version of the document `reader` may read (oldest first); [] when it is
+        unknown."""
+        return [v for v in self.store.versions(doc_id) if reader.may_read(v.tenant, v.access)]
+
+    def deletable(self, doc_id: str, reader: Reader) -> list[Document]:
+        """Every version of the document, when `reader` may read them all (what a key may
+        delete); [] when it is unknown or any version is hidden from `reader` (counted in
+        `REFUSED`, answered as for an absent document)."""
+        versions = self.store.versions(doc_id)
+        if all(reader.may_read(v.tenant, v.access) for v in versions):
+            return versions
+        REFUSED.add("document")
+        return []
 
     def drop_upload(self, doc_id: str) -> None:
         """Forget the bytes of an upload whose request failed."""
@@ -138,7 +163,7 @@ class DocumentIndexer:
         """
         name = filename or path.name
         kind = inspect_file(path, name, self.settings)  # as intake checks an API upload
-        doc_id = sha256_file(path)
+        doc_id = document_id(sha256_file(path), DEFAULT_TENANT)  # the CLI writes `default`
         existing = self.store.get_document(doc_id)
         if existing is not None and existing.state == "indexed":
             return existing
