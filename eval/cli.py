@@ -319,6 +319,13 @@ def bench(
         help="Another generator (e.g. smollm2-135m-instruct) to answer the sample questions "
         "with, alternating with the configured one: uncached ask p50/p95 of each and their "
         "ratio.")] = None,
+    access_chunks: Annotated[int, typer.Option(
+        min=0, help="Chunks of the tenant-filter corpus: recall@5 and ask p50 of a key that may "
+        "read a tenth of it beside an unrestricted key (0 skips it; at least 740).")] = 10_000,
+    access_questions: Annotated[int | None, typer.Option(
+        min=1, help="Notre Dame questions for its recall (default: all 269).")] = None,
+    access_asks: Annotated[int, typer.Option(
+        min=1, help="Fresh asks per key for its ask latency.")] = 20,
 ) -> None:
     """Ingest, retrieval, ask, decode, memory and start-up figures beside the raw libraries."""
     from eval.bench import BenchOptions, run_bench
@@ -334,8 +341,12 @@ def bench(
         raise typer.BadParameter(f"{concurrency!r}: expected numbers like 1,2,4,8.") from exc
     if not levels or min(levels) < 1:
         raise typer.BadParameter("--concurrency needs levels of 1 or more, e.g. 1,2,4,8.")
+    if 0 < access_chunks < 740:
+        raise typer.BadParameter("--access-chunks needs 0 (skip) or at least 740: the readable "
+                                 "tenth must hold the 55 Notre Dame paragraphs.")
     options = BenchOptions(chunk_counts, asks, repeats, max_new_tokens, starts, rounds, corpus,
-                           levels, dtypes, database_url, store_rows, compare_model)
+                           levels, dtypes, database_url, store_rows, compare_model,
+                           access_chunks, access_questions, access_asks)
     with Progress(*_columns(), console=console) as bar:
         result = run_bench(load_settings({}), options, _stage_reporter(bar))
     write_json(result, out)

@@ -37,6 +37,9 @@ class BenchOptions:
     database_url: str | None = None  # a PostgreSQL server to compare stores on (scratch dbs)
     store_rows: int = 100_000
     compare_model: str | None = None  # another generator to time the same asks with
+    access_chunks: int = 10_000  # the tenant-filter corpus (eval.bench.access; 0: skip it)
+    access_questions: int | None = None  # Notre Dame questions for its recall (None: all 269)
+    access_asks: int = 20  # questions each of its two keys asks, for its ask latency
 
 
 def peak_rss_mb(pid: int | str = "self") -> float:

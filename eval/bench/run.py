@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from eval.bench.access import bench_access
 from eval.bench.generation import bench_generation
 from eval.bench.ingest import bench_ingest
 from eval.bench.measure import SAMPLE_SUITE, BenchOptions, Report, peak_rss_mb
@@ -63,6 +64,8 @@ def run_bench(
             "ocr": bench_ocr(options, Path(tmp), report),
             "retrieval": {str(n): bench_retrieval(service, n, questions, options, Path(tmp),
                                                   report) for n in options.sizes},
+            "access": bench_access(service, options, Path(tmp), report)
+            if options.access_chunks else None,
             "ask": bench_ask(service, questions[: options.asks], report),
             "engines": bench_engines(service, questions[: options.asks], report),
             "models": bench_models(service, options.compare_model, questions, report)
@@ -137,6 +140,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
                 if k in ("pages_per_s", "raw_pages_per_s", "ratio_to_raw",
                          "character_accuracy", "skipped")},
         "retrieval": {size: _retrieval_figures(r) for size, r in results["retrieval"].items()},
+        "access": access_figures(results.get("access") or {}),
         "ask": {"uncached_p50_ms": ask["uncached_ms"]["p50"],
                 "uncached_p95_ms": ask["uncached_ms"]["p95"],
                 "cached_p50_ms": ask["cached_ms"]["p50"], "cached_p95_ms": ask["cached_ms"]["p95"],
@@ -201,6 +205,26 @@ def _llama_cpp_figures(engine: dict[str, float], engine_lookup: dict[str, float]
         "llama_cpp_parallel_aggregate_ratio_to_one": parallel["aggregate_ratio_to_one"],
         "llama_cpp_parallel_slowest_first_token_ratio_to_one":
             parallel["slowest_first_token_ratio_to_one"]}
+
+
+def access_figures(access: dict[str, Any]) -> dict[str, Any]:
+    """A key of one tenant (a tenth of the corpus) beside an unrestricted one: recall@5 with
+    the filter before ranking, of that tenth alone, filtered after ranking, unrestricted; and
+    retrieval and fresh-ask p50s with their ratios (the issue's bound: 1.2)."""
+    if "ask" not in access:
+        return {}
+    ask = access["ask"]
+    return {
+        "chunks": access["chunks"],
+        **{f"{name}_recall_at_5": access[f"{name}_recall_at_5"] for name in (
+            "restricted", "alone", "post_filter", "post_filter_top50", "unrestricted")},
+        "restricted_retrieval_p50_ms": access["restricted_retrieval_ms"]["p50"],
+        "unrestricted_retrieval_p50_ms": access["unrestricted_retrieval_ms"]["p50"],
+        "retrieval_p50_ratio": access["retrieval_p50_ratio"],
+        "restricted_ask_p50_ms": ask["restricted"]["total_ms"]["p50"],
+        "unrestricted_ask_p50_ms": ask["unrestricted"]["total_ms"]["p50"],
+        "ask_p50_ratio": ask["p50_ratio"],
+        "ask_both_answered_p50_ratio": ask["both_answered_p50_ratio"]}
 
 
 def _serving_figures(serving: dict[str, Any]) -> dict[str, Any]:

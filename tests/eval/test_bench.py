@@ -23,7 +23,7 @@ LLAMA_CPP_FIGURES = (
     "llama_cpp_parallel_aggregate_ratio_to_one",
     "llama_cpp_parallel_slowest_first_token_ratio_to_one")
 TINY = BenchOptions(sizes=(300,), asks=2, repeats=3, max_new_tokens=6, starts=True, rounds=1,
-                    concurrency=(1, 2), dtypes=False)
+                    concurrency=(1, 2), dtypes=False, access_chunks=0)  # access: own test
 
 
 @pytest.mark.slow
