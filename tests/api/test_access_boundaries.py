@@ -316,3 +316,23 @@ def test_the_same_bytes_in_two_tenants_are_two_documents(deployment: Deployment)
     item = body["documents"][0]
     assert item["duplicate"] is False and item["document_id"] != deployment.ids["acme-policy"]
     assert not leaks(json.dumps(body), ACME_WORDS)
+
+
+def test_rag_eval_over_http_sees_only_its_keys_documents(deployment: Deployment) -> None:
+    from eval.suites import CorpusDocument
+    from eval.targets import HttpTarget
+
+    client = deployment.client
+    client.headers["Authorization"] = f"Bearer {GLOBEX}"
+    try:
+        target = HttpTarget(client, poll_s=0.05)
+        keys = target.ingest([CorpusDocument("memo", "memo.md", text=GLOBEX_POLICY + " Memo.")],
+                             lambda n: None)
+        answer = target.ask(SETTLEMENT, 3)
+    finally:
+        del client.headers["Authorization"]
+    assert keys["memo"] not in deployment.ids.values()
+    assert {c.document_id for c in answer.citations} <= deployment.readable(GLOBEX) | {
+        keys["memo"]}
+    assert not leaks(answer.text + json.dumps([c.text for c in answer.citations]),
+                     FORBIDDEN[GLOBEX])
