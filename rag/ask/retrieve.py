@@ -109,7 +109,7 @@ class Retriever:
             self.bm25.refresh(self.store, self.index.version)
             sparse = self.bm25.search(query.text, n, allowed)
         fused = fuse(dense, sparse, self.rrf_k)
-        chunks = self.store.get_chunks([cid for cid, _ in fused])
+        chunks = self._readable(self.store.get_chunks([cid for cid, _ in fused]), query)
         names = self.store.filenames(list({c.document_id for c in chunks.values()}))
         dense_by_id, sparse_by_id = dict(dense), dict(sparse)
         scored = [
@@ -118,6 +118,16 @@ class Retriever:
             for cid, score in fused if cid in chunks
         ]
         return Retrieval(merge_overlaps(scored)[: query.top_k], vector[0])
+
+    def _readable(self, chunks: dict[int, Chunk], query: Query) -> dict[int, Chunk]:
+        """`chunks` whose documents the reader may read now: a document promoted between the
+        filter and the search (its first version, another tenant's) never slips in."""
+        reader = query.reader
+        if reader is None or reader.everything or not chunks:
+            return chunks
+        readable = self.store.readable_documents({c.document_id for c in chunks.values()},
+                                                 reader)
+        return {cid: c for cid, c in chunks.items() if c.document_id in readable}
 
     def best_dense_score(self, results: Sequence[ScoredChunk]) -> float:
         scores = [r.dense_score for r in results if r.dense_score is not None]

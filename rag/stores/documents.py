@@ -231,15 +231,18 @@ class DocumentRecords(SqlRecords):
 
 def reader_clause(reader: Reader, table: str = "") -> tuple[str, list[Any]]:
     """A SQL condition on `documents` (aliased `table`) true for the rows `reader` may read,
-    and its arguments. Group names are plain (`rag.access.valid_name`); the LIKE escapes `_`."""
+    and its arguments. A group is found in the row's JSON list as its quoted name (names are
+    plain: `rag.access.valid_name`) by `replace`, which is case-sensitive in SQLite and
+    PostgreSQL alike (SQLite's LIKE is not: "LEGAL" would read "legal")."""
     if reader.everything:
         return "1 = 1", []
     column = f"{table}." if table else ""
     sql, args = f"{column}tenant = ?", [reader.tenant]
     if not reader.all_groups:
-        likes = [f"{column}access LIKE ? ESCAPE '\\'" for _ in sorted(reader.groups)]
-        args += ['%"' + g.replace("_", "\\_") + '"%' for g in sorted(reader.groups)]
-        sql += f" AND ({column}access = '[]'{''.join(' OR ' + like for like in likes)})"
+        groups = sorted(reader.groups)
+        holds = "".join(f" OR replace({column}access, ?, '') <> {column}access" for _ in groups)
+        args += [f'"{g}"' for g in groups]
+        sql += f" AND ({column}access = '[]'{holds})"
     return sql, args
 
 

@@ -132,3 +132,22 @@ def test_metadata_filters_narrow_the_search_before_ranking(retriever: Retriever)
     with pytest.raises(InvalidFilter, match='"year"'):
         retriever.retrieve(Query("volcano", 4, metadata=MetadataFilter.parse(
             {"year": {"$gte": "a string"}})))
+
+
+def test_a_document_indexed_during_the_search_is_still_not_read(retriever: Retriever) -> None:
+    _tenanted(retriever)
+    store, embed = retriever.store, retriever.embedder.embed
+    for hidden in ("doc1", "doc3"):  # acme's, mid-reprocessing: the default reader sees all
+        assert store.set_state(hidden, "processing")
+
+    def embed_then_index(texts: list[str]) -> object:
+        for hidden in ("doc1", "doc3"):  # indexed again between the filter and the search
+            store.mark_indexed(hidden, None)
+        return embed(texts)
+
+    retriever.embedder.embed = embed_then_index  # type: ignore[method-assign,assignment]
+    try:
+        found = retriever.retrieve(Query("volcano ZX-4471", 4, reader=Reader()))
+    finally:
+        retriever.embedder.embed = embed  # type: ignore[method-assign]
+    assert {r.filename for r in found} <= {"cats.txt", "bread.txt"}

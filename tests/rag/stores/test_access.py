@@ -103,6 +103,15 @@ def test_an_underscore_in_a_group_matches_only_itself(store: ChunkStore) -> None
         == {"ab"}
 
 
+def test_group_names_differing_in_case_are_two_groups(store: ChunkStore) -> None:
+    add(store, "low", "acme", ("legal",))
+    add(store, "up", "acme", ("LEGAL",))
+    upper = Reader("acme", frozenset({"LEGAL"}))
+    assert listed(store, upper) == {"up"}  # SQLite's LIKE would have matched both
+    assert store.readable_documents(["low", "up"], upper) == {"up"}
+    assert listed(store, Reader("acme", frozenset({"Legal"}))) == set()
+
+
 def test_readable_ids_are_exactly_the_readers_chunks(store: ChunkStore) -> None:
     chunks = corpus(store)
 
