@@ -168,7 +168,7 @@ def check_open_access(settings: Settings) -> KeyTable:
     if keys:
         log.info("API keys: %d configured (tenants: %s); every /v1 route needs one",
                  len(keys), ", ".join(keys.tenants()))
-        _warn_weak(settings)
+        _check_secrets(settings)
         _check_widget_key(settings, keys)
         return keys
     if not is_loopback(settings.host):
@@ -183,24 +183,26 @@ def check_open_access(settings: Settings) -> KeyTable:
     return keys
 
 
-def _warn_weak(settings: Settings) -> None:
+def _check_secrets(settings: Settings) -> None:
+    """Warn of short keys; refuse view URLs anyone holding the key file could sign."""
     short = short_keys(settings.api_keys)
     if short:
         log.warning("RAG_API_KEYS entries %s are short keys, easier to guess: make long random "
                     "ones with `rag keys new`", ", ".join(map(str, short)))
     if not settings.api_keys and not settings.view_secret:
-        log.warning("View URLs are signed with a secret derived from the key file's hashes: "
-                    "anyone who can read RAG_API_KEYS_FILE could make them. Set "
-                    "RAG_VIEW_SECRET to a long random value (the same in every process).")
+        raise ConfigError(
+            "With keys from RAG_API_KEYS_FILE alone, view URLs would be signed with a secret "
+            "derived from the file's hashes: anyone who can read the file could make them.",
+            "Set RAG_VIEW_SECRET to a long random value (the same in every process).")
 
 
 def _check_widget_key(settings: Settings, keys: KeyTable) -> None:
     if not settings.widget_key:
         return
     spec = keys.find(settings.widget_key)
-    if spec is None or spec.scopes != {"ask"}:
+    if spec is None or spec.scopes != {"ask"} or spec.tenant == ALL_TENANTS:
         raise ConfigError(
-            "RAG_WIDGET_KEY must be one of the configured keys with the `ask` scope only: "
-            "the demo page shows it to everyone.",
+            "RAG_WIDGET_KEY must be one of the configured keys with the `ask` scope only, of a "
+            "tenant (not the operator's `*`): the demo page shows it to everyone.",
             "Add an ask-only key to RAG_API_KEYS and use it, or leave RAG_WIDGET_KEY empty.",
         )

@@ -147,8 +147,8 @@ def env_keys(raw: Mapping[str, Any]) -> list[tuple[str, KeySpec]]:
         try:
             pairs.append((key, parse_entry({"scopes": value} if isinstance(value, list)
                                            else value, where, ENV_HINT)))
-        except ConfigError as exc:  # a value that repeats the key must not show it
-            if len(key) >= 4 and key in exc.message:
+        except ConfigError as exc:  # messages name kinds, never values: and never the key
+            if key in exc.message:
                 raise ConfigError(f"{where}: the entry is malformed.", ENV_HINT) from None
             raise
     return pairs
@@ -207,8 +207,8 @@ def parse_entry(value: Any, where: str, hint: str) -> KeySpec:
                           f"{_kind(value)}.", hint)
     unknown = sorted(str(k) for k in value if k not in FIELDS)
     if unknown:
-        raise ConfigError(f"{where}: unknown field {', '.join(_shown(k) for k in unknown)} "
-                          f"(known: {', '.join(sorted(FIELDS))}).", hint)
+        raise ConfigError(f"{where}: {len(unknown)} unknown field(s); the known ones are "
+                          f"{', '.join(sorted(FIELDS))}.", hint)  # a field name may be a key
     if "scopes" not in value:
         raise ConfigError(f'{where}: "scopes" is missing.', hint)
     return KeySpec(_scopes(value["scopes"], where, hint),
@@ -221,14 +221,15 @@ def _scopes(value: Any, where: str, hint: str) -> frozenset[str]:
     if (not isinstance(value, list) or not value
             or not all(isinstance(s, str) and s in SCOPES for s in value)):
         raise ConfigError(f'{where}: "scopes" must be a non-empty list of "ask", "ingest" and '
-                          f'"admin" (not {_shown(value)}).', hint)
+                          f'"admin" (got {_described(value)}).', hint)
     return frozenset(value)
 
 
 def _tenant(value: Any, where: str, hint: str) -> str:
     if not isinstance(value, str) or not (value == ALL_TENANTS or valid_name(value)):
         raise ConfigError(f'{where}: "tenant" must be a name of letters, digits, ".", "_" or '
-                          f'"-" (up to 64), or "*" for the operator (not {_shown(value)}).', hint)
+                          f'"-" (up to 64), or "*" for the operator (got {_described(value)}).',
+                          hint)
     return value
 
 
@@ -236,7 +237,7 @@ def _groups(value: Any, where: str, hint: str) -> frozenset[str]:
     if not isinstance(value, list) or not all(isinstance(g, str) and valid_name(g)
                                               for g in value):
         raise ConfigError(f'{where}: "groups" must be a list of names of letters, digits, ".", '
-                          f'"_" or "-" (up to 64 each) (not {_shown(value)}).', hint)
+                          f'"_" or "-" (up to 64 each) (got {_described(value)}).', hint)
     return frozenset(value)
 
 
@@ -258,7 +259,8 @@ def _kind(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _shown(value: Any) -> str:
-    """A short rendering of a wrong value for an error message."""
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 40 else text[:37] + "..."
+def _described(value: Any) -> str:
+    """What a wrong value is, never what it says (it might be a key put in the wrong place)."""
+    if isinstance(value, list):
+        return f"a list of {len(value)} item{'s' if len(value) != 1 else ''}"
+    return _kind(value)

@@ -14,7 +14,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 from litestar import Request
@@ -115,8 +115,12 @@ async def accept_upload(
     form = await read_upload(request, ingestion.intake)
     accepted = await ingestion.accept(form.files, form.collection, form.metadata,
                                       caller.upload_tenant, form.access)
-    warnings = [w for a in accepted for w in a.warnings]
-    return accepted, warnings + access_warnings(request, caller, accepted)
+    # A duplicate for groups the key does not hold is told by the name it was sent with, not
+    # the name it was kept under.
+    accepted = [a if not a.duplicate or caller.reader.may_read(a.document.tenant, a.document.access)
+                else replace(a, document=replace(a.document, filename=staged.filename))
+                for a, staged in zip(accepted, form.files, strict=True)]
+    return accepted, access_warnings(request, caller, accepted)
 
 
 def access_warnings(

@@ -13,7 +13,6 @@ bytes in one tenant are one document, in two tenants two.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import shutil
@@ -60,7 +59,6 @@ class Accepted:
     job: Job | None  # None only for a document indexed before job records existed
     duplicate: bool  # the same bytes were already uploaded (in this tenant)
     new_job: bool  # a job was created for this upload (and must be enqueued)
-    warnings: tuple[str, ...] = ()  # e.g. a duplicate kept its own access groups
 
 
 @dataclass(frozen=True)
@@ -156,14 +154,13 @@ class Intake:
                 log.error("could not undo the upload of %s: %s", item.document.id, exc)
 
     def _accept_one(self, staged: StagedFile, content_type: str, place: Placement) -> Accepted:
-        doc_id = document_id(staged.sha256, place.tenant)
+        doc_id = document_id(staged.sha256, place.tenant, place.access)
         existing = self.documents.get(doc_id)
         active = self.jobs.active_for(doc_id)
         current = existing is not None and existing.state != "replaced"  # else: a revert
         if existing is not None and current and (existing.state == "indexed" or active):
             job = active[0] if active else self.jobs.latest_for(doc_id)
-            return Accepted(existing, job, duplicate=True, new_job=False,
-                            warnings=_kept_access(existing, place.access))
+            return Accepted(existing, job, duplicate=True, new_job=False)
         kept = self.documents.keep_upload(staged.path, doc_id)
         try:  # a new version when its name holds a current document of the collection
             document = self.documents.register(Document(
@@ -180,13 +177,3 @@ class Intake:
                     self.documents.drop_record(doc_id)
             raise
         return Accepted(document, job, duplicate=existing is not None, new_job=created)
-
-
-def _kept_access(existing: Document, access: tuple[str, ...]) -> tuple[str, ...]:
-    """The warning for a duplicate upload whose access groups differ from the kept ones."""
-    if tuple(existing.access) == access:
-        return ()
-    groups = json.dumps(list(existing.access))
-    return (f"{existing.filename} was uploaded before with access {groups}; it keeps that "
-            f"access (delete it and upload it again to change it).",)
-

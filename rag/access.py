@@ -62,13 +62,14 @@ class Reader:
 EVERYONE = Reader(ALL_TENANTS, all_groups=True)  # open mode, and the in-process CLI
 
 
-def document_id(sha256: str, tenant: str) -> str:
-    """A document's id: the SHA-256 of its bytes in the default tenant; in another, the SHA-256
-    of the tenant and that hash, so two tenants uploading the same bytes get two documents and
-    neither learns that the other has the file."""
-    if tenant in (DEFAULT_TENANT, ALL_TENANTS):
+def document_id(sha256: str, tenant: str, access: Sequence[str] = ()) -> str:
+    """A document's id: the SHA-256 of its bytes in the default tenant without access groups;
+    otherwise the SHA-256 of the tenant, the groups and that hash. Two tenants, or two sets of
+    groups, uploading the same bytes get two documents, and neither learns of the other's."""
+    if tenant in (DEFAULT_TENANT, ALL_TENANTS) and not access:
         return sha256
-    return hashlib.sha256(f"tenant:{tenant}\0{sha256}".encode()).hexdigest()
+    scope = f"tenant:{tenant}" + (f"\0access:{','.join(sorted(set(access)))}" if access else "")
+    return hashlib.sha256(f"{scope}\0{sha256}".encode()).hexdigest()
 
 
 @dataclass

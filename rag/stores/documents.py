@@ -13,6 +13,8 @@ made), lose their chunks and sentences and stay listed as `replaced`. Registerin
 promoting a version hold a lock on the name, so uploads racing on one name get distinct
 version numbers and end with one current version: a version finishing after a newer one was
 promoted is itself `replaced`.
+"The same name" means within one tenant and one set of access groups: two tenants, or a
+group's document and the tenant's, never version (or learn of) each other.
 """
 
 from __future__ import annotations
@@ -85,7 +87,9 @@ class DocumentRecords(SqlRecords):
             return _upsert(db, replace(doc, created_at=created))
 
     def put_version(self, doc: Document) -> Document:
-        """Store `doc` as the newest version of its name in its collection.
+        """Store `doc` as the newest version of its name in its collection, among the
+        documents of its tenant and access groups (a version never changes who reads a name,
+        and an upload never touches, or learns of, a same-named document it may not read).
 
         A row of the same id that is a current version of that name keeps its version (a
         retried upload); otherwise a name with current versions gets the next version of
@@ -95,8 +99,9 @@ class DocumentRecords(SqlRecords):
             self.serialize(db, _name_key(doc))
             named = [_document(r) for r in db.execute(
                 f"SELECT {DOC_COLUMNS} FROM documents WHERE tenant = ? AND collection = ? "
-                f"AND filename = ? AND {CURRENT} ORDER BY version DESC, created_at DESC",
-                (doc.tenant, doc.collection, doc.filename)).fetchall()]
+                f"AND filename = ? AND access = ? AND {CURRENT} "
+                "ORDER BY version DESC, created_at DESC",
+                (doc.tenant, doc.collection, doc.filename, access_text(doc))).fetchall()]
             same = next((d for d in named if d.id == doc.id), None)
             if same is not None:
                 doc = replace(doc, version=same.version, lineage=same.lineage,
@@ -256,8 +261,9 @@ def _rivals(db: Any, doc: Document) -> list[Document]:
     """The other current rows of the document's lineage, and of its name and collection."""
     rows = db.execute(
         f"SELECT {DOC_COLUMNS} FROM documents WHERE id <> ? AND {CURRENT} AND ({IN_LINEAGE} "
-        "OR (tenant = ? AND collection = ? AND filename = ?))",
-        (doc.id, doc.lineage, doc.lineage, doc.tenant, doc.collection, doc.filename)).fetchall()
+        "OR (tenant = ? AND collection = ? AND filename = ? AND access = ?))",
+        (doc.id, doc.lineage, doc.lineage, doc.tenant, doc.collection, doc.filename,
+         access_text(doc))).fetchall()
     return [_document(r) for r in rows]
 
 
@@ -270,7 +276,12 @@ def _newer(other: Document, doc: Document) -> bool:
 
 
 def _name_key(doc: Document) -> str:
-    return f"rag:document-name:{doc.tenant}/{doc.collection}/{doc.filename}"
+    return f"rag:document-name:{doc.tenant}/{access_text(doc)}/{doc.collection}/{doc.filename}"
+
+
+def access_text(doc: Document) -> str:
+    """The document's groups as stored: a sorted JSON list ('[]': the whole tenant)."""
+    return json.dumps(sorted(set(doc.access)))
 
 
 def _get(db: Any, doc_id: str) -> Document | None:
@@ -284,7 +295,7 @@ def _upsert(db: Any, doc: Document) -> Document:
         doc.id, doc.filename, doc.content_type, doc.size, doc.collection,
         json.dumps(dict(doc.metadata)), doc.pages, doc.chunk_count, doc.state, doc.error,
         doc.created_at, doc.updated_at, doc.version, doc.lineage, doc.replaces,
-        doc.reused_chunks, doc.tenant, json.dumps(list(doc.access))))
+        doc.reused_chunks, doc.tenant, access_text(doc)))
     return doc
 
 

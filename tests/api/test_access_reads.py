@@ -180,7 +180,8 @@ def test_keys_from_the_key_file_alone_guard_the_view(
              "tenant": "acme"}
     (tmp_path / "keys.json").write_text(json.dumps([entry]))
     vault, bees = named(access_service, "vault.pdf"), named(access_service, "bees.txt")
-    with serving(access_service, api_keys_file=tmp_path / "keys.json") as client:
+    with serving(access_service, api_keys_file=tmp_path / "keys.json",
+                 view_secret="v" * 40) as client:
         assert client.get(VIEW.format(vault.id)).status_code == 401
         assert client.get(VIEW.format(vault.id), headers=auth(ACME_ASK)).status_code == 200
         assert unknown_alike(client, VIEW, bees.id, ACME_ASK)

@@ -113,13 +113,15 @@ def test_keys_from_the_key_file_guard_the_real_routes(
     entries = [{"sha256": hashlib.sha256(key.encode()).hexdigest(), "scopes": scopes,
                 "tenant": "default", "groups": ["staff"]} for key, scopes in KEYS.items()]
     (tmp_path / "keys.json").write_text(json.dumps(entries))
-    with serving(corpus_service, api_keys_file=tmp_path / "keys.json") as client:
+    with serving(corpus_service, api_keys_file=tmp_path / "keys.json",
+                 view_secret="v" * 40) as client:
         assert client.post("/v1/ask", json=QUESTION).status_code == 401
         assert client.post("/v1/ask", json=QUESTION, headers=bearer(INGEST_KEY)
                            ).status_code == 403
         answered = client.post("/v1/ask", json=QUESTION, headers=bearer(ASK_KEY))
         assert answered.status_code == 200 and answered.json()["citations"]
-    create_app(Settings(host="0.0.0.0", api_keys_file=tmp_path / "keys.json"))  # keys are on
+    create_app(Settings(host="0.0.0.0", api_keys_file=tmp_path / "keys.json",
+                 view_secret="v" * 40))  # keys are on
 
 
 # Open mode
@@ -149,6 +151,9 @@ def test_widget_key_must_be_ask_only() -> None:
     with pytest.raises(ConfigError, match="RAG_WIDGET_KEY"):
         create_app(Settings(api_keys=KEYS, widget_key="not-a-configured-key"))
     create_app(Settings(api_keys=KEYS, widget_key=ASK_KEY))
+    operator = {"operator-ask-key-1234": {"scopes": ["ask"], "tenant": "*"}}
+    with pytest.raises(ConfigError, match="operator"):  # it would read every tenant
+        create_app(Settings(api_keys=operator, widget_key="operator-ask-key-1234"))
 
 
 # Rate limits

@@ -167,12 +167,16 @@ def test_the_same_bytes_in_two_tenants_are_two_documents(client: Client, tmp_pat
     again = upload(client, ACME_INGEST, "train copy.txt", text).json()
     assert again["documents"][0]["document_id"] == ours["document_id"]
     assert again["documents"][0]["duplicate"] and again["warnings"] == []
-    # the same bytes with other access stay the document they were, and say so
+    # the same bytes for a group are the group's own document, apart from the tenant's
     other = upload(client, ACME_LEGAL, "train.txt", text, access='["legal"]').json()
-    assert other["documents"][0]["duplicate"]
-    assert len(other["warnings"]) == 1 and "keeps that access" in other["warnings"][0]
+    item = other["documents"][0]
+    assert not item["duplicate"] and item["version"] == 1  # a name is versioned per readers
+    assert item["document_id"] == document_id(digest, "acme", ("legal",)) != ours["document_id"]
     kept = client.get(f"/v1/documents/{ours['document_id']}", headers=auth(ACME_INGEST))
     assert kept.status_code == 200 and kept.json()["access"] == []
+    # a key outside the group sending those bytes for it learns no more than it sent
+    blind = upload(client, ACME_INGEST, "guess.txt", text, access='["legal"]').json()
+    assert blind["documents"][0]["duplicate"] and blind["documents"][0]["filename"] == "guess.txt"
     # new bytes under the name are the next version in that tenant only
     newer = upload(client, ACME_LEGAL, "train.txt", text + " It reaches the coast at dawn.")
     assert newer.json()["documents"][0]["version"] == 2
@@ -227,7 +231,8 @@ def test_open_mode_gives_no_group_warning(tmp_path: Path, embedder: object, gene
             assert body["warnings"] == []
             doc = body["documents"][0]["document_id"]
             (tmp_path / "open.txt").write_text(text)
-            assert doc == sha256_file(tmp_path / "open.txt")  # the default tenant's id
+            digest = sha256_file(tmp_path / "open.txt")  # the default tenant's, with its groups
+            assert doc == document_id(digest, "default", ("nobody",)) != digest
             seen = client.get(f"/v1/documents/{doc}").json()
             assert (seen["tenant"], seen["access"]) == ("default", ["nobody"])
     finally:

@@ -54,7 +54,7 @@ def listed(store: ChunkStore, reader: Reader, collection: str | None = None) -> 
 def test_tenant_and_access_are_stored_and_read_back(store: ChunkStore) -> None:
     corpus(store)
     doc = store.get_document("acme-legal")
-    assert doc is not None and (doc.tenant, doc.access) == ("acme", ("legal", "board"))
+    assert doc is not None and (doc.tenant, doc.access) == ("acme", ("board", "legal"))  # sorted
     other = store.get_document("globex-open")
     assert other is not None and (other.tenant, other.access) == ("globex", ())
     [version] = store.versions("acme-hr")
@@ -165,3 +165,16 @@ def test_names_are_per_tenant(store: ChunkStore) -> None:
     globex = store.get_document("g1")
     assert globex is not None and globex.state == "indexed"
     assert listed(store, EVERYONE, "docs") == {"a2", "g1"}
+
+
+def test_a_groups_document_and_the_tenants_are_versioned_apart(store: ChunkStore) -> None:
+    legal = store.put_version(Document("v-legal", "memo.md", "text/markdown", 1, tenant="acme",
+                                       access=("legal",), state="indexed"))
+    hr = store.put_version(Document("v-hr", "memo.md", "text/markdown", 1, tenant="acme",
+                                    access=("hr",)))
+    open_ = store.put_version(Document("v-all", "memo.md", "text/markdown", 1, tenant="acme"))
+    assert (legal.version, hr.version, open_.version) == (1, 1, 1)
+    assert len({legal.lineage, hr.lineage, open_.lineage}) == 3
+    again = store.put_version(Document("v-legal2", "memo.md", "text/markdown", 2, tenant="acme",
+                                       access=("legal",)))
+    assert again.version == 2 and again.lineage == legal.lineage and again.replaces == "v-legal"
