@@ -174,3 +174,18 @@ def test_a_swap_is_one_step_and_the_store_mark_is_saved(tmp_path: Path) -> None:
     again.load()
     saved = read_manifest(tmp_path / "index")
     assert again.store_mark == "2:8:15" and saved is not None and saved.store_mark == "2:8:15"
+
+
+def test_an_ivf_search_for_a_narrow_reader_probes_enough_lists(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    vecs, ids = unit(rng, 8000), np.arange(8000, dtype=np.int64)
+    index = make(tmp_path, approximate_threshold=1000, nprobe=4)
+    index.rebuild([(ids, vecs)])
+    assert index.kind == "ivf"
+    allowed = np.sort(rng.choice(ids, 80, replace=False))  # a reader of 1% of the index
+    queries = unit(rng, 20)
+    _, found = index.search(queries, 5, allowed)
+    exact = np.argsort(-(queries @ vecs[allowed].T), axis=1)[:, :5]  # (20, 5) into `allowed`
+    recall = np.mean([len(set(f) & set(allowed[e])) / 5 for f, e in zip(found, exact,
+                                                                           strict=True)])
+    assert recall > 0.95 and set(found.ravel()) <= set(allowed)
