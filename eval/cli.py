@@ -326,6 +326,8 @@ def bench(
         min=1, help="Notre Dame questions for its recall (default: all 269).")] = None,
     access_asks: Annotated[int, typer.Option(
         min=1, help="Fresh asks per key for its ask latency.")] = 20,
+    access_only: Annotated[bool, typer.Option(
+        help="Run the tenant-filter section alone.")] = False,
 ) -> None:
     """Ingest, retrieval, ask, decode, memory and start-up figures beside the raw libraries."""
     from eval.bench import BenchOptions, run_bench
@@ -341,6 +343,8 @@ def bench(
         raise typer.BadParameter(f"{concurrency!r}: expected numbers like 1,2,4,8.") from exc
     if not levels or min(levels) < 1:
         raise typer.BadParameter("--concurrency needs levels of 1 or more, e.g. 1,2,4,8.")
+    if access_only and not access_chunks:
+        raise typer.BadParameter("--access-only needs --access-chunks above 0.")
     if 0 < access_chunks < 740:
         raise typer.BadParameter("--access-chunks needs 0 (skip) or at least 740: the readable "
                                  "tenth must hold the 55 Notre Dame paragraphs.")
@@ -348,7 +352,12 @@ def bench(
                            levels, dtypes, database_url, store_rows, compare_model,
                            access_chunks, access_questions, access_asks)
     with Progress(*_columns(), console=console) as bar:
-        result = run_bench(load_settings({}), options, _stage_reporter(bar))
+        if access_only:
+            from eval.bench.run import run_access_bench
+
+            result = run_access_bench(load_settings({}), options, _stage_reporter(bar))
+        else:
+            result = run_bench(load_settings({}), options, _stage_reporter(bar))
     write_json(result, out)
     print_bench(result)
     console.print(f"wrote {out}")

@@ -94,6 +94,28 @@ def run_bench(
     }
 
 
+def run_access_bench(settings: Settings, options: BenchOptions,
+                     report: Report = lambda *_: None) -> dict[str, Any]:
+    """The access section alone (`rag bench --access-only`), as `run_bench` runs it."""
+    from rag.service import RagService
+
+    started = datetime.now(UTC)
+    with tempfile.TemporaryDirectory(prefix="rag-bench-") as tmp:
+        base = settings.model_copy(update={
+            "data_dir": Path(tmp) / "data", "converted_models_dir": settings.models_dir,
+            "max_new_tokens": options.max_new_tokens})
+        service = RagService(base)
+        service.load()
+        try:
+            access = bench_access(service, options, Path(tmp), report)
+        finally:
+            service.close()
+    return {"schema": 1, "started_at": started.isoformat(timespec="seconds"),
+            "git_commit": git_commit(), "machine": machine(), "settings": public_settings(base),
+            "options": asdict(options) | {"corpus": str(options.corpus)},
+            "figures": {"access": access_figures(access)}, "access": access}
+
+
 def _bench_stores(settings: Settings, options: BenchOptions, questions: Sequence[str],
                   service: RagService, report: Report) -> dict[str, Any]:
     from eval.bench.store import bench_queues, bench_store
