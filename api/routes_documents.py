@@ -52,8 +52,9 @@ class VersionOut(BaseModel):
 
 class DocumentOut(BaseModel):
     """An uploaded document; `id` is the SHA-256 of its bytes (in a tenant other than
-    `default`, of the tenant and that hash). The same name in the same collection uploaded
-    with other bytes is its next version (a new id)."""
+    `default`, or with access groups, of the tenant, the groups and that hash). The same name
+    in the same collection, tenant and groups uploaded with other bytes is its next version
+    (a new id)."""
 
     id: str
     filename: str
@@ -107,7 +108,8 @@ class UploadedOut(BaseModel):
     filename: str
     state: str = Field(description="The document's state.")
     job_state: str | None
-    duplicate: bool = Field(description="These bytes were uploaded before (in this tenant).")
+    duplicate: bool = Field(description="These bytes were uploaded before (in this tenant, for "
+                            "these groups).")
     version: int = Field(description="Its version: above 1 when it replaces a document of the "
                          "same name in the collection once indexed.")
 
@@ -117,8 +119,8 @@ class UploadOut(BaseModel):
 
     documents: list[UploadedOut]
     warnings: list[str] = Field(
-        description="What the upload did not do as asked, or may not be meant: an access "
-        "group no key of the tenant holds, a duplicate keeping its earlier access.")
+        description="What the upload may not mean: an access group no key of the tenant "
+        "holds, or access groups that leave the uploading key unable to read its file.")
 
 
 class DeletedOut(BaseModel):
@@ -248,9 +250,9 @@ async def upload_documents(
 ) -> UploadOut:
     """Upload one or more files (multipart/form-data) to be parsed, chunked, embedded and
     indexed, in the tenant of the key, readable by the `access` groups if given. Answers 202
-    once the files and their jobs are stored; the same bytes uploaded again in the tenant point
-    at the existing document. Refuses oversized requests or files (413), types it cannot read,
-    judged by content (415), and empty or malformed uploads (422)."""
+    once the files and their jobs are stored; the same bytes uploaded again in the tenant, for
+    the same groups, point at the existing document. Refuses oversized requests or files (413),
+    types it cannot read, judged by content (415), and empty or malformed uploads (422)."""
     accepted, warnings = await accept_upload(request, ingestion)
     return UploadOut(documents=[_uploaded(a) for a in accepted], warnings=warnings)
 
