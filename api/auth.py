@@ -113,8 +113,8 @@ def caller_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
 
 
 def known_groups(connection: ASGIConnection[Any, Any, Any, Any], tenant: str) -> frozenset[str]:
-    """The groups some configured key of `tenant` holds (an operator key's count for every
-    tenant): a document's `access` naming another group is readable by its admins only."""
+    """The groups some configured key of `tenant` holds: a document's `access` naming another
+    group is readable by the tenant's admin keys (and the operator's) only."""
     return keys_of(connection).groups_of(tenant)
 
 

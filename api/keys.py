@@ -98,9 +98,8 @@ class KeyTable:
         return sorted({spec.tenant for spec in self})
 
     def groups_of(self, tenant: str) -> frozenset[str]:
-        """The groups some key of `tenant` holds (an operator key's count for every tenant)."""
-        return frozenset().union(*(spec.groups for spec in self
-                                   if spec.tenant in (tenant, ALL_TENANTS)))
+        """The groups some key of `tenant` holds (operator keys hold none: they read all)."""
+        return frozenset().union(*(spec.groups for spec in self if spec.tenant == tenant))
 
 
 def load_keys(settings: Settings) -> KeyTable:
@@ -211,9 +210,12 @@ def parse_entry(value: Any, where: str, hint: str) -> KeySpec:
                           f"{', '.join(sorted(FIELDS))}.", hint)  # a field name may be a key
     if "scopes" not in value:
         raise ConfigError(f'{where}: "scopes" is missing.', hint)
-    return KeySpec(_scopes(value["scopes"], where, hint),
-                   _tenant(value.get("tenant", DEFAULT_TENANT), where, hint),
-                   _groups(value.get("groups", []), where, hint),
+    tenant = _tenant(value.get("tenant", DEFAULT_TENANT), where, hint)
+    groups = _groups(value.get("groups", []), where, hint)
+    if tenant == ALL_TENANTS and groups:
+        raise ConfigError(f'{where}: an operator key (tenant "*") reads every group; give it '
+                          'no "groups".', hint)
+    return KeySpec(_scopes(value["scopes"], where, hint), tenant, groups,
                    _label(value.get("name", ""), where, hint))
 
 

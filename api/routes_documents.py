@@ -29,7 +29,7 @@ from ingest.jobs import Job
 from ingest.service import IngestService, JobFinished
 from rag.access import Reader
 from rag.documents.indexer import DocumentIndexer
-from rag.errors import InvalidInput, NotFound, TooLarge, UnsupportedType
+from rag.errors import Forbidden, InvalidInput, NotFound, TooLarge, UnsupportedType
 from rag.types import Document
 
 # Schemas
@@ -224,6 +224,10 @@ UNKNOWN_JOB = (
     "No job has this id.",
     NotFound("Job 42 does not exist.", "Use the job_id that POST /v1/documents returned."))
 UPLOAD_ERRORS = api_errors("ingest", {
+    403: ("The key lacks the `ingest` scope, or its `access` names none of the key's groups "
+          "(only an admin key gives documents to groups it is not in).",
+          Forbidden('This key holds none of the access groups ["board"].',
+                    "Upload with a group of this key's, or with an admin key of the tenant.")),
     413: ("The request, a file or a form field is over its limit, or it has too many files.",
           TooLarge("report.pdf is over the limit of 52428800 bytes.",
                    "Split the document into smaller files, or raise RAG_MAX_FILE_BYTES.")),

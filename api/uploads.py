@@ -13,8 +13,8 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from litestar import Request
@@ -30,7 +30,14 @@ from ingest.intake import Accepted, Intake, StagedFile, sanitize_filename
 from ingest.service import IngestService
 from rag.access import NAME_PATTERN, group_list, valid_name
 from rag.documents.detection import check_size
-from rag.errors import InvalidInput, RagError, SlowRequest, TooLarge, UnsupportedType
+from rag.errors import (
+    Forbidden,
+    InvalidInput,
+    RagError,
+    SlowRequest,
+    TooLarge,
+    UnsupportedType,
+)
 from rag.files import disk_full, is_disk_full
 from rag.settings import Settings
 from rag.types import Document
@@ -113,34 +120,40 @@ async def accept_upload(
     and warnings about the access it asked for."""
     caller = caller_of(request)
     form = await read_upload(request, ingestion.intake)
+    try:
+        check_access(caller, form.access)
+    except RagError:
+        ingestion.intake.discard(form.files)
+        raise
     accepted = await ingestion.accept(form.files, form.collection, form.metadata,
                                       caller.upload_tenant, form.access)
-    # A duplicate for groups the key does not hold is told by the name it was sent with, not
-    # the name it was kept under.
-    accepted = [a if not a.duplicate or caller.reader.may_read(a.document.tenant, a.document.access)
-                else replace(a, document=replace(a.document, filename=staged.filename))
-                for a, staged in zip(accepted, form.files, strict=True)]
     return accepted, access_warnings(request, caller, accepted)
+
+
+def check_access(caller: Caller, access: Sequence[str]) -> None:
+    """A key gives a document to groups only when it holds one of them (an admin key to any
+    groups of its tenant): else it could replace, or learn of, a same-named document of a
+    group it is not in, which the name's versions and the id would tie its upload to."""
+    reader = caller.reader
+    if access and not (reader.all_groups or reader.everything) \
+            and reader.groups.isdisjoint(access):
+        raise Forbidden(f"This key holds none of the access groups {json.dumps(list(access))}.",
+                        "Upload with a group of this key's, or with an admin key of the tenant.")
 
 
 def access_warnings(
     request: Request[Any, Any, Any], caller: Caller, accepted: list[Accepted]
 ) -> list[str]:
-    """Warnings for access groups no key of the tenant holds, and for documents the uploading
-    key cannot read itself (none in open mode)."""
+    """Warnings for access groups no key of the tenant holds (none in open mode): only the
+    tenant's admin keys, and keys given those groups later, can read such documents."""
     if not keys_on(request):
         return []
     tenant = caller.upload_tenant
     docs = [a.document for a in accepted]
     unknown = sorted({g for d in docs for g in d.access} - known_groups(request, tenant))
-    warnings = [f'Group "{group}" in access is held by no API key of tenant "{tenant}"; only '
-                f"its admin keys can read {_names(d for d in docs if group in d.access)}."
-                for group in unknown]
-    hidden = [d for d in docs if not caller.reader.may_read(d.tenant, d.access)]
-    if hidden:
-        warnings.append(f"This key holds none of the access groups of {_names(hidden)}: it "
-                        "cannot read them or their jobs (the tenant's admin keys can).")
-    return warnings
+    return [f'Group "{group}" in access is held by no API key of tenant "{tenant}"; only '
+            f"its admin keys can read {_names(d for d in docs if group in d.access)}."
+            for group in unknown]
 
 
 def _names(docs: Iterable[Document]) -> str:

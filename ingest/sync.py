@@ -107,6 +107,8 @@ class FolderSync:
         docs, _ = self.documents.page(self.collection, 0, ALL_DOCUMENTS, SYNCED_TENANT)
         best: dict[str, Document] = {}
         for doc in docs:
+            if doc.access:  # an upload for a group: not the folder's (sync writes none)
+                continue
             kept = best.get(doc.filename)
             if kept is None or _rank(doc) > _rank(kept):
                 best[doc.filename] = doc

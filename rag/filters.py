@@ -288,9 +288,18 @@ def string_operand(text: str) -> Operand:
 # --- documents' values -----------------------------------------------------------------------
 
 
-@lru_cache(maxsize=16384)
 def parse_date(text: str) -> datetime | None:
     """The UTC instant an ISO 8601 date or date-time stands for (no offset: UTC); else None."""
+    # Longer than any ISO form the pattern takes: never a date, and kept out of the cache
+    # (metadata values may be long; caching them would hold them all).
+    return None if len(text) > MAX_DATE_CHARS else _parse_date(text)
+
+
+MAX_DATE_CHARS = 40
+
+
+@lru_cache(maxsize=16384)
+def _parse_date(text: str) -> datetime | None:
     if not ISO_DATE.fullmatch(text):
         return None
     try:

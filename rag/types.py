@@ -88,7 +88,7 @@ class Element:
 @dataclass(frozen=True)
 class Document:
     """An uploaded file; `id` is the SHA-256 of its bytes (in a tenant other than `default`,
-    of the tenant and that hash: `rag.access.document_id`).
+    or with access groups, of the tenant, the groups and that hash: `rag.access.document_id`).
 
     A file uploaded under the name of a current document of its collection, with other bytes,
     is the next `version` of that document's `lineage` (the first version's id; "" is read as

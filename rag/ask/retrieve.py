@@ -6,8 +6,10 @@ the ask stage. The fusion itself is `rag.ask.ranking.fuse`; `Query` is in `rag.t
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -71,6 +73,37 @@ class BM25Index:
         return [(int(ids[d]), float(s)) for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
 
 
+class AllowedIds:
+    """The chunk ids a query may search (`ChunkStore.readable_ids`), kept per reader and filter
+    until the index changes: a narrow reader of a large index costs one lookup, not a query
+    of every readable id, per ask. A few dozen entries: one per reader and filter in use."""
+
+    def __init__(self, store: ChunkStore, size: int = 64) -> None:
+        self.store = store
+        self.size = size
+        self._kept: OrderedDict[tuple[Any, ...], npt.NDArray[np.int64] | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def ids(self, query: Query, index: VectorIndex) -> npt.NDArray[np.int64] | None:
+        """What `readable_ids` gives for `query` now (None: every chunk)."""
+        if not (query.reader or query.collection or query.document_ids or query.metadata):
+            return None
+        key = (index.index_id, index.version,
+               query.reader.fingerprint() if query.reader else None, query.collection,
+               query.document_ids,
+               json.dumps(query.metadata.cache_key()) if query.metadata else None)
+        with self._lock:
+            if key in self._kept:
+                self._kept.move_to_end(key)
+                return self._kept[key]
+        found = self.store.readable_ids(query)
+        with self._lock:
+            self._kept[key] = found
+            while len(self._kept) > self.size:
+                self._kept.popitem(last=False)
+        return found
+
+
 class Retriever:
     """Finds the chunks that answer a question."""
 
@@ -90,6 +123,7 @@ class Retriever:
         self.rrf_k = rrf_k
         self.candidates = candidates
         self.bm25 = BM25Index()
+        self.allowed = AllowedIds(store)
 
     def retrieve(self, query: Query) -> list[ScoredChunk]:
         """Top-k fused results, best first; overlapping windows of a document merged."""
@@ -99,7 +133,7 @@ class Retriever:
         """`retrieve`, with the question's embedding."""
         # Only what the reader may read, narrowed by collection, documents and metadata, is
         # searched at all (None: everything), so a hidden document never takes a reader's slot.
-        allowed = self.store.readable_ids(query)
+        allowed = self.allowed.ids(query, self.index)
         n = max(self.candidates, query.top_k * 3)
         vector = self.embedder.embed([query.text])
         scores, ids = self.index.search(vector, n, allowed)

@@ -66,7 +66,7 @@ def key_file(tmp_path: Path, entries: Any, name: str = "keys.json") -> Path:
 def keys_path(tmp_path: Path) -> Path:
     return key_file(tmp_path, [
         file_entry(FILE_KEY, tenant="beta", groups=["finance", "hr"], name="beta's reader"),
-        file_entry(OPERATOR_KEY, scopes=["admin"], tenant="*", groups=["audit"]),
+        file_entry(OPERATOR_KEY, scopes=["admin"], tenant="*"),
     ])
 
 
@@ -94,10 +94,10 @@ def test_the_key_file_keeps_hashes_and_adds_to_the_environment_keys(keys_path: P
                            "beta's reader")
     operator = keys.find(OPERATOR_KEY)
     assert operator is not None and operator.reader.everything
-    # A `*` key's groups count for every tenant.
-    assert keys.groups_of("beta") == {"finance", "hr", "audit"}
-    assert keys.groups_of("acme") == {"legal", "audit"}
-    assert keys.groups_of("nobody") == {"audit"}
+    # Groups are a tenant's own (an operator key has none: it reads every group).
+    assert keys.groups_of("beta") == {"finance", "hr"}
+    assert keys.groups_of("acme") == {"legal"}
+    assert keys.groups_of("nobody") == set()
     only_file = load_keys(Settings(api_keys_file=keys_path))
     assert len(only_file) == 2 and only_file.find(PLAIN_KEY) is None
 
@@ -138,6 +138,7 @@ BAD_ENV = [
     ({"scopes": ["ask"], "groups": ["legal", "no/slash"]}, '"groups" must be a list'),
     ({"scopes": ["ask"], "tenants": "acme"}, "1 unknown field(s)"),
     ({"tenant": "acme"}, '"scopes" is missing'),
+    ({"scopes": ["admin"], "tenant": "*", "groups": ["legal"]}, 'give it no "groups"'),
     ({"scopes": ["ask"], "name": "x" * 101}, '"name" must be a printable label'),
     ("ask", "must be a list of scopes or an object, not a string"),
     ({"scopes": [SECRET]}, "(got a list of 1 item)"),  # a value repeating the key, unshown
@@ -280,7 +281,7 @@ def test_the_caller_has_its_keys_tenant_groups_and_scopes(keys_path: Path) -> No
         acme = who(ACME_KEY)
         assert acme == {"owner": key_id(ACME_KEY), "tenant": "acme", "upload": "acme",
                         "operator": False, "scopes": ["ask", "ingest"], "reader": "acme|legal",
-                        "on": True, "known": ["audit", "legal"]}
+                        "on": True, "known": ["legal"]}
         assert who(ACME_ADMIN)["reader"] == "acme|*"  # an admin reads all its tenant's groups
         assert who(PLAIN_KEY)["reader"] == "default|" and who(PLAIN_KEY)["tenant"] == "default"
         beta = who(FILE_KEY)  # a key from the file: its owner id is that of the same key

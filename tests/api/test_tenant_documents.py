@@ -174,9 +174,10 @@ def test_the_same_bytes_in_two_tenants_are_two_documents(client: Client, tmp_pat
     assert item["document_id"] == document_id(digest, "acme", ("legal",)) != ours["document_id"]
     kept = client.get(f"/v1/documents/{ours['document_id']}", headers=auth(ACME_INGEST))
     assert kept.status_code == 200 and kept.json()["access"] == []
-    # a key outside the group sending those bytes for it learns no more than it sent
-    blind = upload(client, ACME_INGEST, "guess.txt", text, access='["legal"]').json()
-    assert blind["documents"][0]["duplicate"] and blind["documents"][0]["filename"] == "guess.txt"
+    # a key outside the group cannot send files for it: not to replace its documents, nor to
+    # learn whether it holds certain bytes
+    blind = upload(client, ACME_INGEST, "train.txt", text, access='["legal"]')
+    assert blind.status_code == 403 and "none of the access groups" in blind.json()["message"]
     # new bytes under the name are the next version in that tenant only
     newer = upload(client, ACME_LEGAL, "train.txt", text + " It reaches the coast at dawn.")
     assert newer.json()["documents"][0]["version"] == 2
@@ -210,13 +211,13 @@ def test_a_group_no_key_holds_is_accepted_with_a_warning(client: Client) -> None
     assert body["warnings"] == [
         'Group "finance" in access is held by no API key of tenant "acme"; only its admin '
         "keys can read report.txt."]
-    # `legal` is acme's, not globex's; the uploading key cannot read its own upload either
-    theirs = upload(client, GLOBEX, "memo.txt", "The memo is short.", access='["legal"]').json()
-    assert theirs["warnings"][0].startswith('Group "legal" in access is held by no API key of '
-                                            'tenant "globex"')
-    assert "cannot read" in theirs["warnings"][1] and "memo.txt" in theirs["warnings"][1]
-    job = theirs["documents"][0]["job_id"]
-    assert client.get(f"/v1/jobs/{job}", headers=auth(GLOBEX)).status_code == 404
+    # `legal` is acme's, not globex's: a globex key holds no group to give a file to
+    theirs = upload(client, GLOBEX, "memo.txt", "The memo is short.", access='["legal"]')
+    assert theirs.status_code == 403, theirs.text
+    # acme's admin gives files to any group, a group no key holds with a warning
+    admin = upload(client, ACME_ADMIN, "plan.txt", "The plan is long.", access='["board"]')
+    assert admin.status_code == 202 and admin.json()["warnings"][0].startswith(
+        'Group "board" in access is held by no API key of tenant "acme"')
 
 
 def test_open_mode_gives_no_group_warning(tmp_path: Path, embedder: object, generator: object,

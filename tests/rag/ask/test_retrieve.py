@@ -151,3 +151,24 @@ def test_a_document_indexed_during_the_search_is_still_not_read(retriever: Retri
     finally:
         retriever.embedder.embed = embed  # type: ignore[method-assign]
     assert {r.filename for r in found} <= {"cats.txt", "bread.txt"}
+
+
+def test_allowed_ids_are_kept_per_reader_until_the_index_changes(
+    retriever: Retriever, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tenanted(retriever)
+    calls: list[Query] = []
+    readable_ids = retriever.store.readable_ids
+    monkeypatch.setattr(retriever.store, "readable_ids",
+                        lambda q: calls.append(q) or readable_ids(q))
+    acme, default = Reader("acme"), Reader()
+    for _ in range(3):
+        assert [r.filename for r in retriever.retrieve(Query("ZX-4471", 4, reader=acme))] == [
+            "volcano.txt"]
+        retriever.retrieve(Query("bread", 4, reader=default))
+    assert len(calls) == 2  # once per reader
+    retriever.retrieve(Query("ZX-4471", 4))  # everyone: nothing to look up
+    assert len(calls) == 2
+    retriever.index.mark_changed()  # a new index version: looked up again
+    retriever.retrieve(Query("ZX-4471", 4, reader=acme))
+    assert len(calls) == 3
