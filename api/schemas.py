@@ -76,8 +76,9 @@ class AskFilters(BaseModel):
         description='Only documents whose upload metadata match, all '
         'fields together: `{"year": {"$gte": 2020}, "dept": {"$in": ["hr", "legal"]}}`. A '
         "plain value is equality; operators `$eq`, `$ne`, `$in`, `$gte`, `$lte` on numbers, "
-        "ISO dates and strings. Applied before ranking; an unknown operator or a value of "
-        "the wrong type is a 400 naming the field.")
+        "ISO dates and strings (a date and a plain string never compare: one field's values "
+        "are of one kind). Applied before ranking; an unknown operator or a value of the "
+        "wrong kind is a 400 naming the field.")
 
     def metadata_filter(self) -> MetadataFilter | None:
         """The parsed metadata filter (None when empty); InvalidFilter (400) names the field."""
