@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from rag.access import REFUSED, Reader
 from rag.ask.service import AskRequest
 from rag.errors import EmptyDocument, InvalidInput, TooLarge, UnsupportedType
 from rag.service import RagService
@@ -57,6 +59,22 @@ def test_second_ask_is_cached_and_same(service: RagService) -> None:
     second = service.asking.ask(AskRequest("when does the night train depart"))
     assert not first.cached and second.cached and second.text == first.text
     assert second.citations == first.citations
+
+
+def test_a_cached_answer_goes_only_to_readers_of_its_sources(service: RagService) -> None:
+    reader = Reader()  # the default tenant's key without groups: reads both documents
+    ask = AskRequest("When does the night train depart?", reader=reader)
+    first = service.asking.ask(ask)
+    assert service.asking.ask(ask).cached and first.citations
+    # its source moves out of the reader's sight (no key or index change clears the cache)
+    rail = next(c.document_id for c in first.citations if c.filename == "rail.txt")
+    doc = service.store.get_document(rail)
+    assert doc is not None
+    service.store.put_document(replace(doc, access=("ops",)))
+    refused = REFUSED.snapshot().get("cache", 0)
+    again = service.asking.ask(ask)
+    assert not again.cached and "rail.txt" not in {c.filename for c in again.citations}
+    assert REFUSED.snapshot().get("cache", 0) == refused + 1
 
 
 def test_unrelated_question_gets_no_sources(service: RagService) -> None:
