@@ -65,12 +65,6 @@ def key_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def owner_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
-    """Whose conversations a request sees: its key's id ("" in open mode or without a key)."""
-    key = presented_key(connection.headers)
-    return key_id(key) if keys_on(connection) and key else ""
-
-
 @dataclass(frozen=True)
 class Caller:
     """Who sent a request: its key's id (whose conversations and answers are its own), the
