@@ -82,10 +82,7 @@ class DocumentIndexer:
     def readable(self, doc_id: str, reader: Reader) -> Document:
         """The document, when `reader` may read it; else NotFound, as for an absent one (a
         refusal never confirms that it exists, and is counted in `REFUSED`)."""
-        doc = self.store.get_document(doc_id)
-        if doc is not None and not reader.may_read(doc.tenant, doc.access):
-            REFUSED.add("document")
-            doc = None
+        doc = self.store.readable_document(doc_id, reader, "document")
         if doc is None:
             raise NotFound(f"Document {doc_id} does not exist.",
                            "List documents with GET /v1/documents.")

@@ -23,7 +23,7 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from rag.access import EVERYONE, REFUSED, Reader
+from rag.access import EVERYONE, Reader
 from rag.documents.chunking import SEPARATOR
 from rag.documents.pages import PageQuote, quote_on_page, render_page
 from rag.errors import InvalidInput, NotFound
@@ -91,10 +91,7 @@ class Sources:
     def document(self, doc_id: str, reader: Reader = EVERYONE) -> Document:
         """The document, or NotFound (never uploaded, deleted since the link was made, or not
         readable by `reader`: the same NotFound, counted as a refused `view`)."""
-        doc = self.store.get_document(doc_id)
-        if doc is not None and not reader.may_read(doc.tenant, doc.access):
-            REFUSED.add("view")
-            doc = None
+        doc = self.store.readable_document(doc_id, reader, "view")
         if doc is None:
             raise NotFound(f"Document {doc_id} does not exist (it may have been deleted).",
                            "Ask again: answers cite the documents there are now.")

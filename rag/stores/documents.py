@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from rag.access import EVERYONE, Reader
+from rag.access import EVERYONE, REFUSED, Reader
 from rag.stores.sql import SqlRecords
 from rag.types import Document
 
@@ -123,6 +123,15 @@ class DocumentRecords(SqlRecords):
     def get_document(self, doc_id: str) -> Document | None:
         rows = self._query(f"SELECT {DOC_COLUMNS} FROM documents WHERE id = ?", (doc_id,))
         return _document(rows[0]) if rows else None
+
+    def readable_document(self, doc_id: str, reader: Reader, refusal: str) -> Document | None:
+        """The document when `reader` may read it; None when it is absent or hidden (a hidden
+        one counted in `REFUSED` as `refusal`: callers answer both alike)."""
+        doc = self.get_document(doc_id)
+        if doc is not None and not reader.may_read(doc.tenant, doc.access):
+            REFUSED.add(refusal)
+            return None
+        return doc
 
     def readable_documents(self, doc_ids: Iterable[str], reader: Reader) -> set[str]:
         """Those of `doc_ids` that exist and `reader` may read."""
