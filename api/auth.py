@@ -15,8 +15,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Headers
+from litestar.di import Provide
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Guard
@@ -55,9 +57,18 @@ def keys_on(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
 
 
 def spec_of(connection: ASGIConnection[Any, Any, Any, Any]) -> KeySpec | None:
-    """The spec of the key the request carries, or None (no key, or no configured one)."""
-    key = presented_key(connection.headers)
-    return keys_of(connection).find(key) if key is not None else None
+    """The spec of the key the request carries, or None (no key, or no configured one).
+    Looked up once per request (the limiter, the guard and the route all ask): the lookup
+    hashes the key and compares it with every configured one."""
+    state = connection.state
+    if SPEC not in state:
+        key = presented_key(connection.headers)
+        state[SPEC] = keys_of(connection).find(key) if key is not None else None
+    spec: KeySpec | None = state[SPEC]
+    return spec
+
+
+SPEC = "rag_key_spec"  # where a request keeps its key's spec
 
 
 def key_id(key: str) -> str:
@@ -99,11 +110,19 @@ def caller_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
     (a source view opened by its token checks the token instead)."""
     if not keys_on(connection):
         return OPEN_CALLER
-    key = presented_key(connection.headers)
-    spec = keys_of(connection).find(key) if key is not None else None
+    key, spec = presented_key(connection.headers), spec_of(connection)
     if key is None or spec is None:
         return Caller("", DEFAULT_TENANT, NOBODY, frozenset())
     return Caller(key_id(key), spec.tenant, spec.reader, spec.scopes)
+
+
+def reader_of(request: Request[Any, Any, Any]) -> Reader:
+    """What the request's key may read (open mode: everything): a route's `reader` (Litestar
+    injects it by the parameter's name, `request`)."""
+    return caller_of(request).reader
+
+
+READER = {"reader": Provide(reader_of, sync_to_thread=False)}  # routes' dependencies=READER
 
 
 def known_groups(connection: ASGIConnection[Any, Any, Any, Any], tenant: str) -> frozenset[str]:

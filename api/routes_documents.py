@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from litestar import Request, delete, get, post
-from litestar.di import Provide
 from litestar.openapi.spec import (
     Encoding,
     OpenAPIFormat,
@@ -20,7 +19,7 @@ from litestar.openapi.spec import (
 from litestar.params import Parameter
 from pydantic import BaseModel, Field
 
-from api.auth import caller_of, require_scope
+from api.auth import READER, require_scope
 from api.errors import api_errors
 from api.readiness import engine_ready
 from api.uploads import ACCESS_PATTERN, COLLECTION_PATTERN, accept_upload
@@ -240,11 +239,6 @@ UPLOAD_ERRORS = api_errors("ingest", {
 })
 
 
-def _reader(request: Request[Any, Any, Any]) -> Reader:
-    return caller_of(request).reader
-
-
-READER = {"reader": Provide(_reader, sync_to_thread=False)}  # what the request's key may read
 
 
 @post("/v1/documents", status_code=202, tags=["documents"], guards=INGEST_READY,

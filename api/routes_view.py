@@ -28,7 +28,7 @@ from litestar.params import KwargDefinition, Parameter
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 
-from api.auth import caller_of, has_scope, keys_on, require_scope
+from api.auth import READER, has_scope, keys_on, reader_of, require_scope
 from api.errors import api_errors
 from api.view import HEADERS, view_page
 from api.view_links import TOKEN_HINT, ViewLinks
@@ -94,16 +94,10 @@ def view_reader(request: Request[Any, Any, Any], view_links: ViewLinks) -> Reade
     else the key's reader (open mode: everyone)."""
     if view_links.opens(request.query_params.get("token"), request.path_params["document_id"]):
         return EVERYONE
-    return caller_of(request).reader
-
-
-def key_reader(request: Request[Any, Any, Any]) -> Reader:
-    """What the request's key may read (open mode: everything)."""
-    return caller_of(request).reader
+    return reader_of(request)
 
 
 VIEW_READER = {"reader": Provide(view_reader, sync_to_thread=False)}
-KEY_READER = {"reader": Provide(key_reader, sync_to_thread=False)}
 
 
 @get("/v1/documents/{document_id:str}/view", tags=["documents"], guards=[view_access],
@@ -147,7 +141,7 @@ def page_image(
 
 
 @get("/v1/documents/{document_id:str}/file", tags=["documents"],
-     guards=[require_scope("ingest")], dependencies=KEY_READER, media_type=MediaType.TEXT,
+     guards=[require_scope("ingest")], dependencies=READER, media_type=MediaType.TEXT,
      sync_to_thread=True,
      responses={200: ResponseSpec(bytes, description="The uploaded bytes, with the media type "
                                   "the document was stored with.", media_type="*/*",

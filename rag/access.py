@@ -68,7 +68,7 @@ def document_id(sha256: str, tenant: str, access: Sequence[str] = ()) -> str:
     groups, uploading the same bytes get two documents, and neither learns of the other's."""
     if tenant in (DEFAULT_TENANT, ALL_TENANTS) and not access:
         return sha256
-    scope = f"tenant:{tenant}" + (f"\0access:{','.join(sorted(set(access)))}" if access else "")
+    scope = f"tenant:{tenant}" + (f"\0access:{','.join(group_list(access))}" if access else "")
     return hashlib.sha256(f"{scope}\0{sha256}".encode()).hexdigest()
 
 

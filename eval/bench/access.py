@@ -36,6 +36,7 @@ the one way `restricted` and `alone` may differ.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from eval.bench.measure import SAMPLES, BenchOptions, Report, percentiles
-from eval.metrics import recall_at_k
+from eval.metrics import mean, recall_at_k
 from eval.suites import Suite, SuiteItem, load_suite
 from rag.access import EVERYONE, Reader, document_id
 from rag.documents.processing import with_sentences
@@ -120,9 +121,9 @@ def access_corpus(suite: Suite, chunks: int, chunker: Chunker, seed: int = 0) ->
     nd = [_sentences(text) for _, text in paragraphs]
     samples = [pool for p in sorted(SAMPLES.iterdir()) if p.suffix in (".txt", ".md")
                if (pool := _sentences(_prose(p.read_text(encoding="utf-8"))))]
-    filler = ((ACME, f"{ACME}/filler-{n:05d}.txt", _mix(rng, samples)) for n in _count())
+    filler = ((ACME, f"{ACME}/filler-{n:05d}.txt", _mix(rng, samples)) for n in itertools.count())
     remixes = ((OTHERS[n % len(OTHERS)], f"{OTHERS[n % len(OTHERS)]}/remix-{n:05d}.txt",
-                _mix(rng, nd)) for n in _count())
+                _mix(rng, nd)) for n in itertools.count())
     return [*originals, *_fill(filler, target - have, chunker),
             *_fill(remixes, chunks - target, chunker)]
 
@@ -182,13 +183,6 @@ def _prose(text: str) -> str:
 def _read(path: Path | None) -> str:
     assert path is not None
     return path.read_text(encoding="utf-8")
-
-
-def _count() -> Iterator[int]:
-    n = 0
-    while True:
-        yield n
-        n += 1
 
 
 def embed_corpus(embedder: Embedder, docs: Sequence[Written],
@@ -260,7 +254,7 @@ def retrieval_figures(full: RagService, alone: RagService, items: Sequence[Suite
         foreign += sum(tenants[r.chunk.document_id] != ACME for r in found["restricted"])
         kept.append(len(readable))
     out: dict[str, Any] = {"questions": len(items)}
-    out |= {f"{name}_recall_at_{K}": _mean(values) for name, values in recalls.items()}
+    out |= {f"{name}_recall_at_{K}": mean(values) for name, values in recalls.items()}
     out["post_filter_mean_results"] = float(np.mean(kept))  # of K, left after dropping
     out["restricted_foreign_results"] = foreign  # another tenant's chunks it was given: 0
     out |= {f"{name}_retrieval_ms": percentiles(values) for name, values in times.items()}
@@ -280,10 +274,6 @@ def _timed_pair(search: Any, question: str, reader: Reader, times: dict[str, lis
         found[name] = search.retrieve(query)
         times[name].append((time.perf_counter() - began) * 1000)
     return found
-
-
-def _mean(values: Sequence[float | None]) -> float:
-    return float(np.mean([v for v in values if v is not None]))
 
 
 # --- asking -----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from rag.access import EVERYONE, REFUSED, Reader
+from rag.access import EVERYONE, REFUSED, Reader, group_list
 from rag.stores.sql import SqlRecords
 from rag.types import Document
 
@@ -290,7 +290,7 @@ def _name_key(doc: Document) -> str:
 
 def access_text(doc: Document) -> str:
     """The document's groups as stored: a sorted JSON list ('[]': the whole tenant)."""
-    return json.dumps(sorted(set(doc.access)))
+    return json.dumps(list(group_list(doc.access)))
 
 
 def _get(db: Any, doc_id: str) -> Document | None:
