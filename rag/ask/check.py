@@ -7,7 +7,7 @@ A table row is read with its header ("Extension: .pdf; Format: PDF"), but anchor
 its own cells only; a list question's answer may lean on the rows of one table shown together,
 each of its items ("PDF", "DOCX files") on one row ("You can upload PDF and DOCX files.").
 That asks only whether the claim occurs somewhere; the check that asks whether it answers the
-question (`check_answer_sentence`, the default: setting `check_answers_question`) also wants
+question (`answer_support`, the default: setting `check_answers_question`) also wants
 the claim in the evidence that holds the question's key terms (a sentence, or it and the one
 next to it), and a span of the kind the question asks for (`ask.answer_type`).
 
@@ -73,7 +73,7 @@ class Judge:
         self.sources = sources  # source number -> its text as the prompt showed it
         self.min_overlap = min_overlap
         self.search = search  # the retrieval query ("" when it is the question)
-        # True: `check_answer_sentence` (the claim answers the question); False: the claim's
+        # True: `answer_support` (the claim answers the question); False: the claim's
         # names and numbers occur in its sources (`check_sentence`).
         self.answers_question = answers_question
         self.min_anchor = min_anchor

@@ -1,7 +1,7 @@
 """Claims of an answer against its evidence: the words and facts of a sentence, and whether the
 evidence supports it (`check_sentence`: its names and numbers occur in the cited sources and its
 content words in one evidence sentence) or answers the question with it
-(`check_answer_sentence`: the claim in the evidence that holds the question's key terms, of the
+(`answer_support`: the claim in the evidence that holds the question's key terms, of the
 kind the question asks for). `ask.check` turns these into verdicts and the final answer.
 """
 
@@ -255,36 +255,6 @@ def _holds(row: Candidate, words: set[str], new_facts: Sequence[str],
         not words or len(words & row.words) / len(words) >= min_overlap)
 
 
-def check_answer_sentence(
-    sentence: str,
-    question: str,
-    search: str,
-    asked: AnswerType | None,
-    candidates: Sequence[Candidate],
-    sources: dict[int, str],
-    min_overlap: float,
-    min_anchor: float = MIN_ANCHOR,
-    listing: bool = False,
-) -> tuple[SentenceCheck, int | None]:
-    """Check one answer sentence as an answer to `question` (`search`: its retrieval query,
-    "" when it is the question itself); also returns the index into `candidates` of its best
-    quote (`answer_support` gives all the rows that support it).
-
-    Beyond `check_sentence` (its names and numbers occur in the sources it cites), the claim
-    must come from the evidence that answers the question: a window (a sentence, or it and
-    the one next to it) holding `min_anchor` of the question's key terms (a table row by its
-    own cells, not its header's), every name and number of the sentence the question does not
-    say, and `min_overlap` of its new content words (and, from a table row, the cell the
-    question asks for: `gives_asked_cells`); and the sentence must carry a span of the kind the
-    question asks for (`asked`). A question that asks for a list (`listing`) may be answered
-    from the rows of one table together, each item of the sentence from one row (`item_rows`).
-    """
-    nouns = asked.nouns if asked is not None else frozenset()
-    check, support = answer_support(sentence, question, search, asked, candidates, sources,
-                                     min_overlap, min_anchor, listing, nouns)
-    return check, support[0] if support else None
-
-
 def answer_support(
     sentence: str,
     question: str,
@@ -297,9 +267,21 @@ def answer_support(
     listing: bool = False,
     nouns: frozenset[str] = frozenset(),
 ) -> tuple[SentenceCheck, tuple[int, ...]]:
-    """`check_answer_sentence`, with every candidate that supports the sentence (the best
-    window's first sentence, or each row of a table that supports an item of it); `nouns`:
-    the X of the question's "which X" (`AnswerType.nouns`), for every sentence of the answer."""
+    """Check one answer sentence as an answer to `question` (`search`: its retrieval query,
+    "" when it is the question itself), with every candidate that supports it: the best
+    window's first sentence, or each row of a table that supports an item of it (the first is
+    the sentence's best quote).
+
+    Beyond `check_sentence` (its names and numbers occur in the sources it cites), the claim
+    must come from the evidence that answers the question: a window (a sentence, or it and
+    the one next to it) holding `min_anchor` of the question's key terms (a table row by its
+    own cells, not its header's), every name and number of the sentence the question does not
+    say, and `min_overlap` of its new content words (and, from a table row, the cell the
+    question asks for: `gives_asked_cells`); and the sentence must carry a span of the kind the
+    question asks for (`asked`). A question that asks for a list (`listing`) may be answered
+    from the rows of one table together, each item of the sentence from one row (`item_rows`).
+    `nouns`: the X of the question's "which X" (`AnswerType.nouns`), for every sentence of the
+    answer."""
     said = f"{question}\n{search}"
     checked, _ = check_sentence(sentence, question, (), sources, min_overlap)
     cited = cited_sources(sentence) & set(sources) or set(sources)

@@ -7,7 +7,8 @@ import pytest
 
 from rag.ask.answer_type import AnswerType, answer_type, fits
 from rag.ask.check import Judge
-from rag.ask.claims import Candidate, check_answer_sentence, check_sentence
+from rag.ask.claims import Candidate, answer_support, check_sentence
+from rag.types import SentenceCheck
 
 # Super Bowl 50 (Wikipedia): the sentence that answers where and when names neither San Jose
 # nor February 1; other sentences of the same passage do.
@@ -32,6 +33,16 @@ CHUNKS = [
 ]
 BUDGET = ["With a template of 150 tokens and a question of 25 tokens, the sources get "
           "2048 - 192 - 150 - 25 = 1681 tokens."]
+
+
+def check_answer_sentence(
+    sentence: str, question: str, search: str, asked: AnswerType | None,
+    candidates: list[Candidate], sources: dict[int, str], min_overlap: float,
+) -> tuple[SentenceCheck, int | None]:
+    """`answer_support` of the answer's first sentence, with its best quote (as `Judge`)."""
+    check, support = answer_support(sentence, question, search, asked, candidates, sources,
+                                     min_overlap, nouns=asked.nouns if asked else frozenset())
+    return check, support[0] if support else None
 
 
 def _pool(*groups: list[str]) -> tuple[list[Candidate], dict[int, str]]:
